@@ -1,0 +1,114 @@
+"""The main experiment (experiments/concept_attribution.ipynb) end to end on the tiny mini-AbC with the smallest settings,
+and its outputs checked against independent computations."""
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('ATTRIB_PROGRESS', '0')
+
+METHODS = ['raw', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
+TINY = dict(data_size='tiny', seeds=[0, 1], sweep_seeds=[0], lambda_sweep=[0.0, 1.0, 3.0], epochs=1, batch_size=16, proj_hidden=64,
+            proj_dim=16, pred_hidden=64, aug_bank=2, abc_epochs=2, abc_batch_size=16, abc_val_every=1, cca_k=[4, 8],
+            calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    from attrib.experiments import run_experiment
+    return run_experiment('concept_attribution', out_dir=tmp_path_factory.mktemp('concept_attribution'), **TINY)
+
+
+def test_outputs_exist(run_dir):
+    for f in ('concept_attribution.ipynb', 'metrics.json', 'results.csv', 'results_per_seed.csv', 'lambda_sweep.csv', 'verdict.csv',
+              'canonical_correlations.csv'):
+        assert (run_dir / f).is_file(), f
+    for f in ('lambda_sweep', 'correlation_heatmaps', 'canonical_correlations', 'retrieval_examples'):
+        p = run_dir / f'{f}.png'
+        assert p.is_file() and p.stat().st_size > 5000, f
+
+
+def test_results_table(run_dir):
+    from attrib.abc_data import AbCDataset
+    from attrib.mini_abc import build_mini_abc
+    ds = AbCDataset(build_mini_abc(size='tiny'))
+    splits = [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
+    res = pd.read_csv(run_dir / 'results.csv')
+    for c in ['method', 'split', 'synth_type', 'centric', 'seen'] + [f'{m}_{a}' for m in ('mAP', 'R@5', 'R@10', 'R@100') for a in ('mean', 'std')]:
+        assert c in res.columns, c
+    assert set(res.method) == set(METHODS)
+    assert set(res.split) == set(splits + ['val', 'seen (pooled)', 'unseen (pooled)'])
+    for sp in splits:
+        types = set(ds.synth_types(sp)) | {'all'}
+        for m in METHODS: assert set(res[(res.method == m) & (res.split == sp)].synth_type) == types, (m, sp)
+    vals = res[[c for c in res.columns if c.endswith('_mean')]].to_numpy()
+    assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
+    assert (res['R@5_mean'] <= res['R@10_mean'] + 1e-12).all() and (res['R@10_mean'] <= res['R@100_mean'] + 1e-12).all()
+    for m in ('raw', 'CCA oracle'):          # deterministic methods: no spread over seeds
+        assert np.allclose(res[res.method == m][['mAP_std', 'R@5_std']].fillna(0), 0)
+    per_seed = pd.read_csv(run_dir / 'results_per_seed.csv')
+    assert sorted(per_seed.seed.unique()) == TINY['seeds']
+    n = per_seed[(per_seed.method == 'A&D') & (per_seed.synth_type == 'all') & (per_seed.seed == 0)].set_index('split')['n_queries']
+    for sp in splits: assert n[sp] == len(ds.queries(sp)[0])
+    # pooled rows = every seen (unseen) test query together: the query-weighted mean of the per-split values
+    for grp, flag in (('seen (pooled)', True), ('unseen (pooled)', False)):
+        sps = [sp for sp in splits if ds.split_info(sp)['seen'] == flag]
+        for (m, sd), d in per_seed[(per_seed.synth_type == 'all') & per_seed.split.isin(sps)].groupby(['method', 'seed']):
+            pooled = per_seed[(per_seed.method == m) & (per_seed.seed == sd) & (per_seed.split == grp)].iloc[0]
+            assert pooled['n_queries'] == sum(len(ds.queries(sp)[0]) for sp in sps)
+            for metric in ('mAP', 'R@5'):
+                assert math.isclose(pooled[metric], (d[metric] * d['n_queries']).sum() / d['n_queries'].sum(), abs_tol=1e-4)
+
+
+def test_raw_baseline_matches_a_direct_evaluation(run_dir):
+    """The notebook's raw row (trunk cached once, tail run on top) equals AbC evaluation of the plain backbone's features."""
+    from attrib.abc_data import AbCDataset
+    from attrib.abc_eval import evaluate_split
+    from attrib.backbones import create_backbone
+    from attrib.mini_abc import build_mini_abc
+    import torch
+    from attrib.features import extract_features, split_image_paths
+    ds = AbCDataset(build_mini_abc(size='tiny'))
+    bb = create_backbone('mobilenetv2', img_size=64)
+    res = pd.read_csv(run_dir / 'results.csv')
+    sps = ('test_seen_object', 'test_unseen_style')
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        paths = list(dict.fromkeys(ds.distractor_paths() + [p for sp in sps for p in split_image_paths(ds, sp)]))
+        feats = extract_features(bb, paths, root=ds.root, batch_size=64, show_progress=False)   # full forward passes of the plain backbone
+    finally: torch.set_num_threads(threads)
+    for sp in sps:
+        s, _ = evaluate_split(ds, sp, feats)
+        mine = res[(res.method == 'raw') & (res.split == sp)].set_index('synth_type')
+        for t, row in s.iterrows():
+            for m in ('mAP', 'R@5', 'R@10', 'R@100'):
+                assert math.isclose(mine.loc[t, f'{m}_mean'], row[m], abs_tol=1e-4), (sp, t, m, mine.loc[t, f'{m}_mean'], row[m])
+
+
+def test_metrics_json(run_dir):
+    m = json.loads((run_dir / 'metrics.json').read_text())
+    assert {'metrics', 'params', 'env'} <= set(m)
+    mm = m['metrics']
+    for k in ('results', 'verdict', 'lambda_selected', 'lambda_sweep_val', 'calibration', 'offdiag_corr', 'canonical_corr_top10_mean',
+              'timings', 'wall_s', 'cpu_s', 'cca_k_selected'):
+        assert k in mm, k
+    assert set(mm['results']) == set(METHODS)
+    assert mm['lambda_selected'] in [l for l in TINY['lambda_sweep'] if l > 0]
+    assert set(map(float, mm['lambda_sweep_val'])) == set(TINY['lambda_sweep'])
+    assert mm['cca_k_selected'] in TINY['cca_k']
+    for cmp in ('A&D vs raw', 'A&D vs align-only', 'A&D vs AbC supervised'):
+        for metric in ('R@5', 'mAP'):
+            for sp, v in mm['verdict'][cmp][metric].items():
+                assert v['beats'] == (v['diff'] > v['spread']) and v['spread'] >= 0
+    for k, v in mm['calibration'].items():
+        assert all(math.isfinite(x) for x in v.values()), k
+        assert 0 <= v['ece'] <= 1 and v['nll'] > 0
+    assert all(0 <= v <= 1 for v in mm['offdiag_corr'].values())
+    assert all(0 <= v <= 1 + 1e-9 for v in mm['canonical_corr_top10_mean'].values())
+    assert mm['wall_s'] > 0 and mm['cpu_s'] > 0
+    sweep = pd.read_csv(run_dir / 'lambda_sweep.csv')
+    assert sorted(sweep.lam.unique()) == sorted(TINY['lambda_sweep'])

@@ -1,0 +1,58 @@
+"""experiments/origin_attribution.ipynb end to end on the tiny zoo (16 x 16 models trained for seconds, 8 images per set):
+every output exists and holds sane values. Numbers here say nothing about the method; the default run does."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ZOO = ['dcgan', 'vae', 'sngan', 'wgangp', 'flow']
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    from attrib.experiments import run_experiment
+    d = tmp_path_factory.mktemp('origin_attribution')
+    return run_experiment('origin_attribution', out_dir=d / 'run', zoo_size='tiny', n=8, n_calib=10, steps=40, restarts=2, lr=0.05,
+                          patience=20, n_candidates=16, alpha=0.2, lt_steps=10, seed=0, threads=1)
+
+
+def test_metrics(run):
+    m = json.loads((run / 'metrics.json').read_text())
+    assert m['params']['zoo_size'] == 'tiny' and m['params']['n'] == 8 and m['params']['alpha'] == 0.2
+    M = m['metrics']
+    assert set(M['per_model']) == set(ZOO)
+    for k, v in M['per_model'].items():
+        for c in ('acc_real', 'tpr_real', 'fpr_own', 'auc_real', 'acc_others_min', 'auc_others'):
+            assert 0 <= v[c] <= 1, (k, c, v[c])
+        assert v['wall_s'] > 0 and v['cpu_s'] > 0
+    assert 0 <= M['min_acc_real'] <= M['mean_acc_real'] <= 1
+    assert M['zoo_train_wall_s'] > 0 and M['zoo_train_cpu_s'] > 0 and M['eval_wall_s'] > 0
+    assert M['mean_auc_real'] > 0.7          # even barely trained generators cannot reproduce real photo crops
+    assert set(M['methods']) >= {'latenttracer/vae', 'latenttracer/flow', 'aedr/vae', 'aedr/flow', 'ronan/vae', 'ronan/flow'}
+
+
+def test_tables(run):
+    s = pd.read_csv(run / 'summary_ronan.csv', index_col=0)
+    assert list(s.index) == ZOO and {'threshold', 'fpr_own', 'acc_real', 'auc_real', 'acc_others_min', 'auc_others'} <= set(s.columns)
+    p = pd.read_csv(run / 'pairs_ronan.csv')
+    assert len(p) == 25 and set(p.source) == set(ZOO) | {'real'}
+    assert ((p.acc >= 0) & (p.acc <= 1) & (p.auc >= 0) & (p.auc <= 1)).all()
+    # accuracy on a balanced pair = (1 - FPR + TPR) / 2
+    assert np.allclose(p.acc, (1 - p.fpr + p.tpr) / 2)
+    sc = pd.read_csv(run / 'scores_ronan.csv')
+    assert len(sc) == 5 * (10 + 8 * 6) and (sc.score > 0).all() and (sc.complexity > 0).all()
+    r = pd.read_csv(run / 'rules.csv')
+    assert set(r.rule) == {'quantile', 'grubbs', 'kde'} and len(r) == 8
+    assert r[['fpr_own_mean', 'acc_real_mean', 'acc_others_min', 'tpr_real_mean']].apply(lambda c: c.between(0, 1).all()).all()
+    z = pd.read_csv(run / 'zoo.csv', index_col=0)
+    assert list(z.index) == ZOO and (z.img_size == 16).all() and z.upsampling.nunique() == 5
+    me = pd.read_csv(run / 'methods.csv')
+    assert set(me.method) == {'ronan', 'latenttracer', 'aedr'} and set(me.inspected) == {'vae', 'flow'}
+
+
+def test_figures(run):
+    for f in ('zoo_samples', 'roc_ronan', 'score_hist_ronan', 'reconstructions_ronan'):
+        p = run / f'{f}.png'
+        assert p.exists() and p.read_bytes()[:4] == b'\x89PNG', f
+    assert (run / 'origin_attribution.ipynb').exists() and (run / 'scores').is_dir()
