@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('ATTRIB_PROGRESS', '0')
 
-METHODS = ['raw', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
+METHODS = ['raw', 'PCA whitening', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
 TINY = dict(data_size='tiny', seeds=[0, 1], sweep_seeds=[0], lambda_sweep=[0.0, 1.0, 3.0], epochs=1, batch_size=16, proj_hidden=64,
-            proj_dim=16, pred_hidden=64, aug_bank=2, abc_epochs=2, abc_batch_size=16, abc_val_every=1, cca_k=[4, 8],
+            proj_dim=16, pred_hidden=64, aug_bank=2, abc_epochs=2, abc_batch_size=16, abc_val_every=1, cca_k=[4, 8], whiten_k=[8, 16], dino_out_dim=64,
             calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1)
 
 
@@ -48,7 +48,7 @@ def test_results_table(run_dir):
     vals = res[[c for c in res.columns if c.endswith('_mean')]].to_numpy()
     assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
     assert (res['R@5_mean'] <= res['R@10_mean'] + 1e-12).all() and (res['R@10_mean'] <= res['R@100_mean'] + 1e-12).all()
-    for m in ('raw', 'CCA oracle'):          # deterministic methods: no spread over seeds
+    for m in ('raw', 'PCA whitening', 'CCA oracle'):          # deterministic methods: no spread over seeds
         assert np.allclose(res[res.method == m][['mAP_std', 'R@5_std']].fillna(0), 0)
     per_seed = pd.read_csv(run_dir / 'results_per_seed.csv')
     assert sorted(per_seed.seed.unique()) == TINY['seeds']
@@ -99,8 +99,9 @@ def test_metrics_json(run_dir):
     assert set(mm['results']) == set(METHODS)
     assert mm['lambda_selected'] in [l for l in TINY['lambda_sweep'] if l > 0]
     assert set(map(float, mm['lambda_sweep_val'])) == set(TINY['lambda_sweep'])
-    assert mm['cca_k_selected'] in TINY['cca_k']
-    for cmp in ('A&D vs raw', 'A&D vs align-only', 'A&D vs AbC supervised'):
+    assert mm['cca_k_selected'] in TINY['cca_k'] and mm['whiten_k_selected'] in TINY['whiten_k']
+    assert set(map(int, mm['whiten_val_map'])) == set(TINY['whiten_k'])
+    for cmp in ('A&D vs raw', 'A&D vs align-only', 'A&D vs PCA whitening', 'A&D vs AbC supervised'):
         for metric in ('R@5', 'mAP'):
             for sp, v in mm['verdict'][cmp][metric].items():
                 assert v['beats'] == (v['diff'] > v['spread']) and v['spread'] >= 0
