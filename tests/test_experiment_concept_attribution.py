@@ -14,7 +14,8 @@ os.environ.setdefault('ATTRIB_PROGRESS', '0')
 METHODS = ['raw', 'PCA whitening', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
 TINY = dict(data_size='tiny', seeds=[0, 1], sweep_seeds=[0], lambda_sweep=[0.0, 1.0, 3.0], epochs=1, batch_size=16, proj_hidden=64,
             proj_dim=16, pred_hidden=64, aug_bank=2, abc_epochs=2, abc_batch_size=16, abc_val_every=1, cca_k=[4, 8], whiten_k=[8, 16], dino_out_dim=64,
-            calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1)
+            calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1,
+            select_lambda=True)   # the default fixes λ in advance; the test exercises the selection on val
 
 
 @pytest.fixture(scope='module')
@@ -98,6 +99,9 @@ def test_metrics_json(run_dir):
         assert k in mm, k
     assert set(mm['results']) == set(METHODS)
     assert mm['lambda_selected'] in [l for l in TINY['lambda_sweep'] if l > 0]
+    val = {float(k): v['mAP'] for k, v in mm['lambda_sweep_val'].items()}
+    assert val[mm['lambda_selected']] == max(v for k, v in val.items() if k > 0)   # the best λ > 0 on val
+    assert m['params']['select_lambda'] is True and m['params']['infomax_on'] == 'backbone'
     assert set(map(float, mm['lambda_sweep_val'])) == set(TINY['lambda_sweep'])
     assert mm['cca_k_selected'] in TINY['cca_k'] and mm['whiten_k_selected'] in TINY['whiten_k']
     assert set(map(int, mm['whiten_val_map'])) == set(TINY['whiten_k'])
