@@ -112,7 +112,8 @@ def test_metrics_json(run_dir):
     for k, v in mm['calibration'].items():
         assert all(math.isfinite(x) for x in v.values()), k
         assert 0 <= v['ece'] <= 1 and v['nll'] > 0
-    assert all(0 <= v <= 1 for v in mm['offdiag_corr'].values())
+    for key in ('offdiag_corr', 'offdiag_corr_l2'):
+        assert set(mm[key]) == {'raw', 'align-only', 'A&D'} and all(0 <= v <= 1 for v in mm[key].values()), key
     assert all(0 <= v <= 1 + 1e-9 for v in mm['canonical_corr_top10_mean'].values())
     assert mm['wall_s'] > 0 and mm['cpu_s'] > 0
     sweep = pd.read_csv(run_dir / 'lambda_sweep.csv')
