@@ -4,11 +4,11 @@
 
 # %% ../nbs/99_cli.ipynb #950d358b
 from __future__ import annotations
-import argparse, ast, sys
+import argparse, ast, importlib, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAIN_EXPERIMENT', 'load_folder_images', 'origin_table', 'build_parser', 'main']
+__all__ = ['MAIN_EXPERIMENT', 'COMMAND_MODULES', 'load_folder_images', 'origin_table', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #1ab67ecb
 MAIN_EXPERIMENT = 'concept_attribution'
@@ -87,6 +87,8 @@ def _cmd_origin(a):
     print(t.to_string(index=False)); print(f'{int(t.made_by_model.sum())} of {len(t)} images attributed to {a.model}')
 
 # %% ../nbs/99_cli.ipynb #f0b98550
+COMMAND_MODULES = []   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+
 def build_parser() -> argparse.ArgumentParser:
     "The `attrib` argument parser (one sub-command per job)."
     p = argparse.ArgumentParser(prog='attrib', description='Synthetic image attribution: which concepts, did this model, which model.')
@@ -121,13 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--alpha', type=float, default=0.05); s.add_argument('--steps', type=int, default=300); s.add_argument('--restarts', type=int, default=4)
     s.add_argument('--n-calib', type=int, default=64); s.add_argument('--out', default=None, help='CSV file for the table')
     s.set_defaults(fn=_cmd_origin)
+    for m in COMMAND_MODULES: importlib.import_module(m).add_commands(sub)
     return p
 
 def main(argv=None):
-    "Entry point of the `attrib` console script."
+    "Entry point of the `attrib` console script: a user's error is one line (exit 1), Ctrl-C is one line (exit 130)."
     a = build_parser().parse_args(argv)
     try: a.fn(a)
+    except KeyboardInterrupt: sys.exit(_interrupted())
     except Exception as e:
         from attrib.core import AttribError
         if isinstance(e, AttribError): sys.exit(f'attrib: error: {e}')
+        if isinstance(e, (OSError, MemoryError)): sys.exit(f'attrib: error: {type(e).__name__}: {e}')
         raise
+
+def _interrupted():
+    print('attrib: interrupted (finished results and checkpoints are kept; re-run the same command to resume)', file=sys.stderr)
+    return 130
