@@ -37,3 +37,84 @@ def test_notebooks_are_clean(tmp_path):
     after = _tree(tmp_path / 'nbs')
     changed = sorted(k for k in before if before[k] != after.get(k))
     assert not changed, f'notebooks not clean: {changed}. Run nbdev_clean.'
+
+
+def _canon(name: str) -> str:
+    import re
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def _requirement_names():
+    import re, shlex
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini', encoding='utf-8')
+    reqs = shlex.split(cfg['DEFAULT']['requirements']) + shlex.split(cfg['DEFAULT']['dev_requirements'])
+    return {_canon(re.match(r'[A-Za-z0-9_.-]+', r).group(0)) for r in reqs}
+
+
+def _lock_pins():
+    import re
+    pins = {}
+    for line in (ROOT / 'requirements-lock.txt').read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith('#'): continue
+        m = re.fullmatch(r'([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)', line)
+        assert m, f'requirements-lock.txt: not an exact pin: {line!r}'
+        pins[_canon(m.group(1))] = m.group(2)
+    return pins
+
+
+def test_lock_covers_every_requirement():
+    "Every direct requirement (settings.ini, dev extras, the --no-deps weights package) is pinned exactly in the lock."
+    sys.path.insert(0, str(ROOT))
+    try: import tasks
+    finally: sys.path.remove(str(ROOT))
+    pins = _lock_pins()
+    missing = sorted((_requirement_names() | {_canon(n) for n in tasks.NO_DEPS}) - set(pins))
+    assert not missing, f'requirements-lock.txt does not pin {missing}: run `python3 tasks.py lock`'
+    assert 'attrib' not in pins
+
+
+def test_lock_is_what_is_installed():
+    "The environment the suite runs in is the locked one (skipped after `tasks.py setup --latest`, which ignores it)."
+    import pytest
+    from importlib.metadata import version, PackageNotFoundError
+    stamp = ROOT / '.venv' / '.attrib-installed'
+    if not stamp.exists() or Path(sys.prefix).resolve() != (ROOT / '.venv').resolve(): pytest.skip('not the project .venv')
+    sys.path.insert(0, str(ROOT))
+    try: import tasks
+    finally: sys.path.remove(str(ROOT))
+    if stamp.read_text() != tasks._fingerprint(False): pytest.skip('set up with --latest (or out of date)')
+    pins = _lock_pins()
+    wrong = {}
+    for n in sorted(_requirement_names()):
+        try: v = version(n)
+        except PackageNotFoundError: v = None
+        if v != pins[n]: wrong[n] = (v, pins[n])
+    assert not wrong, f'installed vs locked: {wrong}'
+
+
+def test_ci_runs_the_readme_test_command():
+    "`.ci/run` runs exactly the README's test command, and nothing sets another environment for it."
+    readme = (ROOT / 'README.md').read_text()
+    assert 'python3 tasks.py test' in readme
+    cmds = [l.strip() for l in (ROOT / '.ci' / 'run').read_text().splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    assert cmds[-1] == 'python3 tasks.py test', cmds
+    assert not any(c.startswith('export') or '=' in c.split()[0] for c in cmds), cmds
+
+
+def test_every_experiment_parameter_parses():
+    "papermill parses every line of every experiment's parameters cell (a line it cannot parse is silently dropped)."
+    import ast, json, logging
+    import papermill as pm
+    for nb in sorted((ROOT / 'experiments').glob('*.ipynb')):
+        cell = next(c for c in json.loads(nb.read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+        names = [t.id for s in ast.parse(''.join(cell['source'])).body if isinstance(s, ast.Assign) for t in s.targets]
+        records = []
+        h = logging.Handler(); h.emit = records.append
+        log = logging.getLogger('papermill'); log.addHandler(h)
+        try: params = pm.inspect_notebook(str(nb))
+        finally: log.removeHandler(h)
+        bad = [r.getMessage() for r in records if 'Unable to parse' in r.getMessage()]
+        assert not bad, f'{nb.name}: {bad}'
+        assert list(params) == names, f'{nb.name}: papermill sees {list(params)}, the cell assigns {names}'
