@@ -4,12 +4,12 @@
 
 # %% ../nbs/90_experiments.ipynb #d76a3deb
 from __future__ import annotations
-import time
+import ast, time
 from pathlib import Path
 from .core import project_root, runs_dir, save_json, AttribError
 
 # %% auto #0
-__all__ = ['experiments_dir', 'list_experiments', 'run_experiment']
+__all__ = ['PRESETS', 'experiments_dir', 'list_experiments', 'experiment_defaults', 'resolve_params', 'run_experiment']
 
 # %% ../nbs/90_experiments.ipynb #8757c94e
 def experiments_dir() -> Path:
@@ -20,15 +20,56 @@ def list_experiments() -> list[str]:
     "Names of the experiment notebooks that can be run."
     return sorted(p.stem for p in experiments_dir().glob('*.ipynb'))
 
-def run_experiment(name: str, out_dir: str | Path | None = None, log_output: bool = False, **params) -> Path:
-    "Execute `experiments/<name>.ipynb` with `params` into `out_dir` (default `runs/<name>/<time>`); returns `out_dir`."
-    import papermill as pm
+def _notebook(name: str) -> Path:
     src = experiments_dir()/f'{name}.ipynb'
     if not src.exists(): raise AttribError(f"no experiment {name!r} in {experiments_dir()}; available: {list_experiments()}")
+    return src
+
+# %% ../nbs/90_experiments.ipynb #a605d62c
+def experiment_defaults(name: str) -> dict:
+    "The defaults of experiment `name`'s `parameters` cell, as Python values (read by papermill, as it will run them)."
+    import papermill as pm
+    out = {}
+    for k, v in pm.inspect_notebook(str(_notebook(name))).items():
+        try: out[k] = ast.literal_eval(v['default'])
+        except (ValueError, SyntaxError): raise AttribError(f"{name}: parameter {k} = {v['default']} is not a literal") from None
+    return out
+
+# %% ../nbs/90_experiments.ipynb #d2731341
+PRESETS: dict[str, dict[str, dict]] = {
+    'concept_attribution': {   # DINO ViT-B/16 on a GPU: fresh augmentations, full forward passes, DINO's 65536 prototypes
+        'gpu': dict(backbone='dino_vitb16', weights='default', img_size=None, device='cuda', amp='bf16', epochs=10,
+                    batch_size=256, aug_bank=None, trunk_cache=False, dino_out_dim=65536, threads=None)},
+    'concept_baselines': {
+        'gpu': dict(backbones=['dino_vitb16', 'clip_vitb16', 'mobilenetv2'], img_size=None, device='cuda', threads=None)},
+    'origin_attribution': {
+        'gpu': dict(device='cuda', n=200, n_calib=200, steps=1500, restarts=8)},
+    'model_attribution': {     # the paper's setting: 20 seeds of the 288 architectures, ResNet-50, 40 epochs
+        'gpu': dict(seeds=list(range(20)), synth_channels=32, synth_steps=200, arch='resnet50', width=1.0, epochs=40,
+                    steps_per_epoch=500, P=64, K=4, lr=1e-4, device='cuda', amp=True, backbone='clip_vitb16')},
+}
+
+def resolve_params(name: str, preset: str | None = None, **overrides) -> dict:
+    "Experiment `name`'s parameters: notebook defaults, then `PRESETS[name][preset]`, then `overrides`; unknown keys refused."
+    defaults = experiment_defaults(name)
+    if preset is not None and preset not in PRESETS.get(name, {}):
+        raise AttribError(f"{name}: no preset {preset!r}; presets: {sorted(PRESETS.get(name, {}))}")
+    chosen = {**(PRESETS[name][preset] if preset else {}), **overrides}
+    unknown = sorted(set(chosen) - set(defaults))
+    if unknown: raise AttribError(f"{name} has no parameter(s) {unknown}; it has: {sorted(defaults)}")
+    return {**defaults, **chosen}
+
+# %% ../nbs/90_experiments.ipynb #cc343018
+def run_experiment(name: str, out_dir: str | Path | None = None, log_output: bool = False, preset: str | None = None,
+                   **params) -> Path:
+    "Execute `experiments/<name>.ipynb` with `preset` and `params` into `out_dir` (default `runs/<name>/<time>`)."
+    import papermill as pm
+    src = _notebook(name)
     out_dir = Path(out_dir) if out_dir else runs_dir()/name/time.strftime('%Y%m%d-%H%M%S')
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {**params, 'out_dir': str(out_dir.resolve())}
-    save_json({'experiment': name, 'params': params}, out_dir/'params.json')
-    pm.execute_notebook(str(src), str(out_dir/f'{name}.ipynb'), parameters=params, kernel_name='python3',
+    chosen = {**(PRESETS[name][preset] if preset else {}), **params, 'out_dir': str(out_dir.resolve())}
+    resolved = resolve_params(name, preset, **{**params, 'out_dir': chosen['out_dir']})
+    save_json({'experiment': name, 'preset': preset, 'overrides': params, 'params': resolved}, out_dir/'params.json')
+    pm.execute_notebook(str(src), str(out_dir/f'{name}.ipynb'), parameters=chosen, kernel_name='python3',
                         cwd=str(out_dir), log_output=log_output, progress_bar=not log_output)
     return out_dir

@@ -13,9 +13,11 @@ __all__ = ['save_metrics', 'save_table', 'save_figure']
 
 # %% ../nbs/00b_report.ipynb #17f5dc2f
 def save_metrics(metrics: dict, out_dir: str | Path, params: dict | None = None, name: str = 'metrics.json') -> Path:
-    "Write `metrics` (plus the run's parameters and environment) to `out_dir/metrics.json`."
+    "Write `metrics`, the run's resolved parameters (the runner's `params.json`, updated by `params`) and environment."
     import torch
-    out = {'metrics': metrics, 'params': params or {},
+    run = Path(out_dir)/'params.json'
+    resolved = load_json(run).get('params', {}) if run.exists() else {}
+    out = {'metrics': metrics, 'params': {**resolved, **(params or {})},
            'env': {'python': sys.version.split()[0], 'torch': torch.__version__, 'platform': platform.platform(),
                    'cuda': torch.cuda.is_available(), 'time': time.strftime('%Y-%m-%d %H:%M:%S')}}
     return save_json(out, Path(out_dir)/name)
@@ -32,6 +34,6 @@ def save_figure(fig, name: str, out_dir: str | Path | None = None, also_figures:
     if not dirs: raise ValueError('save_figure needs out_dir or also_figures=True')
     paths = []
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        fig.savefig(d/f'{name}.png', dpi=dpi, bbox_inches='tight'); paths.append(d/f'{name}.png')
+        with atomic_write(d/f'{name}.png') as f: fig.savefig(f, format='png', dpi=dpi, bbox_inches='tight')
+        paths.append(d/f'{name}.png')
     return paths
