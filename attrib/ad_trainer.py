@@ -16,12 +16,13 @@ import torch.nn as nn
 from .core import (AttribError, DataError, seed_everything, get_rng_state, set_rng_state, get_device, save_checkpoint,
                          load_checkpoint, save_json, progress, stable_hash)
 from . import dist
-from .ssl_model import MoCoV3Model, DINOModel, convert_dist_batchnorm, cosine_momentum, EMBEDDINGS
+from .ssl_model import MoCoV3Model, DINOModel, convert_dist_batchnorm, EMBEDDINGS
+from .train import cosine, warmup_cosine, restart_from_checkpoint, local_device
 
 # %% auto #0
-__all__ = ['ADConfig', 'moco_v3_transforms', 'sample_seed', 'TwoViewDataset', 'EpochBatchSampler', 'build_aug_bank', 'bank_views',
-           'warmup_cosine', 'ADRun', 'build_model', 'train_ad', 'trunk_features', 'embed_features', 'model_features',
-           'abc_eval_paths', 'evaluate_features', 'mean_abs_offdiag_corr', 'query_exemplar_pairs',
+__all__ = ['RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sample_seed', 'TwoViewDataset', 'EpochBatchSampler',
+           'build_aug_bank', 'bank_views', 'ADRun', 'build_model', 'train_ad', 'trunk_features', 'embed_features',
+           'model_features', 'abc_eval_paths', 'evaluate_features', 'mean_abs_offdiag_corr', 'query_exemplar_pairs',
            'domain_canonical_correlations']
 
 # %% ../nbs/17_ad_trainer.ipynb #fb58c634
@@ -196,13 +197,6 @@ def bank_views(bank: torch.Tensor, idx: Sequence[int], seed: int, epoch: int) ->
     idx = torch.as_tensor(list(idx))
     return bank[idx, torch.as_tensor(a)], bank[idx, torch.as_tensor(b)]
 
-# %% ../nbs/17_ad_trainer.ipynb #e391de5d
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    "LR multiplier: linear warm-up over `warmup` steps, then half-cosine from 1 to `min_ratio` at `total`."
-    if warmup > 0 and step < warmup: return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
 # %% ../nbs/17_ad_trainer.ipynb #2bc9bf9a
 @dataclass
 class ADRun:
@@ -258,12 +252,7 @@ def _set_train_mode(model, cfg):
         for m in list(model.online.tail.modules()) + list(model.momentum.tail.modules()):
             if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
 
-def _ckpt_compatible(saved: dict, cfg: ADConfig):
-    a, b = dict(saved), cfg.to_dict()
-    for k in ('epochs', 'device', 'num_workers', 'ckpt_every_steps'): a.pop(k, None); b.pop(k, None)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if diff: raise AttribError(f"the checkpoint was made with other options ({', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in diff)}); "
-                               "use another out_dir or resume=False")
+RESUME_IGNORES = ('epochs', 'device', 'num_workers', 'ckpt_every_steps')   # options a resumed run may change
 
 def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None, resume: bool = True,
              stop_after_epochs: int | None = None, bank: torch.Tensor | None = None, log_every: int = 0) -> ADRun:
@@ -271,8 +260,7 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
     (a list of paths relative to `root`, or `train_images_unpaired`'s dict). Checkpoints to `out_dir/checkpoints/last.pt` and resumes from it."""
     paths = _as_paths(images)
     dist.init_distributed()
-    device = get_device(cfg.device)
-    if dist.is_dist() and device.type == 'cuda': device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    device = local_device(cfg.device)
     seed_everything(cfg.seed)
     bb, model = build_model(cfg, device)
     D = cfg.proj_dim if cfg.infomax_on == 'projector' else model.embed_dim
@@ -304,7 +292,7 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
     lr = cfg.lr * cfg.batch_size / 256
     opt = torch.optim.AdamW(groups, lr=lr) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=lr, momentum=0.9)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, end=cfg.min_lr_ratio))
     use_scaler = cfg.amp == 'fp16' and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
@@ -317,9 +305,8 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
     out_dir = Path(out_dir) if out_dir is not None else None
     ck = out_dir/'checkpoints'/'last.pt' if out_dir is not None else None
     epoch, start_batch, gstep, history = 0, 0, 0, []
-    if resume and ck is not None and ck.exists():
-        st = load_checkpoint(ck, map_location='cpu')
-        _ckpt_compatible(st['config'], cfg)
+    st = restart_from_checkpoint(ck, cfg.to_dict(), ignore=RESUME_IGNORES) if resume else None
+    if st is not None:
         model.load_state_dict(st['model']); info.load_state_dict(st['info']); align.load_state_dict(st['align'])
         opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
         if use_scaler and st.get('scaler'): scaler.load_state_dict(st['scaler'])
@@ -384,7 +371,7 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
             if cfg.grad_clip:
                 scaler.unscale_(opt); nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(opt); scaler.update(); sched.step()
-            m = cosine_momentum(cfg.momentum, gstep + 1, total) if cfg.momentum_schedule == 'cosine' else cfg.momentum
+            m = cosine((gstep + 1) / total, cfg.momentum, 1.0) if cfg.momentum_schedule == 'cosine' else cfg.momentum
             model.update_momentum(m)
             gstep += 1; n_steps += 1
             if log_every and dist.is_main() and gstep % log_every == 0:
@@ -393,7 +380,7 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
                 save(epoch, b + 1)
         n = max(n_steps, 1)
         history.append(dict(epoch=epoch, loss=sums['loss'] / n, align=sums['align'] / n, info=sums['info'] / n,
-                            lr=sched.get_last_lr()[0], momentum=cosine_momentum(cfg.momentum, gstep, total) if cfg.momentum_schedule == 'cosine' else cfg.momentum,
+                            lr=sched.get_last_lr()[0], momentum=cosine(gstep / total, cfg.momentum, 1.0) if cfg.momentum_schedule == 'cosine' else cfg.momentum,
                             steps=n_steps, seconds=time.time() - t0))
         epoch, start_batch = epoch + 1, 0
         save(epoch, 0)

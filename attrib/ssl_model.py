@@ -15,9 +15,8 @@ from .core import AttribError, DataError, progress
 from .dist import is_dist, world_size, rank, all_gather_cat
 
 # %% auto #0
-__all__ = ['EMBEDDINGS', 'BackbonePart', 'split_backbone', 'mlp', 'ema_update', 'cosine_momentum', 'DistBatchNorm',
-           'convert_dist_batchnorm', 'MoCoV3Model', 'DINOHead', 'DINOModel', 'trunk_outputs', 'embed_from_trunk',
-           'TrunkCache']
+__all__ = ['EMBEDDINGS', 'BackbonePart', 'split_backbone', 'mlp', 'ema_update', 'DistBatchNorm', 'convert_dist_batchnorm',
+           'MoCoV3Model', 'DINOHead', 'DINOModel', 'trunk_outputs', 'embed_from_trunk']
 
 # %% ../nbs/16_ssl_model.ipynb #8b7cbcde
 class _Lambda(nn.Module):
@@ -86,11 +85,6 @@ def ema_update(target: nn.Module, source: nn.Module, m: float):
     pt, ps = list(target.parameters()), list(source.parameters())
     if len(pt) != len(ps): raise AttribError(f"ema_update: target has {len(pt)} parameters, source {len(ps)}")
     for a, b in zip(pt, ps): a.mul_(m).add_(b.detach().to(a.dtype), alpha=1 - m)
-
-def cosine_momentum(m0: float, step: int, total: int) -> float:
-    "MoCo v3 / BYOL momentum schedule: m0 at step 0, rising to 1 at step `total` (half a cosine)."
-    if total <= 0: return m0
-    return 1 - (1 - m0) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
 # %% ../nbs/16_ssl_model.ipynb #39afb23b
 class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -165,7 +159,7 @@ class _SSLBase(nn.Module):
         ema_update(self.momentum.tail, self.online.tail, m); ema_update(self.momentum.projector, self.online.projector, m)
 
     def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
-        "The frozen trunk's output for images `x` (what `TrunkCache` stores)."
+        "The frozen trunk's output for images `x` (what evaluation caches once per image set)."
         return self.trunk(x)
 
     @torch.no_grad()
@@ -268,25 +262,3 @@ def embed_from_trunk(model: _SSLBase, h: torch.Tensor, which: str = 'backbone', 
                 for i in range(0, len(h), batch_size)]
     finally: model.train(was)
     return torch.cat(outs)
-
-class TrunkCache:
-    "Trunk outputs for named image sets (e.g. 'queries', 'exemplars', 'distractors'), computed once per (backbone, weights, cut, size)."
-    def __init__(self, model: _SSLBase, transform, root=None, batch_size: int = 128, num_workers: int = 0, dtype=torch.float32,
-                 cache_dir: str | Path | None = None, key: str = ''):
-        self.model, self.transform, self.root, self.bs, self.nw, self.dtype = model, transform, root, batch_size, num_workers, dtype
-        self.cache_dir, self.key, self.sets = (Path(cache_dir) if cache_dir else None), key, {}
-
-    def add(self, name: str, paths: Sequence) -> torch.Tensor:
-        "Compute (or load from `cache_dir`) the trunk outputs of `paths` under `name`."
-        from attrib.core import stable_hash, save_checkpoint, load_checkpoint
-        f = self.cache_dir/f'trunk-{name}-{stable_hash(self.key, [str(p) for p in paths], str(self.dtype))}.pt' if self.cache_dir else None
-        if f is not None and f.exists(): self.sets[name] = load_checkpoint(f)['h']
-        else:
-            self.sets[name] = trunk_outputs(self.model, paths, self.root, self.transform, self.bs, self.nw, dtype=self.dtype, desc=f'trunk {name}')
-            if f is not None: save_checkpoint({'h': self.sets[name]}, f)
-        return self.sets[name]
-
-    def __getitem__(self, name): return self.sets[name]
-    def embed(self, model: _SSLBase, name: str, which: str = 'backbone', **kw) -> torch.Tensor:
-        "Embeddings of set `name` under `model` (whose trunk must be this cache's trunk)."
-        return embed_from_trunk(model, self.sets[name], which, **kw)
