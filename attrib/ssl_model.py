@@ -16,7 +16,7 @@ from .dist import is_dist, world_size, rank, all_gather_cat
 
 # %% auto #0
 __all__ = ['EMBEDDINGS', 'BackbonePart', 'split_backbone', 'mlp', 'ema_update', 'DistBatchNorm', 'convert_dist_batchnorm',
-           'MoCoV3Model', 'DINOHead', 'DINOModel', 'trunk_outputs', 'embed_from_trunk']
+           'MoCoV3Model', 'DINOHead', 'DINOModel']
 
 # %% ../nbs/16_ssl_model.ipynb #8b7cbcde
 class _Lambda(nn.Module):
@@ -234,31 +234,3 @@ class DINOModel(_SSLBase):
         student = [self.online.projector.head.logits(z) for z in zs]
         with torch.no_grad(): teacher = [self.momentum.projector.head.logits(self.momentum(h)[1]).detach() for h in hs[:2]]
         return dict(student=student, teacher=teacher, z=zs[:2])
-
-# %% ../nbs/16_ssl_model.ipynb #f79383dc
-@torch.no_grad()
-def trunk_outputs(model: _SSLBase, paths: Sequence, root=None, transform=None, batch_size: int = 128, num_workers: int = 0,
-                  device=None, dtype=torch.float32, desc: str = 'trunk') -> torch.Tensor:
-    "Run the model's frozen trunk over images `paths` (relative to `root`) with `transform` (the backbone's eval transform); returns (N, ...) on the CPU."
-    from attrib.images import ImagePathsDataset
-    if transform is None: raise AttribError("trunk_outputs needs the eval `transform` (e.g. backbone.transform)")
-    device = device or next(model.parameters()).device
-    ds = ImagePathsDataset(list(paths), root=root, transform=transform)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    outs = []
-    for xb, _ in progress(dl, desc=desc):
-        outs.append(model.trunk(xb.to(device)).to('cpu', dtype))
-    if not outs: raise DataError("trunk_outputs: no images given")
-    return torch.cat(outs)
-
-@torch.no_grad()
-def embed_from_trunk(model: _SSLBase, h: torch.Tensor, which: str = 'backbone', batch_size: int = 512, branch: str = 'online',
-                     device=None) -> torch.Tensor:
-    "Retrieval embeddings from cached trunk outputs `h` (N, ...), only the tail (and head) run; returns float32 (N, D) on the CPU."
-    device = device or next(model.parameters()).device
-    was = model.training; model.eval()
-    try:
-        outs = [model.embed(h[i:i + batch_size].to(device, torch.float32), which, from_trunk=True, branch=branch).float().cpu()
-                for i in range(0, len(h), batch_size)]
-    finally: model.train(was)
-    return torch.cat(outs)
