@@ -21,7 +21,8 @@ from .train import cosine, warmup_cosine, restart_from_checkpoint, local_device
 
 # %% auto #0
 __all__ = ['RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sample_seed', 'TwoViewDataset', 'EpochBatchSampler',
-           'build_aug_bank', 'bank_views', 'ADRun', 'build_model', 'train_ad']
+           'build_aug_bank', 'bank_views', 'ADRun', 'build_model', 'ADObjective', 'ADState', 'setup_ad', 'save_ad',
+           'resume_ad', 'train_one_epoch', 'train_ad']
 
 # %% ../nbs/17_ad_trainer.ipynb #fb58c634
 @dataclass
@@ -250,142 +251,219 @@ def _set_train_mode(model, cfg):
         for m in list(model.online.tail.modules()) + list(model.momentum.tail.modules()):
             if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
 
+# %% ../nbs/17_ad_trainer.ipynb #2f32080b
+class ADObjective(nn.Module):
+    "A&D's loss on two views, `align_weight·L_align + lam·L_info`; holds the losses' state (DINO centre, Infomax moments)."
+    def __init__(self, cfg: ADConfig, dim: int):
+        from attrib.losses import MoCoV3Loss, DINOLoss, InfomaxLoss
+        super().__init__()
+        self.cfg = cfg
+        self.align = MoCoV3Loss(cfg.temperature) if cfg.method == 'moco' else \
+            DINOLoss(cfg.dino_out_dim, cfg.dino_teacher_temp, cfg.dino_student_temp, cfg.dino_center_momentum)
+        self.info = InfomaxLoss(dim, momentum=cfg.infomax_momentum, eps=cfg.infomax_eps, n_views=2)
+
+    def align_loss(self, model, h1, h2, q1, q2, z1):
+        "The alignment term from the online outputs `q` and the momentum (teacher) branch on trunk outputs `h1`, `h2`."
+        with torch.no_grad():       # the momentum branch runs even when unweighted: its BatchNorm statistics follow the data
+            _, k1, _ = model.momentum(h1); _, k2, _ = model.momentum(h2)
+        if self.cfg.align_weight <= 0: return z1.new_zeros(())
+        if self.cfg.method == 'moco': return self.align(q1, q2, k1, k2)
+        head_t = model.momentum.projector.head
+        with torch.no_grad(): t_out = [head_t.logits(k1), head_t.logits(k2)]
+        return self.align([q1, q2], t_out)
+
+    def info_loss(self, f1, f2, z1, z2):
+        "The Infomax term on the projector outputs `z` or the backbone outputs `f` (`cfg.infomax_on`)."
+        if self.cfg.lam <= 0: return z1.new_zeros((), dtype=torch.float32)
+        d1, d2 = (z1, z2) if self.cfg.infomax_on == 'projector' else (f1, f2)
+        return self.info(d1.float(), d2.float())
+
+    def total(self, la, li):
+        "L = align_weight · L_align + lam · L_info."
+        return self.cfg.align_weight * la.float() + self.cfg.lam * li
+
+# %% ../nbs/17_ad_trainer.ipynb #b2893253
 RESUME_IGNORES = ('epochs', 'device', 'num_workers', 'ckpt_every_steps')   # options a resumed run may change
 
-def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None, resume: bool = True,
-             stop_after_epochs: int | None = None, bank: torch.Tensor | None = None, log_every: int = 0) -> ADRun:
-    """Alignment-and-Disentanglement training (Liu et al. 2026; MoCo v3 / DINO + λ·Infomax) on unpaired images `images`
-    (a list of paths relative to `root`, or `train_images_unpaired`'s dict). Checkpoints to `out_dir/checkpoints/last.pt` and resumes from it."""
-    paths = _as_paths(images)
-    dist.init_distributed()
-    device = local_device(cfg.device)
-    seed_everything(cfg.seed)
-    bb, model = build_model(cfg, device)
-    D = cfg.proj_dim if cfg.infomax_on == 'projector' else model.embed_dim
-    from attrib.losses import MoCoV3Loss, DINOLoss, InfomaxLoss
-    align = MoCoV3Loss(cfg.temperature) if cfg.method == 'moco' else \
-        DINOLoss(cfg.dino_out_dim, cfg.dino_teacher_temp, cfg.dino_student_temp, cfg.dino_center_momentum)
-    info = InfomaxLoss(D, momentum=cfg.infomax_momentum, eps=cfg.infomax_eps, n_views=2)
-    align.to(device); info.to(device)
-    if dist.is_dist():
-        model.online = convert_dist_batchnorm(model.online); model.momentum = convert_dist_batchnorm(model.momentum)
-    # data
-    ws = dist.world_size()
-    if cfg.batch_size % (ws * cfg.accum_steps): raise AttribError(f"batch_size {cfg.batch_size} must be divisible by world_size x accum_steps = {ws * cfg.accum_steps}")
-    micro = cfg.batch_size // cfg.accum_steps                       # global micro-batch
-    if bank is not None:
-        if len(bank) != len(paths): raise DataError(f"the aug bank holds {len(bank)} images, {len(paths)} paths given")
-        ds = None
-    else:
-        t1, t2 = moco_v3_transforms(bb.train_transform_base, cfg)
-        ds = TwoViewDataset(paths, root, t1, t2, cfg.seed)
-    sampler = EpochBatchSampler(len(paths), micro, cfg.seed)
-    steps_per_epoch = (len(paths) // micro) // cfg.accum_steps
-    if steps_per_epoch < 1: raise DataError(f"{len(paths)} images make no full step of batch {cfg.batch_size}")
-    total = steps_per_epoch * cfg.epochs
-    # optimisation
+@dataclass
+class ADState:
+    "One A&D run in progress: what `setup_ad` builds, `train_one_epoch` advances and `save_ad` / `resume_ad` persist."
+    cfg: ADConfig
+    paths: list
+    model: nn.Module
+    objective: ADObjective
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    online: nn.Module              # the online branch over both views (DDP-wrapped under torchrun)
+    device: torch.device
+    autocast: object
+    ds: TwoViewDataset | None
+    bank: torch.Tensor | None
+    sampler: EpochBatchSampler
+    steps_per_epoch: int
+    total: int
+    params: list
+    epoch: int = 0
+    start_batch: int = 0
+    gstep: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def use_scaler(self) -> bool: return self.scaler.is_enabled()
+
+    def momentum(self, step: int) -> float:
+        "The momentum encoder's momentum after `step` optimizer steps."
+        c = self.cfg
+        return cosine(step / self.total, c.momentum, 1.0) if c.momentum_schedule == 'cosine' else c.momentum
+
+# %% ../nbs/17_ad_trainer.ipynb #d466613c
+def _optimizer(model, cfg: ADConfig):
     params = model.trainable_parameters()
     decay = [p for p in params if p.ndim > 1]; no_decay = [p for p in params if p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     lr = cfg.lr * cfg.batch_size / 256
     opt = torch.optim.AdamW(groups, lr=lr) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return params, opt
+
+def setup_ad(images, cfg: ADConfig, root=None, bank: torch.Tensor | None = None) -> ADState:
+    "Everything an A&D run needs (model, objective, data, optimizer, schedule, AMP, DDP) for unpaired `images`, at epoch 0."
+    paths = _as_paths(images)
+    dist.init_distributed()
+    device = local_device(cfg.device)
+    seed_everything(cfg.seed)
+    bb, model = build_model(cfg, device)
+    objective = ADObjective(cfg, cfg.proj_dim if cfg.infomax_on == 'projector' else model.embed_dim).to(device)
+    if dist.is_dist():
+        model.online = convert_dist_batchnorm(model.online); model.momentum = convert_dist_batchnorm(model.momentum)
+    ws = dist.world_size()
+    if cfg.batch_size % (ws * cfg.accum_steps):
+        raise AttribError(f"batch_size {cfg.batch_size} must be divisible by world_size x accum_steps = {ws * cfg.accum_steps}")
+    micro = cfg.batch_size // cfg.accum_steps                       # global micro-batch
+    if bank is not None and len(bank) != len(paths): raise DataError(f"the aug bank holds {len(bank)} images, {len(paths)} paths given")
+    ds = None if bank is not None else TwoViewDataset(paths, root, *moco_v3_transforms(bb.train_transform_base, cfg), cfg.seed)
+    sampler = EpochBatchSampler(len(paths), micro, cfg.seed)
+    steps_per_epoch = (len(paths) // micro) // cfg.accum_steps
+    if steps_per_epoch < 1: raise DataError(f"{len(paths)} images make no full step of batch {cfg.batch_size}")
+    total = steps_per_epoch * cfg.epochs
+    params, opt = _optimizer(model, cfg)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, end=cfg.min_lr_ratio))
-    use_scaler = cfg.amp == 'fp16' and device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
+    scaler = torch.amp.GradScaler('cuda', enabled=cfg.amp == 'fp16' and device.type == 'cuda')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
-    online = model.online
-    if dist.is_dist():
-        online_ddp = nn.parallel.DistributedDataParallel(_Views(model.online), device_ids=[device.index] if device.type == 'cuda' else None)
-    else: online_ddp = _Views(model.online)
-    # resume
+    online = _Views(model.online)
+    if dist.is_dist(): online = nn.parallel.DistributedDataParallel(online, device_ids=[device.index] if device.type == 'cuda' else None)
+    return ADState(cfg, paths, model, objective, opt, sched, scaler, online, device, autocast, ds, bank, sampler,
+                   steps_per_epoch, total, params)
+
+# %% ../nbs/17_ad_trainer.ipynb #0a028337
+def save_ad(st: ADState, path: Path | None, epoch: int, batch: int):
+    "Checkpoint the run at (`epoch`, `batch`) into `path` atomically (main rank only; nothing when `path` is None)."
+    if path is None or not dist.is_main(): return
+    save_checkpoint(dict(model=st.model.state_dict(), info=st.objective.info.state_dict(), align=st.objective.align.state_dict(),
+                         optimizer=st.opt.state_dict(), scheduler=st.sched.state_dict(),
+                         scaler=st.scaler.state_dict() if st.use_scaler else {}, rng=get_rng_state(), epoch=epoch,
+                         batch_in_epoch=batch, global_step=st.gstep, history=st.history, config=st.cfg.to_dict(),
+                         n_images=len(st.paths)), path)
+
+def resume_ad(st: ADState, path: Path | None) -> bool:
+    "Continue `st` from the checkpoint at `path` if there is one made with the same options (`RESUME_IGNORES` aside)."
+    ck = restart_from_checkpoint(path, st.cfg.to_dict(), ignore=RESUME_IGNORES)
+    if ck is None: return False
+    st.model.load_state_dict(ck['model']); st.objective.info.load_state_dict(ck['info'])
+    st.objective.align.load_state_dict(ck['align'])
+    st.opt.load_state_dict(ck['optimizer']); st.sched.load_state_dict(ck['scheduler'])
+    if st.use_scaler and ck.get('scaler'): st.scaler.load_state_dict(ck['scaler'])
+    st.epoch, st.start_batch, st.gstep, st.history = ck['epoch'], ck['batch_in_epoch'], ck['global_step'], list(ck['history'])
+    set_rng_state(ck['rng'])
+    if dist.is_main(): print(f'resumed from {path} at epoch {st.epoch}, batch {st.start_batch}')
+    return True
+
+# %% ../nbs/17_ad_trainer.ipynb #4cbcafd1
+def _views(st: ADState, item, epoch: int):
+    "Trunk outputs of both views of a batch: from the bank, from a worker's (x1, x2), or built from the images here."
+    dt = getattr(torch, st.cfg.dtype)
+    if not isinstance(item, list):
+        x1, x2 = item
+        return st.model.trunk(x1.to(st.device, dt)), st.model.trunk(x2.to(st.device, dt))
+    if st.bank is not None:
+        h1, h2 = bank_views(st.bank, item, st.cfg.seed, epoch)
+        return h1.to(st.device, dt), h2.to(st.device, dt)
+    ims = [st.ds.images[i][0] for i in item]
+    x1 = torch.stack([st.ds.view(im, i, 0) for im, i in zip(ims, item)]).to(st.device, dt)
+    x2 = torch.stack([st.ds.view(im, i, 1) for im, i in zip(ims, item)]).to(st.device, dt)
+    return st.model.trunk(x1), st.model.trunk(x2)
+
+def _batches(st: ADState):
+    it = iter(st.sampler)
+    if st.cfg.num_workers and st.ds is not None:   # workers prefetch (views are seeded per image, so the result is the same)
+        kw = dict(num_workers=st.cfg.num_workers, collate_fn=lambda b: b[0])
+        it = iter(torch.utils.data.DataLoader(_BatchViews(st.ds), sampler=list(st.sampler), **kw))
+    return it
+
+def _micro_step(st: ADState, item, epoch: int, b: int, sync: bool) -> tuple[float, float, float]:
+    "Forward and backward of one micro-batch; returns its (loss, align, info) contributions."
+    cfg, obj = st.cfg, st.objective
+    h1, h2 = _views(st, item, epoch)
+    with (st.online.no_sync() if (dist.is_dist() and not sync) else nullcontext()):
+        with st.autocast():
+            (f1, z1, q1), (f2, z2, q2) = st.online([h1, h2])
+            la = obj.align_loss(st.model, h1, h2, q1, q2, z1)
+        li = obj.info_loss(f1, f2, z1, z2)
+        loss = obj.total(la, li) / cfg.accum_steps
+        if not torch.isfinite(loss): raise AttribError(f"non-finite loss at epoch {epoch}, step {b} (align {la.item()}, info {li.item()})")
+        st.scaler.scale(loss).backward()
+    return loss.item(), la.item() / cfg.accum_steps, li.item() / cfg.accum_steps
+
+def train_one_epoch(st: ADState, save=None, log_every: int = 0) -> dict:
+    "Train epoch `st.epoch` from batch `st.start_batch` to its end; `save(epoch, batch)` checkpoints mid-epoch. Returns its history row."
+    cfg, epoch = st.cfg, st.epoch
+    _set_train_mode(st.model, cfg)
+    st.sampler.set_epoch(epoch, st.start_batch * cfg.accum_steps)
+    if st.ds is not None: st.ds.set_epoch(epoch)
+    sums, n_steps, t0 = dict(loss=0., align=0., info=0.), 0, time.time()
+    it = _batches(st)
+    for b in range(st.start_batch, st.steps_per_epoch):
+        st.opt.zero_grad(set_to_none=True)
+        for a in range(cfg.accum_steps):
+            last = _micro_step(st, next(it), epoch, b, sync=a == cfg.accum_steps - 1)
+            for k, v in zip(sums, last): sums[k] += v
+        if cfg.grad_clip:
+            st.scaler.unscale_(st.opt); nn.utils.clip_grad_norm_(st.params, cfg.grad_clip)
+        st.scaler.step(st.opt); st.scaler.update(); st.sched.step()
+        st.model.update_momentum(st.momentum(st.gstep + 1))
+        st.gstep += 1; n_steps += 1
+        if log_every and dist.is_main() and st.gstep % log_every == 0:
+            print(f'epoch {epoch} step {b + 1}/{st.steps_per_epoch} loss {last[0] * cfg.accum_steps:.4f}')
+        if save is not None and cfg.ckpt_every_steps and st.gstep % cfg.ckpt_every_steps == 0 and b + 1 < st.steps_per_epoch:
+            save(epoch, b + 1)
+    n = max(n_steps, 1)
+    row = dict(epoch=epoch, loss=sums['loss'] / n, align=sums['align'] / n, info=sums['info'] / n, lr=st.sched.get_last_lr()[0],
+               momentum=st.momentum(st.gstep), steps=n_steps, seconds=time.time() - t0)
+    st.history.append(row)
+    st.epoch, st.start_batch = epoch + 1, 0
+    return row
+
+# %% ../nbs/17_ad_trainer.ipynb #35cc7151
+def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None, resume: bool = True,
+             stop_after_epochs: int | None = None, bank: torch.Tensor | None = None, log_every: int = 0) -> ADRun:
+    """Alignment-and-Disentanglement training (Liu et al. 2026; MoCo v3 / DINO + λ·Infomax) on unpaired images `images`
+    (a list of paths relative to `root`, or `train_images_unpaired`'s dict). Checkpoints to `out_dir/checkpoints/last.pt` and resumes from it."""
+    st = setup_ad(images, cfg, root, bank)
     out_dir = Path(out_dir) if out_dir is not None else None
     ck = out_dir/'checkpoints'/'last.pt' if out_dir is not None else None
-    epoch, start_batch, gstep, history = 0, 0, 0, []
-    st = restart_from_checkpoint(ck, cfg.to_dict(), ignore=RESUME_IGNORES) if resume else None
-    if st is not None:
-        model.load_state_dict(st['model']); info.load_state_dict(st['info']); align.load_state_dict(st['align'])
-        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-        if use_scaler and st.get('scaler'): scaler.load_state_dict(st['scaler'])
-        epoch, start_batch, gstep, history = st['epoch'], st['batch_in_epoch'], st['global_step'], list(st['history'])
-        set_rng_state(st['rng'])
-        if dist.is_main(): print(f'resumed from {ck} at epoch {epoch}, batch {start_batch}')
-
-    def save(epoch_, batch_):
-        if ck is None or not dist.is_main(): return
-        save_checkpoint(dict(model=model.state_dict(), info=info.state_dict(), align=align.state_dict(), optimizer=opt.state_dict(),
-                             scheduler=sched.state_dict(), scaler=scaler.state_dict() if use_scaler else {}, rng=get_rng_state(),
-                             epoch=epoch_, batch_in_epoch=batch_, global_step=gstep, history=history, config=cfg.to_dict(),
-                             n_images=len(paths)), ck)
-
-    dt = getattr(torch, cfg.dtype)
-    def views_for(idx, ep):
-        if bank is not None:
-            h1, h2 = bank_views(bank, idx, cfg.seed, ep)
-            return h1.to(device, dt), h2.to(device, dt)
-        ims = [ds.images[i][0] for i in idx]
-        x1 = torch.stack([ds.view(im, i, 0) for im, i in zip(ims, idx)]).to(device, dt)
-        x2 = torch.stack([ds.view(im, i, 1) for im, i in zip(ims, idx)]).to(device, dt)
-        return model.trunk(x1), model.trunk(x2)
-
-    loader_kw = dict(num_workers=cfg.num_workers, collate_fn=lambda b: b[0]) if cfg.num_workers else None
+    if resume: resume_ad(st, ck)
+    save = lambda epoch, batch: save_ad(st, ck, epoch, batch)
     stop_at = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
-    while epoch < stop_at:
-        _set_train_mode(model, cfg)
-        sampler.set_epoch(epoch, start_batch * cfg.accum_steps)
-        if ds is not None: ds.set_epoch(epoch)
-        sums, n_steps, t0 = dict(loss=0., align=0., info=0.), 0, time.time()
-        it = iter(sampler)
-        if loader_kw and ds is not None:   # workers prefetch (views are seeded per image, so the result is the same)
-            it = iter(torch.utils.data.DataLoader(_BatchViews(ds), sampler=list(sampler), **loader_kw))
-        b = start_batch
-        for b in range(start_batch, steps_per_epoch):
-            opt.zero_grad(set_to_none=True)
-            for a in range(cfg.accum_steps):
-                item = next(it)
-                if isinstance(item, list): h1, h2 = views_for(item, epoch)
-                else: x1, x2 = item; h1, h2 = model.trunk(x1.to(device, dt)), model.trunk(x2.to(device, dt))
-                sync = a == cfg.accum_steps - 1
-                ctx = online_ddp.no_sync() if (dist.is_dist() and not sync) else nullcontext()
-                with ctx:
-                    with autocast():
-                        (f1, z1, q1), (f2, z2, q2) = online_ddp([h1, h2])
-                        with torch.no_grad():
-                            _, k1, _ = model.momentum(h1); _, k2, _ = model.momentum(h2)
-                        if cfg.method == 'moco':
-                            la = align(q1, q2, k1, k2) if cfg.align_weight > 0 else z1.new_zeros(())
-                        else:
-                            head_t = model.momentum.projector.head
-                            with torch.no_grad(): t_out = [head_t.logits(k1), head_t.logits(k2)]
-                            s_out = [q1, q2]
-                            la = align(s_out, t_out) if cfg.align_weight > 0 else z1.new_zeros(())
-                    d1, d2 = (z1, z2) if cfg.infomax_on == 'projector' else (f1, f2)
-                    li = info(d1.float(), d2.float()) if cfg.lam > 0 else z1.new_zeros((), dtype=torch.float32)
-                    loss = (cfg.align_weight * la.float() + cfg.lam * li) / cfg.accum_steps
-                    if not torch.isfinite(loss): raise AttribError(f"non-finite loss at epoch {epoch}, step {b} (align {la.item()}, info {li.item()})")
-                    scaler.scale(loss).backward()
-                sums['loss'] += loss.item(); sums['align'] += la.item() / cfg.accum_steps; sums['info'] += li.item() / cfg.accum_steps
-            if cfg.grad_clip:
-                scaler.unscale_(opt); nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt); scaler.update(); sched.step()
-            m = cosine((gstep + 1) / total, cfg.momentum, 1.0) if cfg.momentum_schedule == 'cosine' else cfg.momentum
-            model.update_momentum(m)
-            gstep += 1; n_steps += 1
-            if log_every and dist.is_main() and gstep % log_every == 0:
-                print(f'epoch {epoch} step {b + 1}/{steps_per_epoch} loss {loss.item() * cfg.accum_steps:.4f}')
-            if cfg.ckpt_every_steps and gstep % cfg.ckpt_every_steps == 0 and b + 1 < steps_per_epoch:
-                save(epoch, b + 1)
-        n = max(n_steps, 1)
-        history.append(dict(epoch=epoch, loss=sums['loss'] / n, align=sums['align'] / n, info=sums['info'] / n,
-                            lr=sched.get_last_lr()[0], momentum=cosine(gstep / total, cfg.momentum, 1.0) if cfg.momentum_schedule == 'cosine' else cfg.momentum,
-                            steps=n_steps, seconds=time.time() - t0))
-        epoch, start_batch = epoch + 1, 0
-        save(epoch, 0)
+    while st.epoch < stop_at:
+        train_one_epoch(st, save, log_every)
+        save(st.epoch, 0)
     dist.barrier()
-    model.eval()
-    return ADRun(model, cfg, history, out_dir)
+    st.model.eval()
+    return ADRun(st.model, cfg, st.history, out_dir)
 
+# %% ../nbs/17_ad_trainer.ipynb #5d57d64e
 class _BatchViews(torch.utils.data.Dataset):
     "Wraps a TwoViewDataset so a DataLoader worker builds a whole batch (indices list -> (x1, x2))."
     def __init__(self, ds): self.ds = ds
