@@ -175,7 +175,7 @@ class CCAOracle:
 
     @classmethod
     def fit(cls, synth_feats, exemplar_feats, k: int | None = None, ridge: float = 1e-3, scale: str = 'none') -> 'CCAOracle':
-        from attrib.cca import cca
+        from attrib.linalg import cca
         if scale not in ('none', 'rho'): raise AttribError(f"scale must be 'none' or 'rho', got {scale!r}")
         X, Y = (np.asarray(to_numpy(a), dtype=np.float64) for a in (synth_feats, exemplar_feats))
         if X.shape[0] != Y.shape[0]: raise DataError(f"CCA needs paired rows, got {X.shape[0]} synthetic and {Y.shape[0]} exemplar features")

@@ -10,10 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .core import AttribError, DataError
 from .dist import is_dist, world_size, rank, all_gather_cat, all_reduce_sum
+from .linalg import logdet_pd, gaussian_mi_joint
 
 # %% auto #0
-__all__ = ['info_nce', 'MoCoV3Loss', 'DINOLoss', 'logdet_penalty', 'InfomaxLoss', 'gaussian_mi', 'ldmi', 'LDMILoss',
-           'AbCContrastiveLoss', 'BatchHardTripletLoss']
+__all__ = ['info_nce', 'MoCoV3Loss', 'DINOLoss', 'logdet_penalty', 'InfomaxLoss', 'ldmi', 'LDMILoss', 'AbCContrastiveLoss',
+           'BatchHardTripletLoss']
 
 # %% ../nbs/01_losses.ipynb #3b0ea64f
 _LOW = (torch.float16, torch.bfloat16)
@@ -166,29 +167,7 @@ class DINOLoss(nn.Module):
 # %% ../nbs/01_losses.ipynb #38c2dbb4
 def logdet_penalty(R: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     "-(1/D)·logdet(R + eps·I) of a symmetric PSD (D, D) matrix, in float64 via Cholesky (the CorInfoMax covariance loss, Ozsoy et al., NeurIPS 2022)."
-    return -_logdet_pd(R, eps) / R.shape[-1]
-
-def _logdet_pd(R: torch.Tensor, eps: float = 0.) -> torch.Tensor:
-    "logdet(R + eps·I) for a symmetric (D, D) matrix, float64, via Cholesky; a clear error if it is not positive definite."
-    if R.ndim != 2 or R.shape[0] != R.shape[1]: raise DataError(f"expected a square (D, D) matrix, got shape {tuple(R.shape)}")
-    A = R.to(torch.float64)
-    A = 0.5 * (A + A.T) + eps * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-    return _CholeskyLogdet.apply(A, eps)
-
-class _CholeskyLogdet(torch.autograd.Function):
-    "logdet of a symmetric positive-definite matrix from its Cholesky factor, with the closed-form gradient A⁻¹ (= cholesky_inverse of the factor)."
-    @staticmethod
-    def forward(ctx, A, eps):
-        L, info = torch.linalg.cholesky_ex(A)
-        if int(info): raise AttribError(f"matrix + {eps:g}·I is not positive definite (the covariance is singular: increase eps or the batch size)")
-        ctx.save_for_backward(L)
-        return 2 * torch.log(torch.diagonal(L)).sum()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        L, = ctx.saved_tensors
-        return g * torch.cholesky_inverse(L), None
+    return -logdet_pd(R, eps, 'the covariance') / R.shape[-1]
 
 class InfomaxLoss(nn.Module):
     """Infomax decorrelation loss, **inferred** for A&D as CorInfoMax's (Ozsoy et al., NeurIPS 2022): -(1/D)·logdet(R + eps·I) of a running (float64) covariance R
@@ -233,13 +212,6 @@ class InfomaxLoss(nn.Module):
                 f'reduction={self.reduction!r}, r_init={self.r_init}')
 
 # %% ../nbs/01_losses.ipynb #98f0b0dc
-def gaussian_mi(S: torch.Tensor, d1: int, eps: float = 0.) -> torch.Tensor:
-    "Gaussian mutual information 1/2[logdet(S11+eps·I) + logdet(S22+eps·I) - logdet(S+eps·I)] of two views with joint covariance `S` (view 1 = first `d1` dims); float64."
-    if S.ndim != 2 or S.shape[0] != S.shape[1]: raise DataError(f"S must be a square joint covariance, got shape {tuple(S.shape)}")
-    if not 0 < d1 < S.shape[0]: raise DataError(f"d1 must split S's {S.shape[0]} dims into two non-empty views, got {d1}")
-    if eps < 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
-    return 0.5 * (_logdet_pd(S[:d1, :d1], eps) + _logdet_pd(S[d1:, d1:], eps) - _logdet_pd(S, eps))
-
 def ldmi(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Log-determinant (Gaussian) mutual information of two views (N, D1), (N, D2) from their batch covariance (/N, float64, all ranks' samples),
     eps·I added to each covariance block (as in CorInfoMax, Ozsoy et al., NeurIPS 2022)."""
@@ -247,7 +219,7 @@ def ldmi(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     _check_emb(z1, 'z1'); _check_emb(z2, 'z2'); _check_same_batch(z1, z2, 'z1', 'z2', same_dim=False)
     m1, m2, n = _moments(torch.cat([z1.to(torch.float64), z2.to(torch.float64)], 1))
     if n < 2: raise DataError(f"ldmi needs at least 2 samples to estimate a covariance, got {n}")
-    return gaussian_mi(m2 - torch.outer(m1, m1), z1.shape[1], eps).to(_out_dtype(z1))
+    return gaussian_mi_joint(m2 - torch.outer(m1, m1), z1.shape[1], eps).to(_out_dtype(z1))
 
 class LDMILoss(nn.Module):
     "Minus the log-determinant mutual information of two views (`ldmi`): minimising it maximises the (Gaussian) information the views share."

@@ -1,7 +1,7 @@
 """Benchmark: one Infomax step (forward + backward) with the closed-form log-det gradient vs autograd through the Cholesky factor.
 
-attrib.losses computes logdet(R + eps I) from a Cholesky factor and returns the gradient A^-1 = cholesky_inverse(L) directly
-(`_CholeskyLogdet`). The reference differentiates `2 * log(diag(cholesky(A))).sum()` with autograd, as the loss did before.
+attrib.losses takes logdet(R + eps I) from attrib.linalg.logdet_pd: a Cholesky factor, and the gradient A^-1 =
+cholesky_inverse(L) returned directly. The reference differentiates `2 * log(diag(cholesky(A))).sum()` with autograd, as the loss did before.
 Both run in the same process on the same embeddings; the gradients w.r.t. the embeddings are asserted equal and the JSON/CSV
 under runs/benchmarks/ record the time per step of each and the ratio (the machine is shared: compare the ratio, not the times).
 
@@ -13,12 +13,12 @@ import argparse, os, platform, time
 
 import torch
 
-from attrib import losses
+from attrib import losses, linalg
 from attrib.core import runs_dir, save_json
 from attrib.report import save_table
 
 
-def reference_logdet(R: torch.Tensor, eps: float = 0.) -> torch.Tensor:
+def reference_logdet(R: torch.Tensor, eps: float = 0., name: str = '') -> torch.Tensor:
     "The former implementation: autograd through torch.linalg.cholesky_ex."
     A = R.to(torch.float64)
     A = 0.5 * (A + A.T) + eps * torch.eye(A.shape[0], dtype=A.dtype)
@@ -29,8 +29,8 @@ def reference_logdet(R: torch.Tensor, eps: float = 0.) -> torch.Tensor:
 
 def one_step(z: torch.Tensor, logdet) -> tuple[float, torch.Tensor]:
     "Time a two-view InfomaxLoss step (fresh module, l = 0.01) with `logdet` swapped in; return seconds and dL/dz."
-    orig = losses._logdet_pd
-    losses._logdet_pd = logdet
+    orig = losses.logdet_pd
+    losses.logdet_pd = logdet
     try:
         crit = losses.InfomaxLoss(z.shape[1], momentum=0.01)
         zz = z.clone().requires_grad_()
@@ -38,7 +38,7 @@ def one_step(z: torch.Tensor, logdet) -> tuple[float, torch.Tensor]:
         crit(zz, zz.flip(0)).backward()
         return time.perf_counter() - t0, zz.grad
     finally:
-        losses._logdet_pd = orig
+        losses.logdet_pd = orig
 
 
 def main(argv=None):
@@ -53,10 +53,10 @@ def main(argv=None):
     rows = []
     for D in a.dims:
         z = torch.randn(a.batch, D, generator=torch.Generator().manual_seed(D))
-        one_step(z, losses._logdet_pd); one_step(z, reference_logdet)                    # warm-up
+        one_step(z, linalg.logdet_pd); one_step(z, reference_logdet)                    # warm-up
         fast, ref = [], []
         for _ in range(a.repeats):                                                       # interleaved, so load changes hit both
-            t, g_fast = one_step(z, losses._logdet_pd); fast.append(t)
+            t, g_fast = one_step(z, linalg.logdet_pd); fast.append(t)
             t, g_ref = one_step(z, reference_logdet); ref.append(t)
         err = float((g_fast - g_ref).abs().max() / g_ref.abs().max())
         assert err < 1e-6, f'gradients differ (relative {err:.2e})'

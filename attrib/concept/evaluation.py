@@ -114,8 +114,8 @@ def query_exemplar_pairs(ds, feats: dict, split: str, synth_fn=None, real_fn=Non
     return q[list(qi)], e[list(ei)]
 
 def domain_canonical_correlations(X, Y, ridge: float = 1e-3) -> np.ndarray:
-    "Canonical correlations between paired synthetic X and real Y features (`attrib.cca`, ridge relative to the mean variance), descending."
-    from attrib.cca import canonical_correlations
+    "Canonical correlations between paired synthetic X and real Y features (`attrib.linalg`, ridge relative to the mean variance), descending."
+    from attrib.linalg import canonical_correlations
     X, Y = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in (X, Y))
     r = ridge * float(np.mean([X.var(0).mean(), Y.var(0).mean()]))
     return np.asarray(canonical_correlations(X, Y, ridge=r))
