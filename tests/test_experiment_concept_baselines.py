@@ -7,7 +7,6 @@ import pytest
 
 
 def test_concept_baselines_tiny(tmp_path):
-    pytest.importorskip('attrib.mini_abc')
     from attrib.experiments import run_experiment
     from attrib.abc_data import AbCDataset
     from attrib.mini_abc import build_mini_abc
