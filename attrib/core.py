@@ -70,8 +70,12 @@ def _tensor_to_np_state(t):
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
     "The device to run on: `prefer` if given and available, else cuda > mps > cpu."
     if prefer is not None and str(prefer) != 'auto':
-        dev = torch.device(prefer)
+        try: dev = torch.device(prefer)
+        except (RuntimeError, TypeError): raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        if dev.type not in ('cpu', 'cuda', 'mps'): raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
         if dev.type == 'cuda' and not torch.cuda.is_available(): raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
+        if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
+            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
         if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()): raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')

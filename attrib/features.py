@@ -315,15 +315,17 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
 # %% ../nbs/14_features.ipynb #f67a2cb9
 def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
                 cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None, amp: bool = False,
-                distractors: bool = True, threads: int | None = None) -> dict[str, Path]:
+                distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
+                allow_outside_root: bool = False) -> dict[str, Path]:
     "The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun."
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
     try:
         if device is None and launched and torch.cuda.is_available(): device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
-        return extract_abc_features(bb, AbCDataset(data_root), splits=splits, cache_dir=cache_dir, distractors=distractors,
-                                    batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, threads=threads)
+        return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors, batch_size=batch_size,
+                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error)
     finally:
         if launched: dist.cleanup_distributed()
