@@ -42,12 +42,11 @@ def dataset_id(ds) -> str:
 
 def file_stats(paths: Sequence[str | Path], root: str | Path | None = None) -> torch.Tensor:
     "The content signature of each file, (size, mtime in ns) as an N x 2 int64 tensor; (-1, -1) for a file that is not there."
-    out = torch.full((len(paths), 2), -1, dtype=torch.long)
-    for i, p in enumerate(paths):
-        try: st = os.stat(Path(root)/p if root is not None else p)
-        except OSError: continue
-        out[i, 0], out[i, 1] = st.st_size, st.st_mtime_ns
-    return out
+    out = []
+    for p in paths:
+        try: st = os.stat(os.path.join(root, p) if root is not None else p); out.append((st.st_size, st.st_mtime_ns))
+        except OSError: out.append((-1, -1))
+    return torch.tensor(out, dtype=torch.long).reshape(len(paths), 2)
 
 def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], stat: torch.Tensor | None = None,
                   skipped: Sequence[tuple[str, str]] | None = None, skipped_stat: torch.Tensor | None = None) -> Path:
