@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import DataError, save_json
+from .core import DataError, save_json, load_json
 from .images import list_images, IMG_EXTENSIONS
 
 # %% auto #0
@@ -115,13 +115,15 @@ DISTRACTOR_DIR, DISTRACTOR_LIST = 'dataset/laion_subset', 'dataset/laion_subset.
 
 class AbCDataset:
     "An AbC-layout benchmark on disk: split JSONs, exemplars, synthetic queries and distractors (Wang et al., ICCV 2023)."
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, allow_outside_root: bool = False):
         root = Path(root).expanduser()
         if (root/'dataset'/'json').is_dir(): self.root = root
         elif root.name == 'dataset' and (root/'json').is_dir(): self.root = root.parent
         else: raise DataError(f"{root}: not an AbC dataset root: expected a folder holding dataset/json/ (or the dataset/ folder itself)")
         self.json_dir = self.root/'dataset'/'json'
+        self.allow_outside_root = allow_outside_root
         self._splits: dict[str, list[AbCModel]] = {}
+        self._checked: set[str] = set()   # splits whose files were checked (an unchecked load caches the JSON, not the check)
         self._distractors: list[str] | None = None
 
     def __repr__(self): return f"AbCDataset({str(self.root)!r}, splits={self.split_names()})"
@@ -133,14 +135,15 @@ class AbCDataset:
 
     def load_split(self, name: str, check_paths: bool = True) -> list[AbCModel]:
         "The validated models of split `name`; with `check_paths`, every referenced file must exist."
-        if name in self._splits: return self._splits[name]
         p = self.json_dir/f'{name}.json'
-        if not p.exists(): raise DataError(f"{p}: split file not found; this dataset has splits {self.split_names()}")
-        try: entries = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise DataError(f"{p}: not valid JSON ({e})") from None
-        models = validate_split(entries, str(p))
-        if check_paths: _check_exist(self.root, [q for m in models for q in (*m.exemplar, *(x for v in m.synth.values() for x in v))], str(p))
-        self._splits[name] = models
+        if name not in self._splits:
+            if not p.is_file(): raise DataError(f"{p}: split file not found; this dataset has splits {self.split_names()}")
+            models = validate_split(load_json(p), str(p))
+            if not self.allow_outside_root: _check_inside(self.root, _split_files(models), str(p))
+            self._splits[name] = models
+        models = self._splits[name]
+        if check_paths and name not in self._checked:
+            _check_exist(self.root, _split_files(models), str(p)); self._checked.add(name)
         return models
 
     def split_info(self, name: str) -> dict:
@@ -174,8 +177,11 @@ class AbCDataset:
         if self._distractors is None:
             lst, folder = self.root/DISTRACTOR_LIST, self.root/DISTRACTOR_DIR
             if lst.exists():
-                paths = [l.strip() for l in lst.read_text().splitlines() if l.strip() and not l.lstrip().startswith('#')]
+                try: text = lst.read_bytes().decode('utf-8')
+                except UnicodeDecodeError as e: raise DataError(f"{lst}: distractor list is not UTF-8 text (byte {e.start}: {e.reason})") from None
+                paths = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith('#')]
                 if not paths: raise DataError(f"{lst}: distractor list is empty; expected one root-relative image path per line")
+                if not self.allow_outside_root: _check_inside(self.root, paths, str(lst))
             elif folder.is_dir(): paths = [p.relative_to(self.root).as_posix() for p in list_images(folder)]
             else: raise DataError(f"{self.root}: no distractors: expected the folder {DISTRACTOR_DIR}/ or the list file {DISTRACTOR_LIST}")
             if not paths: raise DataError(f"{folder}: no images found (extensions {IMG_EXTENSIONS})")
@@ -188,6 +194,21 @@ class AbCDataset:
         out = {n: self.split_info(n) for n in self.split_names() if self.load_split(n)}
         out['distractors'] = len(self.distractor_paths(check=True))
         return out
+
+def _split_files(models: Sequence[AbCModel]) -> list[str]:
+    return [q for m in models for q in (*m.exemplar, *(x for v in m.synth.values() for x in v))]
+
+def _outside(p: str) -> bool:
+    "True for a path that is absolute (POSIX, Windows drive or UNC) or has a '..' part (either separator)."
+    q = p.replace('\\', '/')
+    return q.startswith('/') or re.match(r'[A-Za-z]:', q) is not None or '..' in q.split('/')
+
+def _check_inside(root: Path, paths: Sequence[str], where: str):
+    bad = [p for p in paths if _outside(p)]
+    if bad:
+        raise DataError(f"{where}: {len(bad)} of {len(paths)} path(s) leave the dataset root {root} (absolute or with '..'), "
+                        f"e.g. {bad[:3]}; paths must be relative to the folder holding dataset/ "
+                        "(allow_outside_root=True, or --allow-outside-root, reads them anyway)")
 
 def _check_exist(root: Path, paths: Sequence[str], where: str):
     missing = [p for p in paths if not (root/p).is_file()]
@@ -202,7 +223,7 @@ def write_abc_split(root: str | Path, name: str, models: Sequence[AbCModel | dic
     root = Path(root); out = root/'dataset'/'json'/f'{name}.json'
     entries = [m.to_json() if isinstance(m, AbCModel) else m for m in models]
     models = validate_split(entries, f"{out} (being written)")
-    if check_paths: _check_exist(root, [q for m in models for q in (*m.exemplar, *(x for v in m.synth.values() for x in v))], f"{out} (being written)")
+    if check_paths: _check_exist(root, _split_files(models), f"{out} (being written)")
     return save_json([m.to_json() for m in models], out)
 
 def write_distractor_list(root: str | Path, paths: Sequence[str]) -> Path:

@@ -194,6 +194,7 @@ def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distract
     q = prepare_features(query_feats, 'query_feats').to(dev)
     e = prepare_features(exemplar_feats, 'exemplar_feats').to(dev)
     Q, D = q.shape
+    if not Q: raise DataError("no queries to evaluate (query_feats has 0 rows)")
     if e.shape[1] != D: raise AttribError(f"exemplar_feats have dim {e.shape[1]}, query_feats {D}")
     if len(exemplar_model) != len(e): raise AttribError(f"exemplar_model has {len(exemplar_model)} entries for {len(e)} exemplars")
     if chunk < 1: raise AttribError(f"chunk must be >= 1, got {chunk}")
@@ -319,65 +320,116 @@ def abc_topk(query_feats, query_model, exemplar_feats, exemplar_model, distracto
 
 # %% ../nbs/15_abc_eval.ipynb #287b06ec
 def _merge_feats(feats) -> dict:
+    "One `{'feats', 'paths'}` dict (plus `skipped`) from a dict or a list of them; their dimensions must agree (the files are named)."
     if isinstance(feats, dict) and 'feats' in feats: return feats
     if isinstance(feats, (list, tuple)):
         fs = [_merge_feats(f) for f in feats]
-        return {'feats': torch.cat([f['feats'] for f in fs]), 'paths': [p for f in fs for p in f['paths']]}
+        if len({f['feats'].shape[1] for f in fs}) > 1:
+            raise DataError("features of different dimensions cannot be evaluated together: " + ', '.join(
+                f"{f.get('file', f'feature set {i}')} has D={f['feats'].shape[1]}" for i, f in enumerate(fs))
+                + " (extract them with the same backbone and input size)")
+        out = {'feats': torch.cat([f['feats'] for f in fs]), 'paths': [p for f in fs for p in f['paths']]}
+        sk = [s for f in fs for s in f.get('skipped') or []]
+        return {**out, 'skipped': sk} if sk else out
     raise AttribError("feats must be a Backbone, a {'feats', 'paths'} dict or a list of them")
 
-def split_features(ds, split: str, feats, cache_dir=None, **extract_kw) -> dict:
-    "Query, exemplar and distractor features of `split` (from a Backbone, extracting and caching, or from given features)."
+def _drop_skipped(f: dict, skipped: dict) -> dict:
+    "`split_features`' lists without the images skipped as unreadable, and without the queries whose model lost every exemplar."
+    ek = [i for i, p in enumerate(f['exemplar_paths']) if p not in skipped]
+    dk = [i for i, p in enumerate(f['distractor_paths']) if p not in skipped]
+    alive = set(f['exemplar_model'][ek].tolist())
+    qk = [i for i, p in enumerate(f['query_paths']) if p not in skipped and f['query_model'][i] in alive]
+    keep = set(qk)
+    rep = [dict(role=r, path=p, problem=skipped[p]) for r, k in (('query', 'query_paths'), ('exemplar', 'exemplar_paths'),
+           ('distractor', 'distractor_paths')) for p in f[k] if p in skipped]
+    rep += [dict(role='query', path=p, problem="every exemplar of its model was skipped") for i, p in enumerate(f['query_paths'])
+            if p not in skipped and f['query_model'][i] not in alive]
+    sub = lambda key, idx: [f[key][i] for i in idx] if isinstance(f[key], list) else f[key][idx]
+    return dict(query_paths=sub('query_paths', qk), query_model=sub('query_model', qk), query_type=sub('query_type', qk),
+                exemplar_paths=sub('exemplar_paths', ek), exemplar_model=sub('exemplar_model', ek),
+                distractor_paths=sub('distractor_paths', dk), skipped=rep,
+                dropped_types=[t for i, t in enumerate(f['query_type']) if i not in keep])
+
+def split_features(ds, split: str, feats, cache_dir=None, on_error: str = 'raise', **extract_kw) -> dict:
+    """Query, exemplar and distractor features of `split` (from a Backbone, extracting and caching, or from given features).
+    `on_error='skip'`: images skipped as unreadable at extraction are left out and listed in `skipped` (role, path, problem)."""
     from attrib.features import select_features, extract_features, backbone_cache_path, dataset_id, split_image_paths
+    if on_error not in ('raise', 'skip'): raise AttribError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     qp, qm, qt = ds.queries(split); ep, em = ds.exemplars(split); dp = ds.distractor_paths()
+    if not qp: raise DataError(f"{ds.json_dir/split}.json: split {split!r} has no queries (every 'synth' list is empty): nothing to evaluate")
     if isinstance(feats, torch.nn.Module):
         did = dataset_id(ds)
         cache = (lambda name: backbone_cache_path(cache_dir, feats, did, name)) if cache_dir is not None else (lambda name: None)
-        fd = extract_features(feats, dp, root=ds.root, cache=cache('distractors'), **extract_kw)
-        fs = extract_features(feats, split_image_paths(ds, split), root=ds.root, cache=cache(split), **extract_kw)
+        fd = extract_features(feats, dp, root=ds.root, cache=cache('distractors'), on_error=on_error, **extract_kw)
+        fs = extract_features(feats, split_image_paths(ds, split), root=ds.root, cache=cache(split), on_error=on_error, **extract_kw)
         allf = _merge_feats([fd, fs])
     else: allf = _merge_feats(feats)
-    return dict(query=select_features(allf, qp), exemplar=select_features(allf, ep), distractor=select_features(allf, dp),
-                query_model=qm, query_type=qt, exemplar_model=em, query_paths=qp, exemplar_paths=ep, distractor_paths=dp)
+    f = dict(query_model=qm, query_type=qt, exemplar_model=em, query_paths=qp, exemplar_paths=ep, distractor_paths=dp)
+    skipped = dict(allf.get('skipped') or [])
+    if on_error == 'skip':
+        f = _drop_skipped(f, skipped)
+        if not f['query_paths']: raise DataError(f"{ds.json_dir/split}.json: no query of split {split!r} is left to evaluate: "
+                                                 f"{len(f['skipped'])} image(s) skipped as unreadable, e.g. {f['skipped'][:2]}")
+    return dict(query=select_features(allf, f['query_paths']), exemplar=select_features(allf, f['exemplar_paths']),
+                distractor=select_features(allf, f['distractor_paths']), **f)
 
-def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cache_dir=None, chunk: int = 65536, device=None,
-                   **extract_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "AbC evaluation of one split of an `AbCDataset`: (summary per synth type, per-query table with paths)."
-    f = split_features(ds, split, feats, cache_dir=cache_dir, device=device, **extract_kw) if isinstance(feats, torch.nn.Module) \
-        else split_features(ds, split, feats)
+def _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw):
+    f = split_features(ds, split, feats, cache_dir=cache_dir, device=device, on_error=on_error, **extract_kw) \
+        if isinstance(feats, torch.nn.Module) else split_features(ds, split, feats, on_error=on_error)
     s, pq = evaluate_abc(f['query'], f['query_model'], f['query_type'], f['exemplar'], f['exemplar_model'], f['distractor'],
                          ks=ks, chunk=chunk, device=device)
     pq['path'] = f['query_paths']
+    return s, pq, f
+
+def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cache_dir=None, chunk: int = 65536, device=None,
+                   on_error: str = 'raise', **extract_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "AbC evaluation of one split of an `AbCDataset`: (summary per synth type, per-query table with paths)."
+    s, pq, _ = _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw)
     return s, pq
 
 def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequence[int] = (5, 10, 100), cache_dir=None,
-                     out_dir=None, name: str = 'abc_eval', **kw) -> tuple[pd.DataFrame, dict]:
-    "Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to out_dir as CSV + JSON if given."
+                     out_dir=None, name: str = 'abc_eval', on_error: str = 'raise', **kw) -> tuple[pd.DataFrame, dict]:
+    """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to out_dir as CSV + JSON if given.
+    `on_error='skip'`: unreadable images are left out; the table gains `n_skipped_queries`, the dict a `skipped` list, out_dir `<name>_skipped.csv`."""
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
-    rows = []
+    if not splits: raise DataError(f"{ds.json_dir}: no test split to evaluate (this dataset has splits {ds.split_names()}); "
+                                   "name the splits to evaluate (splits=..., or --splits)")
+    rows, skipped = [], []
     for sp in splits:
         info = ds.split_info(sp)
-        s, _ = evaluate_split(ds, sp, feats, ks=ks, cache_dir=cache_dir, **kw)
+        s, _, f = _evaluate_split(ds, sp, feats, ks, cache_dir, kw.get('chunk', 65536), kw.get('device'), on_error,
+                                  **{k: v for k, v in kw.items() if k not in ('chunk', 'device')})
         s = s.reset_index().rename(columns={'index': 'synth_type'})
         s.insert(0, 'split', sp); s.insert(1, 'centric', info['centric']); s.insert(2, 'seen', info['seen'])
+        if on_error == 'skip':
+            lost = pd.Series(f['dropped_types'], dtype=object).value_counts()
+            s['n_skipped_queries'] = [int(lost.sum()) if t == 'all' else int(lost.get(t, 0)) for t in s['synth_type']]
+            skipped += [dict(split=sp, **r) for r in f['skipped']]
         rows.append(s)
     table = pd.concat(rows, ignore_index=True).set_index(['split', 'synth_type'])
-    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k == 'n_queries' else float(v)) for k, v in r.items()}
+    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k.startswith('n_') else float(v)) for k, v in r.items()}
            for (sp, t), r in table.iterrows()}
+    if on_error == 'skip': res['skipped'] = skipped
     if out_dir is not None:
         from attrib.report import save_table
         from attrib.core import save_json
         save_table(table, name, out_dir); save_json(res, __import__('pathlib').Path(out_dir)/f'{name}.json')
+        if on_error == 'skip': save_table(pd.DataFrame(skipped, columns=['split', 'role', 'path', 'problem']).set_index('split'), f'{name}_skipped', out_dir)
     return table, res
 
 # %% ../nbs/15_abc_eval.ipynb #3d0b037d
 def run_evaluate(data_root, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None, cache_dir=None,
-                 out_dir=None, ks: Sequence[int] = (5, 10, 100), batch_size: int = 64, num_workers: int = 0, device=None) -> pd.DataFrame:
-    "The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout dataset; CSV + JSON in out_dir."
+                 out_dir=None, ks: Sequence[int] = (5, 10, 100), batch_size: int = 64, num_workers: int = 0, device=None,
+                 on_error: str = 'raise', allow_outside_root: bool = False) -> pd.DataFrame:
+    """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout dataset; CSV + JSON in out_dir.
+    With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split, role, path, problem)."""
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     from attrib.core import data_dir
+    ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
     bb = backbone_from_string(backbone, img_size=img_size, device=device)
-    table, _ = evaluate_dataset(AbCDataset(data_root), bb, splits=splits, ks=ks, cache_dir=cache_dir if cache_dir is not None else data_dir()/'features',
+    table, res = evaluate_dataset(ds, bb, splits=splits, ks=ks, cache_dir=cache_dir if cache_dir is not None else data_dir()/'features',
                                 out_dir=out_dir, name=f"abc_eval_{bb.key.replace('@', '_')}", batch_size=batch_size,
-                                num_workers=num_workers, show_progress=False)
+                                num_workers=num_workers, show_progress=False, on_error=on_error)
+    if on_error == 'skip': table.attrs['skipped'] = res['skipped']
     return table

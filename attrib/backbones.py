@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 from .core import AttribError, WeightsError, get_device, data_dir
+from .images import check_aspect
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'HALF_MEAN', 'HALF_STD', 'BACKBONES', 'Preprocess',
@@ -25,8 +26,8 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 class _ToRGB:
-    "PIL image -> RGB (a class, not a lambda, so data-loader workers can pickle it)."
-    def __call__(self, im): return im.convert('RGB')
+    "PIL image -> RGB, refusing absurd aspect ratios before the resize would blow them up (a class, so workers can pickle it)."
+    def __call__(self, im): check_aspect(im.size, where='image given to the backbone preprocessing'); return im.convert('RGB')
     def __repr__(self): return '_ToRGB()'
 
 @dataclass(frozen=True)
@@ -184,7 +185,9 @@ def read_state_dict(path: str | Path) -> dict:
     if not path.is_file(): raise WeightsError(f"{path}: weights file not found")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        sd = load_file(str(path))
+        try: sd = load_file(str(path))
+        except Exception as e:   # empty, truncated or not safetensors at all: SafetensorError / OSError
+            raise WeightsError(f"{path}: cannot read weights: not a valid safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     else:
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:

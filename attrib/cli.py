@@ -4,11 +4,11 @@
 
 # %% ../nbs/99_cli.ipynb #950d358b
 from __future__ import annotations
-import argparse, ast, importlib, sys
+import argparse, ast, importlib, os, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAIN_EXPERIMENT', 'COMMAND_MODULES', 'load_folder_images', 'origin_table', 'build_parser', 'main']
+__all__ = ['MAIN_EXPERIMENT', 'ENV_HELP', 'COMMAND_MODULES', 'load_folder_images', 'origin_table', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #1ab67ecb
 MAIN_EXPERIMENT = 'concept_attribution'
@@ -39,17 +39,77 @@ def _cmd_build(a):
     root = build_mini_abc(root=a.root, size=a.size, seed=a.seed, force=a.force, verbose=not a.quiet, threads=a.threads)
     print(root)
 
+def _print_skipped(skipped, where: str):
+    "The files a job skipped as unreadable, one per line (`skipped<TAB>path<TAB>problem`), and a count on stderr."
+    for s in skipped: print('skipped\t' + '\t'.join(str(v) for v in (s.values() if isinstance(s, dict) else s)))
+    if skipped: print(f'attrib: {len(skipped)} unreadable image(s) skipped ({where})', file=sys.stderr)
+
 def _cmd_extract(a):
-    from attrib.features import run_extract
+    from attrib.features import run_extract, load_features
     out = run_extract(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                      num_workers=a.num_workers, device=a.device, amp=a.amp)
+                      num_workers=a.num_workers, device=a.device, amp=a.amp, on_error=a.on_error, allow_outside_root=a.allow_outside_root)
     for k, v in out.items(): print(f'{k}\t{v}')
+    if a.on_error == 'skip':
+        _print_skipped([(k, *s) for k, v in out.items() for s in load_features(v).get('skipped', [])], 'listed in the cache files')
 
 def _cmd_evaluate(a):
     from attrib.abc_eval import run_evaluate
     table = run_evaluate(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir, out_dir=a.out,
-                         batch_size=a.batch_size, num_workers=a.num_workers, device=a.device)
+                         batch_size=a.batch_size, num_workers=a.num_workers, device=a.device, on_error=a.on_error,
+                         allow_outside_root=a.allow_outside_root)
     print(table.to_string())
+    if a.on_error == 'skip': _print_skipped(table.attrs.get('skipped', []), 'their queries are left out: n_skipped_queries')
+
+# %% ../nbs/99_cli.ipynb #6beb5932
+class _Parser(argparse.ArgumentParser):
+    "argparse with its usage errors as one line, `attrib: error: ...` (exit status 2), like every other error of the command."
+    def error(self, message):
+        cmd = self.prog.split(' ', 1)[1] + ': ' if ' ' in self.prog else ''
+        self.exit(2, f'attrib: error: {cmd}{message} (see {self.prog} --help)\n')
+
+def _int_at_least(lo: int):
+    "An argparse type: an integer >= `lo`."
+    def f(s):
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+    f.__name__ = f'integer >= {lo}'
+    return f
+
+def _device(s: str) -> str:
+    "An argparse type: a device this machine has (cpu, cuda, cuda:N, mps, auto)."
+    from attrib.core import AttribError, get_device
+    try: get_device(s)
+    except AttribError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+def _mini_abc_size(s: str) -> str:
+    "An argparse type: a mini-AbC size the library defines (`attrib.mini_abc.MINI_ABC_SIZES`)."
+    from attrib.mini_abc import MINI_ABC_SIZES
+    if s not in MINI_ABC_SIZES: raise argparse.ArgumentTypeError(f"unknown size {s!r}; choose from {list(MINI_ABC_SIZES)}")
+    return s
+
+def _folder(s: str, write: bool = True) -> str:
+    "An argparse type: a folder, not a file; to `write` to, also not under a file and writable (or creatable) there."
+    p = Path(s).expanduser()
+    if p.exists() and not p.is_dir(): raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
+    if not write: return s                                      # a missing dataset is the job's error, with what it expected
+    q = p
+    while not q.exists() and q != q.parent: q = q.parent          # the nearest existing folder above it will hold what is made
+    if not q.is_dir(): raise argparse.ArgumentTypeError(f"{p}: cannot make a folder there ({q} is a file)")
+    if not os.access(q, os.W_OK | os.X_OK): raise argparse.ArgumentTypeError(f"{p}: cannot write there ({q} is not writable)")
+    return s
+
+def _out_folder(s: str) -> str: "An argparse type: a folder results can be written to."; return _folder(s)
+def _dataset_folder(s: str) -> str: "An argparse type: a folder to read (not a file)."; return _folder(s, write=False)
+
+ENV_HELP = """environment variables (where attrib reads and writes; defaults are beside the source tree):
+  ATTRIB_DATA     datasets, the zoo, feature caches (default <repo>/data; features in $ATTRIB_DATA/features)
+  ATTRIB_WEIGHTS  local backbone weight files (default $ATTRIB_DATA/weights)
+  ATTRIB_RUNS     experiment runs (default <repo>/runs)
+  ATTRIB_FIGURES  figures saved for the docs (default <repo>/figures)
+  ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
 # %% ../nbs/99_cli.ipynb #c0dbfe0f
 def _cmd_zoo(a):
@@ -91,28 +151,38 @@ COMMAND_MODULES = []   # modules whose `add_commands(sub)` adds their own sub-co
 
 def build_parser() -> argparse.ArgumentParser:
     "The `attrib` argument parser (one sub-command per job)."
-    p = argparse.ArgumentParser(prog='attrib', description='Synthetic image attribution: which concepts, did this model, which model.')
+    p = _Parser(prog='attrib', description='Synthetic image attribution: which concepts, did this model, which model.',
+                epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
     def exp_args(s):
         s.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='notebook parameter (repeatable)')
-        s.add_argument('--out', help='run directory (default runs/<name>/<time>)')
+        s.add_argument('--out', type=_out_folder, help='run directory (default $ATTRIB_RUNS/<name>/<time>)')
         s.add_argument('--log', action='store_true', help='stream the notebook output instead of a progress bar')
     s = sub.add_parser('main', help=f'run the main experiment ({MAIN_EXPERIMENT}) on the built-in data'); exp_args(s); s.set_defaults(fn=_cmd_main)
     s = sub.add_parser('run', help='run an experiment notebook with parameters'); s.add_argument('name'); exp_args(s); s.set_defaults(fn=_cmd_run)
     s = sub.add_parser('experiments', help='list experiment notebooks'); s.set_defaults(fn=_cmd_list)
-    s = sub.add_parser('build-mini-abc', help='build (or find) the built-in mini-AbC benchmark')
-    s.add_argument('--size', default='default'); s.add_argument('--seed', type=int, default=0); s.add_argument('--root', default=None)
-    s.add_argument('--force', action='store_true'); s.add_argument('--quiet', action='store_true'); s.add_argument('--threads', type=int, default=None)
+    env = dict(epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser('build-mini-abc', help='build (or find) the built-in mini-AbC benchmark', **env)
+    s.add_argument('--size', type=_mini_abc_size, default='default'); s.add_argument('--seed', type=_int_at_least(0), default=0)
+    s.add_argument('--root', type=_out_folder, default=None, help='where to build it (default $ATTRIB_DATA/mini_abc_<size>[_s<seed>])')
+    s.add_argument('--force', action='store_true'); s.add_argument('--quiet', action='store_true')
+    s.add_argument('--threads', type=_int_at_least(1), default=None)
     s.set_defaults(fn=_cmd_build)
     for name, fn, hlp in (('extract', _cmd_extract, 'cache features of an AbC-layout dataset'),
                           ('evaluate', _cmd_evaluate, 'AbC protocol on a backbone\'s raw features')):
-        s = sub.add_parser(name, help=hlp)
-        s.add_argument('root', help='dataset root (with json/ and the images)'); s.add_argument('backbone', help="'name[:weights]', e.g. mobilenetv2 or dino_vitb16:/path/w.pth")
-        s.add_argument('--splits', nargs='+', default=None); s.add_argument('--img-size', type=int, default=None)
-        s.add_argument('--cache-dir', default=None); s.add_argument('--batch-size', type=int, default=64)
-        s.add_argument('--num-workers', type=int, default=0); s.add_argument('--device', default=None)
+        s = sub.add_parser(name, help=hlp, **env)
+        s.add_argument('root', type=_dataset_folder, help='dataset root (the folder holding dataset/json/ and the images)')
+        s.add_argument('backbone', help="'name[:weights]', e.g. mobilenetv2 or dino_vitb16:/path/w.pth")
+        s.add_argument('--splits', nargs='+', default=None); s.add_argument('--img-size', type=_int_at_least(8), default=None)
+        s.add_argument('--cache-dir', type=_out_folder, default=None, help='feature cache folder (default $ATTRIB_DATA/features)')
+        s.add_argument('--batch-size', type=_int_at_least(1), default=64)
+        s.add_argument('--num-workers', type=_int_at_least(0), default=0); s.add_argument('--device', type=_device, default=None)
+        s.add_argument('--on-error', choices=['raise', 'skip'], default='raise',
+                       help='an unreadable image stops the job (raise) or is left out and listed (skip)')
+        s.add_argument('--allow-outside-root', action='store_true',
+                       help='read split/distractor paths that are absolute or contain .. (refused by default)')
         if name == 'extract': s.add_argument('--amp', action='store_true')
-        else: s.add_argument('--out', default=None, help='folder for the CSV/JSON results')
+        else: s.add_argument('--out', type=_out_folder, default=None, help='folder for the CSV/JSON results (default: none written)')
         s.set_defaults(fn=fn)
     s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
     s.add_argument('--names', nargs='+', default=None); s.add_argument('--size', default='default'); s.add_argument('--seed', type=int, default=0)

@@ -70,8 +70,12 @@ def _tensor_to_np_state(t):
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
     "The device to run on: `prefer` if given and available, else cuda > mps > cpu."
     if prefer is not None and str(prefer) != 'auto':
-        dev = torch.device(prefer)
+        try: dev = torch.device(prefer)
+        except (RuntimeError, TypeError): raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        if dev.type not in ('cpu', 'cuda', 'mps'): raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
         if dev.type == 'cuda' and not torch.cuda.is_available(): raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
+        if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
+            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
         if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()): raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
@@ -101,11 +105,26 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp')
     try:
+        os.chmod(tmp, _open_mode(path))   # mkstemp makes 0600 files: give the mode a plain open() would
         with os.fdopen(fd, mode) as f: yield f
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)
         raise
+
+def _umask() -> int:
+    "The process umask (read from /proc where it can be, else set and restored at once)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError): pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def _open_mode(path: Path) -> int:
+    "The permission bits `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 minus the umask."
+    try: return path.stat().st_mode & 0o7777
+    except OSError: return 0o666 & ~_umask()
 
 def save_json(obj: Any, path: str | Path) -> Path:
     "Write `obj` as indented JSON, atomically; numpy and torch scalars become plain numbers."
@@ -113,11 +132,13 @@ def save_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 def load_json(path: str | Path) -> Any:
-    "Read JSON, with an error that names the file when it is missing or malformed."
+    "Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly deep."
     path = Path(path)
-    if not path.exists(): raise DataError(f"{path}: file not found")
-    try: return json.loads(path.read_text())
+    if not path.is_file(): raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
+    try: return json.loads(path.read_bytes())
     except json.JSONDecodeError as e: raise DataError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e: raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError: raise DataError(f"{path}: not valid JSON for attrib: nested too deeply") from None
 
 def _to_jsonable(o):
     if isinstance(o, (np.integer,)): return int(o)
@@ -141,16 +162,16 @@ def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
 
 # %% ../nbs/00_core.ipynb #78956b8c
 def check_finite(x: torch.Tensor | np.ndarray, name: str = 'input'):
-    "Raise a `ValueError` naming `name` if `x` holds NaN or Inf."
+    "Raise a `DataError` (a `ValueError` too) naming `name` if `x` holds NaN or Inf."
     bad = (~torch.isfinite(x)).sum().item() if isinstance(x, torch.Tensor) else int((~np.isfinite(x)).sum())
-    if bad: raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or Inf)")
+    if bad: raise DataError(f"{name} holds {bad} non-finite value(s) (NaN or Inf)")
     return x
 
 def check_shape(x, shape: tuple, name: str = 'input'):
-    "Raise a `ValueError` unless `x.shape` matches `shape` (None = any size)."
+    "Raise a `DataError` (a `ValueError` too) unless `x.shape` matches `shape` (None = any size)."
     if len(x.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
         want = '(' + ', '.join('*' if s is None else str(s) for s in shape) + ')'
-        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+        raise DataError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     return x
 
 # %% ../nbs/00_core.ipynb #85ddd51c

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from .core import AttribError, DataError, atomic_write, get_device, progress, stable_hash, save_json, load_json
+from .core import AttribError, DataError, WeightsError, atomic_write, get_device, progress, stable_hash, save_json, load_json
 from . import dist
 
 # %% auto #0
-__all__ = ['feature_cache_path', 'backbone_cache_path', 'dataset_id', 'save_features', 'load_features', 'select_features',
-           'extract_features', 'split_image_paths', 'extract_abc_features', 'run_extract']
+__all__ = ['feature_cache_path', 'backbone_cache_path', 'dataset_id', 'file_stats', 'save_features', 'load_features',
+           'select_features', 'extract_features', 'split_image_paths', 'extract_abc_features', 'run_extract']
 
 # %% ../nbs/14_features.ipynb #e517b897
 def _safe(part) -> str:
@@ -40,15 +40,30 @@ def dataset_id(ds) -> str:
     sig = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
     return f'{root.name}-{stable_hash(str(root), sig, n=10)}'
 
-def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str]) -> Path:
-    "Write an AbC-format feature file atomically."
+def file_stats(paths: Sequence[str | Path], root: str | Path | None = None) -> torch.Tensor:
+    "The content signature of each file, (size, mtime in ns) as an N x 2 int64 tensor; (-1, -1) for a file that is not there."
+    out = []
+    for p in paths:
+        try: st = os.stat(os.path.join(root, p) if root is not None else p); out.append((st.st_size, st.st_mtime_ns))
+        except OSError: out.append((-1, -1))
+    return torch.tensor(out, dtype=torch.long).reshape(len(paths), 2)
+
+def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], stat: torch.Tensor | None = None,
+                  skipped: Sequence[tuple[str, str]] | None = None, skipped_stat: torch.Tensor | None = None) -> Path:
+    "Write an AbC-format feature file atomically (optionally with the rows' file signatures and the files skipped as unreadable)."
     feats = torch.as_tensor(feats).detach().float().cpu().contiguous()
     if feats.ndim != 2 or feats.shape[0] != len(paths): raise AttribError(f"feats must be len(paths) x D, got {tuple(feats.shape)} for {len(paths)} paths")
-    with atomic_write(path) as f: torch.save({'feats': feats, 'paths': [str(p) for p in paths]}, f)
+    d = {'feats': feats, 'paths': [str(p) for p in paths]}
+    if stat is not None: d['stat'] = torch.as_tensor(stat, dtype=torch.long).reshape(len(paths), 2)
+    if skipped:
+        d['skipped'] = [[str(p), str(r)] for p, r in skipped]
+        d['skipped_stat'] = (torch.as_tensor(skipped_stat, dtype=torch.long) if skipped_stat is not None
+                             else torch.full((len(skipped), 2), -1, dtype=torch.long)).reshape(len(skipped), 2)
+    with atomic_write(path) as f: torch.save(d, f)
     return Path(path)
 
 def load_features(path: str | Path) -> dict:
-    "Read an AbC-format feature file (`weights_only=True`), checking its structure."
+    "Read an AbC-format feature file (`weights_only=True`), checking its structure; `file` names it, `skipped` lists unreadable images."
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: feature file not found")
     try: d = torch.load(path, map_location='cpu', weights_only=True)
@@ -58,13 +73,23 @@ def load_features(path: str | Path) -> dict:
     f, p = d['feats'], d['paths']
     if not isinstance(f, torch.Tensor) or f.ndim != 2 or not isinstance(p, (list, tuple)) or len(p) != f.shape[0]:
         raise DataError(f"{path}: malformed feature file: feats {getattr(f, 'shape', type(f))}, {len(p) if isinstance(p, (list, tuple)) else type(p)} paths")
-    return {'feats': f.float(), 'paths': list(map(str, p))}
+    out = {'feats': f.float(), 'paths': list(map(str, p)), 'file': str(path)}
+    st, sk = d.get('stat'), d.get('skipped') or []
+    if isinstance(st, torch.Tensor) and st.shape == (len(p), 2): out['stat'] = st.long()
+    if sk:
+        out['skipped'] = [(str(a), str(b)) for a, b in sk]
+        ss = d.get('skipped_stat')
+        out['skipped_stat'] = ss.long() if isinstance(ss, torch.Tensor) and ss.shape == (len(sk), 2) else torch.full((len(sk), 2), -1)
+    return out
 
 def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
     "The rows of a `{'feats', 'paths'}` dict for `paths`, in that order (`DataError` naming a path that has no features)."
     index = {p: i for i, p in enumerate(feats['paths'])}
     missing = [p for p in paths if str(p) not in index]
-    if missing: raise DataError(f"no features for {len(missing)} of {len(paths)} paths, e.g. {missing[:3]}")
+    if missing:
+        why = dict(feats.get('skipped') or [])
+        hint = f" ({len([p for p in missing if p in why])} skipped as unreadable at extraction, e.g. {why[missing[0]]!r})" if missing[0] in why else ''
+        raise DataError(f"no features for {len(missing)} of {len(paths)} paths, e.g. {missing[:3]}{hint}")
     return feats['feats'][torch.as_tensor([index[str(p)] for p in paths], dtype=torch.long)]
 
 # %% ../nbs/14_features.ipynb #b3ffc787
@@ -85,33 +110,142 @@ def _batches(loader, in_process: bool):
         if b is None: return
         yield b
 
+class _Tagged(torch.utils.data.Dataset):
+    "An `ImagePathsDataset` (on_error='raise') whose unreadable items become `(None, index, problem)`, in any worker."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i):
+        try: return self.ds[i]
+        except DataError as e: return None, int(i), str(e).rsplit(' [dataset item', 1)[0]
+
+def _collate_tagged(batch):
+    "Collate `_Tagged` items: (images or None, their indices, [(index, problem)] of the unreadable ones)."
+    good, bad = [b for b in batch if b[0] is not None], [(b[1], b[2]) for b in batch if b[0] is None]
+    if not good: return None, torch.zeros(0, dtype=torch.long), bad
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good], dtype=torch.long), bad
+
+def _check_features(y: torch.Tensor, backbone, paths: list[str], amp: bool):
+    "Non-finite features are the backbone's fault (images are finite by construction): an error naming it, before anything is cached."
+    bad = ~torch.isfinite(y).all(1)
+    if bad.any():
+        raise WeightsError(f"backbone {getattr(backbone, 'key', type(backbone).__name__)} (weights {getattr(backbone, 'weights_id', '?')}) "
+                           f"gave non-finite features (NaN or Inf) for {int(bad.sum())} of {len(y)} images, e.g. {paths[int(bad.nonzero()[0])]}: "
+                           + ("float16/bfloat16 overflowed or its weights are broken (try without amp); " if amp else "its weights are broken; ")
+                           + "nothing was cached for them")
+
+def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers, amp, threads, on_error, step) -> dict:
+    "Features of one list of images: `{'feats', 'paths', 'skipped'}` (unreadable files skipped or raised, by `on_error`)."
+    from attrib.images import ImagePathsDataset
+    ac = torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp else nullcontext()
+    ds = _Tagged(ImagePathsDataset(paths, root=root, transform=backbone.transform))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_tagged,
+                                         pin_memory=dev.type == 'cuda')
+    fs, good, bad = [], [], []
+    for x, idx, b in _batches(loader, in_process=num_workers == 0):
+        if b and on_error == 'raise': raise DataError(f"{b[0][1]} [dataset item {b[0][0]}]")
+        if x is not None:
+            with torch.inference_mode(), ac, _threads(threads): y = backbone(x.to(dev, non_blocking=True)).float().cpu()
+            ip = idx.tolist(); _check_features(y, backbone, [paths[i] for i in ip], amp)
+            fs.append(y); good += ip
+        bad += b
+        step()
+    D = fs[0].shape[1] if fs else backbone.embed_dim
+    return {'feats': torch.cat(fs) if fs else torch.zeros(0, D), 'paths': [paths[i] for i in good],
+            'skipped': [(paths[i], m) for i, m in sorted(bad)]}
+
+def _layout(d: dict, paths: list[str]) -> list | None:
+    "For each of `paths`: its row in feature dict `d` (int) or, if `d` skipped it, its problem (str); None if `d` covers other files."
+    why = dict(d.get('skipped') or [])
+    rows, out = iter(range(len(d['paths']))), []
+    for p in paths:
+        if p in why: out.append(why[p]); continue
+        j = next(rows, None)
+        if j is None or d['paths'][j] != p: return None
+        out.append(j)
+    return out if next(rows, None) is None and set(why) <= set(paths) else None
+
+def _stale(d: dict, paths: list[str], stat: torch.Tensor, lay: list, retry_skipped: bool) -> list[int]:
+    "Indices of `paths` that `d` cannot serve: the file changed (size or mtime) since, or it was skipped and is to be retried."
+    if 'stat' not in d: return list(range(len(paths)))   # written without file signatures (an older attrib): nothing can be trusted
+    rows = torch.as_tensor([o if isinstance(o, int) else -1 for o in lay], dtype=torch.long)
+    good = rows >= 0
+    old = torch.full((len(paths), 2), -1, dtype=torch.long); old[good] = d['stat'][rows[good]]
+    sst = {p: d['skipped_stat'][k] for k, (p, _) in enumerate(d.get('skipped') or [])}
+    for i in (~good).nonzero().flatten().tolist(): old[i] = sst[paths[i]]
+    changed = (old != stat).any(1) | (~good if retry_skipped else torch.zeros_like(good))
+    return changed.nonzero().flatten().tolist()
+
+def _assemble(paths: list[str], stat: torch.Tensor, srcs: list[tuple[dict, list]], which: list[int], D: int) -> dict:
+    "One feature dict for `paths`: entry i from source `srcs[which[i]]` = (dict, its layout over the paths it covers, in order)."
+    pos = [0] * len(srcs); take = [[] for _ in srcs]; at = [[] for _ in srcs]
+    fpaths, fstat, skipped, sstat = [], [], [], []
+    for i, (p, w) in enumerate(zip(paths, which)):
+        o = srcs[w][1][pos[w]]; pos[w] += 1
+        if isinstance(o, int): take[w].append(o); at[w].append(len(fpaths)); fpaths.append(p); fstat.append(i)
+        else: skipped.append((p, o)); sstat.append(i)
+    widths = {s[0]['feats'].shape[1] for s, t in zip(srcs, take) if t}
+    if len(widths) > 1: raise DataError(f"features of different dimensions {sorted(widths)} cannot be merged into one cache")
+    F = torch.empty(len(fpaths), widths.pop() if widths else D)
+    for (d, _), t, a in zip(srcs, take, at):
+        if t: F[torch.as_tensor(a, dtype=torch.long)] = d['feats'][torch.as_tensor(t, dtype=torch.long)]
+    return {'feats': F, 'paths': fpaths, 'stat': stat[torch.as_tensor(fstat, dtype=torch.long)].reshape(-1, 2),
+            'skipped': skipped, 'skipped_stat': stat[torch.as_tensor(sstat, dtype=torch.long)].reshape(-1, 2)}
+
+def _save(path: Path, d: dict) -> Path:
+    return save_features(path, d['feats'], d['paths'], stat=d['stat'], skipped=d['skipped'], skipped_stat=d['skipped_stat'])
+
 def _parts_dir(cache: Path) -> Path: return cache.parent/(cache.name + '.parts')
 def _shard_file(parts: Path, s: int) -> Path: return parts/f'shard_{s:06d}.pt'
 
-def _load_shard(parts: Path, s: int, want: list[str]):
+def _load_shard(parts: Path, s: int, want: list[str], stat: torch.Tensor, retry_skipped: bool):
+    "A finished shard (with its layout) if it covers exactly `want` and none of them changed since; else None."
     f = _shard_file(parts, s)
     if not f.exists(): return None
     try: d = load_features(f)
     except DataError: return None               # unreadable: recompute it
-    return d['feats'] if d['paths'] == want else None
+    lay = _layout(d, want)
+    return None if lay is None or _stale(d, want, stat, lay, retry_skipped) else (d, lay)
 
 def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | None = None, cache: str | Path | None = None,
                      batch_size: int = 64, num_workers: int = 0, device=None, shard_size: int | None = None, amp: bool = False,
-                     on_batch: Callable[[int], None] | None = None, show_progress: bool = True, threads: int | None = None) -> dict:
+                     on_batch: Callable[[int], None] | None = None, show_progress: bool = True, threads: int | None = None,
+                     on_error: str = 'raise') -> dict:
     """Features of `paths` (relative to `root`) as `{'feats': N x D float32, 'paths': [...]}`, resumably cached in `cache` when given.
-    `threads`: torch CPU threads for the forward passes (None: leave torch's setting)."""
+    `threads`: torch CPU threads for the forward passes (None: leave torch's setting). `on_error='skip'`: unreadable images get no row
+    and are listed in `'skipped'` as (path, problem); `'raise'` (default): the first one is a `DataError`."""
     paths = [str(p) for p in paths]
     if batch_size < 1: raise AttribError(f"batch_size must be >= 1, got {batch_size}")
+    if on_error not in ('raise', 'skip'): raise AttribError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     cache = Path(cache) if cache is not None else None
-    if cache is not None and cache.exists():
-        out = load_features(cache)
-        if out['paths'] != paths:
-            raise DataError(f"{cache}: cached features are for a different list of {len(out['paths'])} paths (asked for {len(paths)}); "
-                            "the cache key does not match the data: remove the file or use another cache path")
-        return out
-    from attrib.images import ImagePathsDataset
+    retry = on_error == 'raise'                  # files skipped by an earlier run are read again (and raise) unless skipping
     dev = get_device(device) if device is not None else next(backbone.parameters()).device
+    stat = file_stats(paths, root) if cache is not None else None   # taken before reading: a file changed meanwhile is redone next time
+    bi = [0]
+    def run(ps: list[str], bar=None) -> dict:
+        def step():
+            if bar is not None: bar.update(1)
+            if on_batch is not None: on_batch(bi[0])
+            bi[0] += 1
+        return _extract_list(backbone, ps, root, dev, batch_size, num_workers, amp, threads, on_error, step)
     was_training = backbone.training
+    if cache is not None and cache.exists():
+        old = load_features(cache)
+        lay = _layout(old, paths)
+        if lay is None:
+            raise DataError(f"{cache}: cached features are for a different list of {len(old['paths']) + len(old.get('skipped', []))} paths "
+                            f"(asked for {len(paths)}); the cache key does not match the data: remove the file or use another cache path")
+        redo = _stale(old, paths, stat, lay, retry)
+        if not redo: return old
+        if dist.is_main():   # images replaced in place since the cache was written: only their rows are computed again
+            backbone.to(dev).eval()
+            try: new = run([paths[i] for i in redo])
+            finally: backbone.train(was_training)
+            which = [0] * len(paths)
+            for i in redo: which[i] = 1
+            _save(cache, _assemble(paths, stat, [(old, [o for i, o in enumerate(lay) if not which[i]]),
+                                                 (new, _layout(new, [paths[i] for i in redo]))], which, backbone.embed_dim))
+        dist.barrier()
+        return load_features(cache)
     backbone.to(dev).eval()
     n, S = len(paths), shard_size or batch_size * 16
     n_shards = max(1, math.ceil(n / S))
@@ -127,34 +261,26 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         dist.barrier()
     sl = lambda s: slice(s * S, min(n, (s + 1) * S))
     mine = list(dist.shard(n_shards))
-    done = {s: _load_shard(parts, s, paths[sl(s)]) for s in mine} if parts is not None else {s: None for s in mine}
+    done = {s: _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in mine} if parts is not None else {s: None for s in mine}
     todo = [s for s in mine if done[s] is None]
-    transform = backbone.transform
-    ac = torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp else nullcontext()
     nb = sum(math.ceil(len(paths[sl(s)]) / batch_size) for s in todo)
     bar = progress(None, desc=f'features {getattr(backbone, "key", "")}', total=nb) if show_progress and dist.is_main() else None
-    bi = 0
     try:
         for s in todo:
-            ds = ImagePathsDataset(paths[sl(s)], root=root, transform=transform)
-            fs = []
-            for x, idx in _batches(ds.loader(batch_size, num_workers, pin_memory=dev.type == 'cuda'), in_process=num_workers == 0):
-                with torch.inference_mode(), ac, _threads(threads): fs.append(backbone(x.to(dev, non_blocking=True)).float().cpu())
-                if bar is not None: bar.update(1)
-                if on_batch is not None: on_batch(bi)
-                bi += 1
-            f = torch.cat(fs) if fs else torch.zeros(0, backbone.embed_dim)
-            if parts is not None: save_features(_shard_file(parts, s), f, paths[sl(s)])
-            done[s] = f
+            r = run(paths[sl(s)], bar)
+            lay_s = _layout(r, paths[sl(s)])
+            if parts is not None: _save(_shard_file(parts, s), _assemble(paths[sl(s)], stat[sl(s)], [(r, lay_s)], [0] * len(lay_s), backbone.embed_dim))
+            done[s] = (r, lay_s)
     finally:
         if bar is not None: bar.close()
         backbone.train(was_training)
     if parts is not None:
         dist.barrier()
         if dist.is_main():
-            fs = [done[s] if done.get(s) is not None else _load_shard(parts, s, paths[sl(s)]) for s in range(n_shards)]
-            if any(f is None for f in fs): raise DataError(f"{parts}: shards {[s for s, f in enumerate(fs) if f is None]} missing after extraction")
-            save_features(cache, torch.cat(fs) if n else torch.zeros(0, fs[0].shape[1]), paths)
+            got = [done[s] if done.get(s) is not None else _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in range(n_shards)]
+            if any(g is None for g in got): raise DataError(f"{parts}: shards {[s for s, g in enumerate(got) if g is None]} missing after extraction")
+            which = [s for s in range(n_shards) for _ in range(len(paths[sl(s)]))]
+            _save(cache, _assemble(paths, stat, got, which, backbone.embed_dim))
             shutil.rmtree(parts, ignore_errors=True)
         dist.barrier()
         return load_features(cache)
@@ -162,7 +288,9 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         gathered = [None] * dist.world_size()
         torch.distributed.all_gather_object(gathered, {s: done[s] for s in mine})
         done = {s: f for g in gathered for s, f in g.items()}
-    return {'feats': torch.cat([done[s] for s in range(n_shards)]), 'paths': paths}
+    m = _assemble(paths, torch.zeros(n, 2, dtype=torch.long), [done[s] for s in range(n_shards)],
+                  [s for s in range(n_shards) for _ in range(len(paths[sl(s)]))], backbone.embed_dim)
+    return {'feats': m['feats'], 'paths': m['paths'], **({'skipped': m['skipped']} if m['skipped'] else {})}
 
 # %% ../nbs/14_features.ipynb #13b56d6e
 def split_image_paths(ds, split: str) -> list[str]:
@@ -186,15 +314,17 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
 # %% ../nbs/14_features.ipynb #f67a2cb9
 def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
                 cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None, amp: bool = False,
-                distractors: bool = True, threads: int | None = None) -> dict[str, Path]:
+                distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
+                allow_outside_root: bool = False) -> dict[str, Path]:
     "The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun."
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
     try:
         if device is None and launched and torch.cuda.is_available(): device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
-        return extract_abc_features(bb, AbCDataset(data_root), splits=splits, cache_dir=cache_dir, distractors=distractors,
-                                    batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, threads=threads)
+        return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors, batch_size=batch_size,
+                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error)
     finally:
         if launched: dist.cleanup_distributed()

@@ -15,22 +15,36 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import DataError
 
 # %% auto #0
-__all__ = ['IMG_EXTENSIONS', 'DEFAULT_MAX_PIXELS', 'ON_ERROR', 'load_image', 'pil_to_float_tensor', 'ImagePathsDataset',
-           'collate_skip', 'check_images', 'list_images']
+__all__ = ['IMG_EXTENSIONS', 'DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_ASPECT', 'ON_ERROR', 'check_aspect', 'load_image',
+           'pil_to_float_tensor', 'ImagePathsDataset', 'collate_skip', 'check_images', 'list_images']
 
 # %% ../nbs/10_images.ipynb #583cefc8
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.bmp', '.tif', '.tiff', '.webp', '.gif')
 DEFAULT_MAX_PIXELS = 64_000_000   # 8000 x 8000; PIL's own guard is 89.5M (warning) / 179M (error)
+DEFAULT_MAX_ASPECT = 100          # long side / short side; panoramas are ~10, a 1 x 20000 strip is a bomb for any resize
+_BLOCK = 1 << 22                  # pixels per block when rescaling 16/32-bit images (bounds the float64 temporary to 32 MB)
+
+def check_aspect(size: tuple[int, int], max_aspect: float | None = DEFAULT_MAX_ASPECT, where: str = 'image'):
+    "Raise `DataError` naming `where` when `size` (w, h) is more than `max_aspect` times longer than wide (or the reverse)."
+    w, h = size
+    if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+        raise DataError(f"{where}: {w} x {h} has aspect ratio {max(w, h) / min(w, h):,.0f}:1, over max_aspect={max_aspect} "
+                        "(refused: resizing it for a backbone would take unbounded memory; raise max_aspect to allow it)")
+    return size
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     "Any PIL mode as 8-bit RGB; transparency composited on white, 16/32-bit rescaled."
     mode = im.mode
     if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
-        a = np.asarray(im).astype(np.float64)
-        if mode == 'F': a = a * 255 if np.nanmax(a) <= 1 else a
-        elif mode.startswith('I;16') or a.max() > 255: a = a / 257.0 if a.max() <= 65535 else a * 255.0 / a.max()
-        a = np.clip(np.nan_to_num(a), 0, 255)
-        return Image.fromarray((a + 0.5).astype(np.uint8), 'L').convert('RGB')
+        src = np.asarray(im); mx = np.nanmax(src) if src.size else 0
+        out = np.empty(src.shape, np.uint8)
+        rows = max(1, _BLOCK // max(1, src.shape[1]))
+        for r in range(0, src.shape[0], rows):   # float64 in row blocks: the temporary stays small whatever the image size
+            a = src[r:r + rows].astype(np.float64)
+            if mode == 'F': a = a * 255 if mx <= 1 else a
+            elif mode.startswith('I;16') or mx > 255: a = a / 257.0 if mx <= 65535 else a * 255.0 / mx
+            out[r:r + rows] = (np.clip(np.nan_to_num(a), 0, 255) + 0.5).astype(np.uint8)
+        return Image.fromarray(out, 'L').convert('RGB')
     if mode == 'P' and 'transparency' in im.info: im, mode = im.convert('RGBA'), 'RGBA'
     if mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         im = im.convert('RGBA')
@@ -39,7 +53,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if mode == 'RGB' else im.convert('RGB')
 
 def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               max_size: int | None = None) -> Image.Image:
+               max_size: int | None = None, max_aspect: float | None = DEFAULT_MAX_ASPECT) -> Image.Image:
     "Open `path` as an RGB `PIL.Image`, converting odd modes and sizes; raise `DataError` naming the file when it cannot."
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
@@ -51,6 +65,7 @@ def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | No
         except OSError as e: raise DataError(f"{path}: truncated or corrupt image, cannot open it ({e})") from None
         w, h = im.size
         if w < 1 or h < 1: raise DataError(f"{path}: empty image ({w} x {h})")
+        check_aspect((w, h), max_aspect, str(path))
         if max_pixels is not None and w * h > max_pixels:
             if im.format == 'JPEG':   # decode at 1/2, 1/4 or 1/8 scale straight from the DCT: never allocates the full image
                 s = int(np.ceil(np.sqrt(w * h / max_pixels)))
@@ -66,7 +81,11 @@ def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | No
     im = _to_rgb(im)
     if min_size is not None and min(im.size) < min_size:
         s = min_size / min(im.size)
-        im = im.resize((max(min_size, round(im.size[0] * s)), max(min_size, round(im.size[1] * s))), Image.BICUBIC)
+        up = (max(min_size, round(im.size[0] * s)), max(min_size, round(im.size[1] * s)))
+        if max_pixels is not None and up[0] * up[1] > max_pixels:
+            raise DataError(f"{path}: upscaling {im.size[0]} x {im.size[1]} to min_size={min_size} would make {up[0] * up[1]:,} "
+                            f"pixels, over max_pixels={max_pixels:,}")
+        im = im.resize(up, Image.BICUBIC)
     if max_size is not None and max(im.size) > max_size:
         s = max_size / max(im.size)
         im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BICUBIC, reducing_gap=2.0)
@@ -82,10 +101,12 @@ def pil_to_float_tensor(im: Image.Image) -> torch.Tensor:
 class ImagePathsDataset(torch.utils.data.Dataset):
     "Images from `paths` (relative to `root` when given) as `(transform(img), index)`, with a policy for bad files."
     def __init__(self, paths: Sequence[str | Path], root: str | Path | None = None, transform: Callable | None = None,
-                 on_error: str = 'raise', min_size: int | None = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 on_error: str = 'raise', min_size: int | None = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_aspect: float | None = DEFAULT_MAX_ASPECT):
         if on_error not in ON_ERROR: raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.paths, self.root = [str(p) for p in paths], (Path(root) if root is not None else None)
         self.transform, self.on_error, self.min_size, self.max_pixels = transform, on_error, min_size, max_pixels
+        self.max_aspect = max_aspect
         self.bad: list[tuple[str, str]] = []
 
     def __len__(self): return len(self.paths)
@@ -93,12 +114,14 @@ class ImagePathsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         i = int(i)
+        path = self.full_path(i)
         try:
-            im = load_image(self.full_path(i), min_size=self.min_size, max_pixels=self.max_pixels)
+            im = load_image(path, min_size=self.min_size, max_pixels=self.max_pixels, max_aspect=self.max_aspect)
             x = self.transform(im) if self.transform is not None else pil_to_float_tensor(im)
         except DataError as e:
-            if self.on_error == 'raise': raise DataError(f"{e} [dataset item {i}]") from None
-            self.bad.append((self.paths[i], str(e)))
+            msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"   # a transform's error names the file too
+            if self.on_error == 'raise': raise DataError(f"{msg} [dataset item {i}]") from None
+            self.bad.append((self.paths[i], msg))
             if self.on_error == 'report': warnings.warn(f"skipping bad image: {e}")
             return None
         return x, i
