@@ -89,6 +89,8 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
 
 def embedder_from_info(info: dict, device=None) -> Embedder:
     "Rebuild the embedder a manifest describes, refusing one whose weights or checkpoint changed since the index was built."
+    if info['kind'] not in ('backbone', 'ad_checkpoint'):
+        raise AttribError(f"this index holds precomputed vectors (embedder kind {info['kind']!r}): query it with `search_vectors`")
     if info['kind'] == 'backbone':
         e = load_embedder(info['spec'], img_size=info['img_size'], device=device, seed=info.get('seed', 0))
     else:
@@ -142,7 +144,7 @@ def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int |
     if kind == 'exact': return dict(kind='exact')
     if kind == 'hnsw': return dict(kind='hnsw', hnsw_m=hnsw_m, ef_search=ef_search, rescore=rescore)
     n = max(int(n), 1)
-    nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39, 65536))
+    nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39, 1024))
     if m is None:
         m = max([d for d in range(1, min(64, dim) + 1) if dim % d == 0 and dim // d >= 8] or [1])
     if dim % m: raise AttribError(f"ivfpq: m={m} must divide the dimension {dim}")
@@ -229,6 +231,11 @@ class Index:
 
     def __len__(self) -> int: return sum(s['n'] for s in self.manifest['shards']) - len(self.manifest['dead'])
 
+    def live_ids(self) -> np.ndarray:
+        "Global ids of every live row, ascending."
+        ids = np.concatenate([s['offset'] + np.arange(s['n'], dtype=np.int64) for s in self.manifest['shards']] or [np.zeros(0, np.int64)])
+        return ids[~np.isin(ids, np.asarray(self.manifest['dead'], dtype=np.int64))] if self.manifest['dead'] else ids
+
     def entries(self):
         "Every live row as a DataFrame: id, relpath, size, mtime_ns, shard, row."
         import pandas as pd
@@ -305,12 +312,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
         if m['faiss']['kind'] != kind and not rebuild:
             raise DataError(f"{mf}: the index is {m['faiss']['kind']!r}, asked for {kind!r}; pass rebuild=True (--rebuild) to re-index")
         ix._embedder = emb
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        m = dict(format='attrib-index', version=MANIFEST_VERSION, gallery=str(gallery), embedder=emb.info, dim=emb.dim, dtype=dtype,
-                 shards=[], dead=[], bad={}, faiss=dict(kind=kind, file='index.faiss', shards=[], removed=[]), created=_now())
-        ix = Index(out, m, embedder=emb, device=device)
-        ix._save()
+    else: ix = Index.create(out, gallery, emb.info, emb.dim, dtype=dtype, kind=kind, embedder=emb, device=device)
     t0 = time.perf_counter()
     todo, n_dead = ix._plan(scan_gallery(gallery))
     rep = dict(new_or_changed=len(todo), marked_dead=n_dead, embedded=0, unreadable=[], shards_written=0)
@@ -326,7 +328,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     finally:
         if bar is not None: bar.close()
     if rebuild: ix.manifest['faiss'] = dict(kind=kind, file='index.faiss', shards=[], removed=[])
-    ix._sync_faiss(kind, rebuild=rebuild, seed=seed, **faiss_kw)
+    ix.sync_faiss(kind, rebuild=rebuild, seed=seed, **faiss_kw)
     rep['seconds'] = round(time.perf_counter() - t0, 3); rep['size'] = len(ix)
     ix.manifest['last_build'] = rep; ix.manifest['updated'] = _now(); ix._save()
     ix.last_build = rep
@@ -378,7 +380,7 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
         params = faiss_params(kind, len(self), self.dim, **faiss_kw)
         ix = make_faiss_index(params, self.dim)
         if not ix.is_trained:
-            live = self.entries()['id'].to_numpy()
+            live = self.live_ids()
             if len(live) == 0: raise DataError(f"{self.gallery}: no readable images to index")
             rng = np.random.default_rng(seed)
             n_tr = min(len(live), max(256 * 39, 64 * params['nlist']))
@@ -401,8 +403,28 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
     self._faiss = None
     self._save()
 
-Index.build = classmethod(_build)
-Index._plan, Index._commit_shard, Index._save, Index._sync_faiss = _plan, _commit_shard, _save, _sync_faiss
+def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'float32', kind: str = 'exact', embedder=None,
+            device=None) -> Index:
+    "A new, empty index folder `out` (for `add_vectors` + `sync_faiss`; `build` calls it for a new gallery)."
+    if dtype not in DTYPES: raise AttribError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if kind not in FAISS_KINDS: raise AttribError(f"index kind must be one of {FAISS_KINDS}, got {kind!r}")
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    if (out/'manifest.json').exists(): raise DataError(f"{out}: an index already exists here")
+    m = dict(format='attrib-index', version=MANIFEST_VERSION, gallery=str(gallery), embedder=embedder_info, dim=int(dim), dtype=dtype,
+             shards=[], dead=[], bad={}, faiss=dict(kind=kind, file='index.faiss', shards=[], removed=[]), created=_now())
+    ix = cls(out, m, embedder=embedder, device=device)
+    ix._save()
+    return ix
+
+def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None = None):
+    "Commit precomputed `vectors` (rows l2-normalised here) for gallery-relative `relpaths` as one new shard; then `sync_faiss`."
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape != (len(relpaths), self.dim): raise DataError(f"vectors must be {len(relpaths)} x {self.dim}, got {v.shape}")
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    self._commit_shard(v, list(zip(relpaths, sigs if sigs is not None else [(0, 0)] * len(relpaths))), {})
+
+Index.build, Index.create, Index.add_vectors = classmethod(_build), classmethod(_create), _add_vectors
+Index._plan, Index._commit_shard, Index._save, Index.sync_faiss = _plan, _commit_shard, _save, _sync_faiss
 
 # %% ../../nbs/19_index.ipynb #2bc9e27b
 def expand_queries(queries) -> list:
@@ -435,24 +457,8 @@ def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None
         ims = [load_image(q) if isinstance(q, Path) else q.convert('RGB') for q in part]
         vecs.append(emb(torch.stack([emb.transform(im) for im in ims])).numpy())
         names += [str(q) if isinstance(q, Path) else f'<image {a + i}>' for i, q in enumerate(part)]
-    Q = np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32)
-    n = len(self)
-    if n == 0: raise DataError(f"{self.path}: the index is empty")
-    kk = min(k, n)
-    fx = self.faiss_index(); params = dict(self.manifest['faiss'].get('params') or {'kind': 'exact'})
-    if nprobe is not None and params['kind'] == 'ivfpq':
-        import faiss; faiss.extract_index_ivf(fx).nprobe = int(nprobe)
-    if params['kind'] == 'exact':
-        S, I = fx.search(Q, kk)
-    else:
-        nc = min(n, max(kk * (rescore or params.get('rescore', 10)), 100))
-        _, C = fx.search(Q, nc)
-        S, I = np.full((len(Q), kk), -np.inf, np.float32), np.full((len(Q), kk), -1, np.int64)
-        for i in range(len(Q)):
-            c = C[i][C[i] >= 0]
-            s = self.vectors(c) @ Q[i]
-            o = np.argsort(-s, kind='stable')[:kk]
-            S[i, :len(o)], I[i, :len(o)] = s[o], c[o]
+    Q = np.concatenate(vecs)
+    S, I = self.search_vectors(Q, k, rescore=rescore, nprobe=nprobe)
     cal, cal_info = self.calibrator()
     P = None
     if cal is not None:
@@ -470,9 +476,29 @@ def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None
     df.attrs['calibrator'] = cal_info
     return df
 
-Index.search = _search
+def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, nprobe: int | None = None):
+    "Top-`k` (scores, global ids) for unit query vectors `Q` (padding: score -inf, id -1); approximate kinds are rescored exactly."
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    n = len(self)
+    if n == 0: raise DataError(f"{self.path}: the index is empty")
+    kk = min(k, n)
+    fx = self.faiss_index(); params = dict(self.manifest['faiss'].get('params') or {'kind': 'exact'})
+    if params['kind'] == 'ivfpq':
+        import faiss; faiss.extract_index_ivf(fx).nprobe = int(nprobe or params['nprobe'])
+    if params['kind'] == 'exact': return fx.search(Q, kk)
+    nc = min(n, max(kk * (rescore or params.get('rescore', 10)), 100))
+    _, C = fx.search(Q, nc)
+    S, I = np.full((len(Q), kk), -np.inf, np.float32), np.full((len(Q), kk), -1, np.int64)
+    for i in range(len(Q)):
+        c = C[i][C[i] >= 0]
+        s = self.vectors(c) @ Q[i]
+        o = np.argsort(-s, kind='stable')[:kk]
+        S[i, :len(o)], I[i, :len(o)] = s[o], c[o]
+    return S, I
 
-# %% ../../nbs/19_index.ipynb #67978759
+Index.search, Index.search_vectors = _search, _search_vectors
+
+# %% ../../nbs/19_index.ipynb #202747d6
 def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     "A JPEG thumbnail of an image file as a `data:` URI (a grey placeholder when it cannot be read)."
     from PIL import Image
@@ -523,7 +549,7 @@ def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: in
     with atomic_write(files['html'], 'w') as f: f.write('\n'.join(parts))
     return files
 
-# %% ../../nbs/19_index.ipynb #727718c7
+# %% ../../nbs/19_index.ipynb #1eb75025
 def _is_builtin(root: Path) -> dict | None:
     mf = Path(root)/'manifest.json'
     try: d = load_json(mf) if mf.is_file() else None
@@ -556,7 +582,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     save_json(d, index.path/'calibrator.json')
     return d
 
-# %% ../../nbs/19_index.ipynb #30bd6f2f
+# %% ../../nbs/19_index.ipynb #1d51c893
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
     "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
@@ -579,7 +605,7 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
                              n_real=len(real), n_synth=len(synth)), exp)
     return run, exp
 
-# %% ../../nbs/19_index.ipynb #1a31d366
+# %% ../../nbs/19_index.ipynb #314ae318
 def _defaults(fn) -> dict:
     import inspect
     return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
