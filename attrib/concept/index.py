@@ -392,7 +392,7 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
         if to_remove: ix.remove_ids(np.asarray(to_remove, dtype=np.int64))
         fm['removed'] = sorted(set(fm['removed']) | set(to_remove))
     for s in progress(new, desc='index: faiss add'):
-        v = np.asarray(self._shard_feats(s['name']), dtype=np.float32)
+        v = np.load(self.path/'shards'/f"{s['name']}.npy").astype(np.float32, copy=False)   # read whole, not kept mapped
         ids = s['offset'] + np.arange(s['n'], dtype=np.int64)
         keep = ~np.isin(ids, np.fromiter(dead, np.int64, len(dead))) if dead else np.ones(len(ids), bool)
         if keep.any(): ix.add_with_ids(np.ascontiguousarray(v[keep]), ids[keep])
