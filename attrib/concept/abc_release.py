@@ -122,9 +122,9 @@ def extract_archive(first: str | Path, dest: str | Path) -> Path:
     return dest
 
 # %% ../../nbs/19a_abc_release.ipynb #0e522dec
-def _hub_files(repo_id: str, revision: str | None):
+def _hub_files(repo_id: str, revision: str | None, endpoint: str | None = None):
     from huggingface_hub import HfApi
-    try: info = HfApi().dataset_info(repo_id, revision=revision, files_metadata=True)
+    try: info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, files_metadata=True)
     except Exception as e:
         raise DataError(f"cannot list the hub dataset {repo_id} ({type(e).__name__}: {str(e)[:300]}); check the network, "
                         "HF_ENDPOINT and HF_HUB_OFFLINE") from None
@@ -137,13 +137,14 @@ def _is_first_volume(name: str) -> bool:
     return n.endswith(('.tar', '.tar.gz', '.tgz', '.7z', '.7z.001'))
 
 def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id: str = ABC_REPO, revision: str | None = None,
-                 extract: bool = True, keep_archives: bool = False, validate: bool = True) -> dict:
+                 extract: bool = True, keep_archives: bool = False, validate: bool = True, endpoint: str | None = None) -> dict:
     "Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate the result."
+    # endpoint: None = huggingface_hub's own (HF_ENDPOINT when it was imported, else the public hub)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import disable_progress_bars
     if os.environ.get('ATTRIB_PROGRESS', '1') == '0': disable_progress_bars()
     root = Path(root).expanduser(); local = root/'dataset'; local.mkdir(parents=True, exist_ok=True)
-    sha, listing = _hub_files(repo_id, revision)
+    sha, listing = _hub_files(repo_id, revision, endpoint)
     names = select_files(list(listing), part_patterns(parts))
     if not names: raise DataError(f"{repo_id}@{sha}: no files match the parts {list(parts)} ({part_patterns(parts)})")
     state_f = local/'.attrib_download.json'
@@ -159,7 +160,8 @@ def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id
             rep['skipped'].append(n); continue
         for attempt in (0, 1):
             if not (p.is_file() and verify_file(p, **meta) is None):
-                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local, force_download=attempt > 0)
+                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local, force_download=attempt > 0,
+                                endpoint=endpoint)
                 rep['downloaded'].append(n)
             why = verify_file(p, **meta)
             if why is None: break

@@ -575,7 +575,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     b = _is_builtin(ds.root)
     where = (f"the built-in mini-AbC benchmark ({b.get('size')}, seed {b.get('seed')}), split {split!r}: NOT fitted on your data; "
              "the probabilities are only indicative" if b else f"AbC-format dataset {ds.root}, split {split!r}")
-    d = dict(inv_tau=float(cal.inv_tau), bias=float(cal.bias), bias_gain=cal.bias_gain, dataset=str(Path(ds.root).resolve()), split=split,
+    d = dict(inv_tau=cal.inv_tau.item(), bias=cal.bias.item(), bias_gain=cal.bias_gain, dataset=str(Path(ds.root).resolve()), split=split,
              builtin=bool(b), n_queries=len(qp), n_distractors=min(n_distractors, len(dp)), metrics=met,
              embedder=_embedder_key(index.manifest['embedder']), fitted=_now(),
              note=f"probabilities from AbC's calibrator fitted on {where}; each is the share of influence among the top-k listed")
@@ -617,7 +617,8 @@ def _literal(s: str):
 
 def _cmd_index(a):
     kw = {k: getattr(a, k) for k in ('nlist', 'm', 'nbits', 'nprobe') if getattr(a, k) is not None}
-    ix = Index.build(a.gallery, a.out, backbone=a.backbone, checkpoint=a.checkpoint, img_size=a.img_size, dtype=a.dtype,
+    backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']   # a checkpoint names its own
+    ix = Index.build(a.gallery, a.out, backbone=backbone, checkpoint=a.checkpoint, img_size=a.img_size, dtype=a.dtype,
                      kind=a.approx or 'exact', shard_size=a.shard_size, batch_size=a.batch_size, num_workers=a.num_workers,
                      device=a.device, rebuild=a.rebuild, **kw)
     r = ix.last_build
@@ -664,7 +665,8 @@ def add_commands(sub):
     s = sub.add_parser('index', help='embed every image under a folder into a searchable index (resumable; re-run to append)')
     s.add_argument('gallery', help='folder of training images (searched recursively)')
     s.add_argument('--out', required=True, help='index folder (created, or updated when it exists)')
-    s.add_argument('--backbone', default=bd['backbone'], help="'name[:weights]', e.g. mobilenetv2, resnet18:random, dino_vitb16:/w/dino.pth")
+    s.add_argument('--backbone', default=None, help=f"'name[:weights]', e.g. mobilenetv2, resnet18:random, dino_vitb16:/w/dino.pth "
+                   f"(default {bd['backbone']}, or the --checkpoint's own)")
     s.add_argument('--checkpoint', default=None, help='an A&D checkpoint (file or `attrib train-ad` output folder) to embed with')
     s.add_argument('--img-size', type=int, default=bd['img_size']); s.add_argument('--dtype', choices=DTYPES, default=bd['dtype'])
     s.add_argument('--approx', nargs='?', const='ivfpq', choices=[k for k in FAISS_KINDS if k != 'exact'], default=None,
