@@ -19,10 +19,11 @@ from .core import AttribError, DataError, WeightsError, check_finite, get_device
 from .zoo import check_images, ZooGenerator
 
 # %% auto #0
-__all__ = ['RULES', 'METHODS', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance', 'InversionResult',
-           'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop', 'to_gray_uint8',
-           'glcm_homogeneity', 'aedr_scores', 'entropy2d', 'complexity', 'grubbs_critical', 'grubbs_threshold',
-           'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule', 'make_rule', 'origin_scores', 'OriginTest']
+__all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance',
+           'InversionResult', 'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop',
+           'to_gray_uint8', 'glcm_homogeneity', 'aedr_scores', 'entropy2d', 'complexity', 'grubbs_critical',
+           'grubbs_threshold', 'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule', 'make_rule',
+           'origin_scores', 'OriginTest']
 
 # %% ../nbs/21_inversion.ipynb #28394278
 class GeneratorAdapter(nn.Module):
@@ -46,6 +47,16 @@ class GeneratorAdapter(nn.Module):
         x = (y - self.range[0]) / (self.range[1] - self.range[0])
         return x.clamp(0, 1) if self.clamp else x
     def sample_latent(self, n, generator=None): return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+        "n images (n, 3, H, W) in [0, 1] (clamped) from prior latents seeded by `seed`, in eval mode (as `ZooGenerator.sample`)."
+        z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
+        with frozen(self.module): return torch.cat([self(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, n, batch_size)])
+    @property
+    def img_size(self) -> int:
+        "Side of the generated (square) images, from one forward pass."
+        if getattr(self, '_img_size', None) is None: self._img_size = int(self.sample(1).shape[-1])
+        return self._img_size
     @property
     def encoder(self): return self._enc
     def encode(self, x):
@@ -401,6 +412,11 @@ def make_rule(rule: str = 'quantile', alpha: float = 0.05, log: bool = False) ->
 
 # %% ../nbs/21_inversion.ipynb #1a26f441
 METHODS = ('ronan', 'latenttracer', 'aedr')
+
+# The settings behind the reported origin accuracies: experiments/origin_attribution.ipynb's defaults, `attrib origin`'s
+# defaults and the README's command all read this one dict (a test checks the experiment's parameters against it).
+ORIGIN_PRESET = dict(method='ronan', rule='quantile', alpha=0.05, n_calib=40, steps=600, restarts=4, lr=0.1, patience=100,
+                     n_candidates=256)
 
 def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: bool = True, **inv_kw) -> dict:
     "Calibrated origin scores of `images` under `gen` (high = not made by gen): dict of numpy arrays (+ 'recon' tensor for inversions)."

@@ -18,9 +18,9 @@ from .core import (AttribError, DataError, WeightsError, seed_everything, get_rn
 from .sources import all_photos, resize
 
 # %% auto #0
-__all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'UPSAMPLINGS', 'VAE_SIGMA', 'zoo_real_images',
-           'images_to_tensor', 'tensor_to_images', 'up_block', 'ConvDecoder', 'ConvEncoder', 'ZooGenerator',
-           'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
+__all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'UPSAMPLINGS', 'VAE_SIGMA', 'ZOO_TRAIN_THREADS',
+           'zoo_real_images', 'images_to_tensor', 'tensor_to_images', 'up_block', 'ConvDecoder', 'ConvEncoder',
+           'ZooGenerator', 'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
            'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model', 'load_zoo_model', 'zoo_info',
            'train_zoo']
 
@@ -413,8 +413,14 @@ def _save(g: ZooGenerator, path: Path, meta: dict):
     with atomic_write(path) as f: f.write(save(sd, metadata={'name': g.name}))
     save_json(meta, path.with_suffix('.json'))
 
+ZOO_TRAIN_THREADS = 1   # torch CPU threads while a zoo model trains: the weights are then the same whatever the caller's setting
+
 def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250) -> ZooGenerator:
     "Train zoo model `name` from `seed` on the zoo's real training images, cache it, and return it (eval mode)."
+    from attrib.mini_abc import torch_threads
+    with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every)
+
+def _train_zoo_model(name, size, seed, root, ckpt_every):
     c = zoo_config(name, size); path = zoo_path(name, size, seed, root)
     seed_everything(seed)
     g = build_zoo_model(name, size)
