@@ -485,7 +485,7 @@ def weights_digest(module: nn.Module) -> str:
     h = hashlib.sha1()
     for k, v in sorted(module.state_dict().items()):
         t = v.detach().cpu().contiguous()
-        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 def _vae_latent(vae, x):
