@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device, Timer
-from .zoo import ZOO_NAMES, load_zoo_model, zoo_path, zoo_real_images, images_to_tensor, tensor_to_images
+from .zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images, images_to_tensor, tensor_to_images
 from .inversion import origin_scores, make_rule, METHODS
 
 # %% auto #0
@@ -59,9 +59,7 @@ def _supports(g, method):
     if method == 'latenttracer': return g.encoder is not None
     return True
 
-def _weights_digest(names, size, root) -> str:
-    import hashlib
-    return stable_hash([hashlib.sha1(zoo_path(k, size, 0, root).read_bytes()).hexdigest() for k in names])
+def _weights_digest(zoo: dict) -> str: return stable_hash([weights_digest(g) for g in zoo.values()])
 
 def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40, method: str = 'ronan',
                  steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None, quantize: bool = True,
@@ -70,14 +68,15 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     names = list(ZOO_NAMES if names is None else names)
     dev = get_device(device)
-    zoo = {k: load_zoo_model(k, size, 0, root).to(dev) for k in names}
+    zoo = {k: load_world_model(k, size, root).to(dev) for k in names}     # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
+    digest = _weights_digest(zoo)
     if channels_last and dev.type == 'cpu': zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
     inspected = [k for k in (inspect or names) if _supports(zoo[k], method)]
     if not inspected: raise AttribError(f"no zoo model among {names} supports method {method!r}")
     sets = origin_image_sets(zoo, n, n_calib, seed, size, quantize)
     kw = {} if method == 'aedr' else dict(steps=steps, restarts=restarts, lr=lr, seed=seed, **inv_kw)
     params = dict(names=names, size=size, seed=seed, n=n, n_calib=n_calib, method=method, quantize=quantize, inv=kw)
-    key = stable_hash(params, _weights_digest(names, size, root))     # a retrained zoo model invalidates the cached scores
+    key = stable_hash(params, digest)     # a retrained zoo model invalidates the cached scores
     score_dir = Path(out_dir)/'scores' if out_dir is not None else None
     all_scores, examples, timing = [], {}, {}
     for k in inspected:

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
-from ..zoo import (ZOO_NAMES, ZOO_SIZES, DIFFUSERS_KINDS, load_zoo_model, zoo_root, weights_digest, load_diffusers_generator,
-                        train_zoo, zoo_info, train_diffusers_model)
+from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
+                        load_diffusers_generator, zoo_info, train_zoo)
 from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, _check_generator
 
 # %% auto #0
@@ -63,17 +63,16 @@ def load_generator(spec: str, factory: str | None = None, size: str = 'default',
     "The generator `spec` names: a zoo model, a diffusers folder, a `.safetensors` checkpoint (+ factory) or `module:callable`."
     spec = str(spec); p = Path(spec)
     if spec in ZOO_NAMES: return load_zoo_model(spec, size, seed, root, train_if_missing=False)
-    if spec in DIFFUSERS_KINDS:
-        from attrib.zoo import diffusers_path
-        f = diffusers_path(spec, size, seed, root)
-        if not (f/'model_index.json').is_file(): raise WeightsError(f"diffusers zoo model {spec!r} is not saved at {f}; run attrib train-zoo --names {spec} --size {size}")
-        return load_diffusers_generator(f, sample_steps)
+    if spec in ZOO_WORLD:
+        g = load_world_model(spec, size, root, train_if_missing=False)
+        if sample_steps and hasattr(g, 'n_sample_steps'): g.n_sample_steps = int(sample_steps)
+        return g
     if p.is_dir(): return load_diffusers_generator(p, sample_steps)
     if spec.endswith('.safetensors'):
         if not p.is_file(): raise WeightsError(f"{p}: checkpoint not found")
         return _load_safetensors(p, factory, p.stem)
     if ':' in spec and not p.exists(): return as_generator(resolve_callable(spec)(), spec.rpartition(':')[2])
-    raise AttribError(f"--generator {spec!r}: not a zoo model ({', '.join(ZOO_NAMES + DIFFUSERS_KINDS)}), a diffusers folder, "
+    raise AttribError(f"--generator {spec!r}: not a zoo model ({', '.join(ZOO_WORLD)}), a diffusers folder, "
                       "a .safetensors checkpoint or module:callable")
 
 # %% ../../nbs/23_origin_job.ipynb #201c6798
@@ -258,13 +257,12 @@ def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rul
 # %% ../../nbs/23_origin_job.ipynb #9679194d
 def _cmd_train_zoo(a):
     names = a.names or list(ZOO_NAMES)
-    bad = [n for n in names if n not in ZOO_NAMES + DIFFUSERS_KINDS]
-    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_NAMES + DIFFUSERS_KINDS)}")
-    zn = [n for n in names if n in ZOO_NAMES]
-    for k, g in (train_zoo(zn, size=a.size, seed=a.seed, root=a.root).items() if zn else []):
-        print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {zoo_info(k, a.size, a.seed, a.root).get('train_wall_s', float('nan')):.0f} s")
+    bad = [n for n in names if n not in ZOO_WORLD]
+    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)}")
     for k in names:
-        if k in DIFFUSERS_KINDS: print(f"{k}\tdiffusers\t{train_diffusers_model(k, a.size, a.seed, a.root)}")
+        g = load_world_model(k, a.size, a.root) if k not in ZOO_NAMES else load_zoo_model(k, a.size, a.seed, a.root)
+        info = world_info(k, a.size, a.root) if k not in ZOO_NAMES else zoo_info(k, a.size, a.seed, a.root)
+        print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {info.get('train_wall_s', float('nan')):.0f} s")
 
 def _cmd_origin(a):
     if len(a.target) == 2: spec, folder = a.target                            # the older form: attrib origin MODEL FOLDER
@@ -286,8 +284,9 @@ def _cmd_origin(a):
 def add_commands(sub):
     "The `train-zoo` and `origin` sub-commands (defaults from `ORIGIN_PRESET` and the library's signatures)."
     s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; diffusers ones: {', '.join(DIFFUSERS_KINDS)})")
-    s.add_argument('--size', default='default', choices=list(ZOO_SIZES)); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
+    s.add_argument('--size', default='default', choices=list(ZOO_SIZES))
+    s.add_argument('--seed', type=int, default=0, help='training seed of the ZOO_NAMES models (the others fix their own)')
     s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo)')
     s.set_defaults(fn=_cmd_train_zoo)
     P = ORIGIN_PRESET
