@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo)
-from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, _check_generator
+from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
 
 # %% auto #0
 __all__ = ['ORIGIN_METHODS', 'CASCADE', 'RULE_FPR', 'resolve_callable', 'as_generator', 'load_generator', 'display_path',
@@ -125,7 +125,7 @@ class OriginInspector:
 
     def _stages(self) -> dict:
         "{stage: (method, kwargs)}: one stage, or the cascade's 'cheap' and 'full' stages."
-        if self.method == 'aedr': return {'full': ('aedr', {})}
+        if self.method in ('aedr', 'aeroblade'): return {'full': (self.method, {})}
         if self.method == 'latenttracer': return {'full': ('latenttracer', {k: v for k, v in self.inv_kw.items() if k in ('lr', 'patience')})}
         if self.method == 'ronan': return {'full': ('ronan', self.inv_kw)}
         cheap = ('aedr', {}) if getattr(self.gen, 'has_autoencoder', False) else \
@@ -168,14 +168,10 @@ class OriginInspector:
         if 'cheap' not in self.rules:
             s = np.asarray(self._score('full', images), float)
             return pd.DataFrame(dict(score=s, threshold=full.threshold, stage='full', made_by_model=~full.predict(s)))
-        c = np.asarray(self._score('cheap', images), float); cr = self.rules['cheap']
-        flag = cr.predict(c); accept = c <= np.quantile(self.calib['cheap'], self.accept_q) if self.accept_q > 0 else np.zeros(n, bool)
-        stage = np.where(flag, 'cheap-flag', np.where(accept, 'cheap-accept', 'full')).astype(object)
-        score, thr = c.copy(), np.full(n, cr.threshold)
-        und = np.flatnonzero(stage == 'full')
-        if len(und):
-            score[und] = self._score('full', images[und]); thr[und] = full.threshold; flag[und] = full.predict(score[und])
-        return pd.DataFrame(dict(score=score, threshold=thr, stage=stage, made_by_model=~flag))
+        c = np.asarray(self._score('cheap', images), float)
+        d = cascade_decide(c, self.calib['cheap'], lambda idx: self._score('full', images[torch.as_tensor(idx)]), self.calib['full'],
+                           self.rule_name, self.alpha, self.accept_q)
+        return pd.DataFrame(dict(score=d['score'], threshold=d['threshold'], stage=d['stage'], made_by_model=~d['flag']))
 
 # %% ../../nbs/23_origin_job.ipynb #275dced3
 def output_paths(out) -> dict | None:
@@ -241,7 +237,7 @@ def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rul
     name = generator if isinstance(generator, str) else getattr(gen, 'name', type(gen).__name__)
     res = dict(generator=display_path(name), folder=display_path(folder), weights_sha1=ins.digest, method=method,
                rule=dict(name=rule, alpha=alpha, fpr_control=ins.fpr_statement), params=dict(n_calib=n_calib, calib_seed=calib_seed,
-               **({} if method == 'aedr' else ins.inv_kw), **({'cheap_steps': ins.cheap_steps, 'accept_q': ins.accept_q} if method == 'cascade' else {})),
+               **({} if method in ('aedr', 'aeroblade') else ins.inv_kw), **({'cheap_steps': ins.cheap_steps, 'accept_q': ins.accept_q} if method == 'cascade' else {})),
                calibration={st: dict(scores=ins.calib[st], threshold=ins.rules[st].threshold) for st in ins.calib},
                rows=tab.to_dict('records'), skipped=[dict(path=p, error=e) for p, e in skipped],
                n_images=len(tab), n_flagged=int((~tab.made_by_model).sum()), n_skipped=len(skipped),
@@ -268,7 +264,7 @@ def _cmd_origin(a):
     if len(a.target) == 2: spec, folder = a.target                            # the older form: attrib origin MODEL FOLDER
     elif len(a.target) == 1 and a.generator: spec, folder = a.generator, a.target[0]
     else: raise AttribError("usage: attrib origin FOLDER --generator SPEC (or attrib origin ZOO_MODEL FOLDER)")
-    kw = {} if a.method == 'aedr' else dict(steps=a.steps, restarts=a.restarts, lr=a.lr, patience=a.patience, n_candidates=a.n_candidates)
+    kw = {} if a.method in ('aedr', 'aeroblade') else dict(steps=a.steps, restarts=a.restarts, lr=a.lr, patience=a.patience, n_candidates=a.n_candidates)
     if a.threads is not None:
         if a.threads < 1: raise AttribError(f"--threads must be >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)
