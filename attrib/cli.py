@@ -8,7 +8,7 @@ import argparse, ast, importlib, os, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAIN_EXPERIMENT', 'ENV_HELP', 'COMMAND_MODULES', 'load_folder_images', 'origin_table', 'build_parser', 'main']
+__all__ = ['MAIN_EXPERIMENT', 'ENV_HELP', 'COMMAND_MODULES', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #1ab67ecb
 MAIN_EXPERIMENT = 'concept_attribution'
@@ -111,43 +111,8 @@ ENV_HELP = """environment variables (where attrib reads and writes; defaults are
   ATTRIB_FIGURES  figures saved for the docs (default <repo>/figures)
   ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
-# %% ../nbs/99_cli.ipynb #c0dbfe0f
-def _cmd_zoo(a):
-    from attrib.zoo import train_zoo, zoo_info
-    for k, g in train_zoo(a.names, size=a.size, seed=a.seed).items():
-        info = zoo_info(k, a.size, a.seed)
-        print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {info.get('train_wall_s', float('nan')):.0f} s")
-
-def load_folder_images(folder, img_size: int):
-    "Every image of `folder` as a float tensor (N, 3, img_size, img_size) in [0, 1], and the paths; `DataError` if there are none."
-    import torch
-    from attrib.images import list_images, load_image, pil_to_float_tensor
-    from attrib.core import DataError
-    paths = list_images(folder)
-    if not paths: raise DataError(f"{folder}: no images found")
-    ims = [pil_to_float_tensor(load_image(p).resize((img_size, img_size))) for p in paths]
-    return torch.stack(ims), paths
-
-def origin_table(model: str, folder, size: str = 'default', seed: int = 0, rule: str = 'quantile', alpha: float = 0.05,
-                 steps: int = 300, restarts: int = 4, n_calib: int = 64, method: str = 'ronan'):
-    "Scores and flags (True = not made by `model`) for every image of `folder`, as a DataFrame."
-    import pandas as pd
-    from attrib.zoo import load_zoo_model
-    from attrib.inversion import OriginTest
-    gen = load_zoo_model(model, size, seed, train_if_missing=False)
-    x, paths = load_folder_images(folder, gen.img_size)
-    kw = {} if method == 'aedr' else dict(steps=steps, restarts=restarts)
-    test = OriginTest(gen, method=method, rule=rule, alpha=alpha, n_calib=n_calib, **kw).fit()
-    r = test.predict(x)
-    return pd.DataFrame(dict(path=[str(p) for p in paths], score=r['score'], made_by_model=~r['flag']))
-
-def _cmd_origin(a):
-    t = origin_table(a.model, a.folder, a.size, a.seed, a.rule, a.alpha, a.steps, a.restarts, a.n_calib, a.method)
-    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); t.to_csv(a.out, index=False)
-    print(t.to_string(index=False)); print(f'{int(t.made_by_model.sum())} of {len(t)} images attributed to {a.model}')
-
 # %% ../nbs/99_cli.ipynb #f0b98550
-COMMAND_MODULES = ['attrib.concept.index', 'attrib.concept.abc_release']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+COMMAND_MODULES = ['attrib.concept.abc_release', 'attrib.concept.index', 'attrib.origin.job']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `attrib` argument parser (one sub-command per job)."
@@ -184,15 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == 'extract': s.add_argument('--amp', action='store_true')
         else: s.add_argument('--out', type=_out_folder, default=None, help='folder for the CSV/JSON results (default: none written)')
         s.set_defaults(fn=fn)
-    s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None); s.add_argument('--size', default='default'); s.add_argument('--seed', type=int, default=0)
-    s.set_defaults(fn=_cmd_zoo)
-    s = sub.add_parser('origin', help='did a zoo model make these images?')
-    s.add_argument('model'); s.add_argument('folder'); s.add_argument('--size', default='default'); s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--method', default='ronan', choices=['ronan', 'latenttracer', 'aedr']); s.add_argument('--rule', default='quantile')
-    s.add_argument('--alpha', type=float, default=0.05); s.add_argument('--steps', type=int, default=300); s.add_argument('--restarts', type=int, default=4)
-    s.add_argument('--n-calib', type=int, default=64); s.add_argument('--out', default=None, help='CSV file for the table')
-    s.set_defaults(fn=_cmd_origin)
     for m in COMMAND_MODULES: importlib.import_module(m).add_commands(sub)
     return p
 

@@ -19,10 +19,11 @@ from .core import AttribError, DataError, WeightsError, check_finite, get_device
 from .zoo import check_images, ZooGenerator
 
 # %% auto #0
-__all__ = ['RULES', 'METHODS', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance', 'InversionResult',
-           'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop', 'to_gray_uint8',
-           'glcm_homogeneity', 'aedr_scores', 'entropy2d', 'complexity', 'grubbs_critical', 'grubbs_threshold',
-           'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule', 'make_rule', 'origin_scores', 'OriginTest']
+__all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance',
+           'InversionResult', 'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop',
+           'to_gray_uint8', 'glcm_homogeneity', 'aedr_scores', 'aeroblade_scores', 'entropy2d', 'complexity',
+           'grubbs_critical', 'grubbs_threshold', 'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule',
+           'make_rule', 'origin_scores', 'cascade_decide', 'OriginTest']
 
 # %% ../nbs/21_inversion.ipynb #28394278
 class GeneratorAdapter(nn.Module):
@@ -46,6 +47,16 @@ class GeneratorAdapter(nn.Module):
         x = (y - self.range[0]) / (self.range[1] - self.range[0])
         return x.clamp(0, 1) if self.clamp else x
     def sample_latent(self, n, generator=None): return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+        "n images (n, 3, H, W) in [0, 1] (clamped) from prior latents seeded by `seed`, in eval mode (as `ZooGenerator.sample`)."
+        z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
+        with frozen(self.module): return torch.cat([self(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, n, batch_size)])
+    @property
+    def img_size(self) -> int:
+        "Side of the generated (square) images, from one forward pass."
+        if getattr(self, '_img_size', None) is None: self._img_size = int(self.sample(1).shape[-1])
+        return self._img_size
     @property
     def encoder(self): return self._enc
     def encode(self, x):
@@ -300,6 +311,19 @@ def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
     h = glcm_homogeneity(images)
     return dict(score=l1 / np.maximum(l2, 1e-12) * h, l1=l1, l2=l2, homogeneity=h)
 
+# %% ../nbs/21_inversion.ipynb #62f37817
+@torch.no_grad()
+def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distance: nn.Module | None = None) -> dict:
+    "AEROBLADE-style score: perceptual distance between x and AE(x) (MobileNetV2 features in place of LPIPS), and the pixel MSE."
+    check_images(images, None, 'images')
+    if not getattr(gen, 'has_autoencoder', False): raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
+    d = (distance or PerceptualDistance()).to(gen.device); s, m = [], []
+    with frozen(gen):
+        for i in range(0, len(images), batch_images):
+            x = images[i:i + batch_images].to(gen.device).float(); r = gen.autoencode(x).clamp(0, 1)
+            s.append(d(r, x).cpu()); m.append(_per_image_mse(r, x).cpu())
+    return dict(score=torch.cat(s).double().numpy(), mse=torch.cat(m).double().numpy())
+
 # %% ../nbs/21_inversion.ipynb #00921937
 def entropy2d(gray: np.ndarray, pad: str = 'reflect', denominator: str = 'pixels') -> float:
     "2-D entropy (bits) of the joint histogram of (pixel, mean of its 8 neighbours) of one H x W uint8 image (RONAN's complexity)."
@@ -400,19 +424,39 @@ def make_rule(rule: str = 'quantile', alpha: float = 0.05, log: bool = False) ->
     return RULES[rule](alpha, log)
 
 # %% ../nbs/21_inversion.ipynb #1a26f441
-METHODS = ('ronan', 'latenttracer', 'aedr')
+METHODS = ('ronan', 'latenttracer', 'aedr', 'aeroblade')
+
+# The settings behind the reported origin accuracies: experiments/origin_attribution.ipynb's defaults, `attrib origin`'s
+# defaults and the README's command all read this one dict (a test checks the experiment's parameters against it).
+ORIGIN_PRESET = dict(method='ronan', rule='quantile', alpha=0.05, n_calib=40, steps=600, restarts=4, lr=0.1, patience=100,
+                     n_candidates=256)
 
 def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: bool = True, **inv_kw) -> dict:
     "Calibrated origin scores of `images` under `gen` (high = not made by gen): dict of numpy arrays (+ 'recon' tensor for inversions)."
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     check_images(images, None, 'images')
     if method == 'aedr': return aedr_scores(gen, images)
+    if method == 'aeroblade': return aeroblade_scores(gen, images)
     if method == 'latenttracer': inv_kw = {'init': 'encoder', 'restarts': 1, 'steps': 100, **inv_kw}
     res = invert(gen, images, **inv_kw)
     raw = res.score.double().numpy()
     comp = complexity(images)
     score = raw / np.maximum(comp, 1e-3) if calibrate else raw
     return dict(score=score, raw=raw, complexity=comp, n_steps=res.n_steps.numpy(), recon=res.recon)
+
+def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable, full_calib: np.ndarray, rule: str = 'quantile',
+                   alpha: float = 0.05, accept_q: float = 0.5) -> dict:
+    "Cascade: flag where the cheap score beats its rule at alpha/2, accept below the `accept_q` own quantile, else ask `full_fn(idx)`."
+    cheap = np.asarray(cheap, float); n = len(cheap)
+    cr, fr = make_rule(rule, alpha / 2).fit(cheap_calib), make_rule(rule, alpha / 2).fit(full_calib)
+    flag = cr.predict(cheap) if n else np.zeros(0, bool)
+    accept = (cheap <= np.quantile(np.asarray(cheap_calib, float), accept_q)) & ~flag if accept_q > 0 else np.zeros(n, bool)
+    stage = np.where(flag, 'cheap-flag', np.where(accept, 'cheap-accept', 'full')).astype(object)
+    score, thr = cheap.copy(), np.full(n, cr.threshold)
+    und = np.flatnonzero(stage == 'full')
+    if len(und):
+        score[und] = np.asarray(full_fn(und), float); thr[und] = fr.threshold; flag[und] = fr.predict(score[und])
+    return dict(flag=flag, stage=stage, score=score, threshold=thr, rules=(cr, fr))
 
 class OriginTest:
     "Did `gen` make these images? Calibrate a decision rule on gen's own samples (RONAN / LatentTracer / AEDR scores)."

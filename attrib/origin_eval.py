@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 
 from .core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device, Timer
-from .zoo import ZOO_NAMES, load_zoo_model, zoo_path, zoo_real_images, images_to_tensor, tensor_to_images
-from .inversion import origin_scores, make_rule, METHODS
+from .zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images, images_to_tensor, tensor_to_images
+from .inversion import origin_scores, make_rule, cascade_decide, METHODS
 
 # %% auto #0
-__all__ = ['CALIB_SEED', 'TEST_SEED', 'quantize8', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics', 'score_origin',
-           'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists', 'plot_reconstructions']
+__all__ = ['CALIB_SEED', 'TEST_SEED', 'PERTURBATIONS', 'quantize8', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics',
+           'score_origin', 'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists',
+           'plot_reconstructions', 'perturb', 'summarize_cascade', 'cost_table', 'plot_cost']
 
 # %% ../nbs/22_origin_eval.ipynb #fbe5d2eb
 CALIB_SEED, TEST_SEED = 40_000, 50_000
@@ -55,29 +56,30 @@ def pair_metrics(own: np.ndarray, src: np.ndarray, rule, alpha: float) -> dict:
 
 # %% ../nbs/22_origin_eval.ipynb #2b790b57
 def _supports(g, method):
-    if method == 'aedr': return g.has_autoencoder
+    if method in ('aedr', 'aeroblade'): return g.has_autoencoder
     if method == 'latenttracer': return g.encoder is not None
     return True
 
-def _weights_digest(names, size, root) -> str:
-    import hashlib
-    return stable_hash([hashlib.sha1(zoo_path(k, size, 0, root).read_bytes()).hexdigest() for k in names])
+def _weights_digest(zoo: dict) -> str: return stable_hash([weights_digest(g) for g in zoo.values()])
 
 def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40, method: str = 'ronan',
                  steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None, quantize: bool = True,
-                 channels_last: bool = True, n_examples: int = 2, inspect=None, **inv_kw) -> dict:
+                 channels_last: bool = True, n_examples: int = 2, inspect=None, perturbation=None, **inv_kw) -> dict:
     "Score every image set under every inspected zoo model: {'scores' (long DataFrame), 'examples', 'timing', 'params'}."
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     names = list(ZOO_NAMES if names is None else names)
     dev = get_device(device)
-    zoo = {k: load_zoo_model(k, size, 0, root).to(dev) for k in names}
+    zoo = {k: load_world_model(k, size, root).to(dev) for k in names}     # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
+    digest = _weights_digest(zoo)
     if channels_last and dev.type == 'cpu': zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
     inspected = [k for k in (inspect or names) if _supports(zoo[k], method)]
     if not inspected: raise AttribError(f"no zoo model among {names} supports method {method!r}")
     sets = origin_image_sets(zoo, n, n_calib, seed, size, quantize)
-    kw = {} if method == 'aedr' else dict(steps=steps, restarts=restarts, lr=lr, seed=seed, **inv_kw)
-    params = dict(names=names, size=size, seed=seed, n=n, n_calib=n_calib, method=method, quantize=quantize, inv=kw)
-    key = stable_hash(params, _weights_digest(names, size, root))     # a retrained zoo model invalidates the cached scores
+    if perturbation: sets['test'] = {k: perturb(v, *perturbation, seed=seed) for k, v in sets['test'].items()}   # calibration stays clean
+    kw = {} if method in ('aedr', 'aeroblade') else dict(steps=steps, restarts=restarts, lr=lr, seed=seed, **inv_kw)
+    params = dict(names=names, size=size, seed=seed, n=n, n_calib=n_calib, method=method, quantize=quantize, inv=kw,
+                  **({'perturbation': tuple(perturbation)} if perturbation else {}))
+    key = stable_hash(params, digest)     # a retrained zoo model invalidates the cached scores
     score_dir = Path(out_dir)/'scores' if out_dir is not None else None
     all_scores, examples, timing = [], {}, {}
     for k in inspected:
@@ -143,9 +145,10 @@ def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float 
 def evaluate_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40, method: str = 'ronan',
                     rule: str = 'quantile', alpha: float = 0.05, log: bool = False, steps: int = 200, restarts: int = 3, lr: float = 0.05,
                     root=None, device=None, out_dir=None, quantize: bool = True, channels_last: bool = True, n_examples: int = 2,
-                    inspect=None, **inv_kw) -> dict:
+                    inspect=None, perturbation=None, **inv_kw) -> dict:
     "Origin attribution on the zoo (`score_origin` + `summarize_origin`): {'pairs', 'summary', 'scores', 'examples', 'thresholds', 'timing', 'params'}."
-    sc = score_origin(names, size, seed, n, n_calib, method, steps, restarts, lr, root, device, out_dir, quantize, channels_last, n_examples, inspect, **inv_kw)
+    sc = score_origin(names, size, seed, n, n_calib, method, steps, restarts, lr, root, device, out_dir, quantize, channels_last, n_examples, inspect,
+                      perturbation, **inv_kw)
     sm = summarize_origin(sc['scores'], rule, alpha, log, sc['timing'])
     return {**sc, **sm, 'params': {**sc['params'], 'rule': rule, 'alpha': alpha, 'log': log}}
 
@@ -198,3 +201,68 @@ def plot_reconstructions(result: dict, max_models: int | None = None):
         ax.set_xticks([p for p, _ in labels]); ax.set_xticklabels([l for _, l in labels], fontsize=6)
         ax.set_ylabel(f"{k}\nin / recon", fontsize=8)
     fig.tight_layout(); return fig
+
+# %% ../nbs/22_origin_eval.ipynb #e7133219
+PERTURBATIONS = (('jpeg', 95), ('jpeg', 75), ('jpeg', 50), ('resize', 0.5), ('crop', 0.9), ('noise', 2 / 255))
+
+def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Tensor:
+    "Images (n, 3, H, W) in [0, 1] after JPEG at quality `level`, a resize by `level` and back, a centre crop or noise; 8-bit."
+    import torch.nn.functional as F
+    H, W = x.shape[-2:]
+    if kind == 'none': y = x
+    elif kind == 'jpeg':
+        import io
+        from PIL import Image
+        out = []
+        for a in tensor_to_images(x):
+            b = io.BytesIO(); Image.fromarray(a).save(b, 'JPEG', quality=int(level)); b.seek(0); out.append(np.asarray(Image.open(b).convert('RGB')))
+        y = images_to_tensor(np.stack(out)) if out else x
+    elif kind == 'resize':
+        s = (max(1, round(H * level)), max(1, round(W * level)))
+        y = F.interpolate(F.interpolate(x, size=s, mode='bilinear', antialias=True, align_corners=False), size=(H, W), mode='bilinear', align_corners=False)
+    elif kind == 'crop':
+        h, w = max(1, round(H * level)), max(1, round(W * level)); t, l = (H - h) // 2, (W - w) // 2
+        y = F.interpolate(x[..., t:t + h, l:l + w], size=(H, W), mode='bilinear', align_corners=False)
+    elif kind == 'noise': y = x + float(level) * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
+    else: raise AttribError(f"unknown perturbation {kind!r}; choose none, jpeg, resize, crop or noise")
+    return quantize8(y.clamp(0, 1))
+
+# %% ../nbs/22_origin_eval.ipynb #c907b21e
+def _per_image_s(timing: dict, k: str) -> float:
+    t = (timing or {}).get(k, {}); return t.get('wall_s', np.nan) / max(1, t.get('n_images', 1))
+
+def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: float = 0.05, accept_q: float = 0.5) -> pd.DataFrame:
+    "Per inspected model: the cascade's accuracies, FPR, fraction sent to the full test and s/image, from two `score_origin` results."
+    rows = []
+    for k, fd in full['scores'].groupby('inspected', sort=False):
+        cd = cheap['scores'][cheap['scores'].inspected == k]
+        if not len(cd): continue
+        m = fd.merge(cd[['split', 'source', 'idx', 'score']], on=['split', 'source', 'idx'], suffixes=('', '_cheap'), validate='one_to_one')
+        cal, te = m[m.split == 'calib'], m[m.split == 'test'].reset_index(drop=True)
+        fs = te.score.to_numpy()
+        d = cascade_decide(te.score_cheap.to_numpy(), cal.score_cheap.to_numpy(), lambda i: fs[i], cal.score.to_numpy(), rule, alpha, accept_q)
+        fl = pd.Series(d['flag']); own = (te.source == k).to_numpy()
+        acc = {src: float(((~fl[own]).sum() + fl[(te.source == src).to_numpy()].sum()) / (own.sum() + (te.source == src).sum()))
+               for src in te.source.unique() if src != k}
+        frac = float((d['stage'] == 'full').mean())
+        rows.append(dict(inspected=k, method='cascade', fpr_own=float(fl[own].mean()), acc_real=acc.get('real', np.nan),
+                         acc_others_min=min([v for s, v in acc.items() if s != 'real'], default=np.nan), frac_full=frac,
+                         s_per_image=_per_image_s(cheap['timing'], k) + frac * _per_image_s(full['timing'], k)))
+    return pd.DataFrame(rows)
+
+def cost_table(results: dict, cascade: pd.DataFrame | None = None) -> pd.DataFrame:
+    "Accuracy against seconds per image per inspected model: one row per (method, inspected) of `{method: evaluate_origin result}`."
+    rows = [dict(inspected=k, method=name, fpr_own=r.fpr_own, acc_real=r.acc_real, acc_others_min=r.acc_others_min, frac_full=np.nan,
+                 s_per_image=_per_image_s(res['timing'], k)) for name, res in results.items() for k, r in res['summary'].iterrows()]
+    t = pd.DataFrame(rows)
+    return pd.concat([t, cascade], ignore_index=True) if cascade is not None and len(cascade) else t
+
+def plot_cost(table: pd.DataFrame):
+    "Accuracy (against real images and the worst other model) against seconds per image, one marker per method."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    for ax, col in zip(axs, ('acc_real', 'acc_others_min')):
+        for i, (m, d) in enumerate(table.groupby('method', sort=False)):
+            ax.scatter(d.s_per_image, d[col], label=m, color=f'C{i}', s=18)
+        ax.set_xscale('log'); ax.set_xlabel('seconds per image per inspected model'); ax.set_ylabel(col); ax.grid(alpha=0.3)
+    axs[0].legend(fontsize=7); fig.tight_layout(); return fig

@@ -18,11 +18,13 @@ from .core import (AttribError, DataError, WeightsError, seed_everything, get_rn
 from .sources import all_photos, resize
 
 # %% auto #0
-__all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'UPSAMPLINGS', 'VAE_SIGMA', 'zoo_real_images',
+__all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'PHOTO_SUBSETS', 'UPSAMPLINGS', 'VAE_SIGMA',
+           'ZOO_TRAIN_THREADS', 'DIFFUSERS_KINDS', 'DIFFUSERS_SIZES', 'ZOO_WORLD', 'zoo_real_images',
            'images_to_tensor', 'tensor_to_images', 'up_block', 'ConvDecoder', 'ConvEncoder', 'ZooGenerator',
            'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
            'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model', 'load_zoo_model', 'zoo_info',
-           'train_zoo']
+           'train_zoo', 'weights_digest', 'DiffusersGenerator', 'load_diffusers_generator', 'diffusers_path',
+           'train_diffusers_model', 'world_spec', 'load_world_model', 'world_info']
 
 # %% ../nbs/20_zoo.ipynb #f5989dc2
 ZOO_NAMES = ('dcgan', 'vae', 'sngan', 'wgangp', 'flow')
@@ -42,8 +44,12 @@ def _check_size(size):
     if size not in ZOO_SIZES: raise AttribError(f"unknown zoo size {size!r}; choose one of {list(ZOO_SIZES)}")
     return ZOO_SIZES[size]
 
-def _region_crops(n, size, seed, split):
+PHOTO_SUBSETS = ('all', 'a', 'b')   # 'a' / 'b': alternate photos (sorted by name), two disjoint sets of real images
+
+def _region_crops(n, size, seed, split, subset='all'):
     photos = all_photos(gray=True); names = sorted(photos)
+    if subset not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {subset!r}")
+    if subset != 'all': names = names[PHOTO_SUBSETS.index(subset) - 1::2]
     rng = np.random.default_rng([seed, 0 if split == 'train' else 1])
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
@@ -56,16 +62,16 @@ def _region_crops(n, size, seed, split):
     return out
 
 @lru_cache(maxsize=8)
-def _real(split, size):
+def _real(split, size, photos='all'):
     cfg = _check_size(size)
-    a = _region_crops(cfg['n_train'] if split == 'train' else cfg['n_test'], cfg['img_size'], seed=1234, split=split)
+    a = _region_crops(cfg['n_train'] if split == 'train' else cfg['n_test'], cfg['img_size'], seed=1234, split=split, subset=photos)
     a.setflags(write=False)
     return a
 
-def zoo_real_images(split: str = 'train', n: int | None = None, size: str = 'default') -> np.ndarray:
-    "The real images the zoo learns from (`split='train'`) or holds out (`'test'`): uint8, N x H x W x 3."
+def zoo_real_images(split: str = 'train', n: int | None = None, size: str = 'default', photos: str = 'all') -> np.ndarray:
+    "The real images the zoo learns from (`split='train'`) or holds out (`'test'`): uint8, N x H x W x 3 (`photos`: all, a or b)."
     if split not in ('train', 'test'): raise AttribError(f"split must be 'train' or 'test', got {split!r}")
-    a = _real(split, size)
+    a = _real(split, size, photos)
     if n is not None:
         if not 0 <= n <= len(a): raise AttribError(f"asked for n={n} {split} images, the '{size}' zoo has {len(a)}")
         a = a[:n]
@@ -402,10 +408,11 @@ def zoo_root(root=None) -> Path:
     "The zoo cache folder (`data/zoo` unless given)."
     return Path(root) if root is not None else data_dir()/'zoo'
 
-def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None) -> Path:
-    "Where zoo model `name` (size, seed) is cached."
+def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> Path:
+    "Where zoo model `name` (size, seed, trained on `photos`) is cached."
     _check_name(name); _check_size(size)
-    return zoo_root(root)/f'{name}-{size}-s{int(seed)}.safetensors'
+    if photos not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {photos!r}")
+    return zoo_root(root)/(f'{name}-{size}-s{int(seed)}' + ('' if photos == 'all' else f'-p{photos}') + '.safetensors')
 
 def _save(g: ZooGenerator, path: Path, meta: dict):
     from safetensors.torch import save
@@ -413,13 +420,19 @@ def _save(g: ZooGenerator, path: Path, meta: dict):
     with atomic_write(path) as f: f.write(save(sd, metadata={'name': g.name}))
     save_json(meta, path.with_suffix('.json'))
 
-def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250) -> ZooGenerator:
+ZOO_TRAIN_THREADS = 1   # torch CPU threads while a zoo model trains: the weights are then the same whatever the caller's setting
+
+def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250, photos: str = 'all') -> ZooGenerator:
     "Train zoo model `name` from `seed` on the zoo's real training images, cache it, and return it (eval mode)."
-    c = zoo_config(name, size); path = zoo_path(name, size, seed, root)
+    from attrib.mini_abc import torch_threads
+    with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
+
+def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
+    c = zoo_config(name, size); path = zoo_path(name, size, seed, root, photos)
     seed_everything(seed)
     g = build_zoo_model(name, size)
-    data = images_to_tensor(zoo_real_images('train', size=size))
-    ckpt = zoo_root(root)/'.ckpt'/f'{name}-{size}-s{seed}.pt'
+    data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
+    ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
     t0, c0 = time.perf_counter(), time.process_time()
     if g.family == 'gan': log = _train_gan(g, name, size, data, c, ckpt, ckpt_every)
     elif g.family == 'vae': log = _train_vae(g, name, data, c, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
@@ -427,19 +440,20 @@ def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, 
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
-    _save(g, path, {'config': c, 'seed': seed, 'train_wall_s': wall, 'train_cpu_s': cpu, 'threads': torch.get_num_threads(),
+    _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu, 'threads': torch.get_num_threads(),
                     'final_losses': last, 'n_log': len(log), 'torch': torch.__version__})
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g
 
-def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, train_if_missing: bool = True) -> ZooGenerator:
+def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, train_if_missing: bool = True,
+                   photos: str = 'all') -> ZooGenerator:
     "Zoo model `name` (eval mode) from the cache, training and caching it first if missing and `train_if_missing`."
-    path = zoo_path(name, size, seed, root)
+    path = zoo_path(name, size, seed, root, photos)
     if not path.exists():
         if not train_if_missing:
             raise WeightsError(f"zoo model {name!r} (size={size!r}, seed={seed}) is not cached at {path}; "
                                f"run train_zoo([{name!r}], size={size!r}, seed={seed}) or pass train_if_missing=True")
-        return train_zoo_model(name, size, seed, root)
+        return train_zoo_model(name, size, seed, root, photos=photos)
     from safetensors.torch import load_file
     g = build_zoo_model(name, size)
     try: sd = load_file(str(path))
@@ -448,9 +462,9 @@ def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, t
     except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit {name!r} at size {size!r} ({str(e).splitlines()[0]})") from None
     return g.eval()
 
-def zoo_info(name: str, size: str = 'default', seed: int = 0, root=None) -> dict:
+def zoo_info(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> dict:
     "The JSON written beside a cached model: config, seed, train wall/CPU seconds, final losses."
-    return load_json(zoo_path(name, size, seed, root).with_suffix('.json'))
+    return load_json(zoo_path(name, size, seed, root, photos).with_suffix('.json'))
 
 def train_zoo(names=None, size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> dict:
     "Train (or load from the cache) every zoo model in `names`; returns {name: ZooGenerator}."
@@ -462,3 +476,207 @@ def train_zoo(names=None, size: str = 'default', seed: int = 0, root=None, retra
         if retrain and p.exists(): p.unlink()
         out[n] = load_zoo_model(n, size, seed, root, train_if_missing=True)
     return out
+
+# %% ../nbs/20_zoo.ipynb #09a1fefb
+DIFFUSERS_KINDS = ('ldm', 'ldmvq', 'ddim')   # latent diffusion on a KL / a vector-quantised autoencoder; pixel DDIM
+DIFFUSERS_SIZES = {
+    'default': dict(img_size=32, ae_blocks=(32, 64), unet_blocks=(32, 64), latent_channels=4, batch=64, ae_steps=1500,
+                    unet_steps=(3000, 3000), n_sample_steps=20, ddim_blocks=(16, 32, 32), n_codes=256),
+    'tiny': dict(img_size=16, ae_blocks=(8, 16), unet_blocks=(16, 32), latent_channels=4, batch=32, ae_steps=20,
+                 unet_steps=(20, 20), n_sample_steps=4, ddim_blocks=(8, 16), n_codes=32),
+}
+
+def weights_digest(module: nn.Module) -> str:
+    "SHA-1 of a module's state dict (names, dtypes, shapes and bytes, in name order): the content of its weights."
+    import hashlib
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _vae_latent(vae, x):
+    "Scaled latent mean of images x in [0, 1] (AutoencoderKL: latent_dist.mean; VQModel: pre-quantisation latents)."
+    e = vae.encode(2 * x - 1)
+    h = e.latent_dist.mean if hasattr(e, 'latent_dist') else e.latents
+    return h * vae.config.scaling_factor
+
+def _vae_decode(vae, z): return (vae.decode(z / vae.config.scaling_factor).sample + 1) / 2
+
+class DiffusersGenerator(ZooGenerator):
+    "A diffusers model as a zoo generator: a VAE alone, a latent-diffusion pipeline (VAE + UNet + DDIM) or a pixel DDIM pipeline."
+    family = 'diffusers'
+    def __init__(self, name, vae=None, unet=None, scheduler=None, n_sample_steps: int = 20, config=None):
+        if vae is None and unet is None: raise AttribError(f"{name}: a diffusers generator needs a VAE or a UNet")
+        if vae is not None:
+            n_down = len(vae.config.block_out_channels) - 1; img = int(vae.config.sample_size)
+            lat = (int(vae.config.latent_channels), img // 2 ** n_down, img // 2 ** n_down)
+        else:
+            img = int(unet.config.sample_size); lat = (int(unet.config.in_channels), img, img)
+        super().__init__(name, lat, img, config or {})
+        self.vae, self.unet, self.scheduler, self.n_sample_steps = vae, unet, scheduler, int(n_sample_steps)
+        self.upsampling = 'diffusers-' + ('ldm' if vae is not None and unet is not None else 'vae' if vae is not None else 'ddim')
+        for m in (vae, unet):
+            if m is not None: m.eval().requires_grad_(False)
+    def ddim(self, x):
+        "Deterministic DDIM (eta 0) from initial noise x over `n_sample_steps` steps; differentiable in x."
+        s = self.scheduler; s.set_timesteps(self.n_sample_steps)
+        for t in s.timesteps: x = s.step(self.unet(x, t).sample, t, x, eta=0.0).prev_sample
+        return x
+    def forward(self, z):
+        z = self.check_latent(z)
+        if self.vae is not None: return _vae_decode(self.vae, z)          # the inspected input: the decoder's latent
+        return (self.ddim(z) + 1) / 2                                     # pixel DDIM: the sampler's initial noise
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+        "n images in [0, 1] from the full pipeline (VAE alone: decoded prior latents), seeded; clamped to [0, 1]."
+        if self.vae is None or self.unet is None: return super().sample(n, seed, batch_size).clamp(0, 1)
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn((n, int(self.unet.config.in_channels), *[int(self.unet.config.sample_size)] * 2), generator=g).to(self.device)
+        return torch.cat([_vae_decode(self.vae, self.ddim(z[i:i + batch_size])).clamp(0, 1) for i in range(0, n, batch_size)]) \
+            if n else z.new_zeros(0, 3, self.img_size, self.img_size)
+    @property
+    def encoder(self): return None if self.vae is None else (lambda x: _vae_latent(self.vae, x))
+    @property
+    def has_autoencoder(self): return self.vae is not None
+    def autoencode(self, x):
+        if self.vae is None: return super().autoencode(x)
+        return _vae_decode(self.vae, _vae_latent(self.vae, self.check_images(x)))
+
+_DIFFUSERS_CLASSES = ('AutoencoderKL', 'VQModel', 'UNet2DModel', 'DDIMScheduler', 'DDPMScheduler')
+
+def _load_component(folder: Path, cls_name: str, subfolder=None):
+    import diffusers
+    if cls_name not in _DIFFUSERS_CLASSES: raise WeightsError(f"{folder}: component class {cls_name!r} is not supported (one of {_DIFFUSERS_CLASSES})")
+    cls = getattr(diffusers, cls_name)
+    try:
+        if cls_name.endswith('Scheduler'): return cls.from_pretrained(folder, subfolder=subfolder)
+        return cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
+    except Exception as e: raise WeightsError(f"{folder}: cannot load {cls_name} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+def load_diffusers_generator(folder, n_sample_steps: int | None = None) -> DiffusersGenerator:
+    "A `save_pretrained` folder as a generator: a pipeline (`model_index.json`: vae or vqvae, unet, scheduler) or a bare VAE; DDIM steps default 50 (the zoo's: as trained)."
+    folder = Path(folder)
+    if (folder/'model_index.json').is_file():
+        idx = load_json(folder/'model_index.json'); comp = {}
+        for k in ('vae', 'vqvae', 'unet', 'scheduler'):
+            v = idx.get(k)
+            if isinstance(v, list) and len(v) == 2 and v[1] is not None: comp['vae' if k == 'vqvae' else k] = _load_component(folder, v[1], k)
+        if 'unet' in comp and 'scheduler' not in comp: raise WeightsError(f"{folder}: a pipeline with a UNet needs a scheduler")
+        info = load_json(folder/'attrib_train.json') if (folder/'attrib_train.json').is_file() else {}
+        steps = n_sample_steps or info.get('n_sample_steps', 50)
+        return DiffusersGenerator(folder.name, comp.get('vae'), comp.get('unet'), comp.get('scheduler'), steps,
+                                  config={'folder': str(folder), 'class': idx.get('_class_name')}).eval()
+    if (folder/'config.json').is_file():
+        cls = load_json(folder/'config.json').get('_class_name')
+        if cls not in ('AutoencoderKL', 'VQModel'): raise WeightsError(f"{folder}: a bare diffusers model must be an AutoencoderKL or VQModel, got {cls!r}")
+        return DiffusersGenerator(folder.name, vae=_load_component(folder, cls), config={'folder': str(folder), 'class': cls}).eval()
+    raise WeightsError(f"{folder}: not a diffusers folder (no model_index.json or config.json)")
+
+# %% ../nbs/20_zoo.ipynb #6f088e41
+def diffusers_path(kind: str, size: str = 'default', seed: int = 0, root=None) -> Path:
+    "Where the diffusers zoo model `kind` ('ldm' or 'ddim') is saved: a `save_pretrained` pipeline folder."
+    if kind not in DIFFUSERS_KINDS: raise AttribError(f"unknown diffusers zoo model {kind!r}; choose one of {list(DIFFUSERS_KINDS)}")
+    if size not in DIFFUSERS_SIZES: raise AttribError(f"unknown zoo size {size!r}; choose one of {list(DIFFUSERS_SIZES)}")
+    return zoo_root(root)/f'{kind}-{size}-s{int(seed)}'
+
+def _ddpm_loss(unet, sched, x0):
+    "DDPM noise-prediction loss (Ho et al. 2020) at uniform random timesteps."
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
+    return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
+
+def _train_diffusers(kind, size, seed, folder, data):
+    from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
+    c = DIFFUSERS_SIZES[size]; seed_everything(seed); B = c['batch']; get = _batches(data, B); log = {}
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False)
+    down, up = lambda n: ('DownBlock2D',) * n, lambda n: ('UpBlock2D',) * n
+    comps = {'scheduler': sched}
+    if kind in ('ldm', 'ldmvq'):
+        nb = len(c['ae_blocks'])
+        arch = dict(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * nb, up_block_types=('UpDecoderBlock2D',) * nb,
+                    block_out_channels=c['ae_blocks'], layers_per_block=1, latent_channels=c['latent_channels'],
+                    norm_num_groups=min(8, c['ae_blocks'][0]), sample_size=c['img_size'])
+        vae = AutoencoderKL(**arch) if kind == 'ldm' else VQModel(**arch, num_vq_embeddings=c['n_codes'], vq_embed_dim=c['latent_channels'])
+        opt = torch.optim.Adam(vae.parameters(), 1e-3)
+        def ae_step(i):
+            x = 2 * get() - 1
+            if kind == 'ldm':
+                d = vae.encode(x).latent_dist; rec = ((vae.decode(d.sample()).sample - x) ** 2).mean(); loss = rec + 1e-5 * d.kl().mean()
+            else:                                             # VQ: straight-through codes, codebook + commitment loss inside decode
+                o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean(); loss = rec + o.commit_loss.mean()
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'rec': rec.item()}
+        log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], None, 0, f'{kind}-ae')[-1]
+        vae.eval()
+        with torch.no_grad(): lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor for i in range(0, len(data), 256)])
+        vae.register_to_config(scaling_factor=float(1 / lat.std()))
+        train, ch, side, steps, blocks = lat * vae.config.scaling_factor, c['latent_channels'], lat.shape[-1], c['unet_steps'][0], c['unet_blocks']
+        comps['vqvae'] = vae              # diffusers' LDMPipeline names its autoencoder 'vqvae'
+    else:
+        train, ch, side, steps, blocks = 2 * data - 1, 3, c['img_size'], c['unet_steps'][1], c['ddim_blocks']
+    unet = UNet2DModel(sample_size=side, in_channels=ch, out_channels=ch, block_out_channels=blocks, layers_per_block=1,
+                       down_block_types=down(len(blocks)), up_block_types=up(len(blocks)), norm_num_groups=min(8, blocks[0]))
+    opt = torch.optim.Adam(unet.parameters(), 2e-4 if kind == 'ddim' else 1e-3)
+    def unet_step(i):
+        x0 = train[torch.randint(len(train), (B,))]
+        if kind == 'ddim': x0 = 2 * _flip((x0 + 1) / 2) - 1
+        loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'eps': loss.item()}
+    log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, None, 0, f'{kind}-unet')[-1]
+    comps['unet'] = unet.eval()
+    return comps, log
+
+def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> Path:
+    "Train diffusers zoo model `kind` ('ldm' or 'ddim') on the zoo's photo crops and save it as a pipeline folder (cached)."
+    import json, shutil, tempfile, diffusers
+    from attrib.mini_abc import torch_threads
+    folder = diffusers_path(kind, size, seed, root)
+    if (folder/'model_index.json').is_file() and not retrain: return folder
+    data = images_to_tensor(zoo_real_images('train', size=size if size in ZOO_SIZES else 'default'))
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch_threads(ZOO_TRAIN_THREADS): comps, log = _train_diffusers(kind, size, seed, folder, data)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
+    try:                                                          # write beside, then move into place: never half a folder
+        for k, m in comps.items(): m.save_pretrained(tmp/k)
+        idx = {'_class_name': 'DDIMPipeline' if kind == 'ddim' else 'LDMPipeline', '_diffusers_version': diffusers.__version__,
+               'unet': ['diffusers', 'UNet2DModel'], 'scheduler': ['diffusers', 'DDIMScheduler']}
+        if kind != 'ddim': idx['vqvae'] = ['diffusers', type(comps['vqvae']).__name__]
+        (tmp/'model_index.json').write_text(json.dumps(idx, indent=2))
+        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0, 'train_cpu_s': time.process_time() - c0,
+                   'threads': ZOO_TRAIN_THREADS, 'final_losses': log,
+                   'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__, 'diffusers': diffusers.__version__},
+                  tmp/'attrib_train.json')
+        if folder.exists():                                        # retrain: delete only a folder this function wrote
+            if not (folder/'attrib_train.json').is_file(): raise AttribError(f"{folder} exists and was not written by train_diffusers_model; move it away")
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return folder
+
+# %% ../nbs/20_zoo.ipynb #85966e86
+_WORLD = {'dcgan-s1': ('dcgan', 1, 'all'), 'wgangp-s1': ('wgangp', 1, 'all'), 'vae-pa': ('vae', 0, 'a'), 'vae-pb': ('vae', 0, 'b')}
+ZOO_WORLD = ZOO_NAMES + tuple(_WORLD) + DIFFUSERS_KINDS
+
+def world_spec(name: str) -> tuple:
+    "(base zoo model or diffusers kind, seed, photos) of a `ZOO_WORLD` name."
+    if name in ZOO_NAMES or name in DIFFUSERS_KINDS: return name, 0, 'all'
+    if name in _WORLD: return _WORLD[name]
+    raise AttribError(f"unknown zoo model {name!r}; choose one of {list(ZOO_WORLD)}")
+
+def load_world_model(name: str, size: str = 'default', root=None, train_if_missing: bool = True) -> ZooGenerator:
+    "Any `ZOO_WORLD` generator by name (trained and cached first if missing and `train_if_missing`)."
+    base, seed, photos = world_spec(name)
+    if base in DIFFUSERS_KINDS:
+        f = diffusers_path(base, size, seed, root)
+        if not (f/'model_index.json').is_file():
+            if not train_if_missing: raise WeightsError(f"zoo model {name!r} (size={size!r}) is not saved at {f}; run attrib train-zoo --names {name} --size {size}")
+            train_diffusers_model(base, size, seed, root)
+        g = load_diffusers_generator(f)
+    else: g = load_zoo_model(base, size, seed, root, train_if_missing, photos=photos)
+    g.name = name; return g
+
+def world_info(name: str, size: str = 'default', root=None) -> dict:
+    "The training record of a `ZOO_WORLD` model (train wall/CPU seconds, threads, final losses)."
+    base, seed, photos = world_spec(name)
+    if base in DIFFUSERS_KINDS: return load_json(diffusers_path(base, size, seed, root)/'attrib_train.json')
+    return zoo_info(base, size, seed, root, photos)
