@@ -87,7 +87,7 @@ def _cmd_origin(a):
     print(t.to_string(index=False)); print(f'{int(t.made_by_model.sum())} of {len(t)} images attributed to {a.model}')
 
 # %% ../nbs/99_cli.ipynb #f0b98550
-COMMAND_MODULES = []   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+COMMAND_MODULES = ['attrib.model.which']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `attrib` argument parser (one sub-command per job)."
