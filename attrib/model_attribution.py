@@ -284,9 +284,10 @@ def _resize_back(x, s):
     small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode='bilinear', antialias=True, align_corners=False)
     return F.interpolate(small, size=(h, w), mode='bilinear', align_corners=False)
 
-def _centre_crop(x, frac):
+def _centre_crop(x, frac, resize_back=True):
     h, w = x.shape[-2:]; ch, cw = max(3, round(h * frac)), max(3, round(w * frac)); t, l = (h - ch) // 2, (w - cw) // 2
-    return x[..., t:t + ch, l:l + cw]
+    c = x[..., t:t + ch, l:l + cw]
+    return F.interpolate(c, size=(h, w), mode='bilinear', align_corners=False) if resize_back else c
 
 def _noise(x, sigma, seed=0):
     return x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))

@@ -74,12 +74,13 @@ def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) ->
                 heldout_models=len(data['held_entries']), heldout_images_per_model=n_per_model, heldout_n_shot=n_shot)
 
 def train_extractor(cfg: dict | None = None, out=None, synth_root=None, ckpt_dir=None, device=None, amp: bool = False,
-                    retrain: bool = False) -> tuple[FingerprintNet, dict, dict]:
+                    retrain: bool = False, data: dict | None = None) -> tuple[FingerprintNet, dict, dict]:
     "Train (or load) the extractor of a setting and save it as safetensors + JSON at `out`; returns (net, info, training set)."
     c = fingerprint_config(**(cfg or {}))
     out = Path(out) if out is not None else default_extractor_path(c)
     if out.suffix != '.safetensors': raise DataError(f"{out}: the extractor is saved as a .safetensors file")
-    data = synthesized_training_set(c, synth_root, device)
+    if data is not None and data['config'] != c: raise DataError('the training set given was built for another setting')
+    data = data or synthesized_training_set(c, synth_root, device)
     key = data['source'].key
     if out.exists() and not retrain:
         info = extractor_info(out)
