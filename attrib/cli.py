@@ -112,7 +112,7 @@ ENV_HELP = """environment variables (where attrib reads and writes; defaults are
   ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
 # %% ../nbs/99_cli.ipynb #f0b98550
-COMMAND_MODULES = ['attrib.concept.abc_release', 'attrib.concept.index', 'attrib.origin.job']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+COMMAND_MODULES = ['attrib.concept.abc_release', 'attrib.concept.index', 'attrib.model.which', 'attrib.origin.job']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `attrib` argument parser (one sub-command per job)."

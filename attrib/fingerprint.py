@@ -18,8 +18,8 @@ from .dist import is_dist, is_main, rank, world_size, all_reduce_mean, barrier
 from .model_synthesis import as_images, fingerprinted_images, quantize
 
 # %% auto #0
-__all__ = ['RESIDUALS', 'residual', 'spectrum', 'FingerprintNet', 'embed', 'SyntheticSource', 'BankSource', 'PKSampler',
-           'train_fingerprint']
+__all__ = ['RESIDUALS', 'residual', 'spectrum', 'FingerprintNet', 'embed', 'content_key', 'SyntheticSource', 'BankSource',
+           'PKSampler', 'train_fingerprint', 'save_extractor', 'extractor_info']
 
 # %% ../nbs/31_fingerprint.ipynb #68ffc50a
 RESIDUALS = ('median', 'highpass', 'none')
@@ -83,10 +83,12 @@ class FingerprintNet(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device=None) -> 'FingerprintNet':
-        "A trained extractor (eval mode) from a `train_fingerprint` checkpoint or a saved `{'config', 'model'}` dict."
-        ck = load_checkpoint(path)
+        "A trained extractor (eval mode) from `save_extractor`'s safetensors + JSON, a `train_fingerprint` checkpoint or a `{'config', 'model'}` dict."
+        if str(path).endswith('.safetensors'): ck = _load_safetensors(path)
+        else: ck = load_checkpoint(path)
         if 'config' not in ck or 'model' not in ck: raise WeightsError(f"{path}: not a fingerprint checkpoint (needs 'config' and 'model')")
-        m = cls(**ck['config'])
+        try: m = cls(**ck['config'])
+        except TypeError as e: raise WeightsError(f"{path}: not a fingerprint extractor config ({e})") from None
         try: m.load_state_dict(ck['model'])
         except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit the extractor ({str(e).splitlines()[0]})") from None
         return m.to(get_device(device)).eval()
@@ -104,6 +106,23 @@ def embed(model: nn.Module, images, batch_size: int = 256, device=None) -> torch
     return torch.cat(out) if out else torch.zeros(0, net.embed_dim)
 
 # %% ../nbs/31_fingerprint.ipynb #6b75ab79
+def content_key(*parts) -> str:
+    "A short sha1 of tensors, arrays, state dicts, lists of them and plain values: bytes, dtypes and shapes (same content, same key)."
+    import hashlib
+    h = hashlib.sha1()
+    def add(o):
+        if isinstance(o, nn.Module): o = o.state_dict()
+        if isinstance(o, dict):
+            for k in sorted(o): h.update(str(k).encode()); add(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(b'[%d' % len(o)); [add(v) for v in o]
+        elif isinstance(o, (torch.Tensor, np.ndarray)):
+            a = o.detach().cpu().contiguous().numpy() if isinstance(o, torch.Tensor) else np.ascontiguousarray(o)
+            h.update(f'{a.dtype}{a.shape}'.encode()); h.update(a.tobytes())
+        else: h.update(repr(o).encode())
+    for p in parts: add(p)
+    return h.hexdigest()[:16]
+
 class SyntheticSource:
     "Classes = synthetic models; draw(c, k, g) = model c applied to k random real images (8-bit rounded)."
     def __init__(self, models, real_images, names=None):
@@ -114,6 +133,11 @@ class SyntheticSource:
     def __len__(self): return len(self.models)
     @property
     def img_size(self): return self.real.shape[-1]
+    @property
+    def key(self) -> str:
+        "Content key of the training data: every model's weights and the real images."
+        if not hasattr(self, '_key'): self._key = content_key('synthetic', self.models, self.real)
+        return self._key
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         return fingerprinted_images(self.models[c], self.real[torch.randint(len(self.real), (k,), generator=g)])
 
@@ -126,6 +150,11 @@ class BankSource:
     def __len__(self): return len(self.banks)
     @property
     def img_size(self): return self.banks[0].shape[-1]
+    @property
+    def key(self) -> str:
+        "Content key of the training data: the banks' images."
+        if not hasattr(self, '_key'): self._key = content_key('banks', self.banks)
+        return self._key
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         b = self.banks[c]; return b[torch.randint(len(b), (k,), generator=g)]
 
@@ -163,11 +192,15 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     ce, tri = nn.CrossEntropyLoss(), BatchHardTripletLoss(margin=margin)
+    run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr), weight_decay=float(weight_decay),
+               w_triplet=float(w_triplet), margin=float(margin), grad_clip=float(grad_clip or 0), seed=int(seed), amp=bool(amp),
+               data=getattr(source, 'key', None))
     start, history = 0, []
     if resume and last.exists():
         ck = load_checkpoint(last, map_location=dev)
-        if ck['config'] != net.config or ck['run'] != dict(epochs=epochs, steps_per_epoch=steps_per_epoch, P=P, K=K, lr=lr, seed=seed):
-            raise AttribError(f"{last} belongs to another run (config {ck['config']}, run {ck['run']}); use another out_dir or resume=False")
+        old = {**ck.get('config', {}), **ck.get('run', {})}; new = {**net.config, **run}
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        if diff: raise AttribError(f"{last} belongs to another run (saved vs asked: {diff}); use another out_dir or resume=False")
         net.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
         start, history = int(ck['epoch']), list(ck['history'])
         set_rng_state(ck['rng'])
@@ -195,10 +228,39 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
         history.append(rec)
         if is_main():
             save_checkpoint({'model': net.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'epoch': epoch + 1,
-                             'history': history, 'rng': get_rng_state(), 'config': net.config,
-                             'run': dict(epochs=epochs, steps_per_epoch=steps_per_epoch, P=P, K=K, lr=lr, seed=seed)}, last)
+                             'history': history, 'rng': get_rng_state(), 'config': net.config, 'run': run}, last)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, rec)
     if is_main() and (not final.exists() or start < epochs):
-        save_checkpoint({'model': net.state_dict(), 'config': net.config, 'history': history}, final)
+        save_checkpoint({'model': net.state_dict(), 'config': net.config, 'run': run, 'history': history}, final)
     return net.eval(), history
+
+# %% ../nbs/31_fingerprint.ipynb #630d428c
+def _sidecar(path) -> Path: return Path(path).with_suffix('.json')
+
+def save_extractor(net: FingerprintNet, path, info: dict | None = None) -> Path:
+    "Write `net`'s weights to `path` (.safetensors) and its config plus `info` to the `.json` beside it, both atomically."
+    from safetensors.torch import save
+    from attrib.core import atomic_write
+    path = Path(path)
+    if path.suffix != '.safetensors': raise DataError(f"{path}: an extractor is saved as a .safetensors file")
+    net = net.module if hasattr(net, 'module') else net
+    sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_json({**(info or {}), 'config': net.config}, _sidecar(path))
+    with atomic_write(path) as f: f.write(save(sd))
+    return path
+
+def extractor_info(path) -> dict:
+    "The JSON written beside a saved extractor (config, training data key, metrics, ...)."
+    from attrib.core import load_json
+    p = _sidecar(path)
+    if not p.exists(): raise WeightsError(f"{p}: extractor description not found (it is written beside {Path(path).name} by save_extractor)")
+    return load_json(p)
+
+def _load_safetensors(path) -> dict:
+    from safetensors.torch import load_file
+    if not Path(path).exists(): raise WeightsError(f"{path}: extractor not found")
+    info = extractor_info(path)
+    try: sd = load_file(str(path))
+    except Exception as e: raise WeightsError(f"{path}: cannot read extractor weights ({type(e).__name__}: {e})") from None
+    return {'config': info.get('config'), 'model': sd} if 'config' in info else {}

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from .core import AttribError, DataError, check_finite, to_numpy, get_device
 
 # %% auto #0
-__all__ = ['l2n', 'auroc', 'support_split', 'centroids', 'identification', 'sample_pairs', 'verification', 'oscr', 'open_set',
-           'logreg_open_set', 'backbone_features', 'spectrum_features_raw', 'open_set_splits', 'evaluate_method',
-           'evaluate_logreg']
+__all__ = ['PERTURBATIONS', 'l2n', 'auroc', 'support_split', 'centroids', 'identification', 'sample_pairs', 'verification',
+           'best_threshold', 'verification_accuracy', 'oscr', 'open_set', 'auroc_pose', 'oscr_pose', 'logreg_open_set',
+           'backbone_features', 'spectrum_features_raw', 'open_set_splits', 'evaluate_method', 'evaluate_logreg',
+           'perturb', 'robustness']
 
 # %% ../nbs/32_model_attribution.ipynb #aa9a75b5
 def _feats_labels(feats, labels, name='features'):
@@ -101,6 +102,33 @@ def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None)
     fpr, tpr, _ = roc_curve(same, s)
     return dict(auc=auroc(s[same], s[~same]), fpr=fpr, tpr=tpr, scores=s, same=same, pairs=pairs)
 
+# %% ../nbs/32_model_attribution.ipynb #c9f8fa79
+def best_threshold(scores, same) -> tuple[float, float]:
+    "(threshold, accuracy): the cut `score >= t` that maximises accuracy on these pairs (midpoints of distinct scores; lowest on ties)."
+    s = np.asarray(scores, np.float64); same = np.asarray(same, bool)
+    if len(s) == 0 or len(s) != len(same): raise DataError(f"need one same/different flag per score, got {len(s)} scores and {len(same)} flags")
+    u = np.unique(s); cuts = np.r_[u[0] - 1, (u[1:] + u[:-1]) / 2, u[-1] + 1]
+    o = np.argsort(s); ss, yy = s[o], same[o]
+    below = np.searchsorted(ss, cuts, side='left')                      # pairs with score < cut: called different
+    neg_below = np.r_[0, np.cumsum(~yy)][below]; pos_above = same.sum() - np.r_[0, np.cumsum(yy)][below]
+    acc = (neg_below + pos_above) / len(s); i = int(np.argmax(acc))
+    return float(cuts[i]), float(acc[i])
+
+def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
+    "1:1 accuracy at a threshold chosen on pairs of one half of each model's images, tested on pairs of the other half."
+    f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
+    rng = np.random.default_rng(seed); half = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c)); half[idx[:len(idx) // 2]] = True
+    sides = []
+    for m in (half, ~half):
+        i = np.flatnonzero(m); pairs, same = sample_pairs(y[i], n_pairs, seed); pairs = i[pairs]
+        sides.append(((f[pairs[:, 0]] * f[pairs[:, 1]]).sum(1), same))
+    (s_cal, y_cal), (s_te, y_te) = sides
+    t, acc_cal = best_threshold(s_cal, y_cal)
+    return dict(accuracy=float(((s_te >= t) == y_te).mean()), threshold=t, calibration_accuracy=acc_cal,
+                accuracy_test_threshold=best_threshold(s_te, y_te)[1], auc=auroc(s_te[y_te], s_te[~y_te]))
+
 # %% ../nbs/32_model_attribution.ipynb #6c88cb06
 def oscr(correct, score_known, score_unknown) -> float:
     "OSCR: area under CCR(t) vs FPR(t) as the threshold t sweeps all scores (correct: bool per known sample)."
@@ -124,8 +152,35 @@ def open_set(feats, labels, known, n_shot: int = 10, seed: int = 0, center=None)
     S_k, S_u = f[qry] @ C.T, f[np.isin(y, unknown)] @ C.T
     correct = known[S_k.argmax(1)] == y[qry]
     return dict(auroc=auroc(S_k.max(1), S_u.max(1)), closed_accuracy=float(correct.mean()),
-                oscr=oscr(correct, S_k.max(1), S_u.max(1)), known=known, unknown=unknown,
+                oscr=oscr(correct, S_k.max(1), S_u.max(1)), known=known, unknown=unknown, correct=correct,
                 score_known=S_k.max(1), score_unknown=S_u.max(1))
+
+# %% ../nbs/32_model_attribution.ipynb #15a9e009
+def auroc_pose(pos, neg) -> float:
+    "AUROC as POSE / UniversalAttribution compute it (`get_curve_online` + `metric_ood`): ties count against the method."
+    pos, neg = np.sort(np.asarray(pos, np.float64).ravel()), np.sort(np.asarray(neg, np.float64).ravel())
+    if len(pos) == 0 or len(neg) == 0: raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
+    check_finite(pos, 'positive scores'); check_finite(neg, 'negative scores')
+    v = np.r_[pos, neg]; is_neg = np.r_[np.zeros(len(pos), bool), np.ones(len(neg), bool)]
+    order = np.lexsort((is_neg, v))                          # ascending; on a tie the known (positive) one first
+    tp = len(pos) - np.r_[0, np.cumsum(~is_neg[order])]; fp = len(neg) - np.r_[0, np.cumsum(is_neg[order])]
+    tpr = np.r_[1., tp / len(pos), 0.]; fpr = np.r_[1., fp / len(neg), 0.]
+    return float(-np.sum(np.diff(tpr) * ((1 - fpr[1:]) + (1 - fpr[:-1])) / 2))
+
+def oscr_pose(correct, score_known, score_unknown) -> float:
+    "OSCR as UniversalAttribution's `compute_oscr` computes it (ascending argsort, its off-by-one, added (0,0) and (1,1))."
+    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64); su = np.asarray(score_unknown, np.float64)
+    if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0: raise DataError('oscr needs known scores (with correctness) and unknown scores')
+    pred = np.r_[sk, su]; n = len(pred)
+    k_t = np.r_[correct.astype(float), np.zeros(len(su))]; u_t = np.r_[np.zeros(len(sk)), np.ones(len(su))]
+    idx = pred.argsort(); sk_t, su_t = k_t[idx], u_t[idx]
+    suf_k = np.r_[np.cumsum(sk_t[::-1])[::-1], 0.]; suf_u = np.r_[np.cumsum(su_t[::-1])[::-1], 0.]   # suffix sums
+    ks = np.arange(n - 1)
+    ccr = np.zeros(n + 2); fpr = np.zeros(n + 2)
+    ccr[ks] = suf_k[ks + 1] / len(sk); fpr[ks] = suf_u[ks] / len(su)
+    ccr[n + 1] = fpr[n + 1] = 1.0
+    roc = sorted(zip(fpr, ccr), reverse=True)
+    return float(sum((roc[j][0] - roc[j + 1][0]) * (roc[j][1] + roc[j + 1][1]) / 2 for j in range(n + 1)))
 
 # %% ../nbs/32_model_attribution.ipynb #c2020b12
 def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01, 0.1, 1.0, 10.0, 100.0), val_fraction: float = 0.3,
@@ -192,10 +247,14 @@ def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_spli
     ident = identification(f, y, n_shot, seed, center); ver = verification(f, y, n_pairs, seed, center)
     splits = open_set_splits(y, n_splits, seed)
     opens = [open_set(f, y, k, n_shot, seed, center) for k in splits]
+    va = verification_accuracy(f, y, n_pairs, seed, center)
+    pose = [(auroc_pose(o['score_known'], o['score_unknown']), oscr_pose(o['correct'], o['score_known'], o['score_unknown'])) for o in opens]
     return dict(identification_acc=ident['accuracy'], identification_f1=ident['macro_f1'], verification_auc=ver['auc'],
+                verification_acc=va['accuracy'], verification_acc_test_threshold=va['accuracy_test_threshold'],
                 open_set_auroc=float(np.mean([o['auroc'] for o in opens])), open_set_oscr=float(np.mean([o['oscr'] for o in opens])),
+                open_set_auroc_pose=float(np.mean([p[0] for p in pose])), open_set_oscr_pose=float(np.mean([p[1] for p in pose])),
                 open_set_closed_acc=float(np.mean([o['closed_accuracy'] for o in opens])), n_models=int(len(np.unique(y))),
-                n_images=int(len(y)), _ident=ident, _verif=ver, _open=opens)
+                n_images=int(len(y)), _ident=ident, _verif=ver, _verif_acc=va, _open=opens)
 
 def evaluate_logreg(feats, labels, n_shot: int = 10, n_splits: int = 5, seed: int = 0, **kw) -> dict:
     "Cioni et al.'s baseline on the same splits: LR fitted on the known classes' `n_shot` support images, max-softmax unknown score (NaN if no split has 2 known classes)."
@@ -209,3 +268,61 @@ def evaluate_logreg(feats, labels, n_shot: int = 10, n_splits: int = 5, seed: in
     if not res: return dict(open_set_auroc=float('nan'), open_set_oscr=float('nan'), open_set_closed_acc=float('nan'), C=[])
     return dict(open_set_auroc=float(np.mean([r['auroc'] for r in res])), open_set_oscr=float(np.mean([r['oscr'] for r in res])),
                 open_set_closed_acc=float(np.mean([r['closed_accuracy'] for r in res])), C=[r['C'] for r in res])
+
+# %% ../nbs/32_model_attribution.ipynb #7efe3ed7
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+    from PIL import Image
+    out = []
+    for im in (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy():
+        b = io.BytesIO(); Image.fromarray(im).save(b, format='JPEG', quality=int(quality)); b.seek(0)
+        out.append(torch.from_numpy(np.array(Image.open(b).convert('RGB'))))
+    return torch.stack(out).permute(0, 3, 1, 2).float() / 255
+
+def _resize_back(x, s):
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode='bilinear', antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode='bilinear', align_corners=False)
+
+def _centre_crop(x, frac, resize_back=True):
+    h, w = x.shape[-2:]; ch, cw = max(3, round(h * frac)), max(3, round(w * frac)); t, l = (h - ch) // 2, (w - cw) // 2
+    c = x[..., t:t + ch, l:l + cw]
+    return F.interpolate(c, size=(h, w), mode='bilinear', align_corners=False) if resize_back else c
+
+def _noise(x, sigma, seed=0):
+    return x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+
+PERTURBATIONS = {
+    'clean': lambda x: x,
+    'jpeg 95': lambda x: _jpeg(x, 95), 'jpeg 75': lambda x: _jpeg(x, 75), 'jpeg 50': lambda x: _jpeg(x, 50),
+    'resize 0.5 and back': lambda x: _resize_back(x, 0.5),
+    'centre crop 90%': lambda x: _centre_crop(x, 0.9),
+    'gaussian noise 2/255': lambda x: _noise(x, 2 / 255),
+}
+
+def perturb(images, kind: str) -> torch.Tensor:
+    "Images (N, 3, H, W) in [0, 1] after one of `PERTURBATIONS`, rounded to 8 bits."
+    from attrib.model_synthesis import as_images, quantize
+    if kind not in PERTURBATIONS: raise DataError(f"unknown perturbation {kind!r}; expected one of {list(PERTURBATIONS)}")
+    return quantize(PERTURBATIONS[kind](as_images(images)).float())
+
+def robustness(embed_fn, images, labels, kinds=None, n_shot: int = 10, n_splits: int = 5, seed: int = 0):
+    "Identification accuracy and open-set AUROC when enrolment images are clean and the rest are edited: a DataFrame, one row per edit."
+    import pandas as pd
+    from attrib.model_synthesis import as_images
+    x = as_images(images); y = np.asarray(to_numpy(labels))
+    if len(x) != len(y): raise DataError(f"{len(x)} images but {len(y)} labels")
+    classes = np.unique(y); sup, qry = support_split(y, n_shot, seed)
+    f_clean = l2n(np.asarray(to_numpy(embed_fn(x)), np.float64)); rows = []
+    splits = open_set_splits(y, n_splits, seed) if len(classes) > 1 else []
+    for kind in (list(PERTURBATIONS) if kinds is None else kinds):
+        fp = f_clean if kind == 'clean' else l2n(np.asarray(to_numpy(embed_fn(perturb(x, kind))), np.float64))
+        C = centroids(f_clean[sup], y[sup], classes); pred = classes[(fp[qry] @ C.T).argmax(1)]
+        aur = []
+        for known in splits:
+            ks, kq = support_split(y, n_shot, seed, classes=known)
+            Ck = centroids(f_clean[ks], y[ks], known); unk = np.flatnonzero(~np.isin(y, known))
+            aur.append(auroc((fp[kq] @ Ck.T).max(1), (fp[unk] @ Ck.T).max(1)))
+        rows.append(dict(perturbation=kind, identification_acc=float((pred == y[qry]).mean()),
+                         open_set_auroc=float(np.mean(aur)) if aur else float('nan'), n_queries=int(len(qry))))
+    return pd.DataFrame(rows).set_index('perturbation')

@@ -25,7 +25,8 @@ def test_metrics(run):
     m = json.loads((run / 'metrics.json').read_text())
     assert m['params']['n_archs'] == 8 and m['params']['zoo_size'] == 'tiny'
     M = m['metrics']
-    assert set(M) >= {'results', 'fidelity', 'timing', 'sizes', 'targets', 'synthesized_vs_closed_set'}
+    assert set(M) >= {'results', 'robustness', 'fidelity', 'timing', 'sizes', 'targets', 'synthesized_vs_closed_set', 'extractor'}
+    assert m['params']['epochs'] == 1 and m['params']['lr'] == 2e-3          # an override, and a value from the preset
     assert set(M['results']) == SETS
     assert M['sizes'] == {**M['sizes'], 'n_synthetic_models': 8, 'n_train_models': 5, 'n_heldout_models': 3, 'n_zoo_models': 5, 'img_size': 16}
     for s, methods in M['results'].items():
@@ -33,6 +34,9 @@ def test_metrics(run):
         assert ('closed-set (zoo subset)' in methods) == (s != 'zoo (all unseen)')   # never scored on the models it trained on
         for name, r in methods.items():
             for k in ('open_set_auroc', 'open_set_oscr', 'open_set_closed_acc'): assert 0 <= r[k] <= 1, (s, name, k, r[k])
+            if 'LR' not in name:
+                assert 0 <= r['open_set_auroc_pose'] <= r['open_set_auroc'] + 1e-9 and 0 <= r['open_set_oscr_pose'] <= 1
+                assert 0 <= r['verification_acc'] <= r['verification_acc_test_threshold'] <= 1
             if 'LR' not in name:
                 n_cls = r['n_models']
                 assert 0 <= r['identification_acc'] <= 1 and 0 <= r['identification_f1'] <= 1 and 0 <= r['verification_auc'] <= 1
@@ -45,6 +49,16 @@ def test_metrics(run):
     assert len(f['per_zoo_model']) == 5 and f['diversity synthesized'] > 0
     assert all(M['timing'][k] > 0 for k in ('synthesis_wall_s', 'extractor_train_s', 'closed_train_s'))
     assert set(M['synthesized_vs_closed_set']) == {'identification_acc', 'verification_auc', 'open_set_auroc'}
+    assert {k: v['target'] for k, v in M['targets'].items()} == {'identification_acc': 0.95, 'verification_auc': 0.97, 'open_set_auroc': 0.95}
+    ours = M['results']['zoo (all unseen)']['synthesized (ours)']
+    assert all(v['measured'] == ours[k] and v['met'] == (ours[k] >= v['target']) for k, v in M['targets'].items())
+    rob = M['robustness']
+    assert set(rob) == {'synthesized (ours)', 'raw spectrum', 'mobilenetv2 frozen'}
+    for name, rows in rob.items():
+        assert list(rows) == ['clean', 'jpeg 95', 'jpeg 75', 'jpeg 50', 'resize 0.5 and back', 'centre crop 90%', 'gaussian noise 2/255']
+        assert all(0 <= r['identification_acc'] <= 1 and 0 <= r['open_set_auroc'] <= 1 for r in rows.values())
+        assert rows['clean']['identification_acc'] == pytest.approx(M['results']['zoo (all unseen)'][name]['identification_acc'])
+    assert M['extractor']['n_classes'] == 5 and len(M['extractor']['data']) == 16
 
 
 def test_tables_and_figures(run):
@@ -56,7 +70,10 @@ def test_tables_and_figures(run):
     assert len(syn) == 8 and syn.psnr.gt(0).all() and set(syn.columns) >= {'name', 'arch', 'seed', 'psnr', 'train_s', 'cached'}
     hist = pd.read_csv(run / 'training_history_synthesized.csv'); assert len(hist) == 1 and np.isfinite(hist.ce).all()
     fid = pd.read_csv(run / 'fidelity_per_zoo_model.csv'); assert len(fid) == 5 and fid['FFD to nearest synthesized'].ge(0).all()
-    for name in ('average_spectra', 'embedding_map', 'confusion_matrix', 'roc_curves'):
+    rob = pd.read_csv(run / 'robustness.csv'); assert len(rob) == 3 * 7 and {'method', 'perturbation', 'open_set_auroc'} <= set(rob.columns)
+    for name in ('average_spectra', 'embedding_map', 'confusion_matrix', 'roc_curves', 'robustness'):
         assert (run / f'{name}.png').read_bytes()[:4] == b'\x89PNG'
     assert (run / 'ckpt_synthesized' / 'final.pt').exists() and (run / 'ckpt_closed' / 'final.pt').exists()
+    from attrib.fingerprint import extractor_info
+    info = extractor_info(run / 'extractor.safetensors'); assert info['preset']['n_archs'] == 8 and info['preset']['zoo_size'] == 'tiny'
     assert (run / 'model_attribution.ipynb').exists()

@@ -1,0 +1,1 @@
+"""Model attribution: which model made an image (fingerprints of synthesized models, enrolment, unknown detection)."""
