@@ -22,12 +22,14 @@ from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_li
 # %% auto #0
 __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_SEEN', 'STYLE_OPS_UNSEEN', 'MEDIA',
            'OBJECT_FAMILIES', 'STYLE_OPS', 'MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'SHAPES', 'TEXTURES', 'MIX', 'IOU_MAX',
-           'DISTRACTOR_MIX', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'lum', 'to_u8', 'random_palette', 'shape_mask',
-           'render_shape', 'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop',
-           'Sources', 'get_sources', 'render_content', 'random_style', 'apply_style', 'apply_medium', 'gray', 'tone',
-           'MiniGenerator', 'image_loss', 'train_generator', 'invert_objects', 'invert_styles', 'sample_prompt',
-           'prompt_text', 'warp_latent', 'render_object_prompts', 'render_style_prompts', 'plan_mini_abc',
-           'load_mini_generator', 'mini_abc_root', 'torch_threads', 'build_mini_abc', 'contact_sheet']
+           'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE',
+           'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask', 'render_shape',
+           'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop', 'Sources',
+           'get_sources', 'render_content', 'random_style', 'apply_style', 'jitter_style', 'hue_shift', 'apply_medium',
+           'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator', 'invert_objects', 'invert_styles',
+           'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts', 'render_style_prompts',
+           'photo_groups', 'plan_mini_abc', 'load_mini_generator', 'source_id', 'image_sources', 'content_hash',
+           'mini_abc_root', 'torch_threads', 'build_mini_abc', 'contact_sheet']
 
 # %% ../nbs/12_mini_abc.ipynb #66b45586
 IMG = 64
@@ -35,28 +37,28 @@ OBJECT_FAMILIES_SEEN, OBJECT_FAMILIES_UNSEEN = ('photo', 'shape', 'digit'), ('fa
 STYLE_OPS_SEEN, STYLE_OPS_UNSEEN = ('poster', 'halftone', 'hatch', 'mosaic'), ('glass', 'neon')
 MEDIA = ('sketch', 'painting', 'grayscale', 'sepia', 'pastel')
 OBJECT_FAMILIES, STYLE_OPS = OBJECT_FAMILIES_SEEN + OBJECT_FAMILIES_UNSEEN, STYLE_OPS_SEEN + STYLE_OPS_UNSEEN
-MINI_ABC_VERSION = 3   # bump when the builder changes what it writes: older builds are then rebuilt
+MINI_ABC_VERSION = 4   # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
-        n_distractors=240, base=dict(photo=40, shape=24, digit=24, face=10, emblem=12), n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
+        n_distractors=400, palette_negatives=2, base=dict(photo=40, shape=24, digit=24, face=10, emblem=12), n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
         models={'test_seen_object': dict(photo=2, shape=2, digit=2), 'test_unseen_object': dict(face=2, emblem=2),
                 'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1), 'test_unseen_style': dict(glass=1, neon=1),
                 'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1), 'val': dict(photo=1, shape=1, poster=1)},
         n_synth=dict(test=3, train=2, val=2), n_style_exemplars=3, gen_steps=150, gen_batch=16, inv_steps=20),
     'small': dict(
-        n_distractors=3000, base=dict(photo=400, shape=200, digit=200, face=80, emblem=100), n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
+        n_distractors=3000, palette_negatives=4, base=dict(photo=400, shape=200, digit=200, face=80, emblem=100), n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
         models={'test_seen_object': dict(photo=10, shape=10, digit=10), 'test_unseen_object': dict(face=8, emblem=8),
                 'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4), 'test_unseen_style': dict(glass=5, neon=5),
                 'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
-                'val': dict(photo=3, shape=3, digit=3, poster=1, halftone=1, hatch=1, mosaic=1)},
+                'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3)},
         n_synth=dict(test=8, train=6, val=6), n_style_exemplars=4, gen_steps=600, gen_batch=32, inv_steps=30),
     'default': dict(
-        n_distractors=20_000, base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240), n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
+        n_distractors=20_000, palette_negatives=8, base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240), n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
         models={'test_seen_object': dict(photo=30, shape=30, digit=30), 'test_unseen_object': dict(face=20, emblem=20),
                 'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10), 'test_unseen_style': dict(glass=15, neon=15),
                 'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
-                'val': dict(photo=6, shape=6, digit=6, poster=2, halftone=2, hatch=2, mosaic=2)},
+                'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10)},
         n_synth=dict(test=10, train=8, val=8), n_style_exemplars=4, gen_steps=1500, gen_batch=32, inv_steps=40),
 }
 
@@ -175,10 +177,12 @@ def box_iou(a, b) -> float:
     inter = max(0, min(y1 + s1, y2 + s2) - max(y1, y2)) * max(0, min(x1 + s1, x2 + s2) - max(x1, x2))
     return inter / (s1 * s1 + s2 * s2 - inter)
 
+_DISC = np.clip((.95 - np.hypot(*_grid(1))) / .2, 0, 1).astype(np.float32)   # a soft disc: the "object" of a photo crop
+
 def render_crop(photo: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
-    "A square crop of a uint8 photo, resized to 64 x 64: rgb, alpha (all ones)."
+    "A square crop of a uint8 photo, resized to 64 x 64: rgb, alpha (a soft centred disc, so a crop can be set into a new context)."
     y, x, s = box
-    return _resize_f(photo[y:y + s, x:x + s].astype(np.float32) / 255), np.ones((IMG, IMG), np.float32)
+    return _resize_f(photo[y:y + s, x:x + s].astype(np.float32) / 255), _DISC
 
 # %% ../nbs/12_mini_abc.ipynb #3c3be392
 class Sources:
@@ -264,6 +268,20 @@ def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
         out = p2[-1] * .35 * (1 - glow[..., None]) + _pal_map(l, p2[:3][::-1]) * np.clip(e + glow, 0, 1)[..., None] * 1.2
     else: raise ValueError(f'unknown style operator {op!r}')
     return np.clip(out, 0, 1).astype(np.float32)
+
+def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1) -> dict:
+    "A style as an imperfectly customized model renders it: palette and continuous parameters perturbed, a new random seed."
+    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, .4 * amount, (len(st['palette']), 3)), 0, 1), 4).tolist(),
+               seed=int(rng.integers(2**31)))
+    for k, v in st.items():
+        if isinstance(v, float): out[k] = float(v * (1 + rng.normal(0, amount)))
+    return out
+
+def hue_shift(img: np.ndarray, h: float) -> np.ndarray:
+    "Rotate the hue of a float RGB image by `h` turns (saturation and value kept)."
+    from skimage.color import rgb2hsv, hsv2rgb
+    hsv = rgb2hsv(np.clip(img, 0, 1)); hsv[..., 0] = (hsv[..., 0] + h) % 1
+    return hsv2rgb(hsv).astype(np.float32)
 
 _PAPER = np.clip(ndi.gaussian_filter(np.random.default_rng(123).random((IMG, IMG)).astype(np.float32), .7) * .25 + .8, 0, 1)
 
@@ -428,10 +446,11 @@ def invert_styles(gen: MiniGenerator, groups: list[torch.Tensor], steps: int, lr
 
 def sample_prompt(kind: str, rng: np.random.Generator, n_contexts: int, n_vocab: dict) -> dict:
     "A random prompt for synth type `kind` ('object_gpt', 'object_media', 'style_gpt', 'style_object')."
-    if kind == 'object_gpt':
-        p = dict(angle=float(rng.uniform(-15, 15)) if rng.random() < .5 else 0., flip=bool(rng.random() < .2), zoom=float(rng.uniform(.8, 1.2)),
-                 dx=float(rng.uniform(-.08, .08)), dy=float(rng.uniform(-.08, .08)))
-        if rng.random() < .4: p['context'] = int(rng.integers(n_contexts))
+    if kind == 'object_gpt':   # v4: most prompts set the concept into a new context, smaller, and a third recolour it
+        p = dict(angle=float(rng.uniform(-20, 20)) if rng.random() < .6 else 0., flip=bool(rng.random() < .3), zoom=float(rng.uniform(.65, 1.1)),
+                 dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
+        if rng.random() < .7: p['context'] = int(rng.integers(n_contexts))
+        if rng.random() < .35: p['hue'] = float(rng.uniform(.2, .8))
         return p
     if kind == 'object_media':
         return dict(medium=MEDIA[int(rng.integers(len(MEDIA)))], angle=float(rng.uniform(-12, 12)), flip=bool(rng.random() < .5),
@@ -448,6 +467,7 @@ def prompt_text(p: dict) -> str:
     "A readable form of a prompt."
     what = f"a {p['medium']} of V*" if 'medium' in p else f"a {p['content'][0]} #{p['content'][1]} in the style of V*" if 'content' in p else 'V*'
     where = f" on context {p['context']}" if 'context' in p else ''
+    if 'hue' in p: where += f" in other colours (hue {p['hue']:+.2f})"
     return f"{what}{where}, rotated {p['angle']:.0f} deg{', flipped' if p['flip'] else ''}, zoom {p['zoom']:.2f}"
 
 def warp_latent(z: torch.Tensor, prompts: list[dict], padding: str = 'zeros') -> torch.Tensor:
@@ -483,35 +503,46 @@ def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict
 
 # %% ../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = .3
+PHOTO_ROLES = dict(test=8, val=4)   # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
 
 def _rng(seed: int, *tags) -> np.random.Generator:
     return np.random.default_rng([int(seed)] + [int(stable_hash(str(t), n=8), 16) for t in tags])
 
+def photo_groups(names, seed: int = 0, roles: dict = PHOTO_ROLES) -> dict:
+    "The photographs of each role ('test', 'val', 'other'), drawn from `seed`: a test exemplar's photograph appears nowhere else."
+    names = sorted(names); perm = [names[i] for i in _rng(seed, 'photo_groups').permutation(len(names))]
+    if sum(roles.values()) >= len(names): raise DataError(f'{len(names)} photographs cannot be split into {roles} plus the rest')
+    out, i = {}, 0
+    for r, n in roles.items(): out[r] = sorted(perm[i:i + n]); i += n
+    out['other'] = sorted(perm[i:]); return out
+
 class _PhotoBoxes:
-    "Photo crops that keep clear of the exemplar crops (IoU <= IOU_MAX with every exemplar box of the same photo)."
-    def __init__(self, src: Sources): self.src, self.ex = src, {n: [] for n in src.photo_names}
+    "Photo crops by role: each role has its own photographs, and exemplar crops of one photograph overlap each other by IoU <= IOU_MAX."
+    def __init__(self, src: Sources, seed: int):
+        self.src, self.groups, self.ex = src, photo_groups(src.photo_names, seed), {n: [] for n in src.photo_names}
     def _ok(self, name, box): return all(box_iou(box, b) <= IOU_MAX for b in self.ex[name])
-    def spec(self, rng, exemplar: bool = False) -> dict:
-        names = self.src.photo_names
-        for _ in range(200):
+    def spec(self, rng, exemplar: bool = False, role: str = 'other') -> dict:
+        names = self.groups['other' if role == 'train' else role]
+        for _ in range(400):
             name = names[int(rng.integers(len(names)))]; box = crop_box(self.src.photos[name].shape, rng)
             if self._ok(name, box):
                 if exemplar: self.ex[name].append(box)
                 return dict(family='photo', seed=int(rng.integers(2**31)), photo=name, box=list(box))
-        raise DataError('cannot place a photo crop clear of the exemplar crops: too many photo exemplars for the photographs available')
+        raise DataError(f'cannot place a {role} photo crop clear of the exemplar crops: too many photo exemplars for its photographs')
 
 class _Pools:
-    "Draws content specs per family, keeping exemplar digits and faces out of every other use."
+    "Draws content specs per family, keeping exemplar digits and faces (of object and style exemplars) out of every other use."
     def __init__(self, src: Sources, seed: int, n_ex_digits: int, n_ex_faces: int):
         r = _rng(seed, 'pools')
-        self.boxes = _PhotoBoxes(src)
+        self.boxes = _PhotoBoxes(src, seed)
         self.digit_perm, self.face_perm = r.permutation(len(src.mnist)), r.permutation(len(src.faces))
         if n_ex_faces >= len(src.faces): raise DataError(f'{n_ex_faces} face exemplars asked for, but only {len(src.faces)} LFW faces exist')
+        if n_ex_digits >= len(src.mnist): raise DataError(f'{n_ex_digits} digit exemplars asked for, but only {len(src.mnist)} exist')
         self.n_dx, self.n_fx, self.i_dx, self.i_fx = n_ex_digits, n_ex_faces, 0, 0
 
-    def spec(self, fam: str, rng, exemplar: bool = False) -> dict:
+    def spec(self, fam: str, rng, exemplar: bool = False, role: str = 'other') -> dict:
         seed = int(rng.integers(2**31))
-        if fam == 'photo': return self.boxes.spec(rng, exemplar)
+        if fam == 'photo': return self.boxes.spec(rng, exemplar, role)
         if fam in ('shape', 'emblem'): return dict(family=fam, seed=seed)
         if fam == 'digit':
             if exemplar: i = self.digit_perm[self.i_dx]; self.i_dx += 1
@@ -523,14 +554,16 @@ class _Pools:
             return dict(family='face', seed=seed, index=int(i))
         raise DataError(f'unknown family {fam!r}')
 
-DISTRACTOR_MIX = dict(photo=.30, shape=.15, digit=.12, face=.04, emblem=.07, styled=.22, medium=.10)
+DISTRACTOR_MIX = dict(photo=.30, shape=.08, digit=.04, face=.02, emblem=.06, styled=.35, medium=.15)
+STYLE_CONTENT_SEEN, STYLE_CONTENT_UNSEEN = ('shape', 'digit'), ('shape', 'digit', 'emblem')   # style exemplars' contents (never photos)
 
 def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     "Every model (exemplar specs, style), the base pool, contexts, vocabularies and distractors of a mini-AbC build."
     src = src or get_sources()
     splits = {k: v for k, v in cfg['models'].items()}
+    nst = cfg['n_style_exemplars']
     count = lambda fam: sum(n for sp, fams in splits.items() for f, n in fams.items() if f == fam)
-    pools = _Pools(src, seed, count('digit'), count('face'))
+    pools = _Pools(src, seed, count('digit') + nst * sum(count(op) for op in STYLE_OPS), count('face'))
     models, counters = {}, {}
     for split in sorted(splits):   # exemplars first: they claim their crops, digits and faces before anything else is drawn
         role, out = _role(split), []
@@ -540,11 +573,11 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
                 cid, r = f'{fam}_{k:04d}', _rng(seed, 'model', fam, k)
                 if fam in OBJECT_FAMILIES:
                     if role != 'test' and fam in OBJECT_FAMILIES_UNSEEN: raise DataError(f'unseen family {fam!r} may only be used in test splits')
-                    out.append(dict(class_id=cid, family=fam, centric='object', exemplars=[pools.spec(fam, r, exemplar=True)], style=None))
+                    out.append(dict(class_id=cid, family=fam, centric='object', exemplars=[pools.spec(fam, r, exemplar=True, role=role)], style=None))
                 elif fam in STYLE_OPS:
                     if role != 'test' and fam in STYLE_OPS_UNSEEN: raise DataError(f'unseen style {fam!r} may only be used in test splits')
-                    fams = OBJECT_FAMILIES if split == 'test_unseen_style' else OBJECT_FAMILIES_SEEN
-                    ex = [pools.spec(fams[int(r.integers(len(fams)))], r) for _ in range(cfg['n_style_exemplars'])]
+                    fams = STYLE_CONTENT_UNSEEN if split == 'test_unseen_style' else STYLE_CONTENT_SEEN
+                    ex = [pools.spec(fams[int(r.integers(len(fams)))], r, exemplar=True, role=role) for _ in range(nst)]
                     out.append(dict(class_id=cid, family=fam, centric='style', exemplars=ex, style=random_style(fam, r)))
                 else: raise DataError(f'unknown family or style {fam!r} in split {split!r}')
         models[split] = out
@@ -561,6 +594,13 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     rd = _rng(seed, 'distractors'); dis = [dict(base=i) for i in range(len(base))]
     dis += [dict(base=i, base_style=j) for j in range(len(base_styles)) for i in styled_ids[j]]
     dis += [dict(base=i, medium=MEDIA[base_medium[i]]) for i in range(len(base))]
+    for split in sorted(models):   # hard negatives on purpose: each style model's palette on other contents in another style operator
+        for m in models[split]:
+            if m['centric'] != 'style': continue
+            for _ in range(cfg['palette_negatives']):
+                op = [o for o in STYLE_OPS if o != m['family']][int(rd.integers(len(STYLE_OPS) - 1))]
+                c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
+                dis.append(dict(content=c, style={**random_style(op, rd), 'palette': m['style']['palette']}, hard_negative='palette'))
     kinds, probs = list(DISTRACTOR_MIX), np.array(list(DISTRACTOR_MIX.values()))
     while len(dis) < cfg['n_distractors']:
         k = kinds[int(rd.choice(len(kinds), p=probs / probs.sum()))]
@@ -570,7 +610,7 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
             dis.append(dict(content=c, style=random_style(STYLE_OPS[int(rd.integers(len(STYLE_OPS)))], rd)) if k == 'styled'
                        else dict(content=c, medium=MEDIA[int(rd.integers(len(MEDIA)))]))
     return dict(models=models, base=base, base_medium=base_medium, base_styles=base_styles, styled_ids=styled_ids,
-                contexts=contexts, vocab=vocab, distractors=dis[:cfg['n_distractors']])
+                contexts=contexts, vocab=vocab, distractors=dis[:cfg['n_distractors']], photo_groups=pools.boxes.groups)
 
 # %% ../nbs/12_mini_abc.ipynb #3bdf5fa7
 STAGES = ('real', 'generator', 'synth', 'json')
@@ -635,7 +675,7 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log):
         z_ctx = gen.encode(_f(pool['rgba'][plan['contexts']][..., :3]))
         z_voc = {k: gen.encode(gray(_f(pool['rgba'][v][..., :3]))) for k, v in plan['vocab'].items()}
     nv = {k: len(v) for k, v in plan['vocab'].items()}
-    prompts = {}
+    prompts, srcs_of = {}, {}
     for m in (progress(allm, desc='sampling') if log else allm):
         split = next(s for s, ms in plan['models'].items() if m in ms)
         n = cfg['n_synth'][_role(split)]
@@ -645,9 +685,42 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log):
             ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
             if m['centric'] == 'object': imgs = render_object_prompts(gen, z_obj[obj.index(m)][None], ps, z_ctx, NOISE['object'], g)
             else: imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
-            for k, im in enumerate(imgs): _save_png(to_u8(im.permute(1, 2, 0).numpy()), root/_synth_path(m, t, k))
+            for k, (im, p) in enumerate(zip(imgs, ps)):
+                a = im.permute(1, 2, 0).numpy()
+                if 'hue' in p: a = hue_shift(a, p['hue'])                                   # "... in other colours"
+                if m['centric'] == 'style': a = apply_style(a, jitter_style(m['style'], r))   # the style's texture, as customized
+                _save_png(to_u8(a), root/_synth_path(m, t, k))
+                if 'context' in p: srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['contexts'][p['context']]])]
+                elif 'content' in p: srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['vocab'][p['content'][0]][p['content'][1]]])]
             prompts[m['class_id']][t] = [prompt_text(p) for p in ps]
     save_json(prompts, root/'dataset'/'meta'/'prompts.json')
+    save_json(image_sources(plan, cfg, srcs_of), root/'dataset'/'meta'/'sources.json')
+
+def source_id(spec: dict) -> str:
+    "The identity of a content's source: its photograph (any crop of it), its MNIST / LFW index, or its procedural seed."
+    fam = spec['family']
+    return f"{fam}:{spec[{'photo': 'photo', 'digit': 'index', 'face': 'index'}.get(fam, 'seed')]}"
+
+def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dict:
+    """Per image path: the source ids it is made of (`sources`), its role and split, and `hard_negative` (why it is close on
+    purpose: 'context' / 'vocab' for base images that queries are composed on, 'palette' for a style model's palette on another style)."""
+    out, extra = {}, synth_extra or {}
+    for split, ms in plan['models'].items():
+        n = cfg['n_synth'][_role(split)]
+        for m in ms:
+            ids = [source_id(s) for s in m['exemplars']]
+            for k in range(len(m['exemplars'])): out[_exemplar_path(m, k)] = dict(sources=[ids[k]], role='exemplar', split=split)
+            for t in SYNTH_TYPES[m['centric']]:
+                for k in range(n):
+                    p = _synth_path(m, t, k); out[p] = dict(sources=ids + extra.get(p, []), role='synth', split=split)
+    hard = {**{i: 'vocab' for v in plan['vocab'].values() for i in v}, **{i: 'context' for i in plan['contexts']}}
+    for i, d in enumerate(plan['distractors']):
+        spec = plan['base'][d['base']] if 'base' in d else d['content']
+        e = dict(sources=[source_id(spec)], role='distractor')
+        if d.get('hard_negative'): e['hard_negative'] = d['hard_negative']
+        elif 'base' in d and d['base'] in hard: e['hard_negative'] = hard[d['base']]
+        out[_distractor_path(i)] = e
+    return out
 
 def _stage_json(root: Path, plan: dict, cfg: dict):
     def model(m, split):
@@ -674,16 +747,37 @@ def _lock(path: Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+MARKER = 'build/mini_abc_builder.json'   # written first into an empty folder: what proves the folder is this builder's
+_OWN = ('dataset', 'build', 'manifest.json', 'card.json', 'card.md')  # all the builder (and its card) write at its top
+
+def _owned(root: Path) -> bool:
+    "Whether `root` is provably a mini-AbC build: its marker names this builder (v4+), or a v3 build with nothing but the builder's entries."
+    try:
+        if (root/MARKER).is_file(): return load_json(root/MARKER).get('builder') == 'attrib.mini_abc'
+        legacy = load_json(root/'build'/'stages.json') if (root/'build'/'stages.json').is_file() else {}
+    except DataError: return False
+    return 'key' in legacy and {p.name for p in root.iterdir()} <= set(_OWN)
+
 def _clear(root: Path):
-    "Delete a (partial) mini-AbC build; refuse to delete a folder that is not one."
-    if not root.exists(): return
-    if not ((root/'build'/'stages.json').exists() or (root/'manifest.json').exists()) and any(root.iterdir()):
-        raise DataError(f"{root}: not empty and not a mini-AbC build (no build/stages.json or manifest.json); refusing to overwrite it")
-    shutil.rmtree(root)
+    "Delete a (partial) mini-AbC build: only the entries the builder writes, and only where its marker proves it wrote them."
+    if not root.exists() or not any(root.iterdir()): return
+    if not _owned(root):
+        raise DataError(f"{root}: not empty and not a mini-AbC build (no {MARKER}); refusing to write into or delete it")
+    for name in _OWN:
+        p = root/name
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif p.exists() or p.is_symlink(): p.unlink()
 
 def _build_key(cfg: dict, seed: int) -> str: return stable_hash(MINI_ABC_VERSION, cfg, seed, n=16)
 
 def _sha1(p: Path) -> str: return hashlib.sha1(p.read_bytes()).hexdigest()
+
+def content_hash(root: str | Path) -> str:
+    "SHA-256 over every file under `root/dataset` (sorted relative paths and their bytes): the identity of a build's content."
+    root, h = Path(root), hashlib.sha256()
+    for p in sorted((Path(root)/'dataset').rglob('*')):
+        if p.is_file(): h.update(p.relative_to(root).as_posix().encode() + b'\0' + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
     "The default folder of a mini-AbC build: `data_dir()/mini_abc_<size>[_s<seed>]`."
@@ -697,10 +791,14 @@ def torch_threads(n: int | None):
     try: yield
     finally: torch.set_num_threads(old)
 
+BUILD_THREADS = 1   # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
+
 def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: int = 0, force: bool = False, verbose: bool = False,
-                   threads: int | None = 1) -> Path:
+                   threads: int | None = None) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
-    with torch_threads(threads): return _build(root, size, seed, force, verbose)
+    if threads not in (None, BUILD_THREADS):
+        raise ValueError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
+    with torch_threads(BUILD_THREADS): return _build(root, size, seed, force, verbose)
 
 def _build(root, size, seed, force, verbose) -> Path:
     if size not in MINI_ABC_SIZES: raise ValueError(f'unknown size {size!r}; known: {list(MINI_ABC_SIZES)}')
@@ -710,7 +808,7 @@ def _build(root, size, seed, force, verbose) -> Path:
     key, log = _build_key(cfg, seed), (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
     man = root/'manifest.json'
     def complete():
-        try: return man.exists() and load_json(man).get('key') == key and load_json(man).get('complete')
+        try: return man.exists() and (root/MARKER).is_file() and load_json(man).get('key') == key and load_json(man).get('complete')
         except DataError: return False
     if not force and complete(): return root
     with _lock(root.parent/f'.{root.name}.lock'):
@@ -718,9 +816,10 @@ def _build(root, size, seed, force, verbose) -> Path:
         if force: _clear(root)
         stages_file = root/'build'/'stages.json'
         stages = load_json(stages_file) if stages_file.exists() else {}
-        if stages.get('key') != key:   # another size/seed/version was (partly) built here: start clean
+        if stages.get('key') != key or not (root/MARKER).is_file():   # another size/seed/version (or nothing) here: start clean
             _clear(root); stages = {'key': key}
-            save_json(stages, stages_file)   # marks the folder as a build before anything is written into it
+            save_json(dict(builder='attrib.mini_abc', key=key), root/MARKER)   # the proof of ownership, before anything else
+            save_json(stages, stages_file)
         src, plan, counts = get_sources(), None, None
         for stage in STAGES:
             if stage in stages: continue
@@ -742,7 +841,7 @@ def _build(root, size, seed, force, verbose) -> Path:
                        build_wall_s=round(sum(v['wall_s'] for k, v in stages.items() if k != 'key'), 1),
                        build_cpu_s=round(sum(v['cpu_s'] for k, v in stages.items() if k != 'key'), 1),
                        torch_threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
-                       sha1={p.name: _sha1(p) for p in jsons + [root/'dataset'/'laion_subset.txt']}), man)
+                       sha1={p.name: _sha1(p) for p in jsons + [root/'dataset'/'laion_subset.txt']}, content_hash=content_hash(root)), man)
     return root
 
 # %% ../nbs/12_mini_abc.ipynb #0b9839b0
