@@ -304,8 +304,9 @@ def split_image_paths(ds, split: str) -> list[str]:
     return list(dict.fromkeys([*ex, *q]))
 
 def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                         distractors: bool = True, **kw) -> dict[str, Path]:
-    "Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache file}."
+                         distractors: bool = True, skipped: dict | None = None, **kw) -> dict[str, Path]:
+    """Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache file}.
+    `skipped`, a dict, receives {name: [(path, problem)]} of the images skipped as unreadable (with `on_error='skip'`)."""
     from attrib.core import data_dir
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()/'features'
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
@@ -313,15 +314,17 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
     jobs = ([('distractors', ds.distractor_paths())] if distractors else []) + [(s, split_image_paths(ds, s)) for s in splits]
     for name, paths in jobs:
         out[name] = backbone_cache_path(cache_dir, backbone, did, name)
-        extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)
+        r = extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)
+        if skipped is not None: skipped[name] = list(r.get('skipped', []))
     return out
 
 # %% ../nbs/14_features.ipynb #f67a2cb9
 def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
                 cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None, amp: bool = False,
                 distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
-                allow_outside_root: bool = False) -> dict[str, Path]:
-    "The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun."
+                allow_outside_root: bool = False, skipped: dict | None = None) -> dict[str, Path]:
+    """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun.
+    `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
@@ -330,6 +333,7 @@ def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | No
         ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
         return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors, batch_size=batch_size,
-                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error)
+                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error,
+                                    skipped=skipped)
     finally:
         if launched: dist.cleanup_distributed()
