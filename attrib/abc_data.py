@@ -178,7 +178,8 @@ class AbCDataset:
             lst, folder = self.root/DISTRACTOR_LIST, self.root/DISTRACTOR_DIR
             if lst.exists():
                 try: text = lst.read_bytes().decode('utf-8')
-                except UnicodeDecodeError as e: raise DataError(f"{lst}: distractor list is not UTF-8 text (byte {e.start}: {e.reason})") from None
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{lst}: distractor list is not UTF-8 text (byte {e.start}: {e.reason})") from None
                 paths = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith('#')]
                 if not paths: raise DataError(f"{lst}: distractor list is empty; expected one root-relative image path per line")
                 if not self.allow_outside_root: _check_inside(self.root, paths, str(lst))

@@ -356,7 +356,8 @@ def split_features(ds, split: str, feats, cache_dir=None, on_error: str = 'raise
     from attrib.features import select_features, extract_features, backbone_cache_path, dataset_id, split_image_paths
     if on_error not in ('raise', 'skip'): raise AttribError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     qp, qm, qt = ds.queries(split); ep, em = ds.exemplars(split); dp = ds.distractor_paths()
-    if not qp: raise DataError(f"{ds.json_dir/split}.json: split {split!r} has no queries (every 'synth' list is empty): nothing to evaluate")
+    if not qp:
+        raise DataError(f"{ds.json_dir/split}.json: split {split!r} has no queries (every 'synth' list is empty): nothing to evaluate")
     if isinstance(feats, torch.nn.Module):
         did = dataset_id(ds)
         cache = (lambda name: backbone_cache_path(cache_dir, feats, did, name)) if cache_dir is not None else (lambda name: None)
@@ -389,8 +390,9 @@ def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cach
 
 def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequence[int] = (5, 10, 100), cache_dir=None,
                      out_dir=None, name: str = 'abc_eval', on_error: str = 'raise', **kw) -> tuple[pd.DataFrame, dict]:
-    """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to out_dir as CSV + JSON if given.
-    `on_error='skip'`: unreadable images are left out; the table gains `n_skipped_queries`, the dict a `skipped` list, out_dir `<name>_skipped.csv`."""
+    """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to out_dir as
+    CSV + JSON if given. `on_error='skip'`: unreadable images are left out; the table gains `n_skipped_queries`, the dict a
+    `skipped` list, out_dir `<name>_skipped.csv`."""
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     if not splits: raise DataError(f"{ds.json_dir}: no test split to evaluate (this dataset has splits {ds.split_names()}); "
                                    "name the splits to evaluate (splits=..., or --splits)")
@@ -414,15 +416,16 @@ def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequenc
         from attrib.report import save_table
         from attrib.core import save_json
         save_table(table, name, out_dir); save_json(res, __import__('pathlib').Path(out_dir)/f'{name}.json')
-        if on_error == 'skip': save_table(pd.DataFrame(skipped, columns=['split', 'role', 'path', 'problem']).set_index('split'), f'{name}_skipped', out_dir)
+        if on_error == 'skip':
+            save_table(pd.DataFrame(skipped, columns=['split', 'role', 'path', 'problem']).set_index('split'), f'{name}_skipped', out_dir)
     return table, res
 
 # %% ../nbs/15_abc_eval.ipynb #3d0b037d
 def run_evaluate(data_root, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None, cache_dir=None,
                  out_dir=None, ks: Sequence[int] = (5, 10, 100), batch_size: int = 64, num_workers: int = 0, device=None,
                  on_error: str = 'raise', allow_outside_root: bool = False) -> pd.DataFrame:
-    """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout dataset; CSV + JSON in out_dir.
-    With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split, role, path, problem)."""
+    """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout dataset;
+    CSV + JSON in out_dir. With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split, role, path, problem)."""
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     from attrib.core import data_dir

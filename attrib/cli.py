@@ -40,17 +40,18 @@ def _cmd_build(a):
     print(root)
 
 def _print_skipped(skipped, where: str):
-    "The files a job skipped as unreadable, one per line (`skipped<TAB>path<TAB>problem`), and a count on stderr."
+    "The files a job skipped as unreadable, one per line (`skipped<TAB>where<TAB>path<TAB>problem`), and a count on stderr."
     for s in skipped: print('skipped\t' + '\t'.join(str(v) for v in (s.values() if isinstance(s, dict) else s)))
     if skipped: print(f'attrib: {len(skipped)} unreadable image(s) skipped ({where})', file=sys.stderr)
 
 def _cmd_extract(a):
-    from attrib.features import run_extract, load_features
+    from attrib.features import run_extract
+    skipped = {}
     out = run_extract(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                      num_workers=a.num_workers, device=a.device, amp=a.amp, on_error=a.on_error, allow_outside_root=a.allow_outside_root)
+                      num_workers=a.num_workers, device=a.device, amp=a.amp, on_error=a.on_error,
+                      allow_outside_root=a.allow_outside_root, skipped=skipped)
     for k, v in out.items(): print(f'{k}\t{v}')
-    if a.on_error == 'skip':
-        _print_skipped([(k, *s) for k, v in out.items() for s in load_features(v).get('skipped', [])], 'listed in the cache files')
+    _print_skipped([(k, *s) for k, v in skipped.items() for s in v], 'also listed in the cache files')
 
 def _cmd_evaluate(a):
     from attrib.abc_eval import run_evaluate
@@ -156,7 +157,9 @@ def main(argv=None):
     "Entry point of the `attrib` console script: a user's error is one line (exit 1), Ctrl-C is one line (exit 130)."
     a = build_parser().parse_args(argv)
     try: a.fn(a)
-    except KeyboardInterrupt: sys.exit(_interrupted())
+    except KeyboardInterrupt:
+        sys.unraisablehook = lambda u: None   # a data loader cut off mid-start complains from its __del__: not the user's news
+        sys.exit(_interrupted())
     except Exception as e:
         from attrib.core import AttribError
         if isinstance(e, AttribError): sys.exit(f'attrib: error: {e}')

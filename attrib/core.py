@@ -72,7 +72,8 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
     if prefer is not None and str(prefer) != 'auto':
         try: dev = torch.device(prefer)
         except (RuntimeError, TypeError): raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
-        if dev.type not in ('cpu', 'cuda', 'mps'): raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+        if dev.type not in ('cpu', 'cuda', 'mps'):
+            raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
         if dev.type == 'cuda' and not torch.cuda.is_available(): raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
         if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
             raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -88,7 +88,8 @@ def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
     missing = [p for p in paths if str(p) not in index]
     if missing:
         why = dict(feats.get('skipped') or [])
-        hint = f" ({len([p for p in missing if p in why])} skipped as unreadable at extraction, e.g. {why[missing[0]]!r})" if missing[0] in why else ''
+        n_sk = sum(p in why for p in missing)
+        hint = f" ({n_sk} skipped as unreadable at extraction, e.g. {why[missing[0]]!r})" if missing[0] in why else ''
         raise DataError(f"no features for {len(missing)} of {len(paths)} paths, e.g. {missing[:3]}{hint}")
     return feats['feats'][torch.as_tensor([index[str(p)] for p in paths], dtype=torch.long)]
 
@@ -128,10 +129,10 @@ def _check_features(y: torch.Tensor, backbone, paths: list[str], amp: bool):
     "Non-finite features are the backbone's fault (images are finite by construction): an error naming it, before anything is cached."
     bad = ~torch.isfinite(y).all(1)
     if bad.any():
-        raise WeightsError(f"backbone {getattr(backbone, 'key', type(backbone).__name__)} (weights {getattr(backbone, 'weights_id', '?')}) "
-                           f"gave non-finite features (NaN or Inf) for {int(bad.sum())} of {len(y)} images, e.g. {paths[int(bad.nonzero()[0])]}: "
-                           + ("float16/bfloat16 overflowed or its weights are broken (try without amp); " if amp else "its weights are broken; ")
-                           + "nothing was cached for them")
+        name, w = getattr(backbone, 'key', type(backbone).__name__), getattr(backbone, 'weights_id', '?')
+        why = "float16/bfloat16 overflowed or its weights are broken (try without amp)" if amp else "its weights are broken"
+        raise WeightsError(f"backbone {name} (weights {w}) gave non-finite features (NaN or Inf) for {int(bad.sum())} of {len(y)} "
+                           f"images, e.g. {paths[int(bad.nonzero()[0])]}: {why}; nothing was cached for them")
 
 def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers, amp, threads, on_error, step) -> dict:
     "Features of one list of images: `{'feats', 'paths', 'skipped'}` (unreadable files skipped or raised, by `on_error`)."
@@ -232,8 +233,9 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         old = load_features(cache)
         lay = _layout(old, paths)
         if lay is None:
-            raise DataError(f"{cache}: cached features are for a different list of {len(old['paths']) + len(old.get('skipped', []))} paths "
-                            f"(asked for {len(paths)}); the cache key does not match the data: remove the file or use another cache path")
+            n_old = len(old['paths']) + len(old.get('skipped', []))
+            raise DataError(f"{cache}: cached features are for a different list of {n_old} paths (asked for {len(paths)}); "
+                            "the cache key does not match the data: remove the file or use another cache path")
         redo = _stale(old, paths, stat, lay, retry)
         if not redo: return old
         if dist.is_main():   # images replaced in place since the cache was written: only their rows are computed again
@@ -269,7 +271,8 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         for s in todo:
             r = run(paths[sl(s)], bar)
             lay_s = _layout(r, paths[sl(s)])
-            if parts is not None: _save(_shard_file(parts, s), _assemble(paths[sl(s)], stat[sl(s)], [(r, lay_s)], [0] * len(lay_s), backbone.embed_dim))
+            if parts is not None:
+                _save(_shard_file(parts, s), _assemble(paths[sl(s)], stat[sl(s)], [(r, lay_s)], [0] * len(lay_s), backbone.embed_dim))
             done[s] = (r, lay_s)
     finally:
         if bar is not None: bar.close()
@@ -277,8 +280,10 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
     if parts is not None:
         dist.barrier()
         if dist.is_main():
-            got = [done[s] if done.get(s) is not None else _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in range(n_shards)]
-            if any(g is None for g in got): raise DataError(f"{parts}: shards {[s for s, g in enumerate(got) if g is None]} missing after extraction")
+            got = [done[s] if done.get(s) is not None else _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry)
+                   for s in range(n_shards)]
+            if any(g is None for g in got):
+                raise DataError(f"{parts}: shards {[s for s, g in enumerate(got) if g is None]} missing after extraction")
             which = [s for s in range(n_shards) for _ in range(len(paths[sl(s)]))]
             _save(cache, _assemble(paths, stat, got, which, backbone.embed_dim))
             shutil.rmtree(parts, ignore_errors=True)
@@ -299,8 +304,9 @@ def split_image_paths(ds, split: str) -> list[str]:
     return list(dict.fromkeys([*ex, *q]))
 
 def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                         distractors: bool = True, **kw) -> dict[str, Path]:
-    "Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache file}."
+                         distractors: bool = True, skipped: dict | None = None, **kw) -> dict[str, Path]:
+    """Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache file}.
+    `skipped`, a dict, receives {name: [(path, problem)]} of the images skipped as unreadable (with `on_error='skip'`)."""
     from attrib.core import data_dir
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()/'features'
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
@@ -308,15 +314,17 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
     jobs = ([('distractors', ds.distractor_paths())] if distractors else []) + [(s, split_image_paths(ds, s)) for s in splits]
     for name, paths in jobs:
         out[name] = backbone_cache_path(cache_dir, backbone, did, name)
-        extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)
+        r = extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)
+        if skipped is not None: skipped[name] = list(r.get('skipped', []))
     return out
 
 # %% ../nbs/14_features.ipynb #f67a2cb9
 def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
                 cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None, amp: bool = False,
                 distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
-                allow_outside_root: bool = False) -> dict[str, Path]:
-    "The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun."
+                allow_outside_root: bool = False, skipped: dict | None = None) -> dict[str, Path]:
+    """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun.
+    `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
     from attrib.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
@@ -325,6 +333,7 @@ def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | No
         ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
         return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors, batch_size=batch_size,
-                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error)
+                                    num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error,
+                                    skipped=skipped)
     finally:
         if launched: dist.cleanup_distributed()
