@@ -23,7 +23,7 @@ def _params(pairs) -> dict:
 
 def _cmd_run(a):
     from attrib.experiments import run_experiment
-    out = run_experiment(a.name, out_dir=a.out, log_output=a.log, **_params(a.p))
+    out = run_experiment(a.name, out_dir=a.out, log_output=a.log, preset=a.preset, **_params(a.p))
     print(f'wrote {out}')
 
 def _cmd_main(a):
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='notebook parameter (repeatable)')
         s.add_argument('--out', type=_out_folder, help='run directory (default $ATTRIB_RUNS/<name>/<time>)')
         s.add_argument('--log', action='store_true', help='stream the notebook output instead of a progress bar')
+        s.add_argument('--preset', default=None, help="a named parameter set of attrib.experiments.PRESETS, e.g. 'gpu'")
     s = sub.add_parser('main', help=f'run the main experiment ({MAIN_EXPERIMENT}) on the built-in data'); exp_args(s); s.set_defaults(fn=_cmd_main)
     s = sub.add_parser('run', help='run an experiment notebook with parameters'); s.add_argument('name'); exp_args(s); s.set_defaults(fn=_cmd_run)
     s = sub.add_parser('experiments', help='list experiment notebooks'); s.set_defaults(fn=_cmd_list)

@@ -66,9 +66,9 @@ def run_experiment(name: str, out_dir: str | Path | None = None, log_output: boo
     import papermill as pm
     src = _notebook(name)
     out_dir = Path(out_dir) if out_dir else runs_dir()/name/time.strftime('%Y%m%d-%H%M%S')
+    resolved = resolve_params(name, preset, **{**params, 'out_dir': str(out_dir.resolve())})   # checked before anything is written
+    chosen = {**(PRESETS[name][preset] if preset else {}), **params, 'out_dir': resolved['out_dir']}
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = {**(PRESETS[name][preset] if preset else {}), **params, 'out_dir': str(out_dir.resolve())}
-    resolved = resolve_params(name, preset, **{**params, 'out_dir': chosen['out_dir']})
     save_json({'experiment': name, 'preset': preset, 'overrides': params, 'params': resolved}, out_dir/'params.json')
     pm.execute_notebook(str(src), str(out_dir/f'{name}.ipynb'), parameters=chosen, kernel_name='python3',
                         cwd=str(out_dir), log_output=log_output, progress_bar=not log_output)
