@@ -24,7 +24,7 @@ __all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'PHOTO_SUBSE
            'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
            'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model', 'load_zoo_model', 'zoo_info',
            'train_zoo', 'weights_digest', 'DiffusersGenerator', 'load_diffusers_generator', 'diffusers_path',
-           'train_diffusers_model', 'world_spec', 'load_world_model', 'world_info']
+           'train_diffusers_model', 'world_spec', 'load_world_model', 'world_info', 'world_cached', 'train_world']
 
 # %% ../nbs/20_zoo.ipynb #f5989dc2
 ZOO_NAMES = ('dcgan', 'vae', 'sngan', 'wgangp', 'flow')
@@ -680,3 +680,25 @@ def world_info(name: str, size: str = 'default', root=None) -> dict:
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS: return load_json(diffusers_path(base, size, seed, root)/'attrib_train.json')
     return zoo_info(base, size, seed, root, photos)
+
+def world_cached(name: str, size: str = 'default', root=None) -> bool:
+    "Whether `ZOO_WORLD` model `name` is already trained and cached."
+    base, seed, photos = world_spec(name)
+    if base in DIFFUSERS_KINDS: return (diffusers_path(base, size, seed, root)/'model_index.json').is_file()
+    return zoo_path(base, size, seed, root, photos).exists()
+
+def _train_one(name, size, root): load_world_model(name, size, root); return name
+
+def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> dict:
+    "Train (or load) `ZOO_WORLD` models (default all), `jobs` at a time in separate processes; returns {name: generator}."
+    names = list(ZOO_WORLD if names is None else names)
+    for n in names: world_spec(n)
+    if jobs < 1: raise AttribError(f"jobs must be >= 1, got {jobs}")
+    missing = [n for n in names if not world_cached(n, size, root)]
+    if jobs > 1 and len(missing) > 1:       # each model trains with ZOO_TRAIN_THREADS threads: the same weights as in one process
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        import attrib.zoo as module                      # by module path: spawned workers import it (also from a notebook)
+        with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=mp.get_context('spawn')) as ex:
+            list(ex.map(module._train_one, missing, [size] * len(missing), [root] * len(missing)))
+    return {n: load_world_model(n, size, root) for n in names}

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
-                        load_diffusers_generator, zoo_info, train_zoo)
+                        load_diffusers_generator, zoo_info, train_zoo, train_world)
 from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
 
 # %% auto #0
@@ -252,12 +252,14 @@ def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rul
 
 # %% ../../nbs/23_origin_job.ipynb #9679194d
 def _cmd_train_zoo(a):
-    names = a.names or list(ZOO_NAMES)
+    names = list(ZOO_WORLD) if a.names == ['world'] else (a.names or list(ZOO_NAMES))
     bad = [n for n in names if n not in ZOO_WORLD]
-    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)}")
-    for k in names:
-        g = load_world_model(k, a.size, a.root) if k not in ZOO_NAMES else load_zoo_model(k, a.size, a.seed, a.root)
-        info = world_info(k, a.size, a.root) if k not in ZOO_NAMES else zoo_info(k, a.size, a.seed, a.root)
+    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)} (or 'world': all of them)")
+    if a.seed and any(n not in ZOO_NAMES for n in names): raise AttribError(f"--seed applies to the {list(ZOO_NAMES)} models only")
+    if a.jobs < 1: raise AttribError(f"--jobs must be >= 1, got {a.jobs}")
+    zoo = train_zoo(names, size=a.size, seed=a.seed, root=a.root) if a.seed else train_world(names, a.size, a.root, a.jobs)
+    for k, g in zoo.items():
+        info = zoo_info(k, a.size, a.seed, a.root) if a.seed else world_info(k, a.size, a.root)
         print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {info.get('train_wall_s', float('nan')):.0f} s")
 
 def _cmd_origin(a):
@@ -280,10 +282,11 @@ def _cmd_origin(a):
 def add_commands(sub):
     "The `train-zoo` and `origin` sub-commands (defaults from `ORIGIN_PRESET` and the library's signatures)."
     s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
+    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
     s.add_argument('--size', default='default', choices=list(ZOO_SIZES))
     s.add_argument('--seed', type=int, default=0, help='training seed of the ZOO_NAMES models (the others fix their own)')
     s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo)')
+    s.add_argument('--jobs', type=int, default=1, help='models trained at once in separate processes (1 thread each; same weights)')
     s.set_defaults(fn=_cmd_train_zoo)
     P = ORIGIN_PRESET
     s = sub.add_parser('origin', help='did this generator make these images?',
