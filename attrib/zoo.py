@@ -515,7 +515,8 @@ class DiffusersGenerator(ZooGenerator):
             img = int(unet.config.sample_size); lat = (int(unet.config.in_channels), img, img)
         super().__init__(name, lat, img, config or {})
         self.vae, self.unet, self.scheduler, self.n_sample_steps = vae, unet, scheduler, int(n_sample_steps)
-        self.upsampling = 'diffusers-' + ('ldm' if vae is not None and unet is not None else 'vae' if vae is not None else 'ddim')
+        vq = 'vq' if type(vae).__name__ == 'VQModel' else ''
+        self.upsampling = 'diffusers-' + (f'ldm{vq}' if vae is not None and unet is not None else f'vae{vq}' if vae is not None else 'ddim')
         for m in (vae, unet):
             if m is not None: m.eval().requires_grad_(False)
     def ddim(self, x):
