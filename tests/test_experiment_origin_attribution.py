@@ -14,7 +14,7 @@ def run(tmp_path_factory):
     from attrib.experiments import run_experiment
     d = tmp_path_factory.mktemp('origin_attribution')
     return run_experiment('origin_attribution', out_dir=d / 'run', zoo_size='tiny', n=8, n_calib=10, steps=40, restarts=2, lr=0.05,
-                          patience=20, n_candidates=16, alpha=0.2, lt_steps=10, seed=0, threads=1)
+                          patience=20, n_candidates=16, alpha=0.2, lt_steps=10, seed=0, threads=1, cheap_steps=5, robust_steps=5)
 
 
 def test_metrics(run):
@@ -51,11 +51,29 @@ def test_tables(run):
     z = pd.read_csv(run / 'zoo.csv', index_col=0)
     assert list(z.index) == ZOO and (z.img_size == 16).all() and z.upsampling.nunique() == 5
     me = pd.read_csv(run / 'methods.csv')
-    assert set(me.method) == {'ronan', 'latenttracer', 'aedr'} and set(me.inspected) == {'vae', 'flow'}
+    assert set(me.method) == {'ronan', 'latenttracer', 'aedr', 'aeroblade'} and set(me.inspected) == {'vae', 'flow'}
+
+
+def test_cost_cascade_robustness(run):
+    c = pd.read_csv(run / 'cost.csv')
+    assert {'ronan', 'ronan-5', 'cascade', 'aedr', 'latenttracer', 'aeroblade'} <= set(c.method)
+    assert set(c[c.method == 'cascade'].inspected) == set(ZOO) and (c.s_per_image > 0).all()
+    cas = c[c.method == 'cascade'].set_index('inspected')
+    assert cas.frac_full.between(0, 1).all() and cas[['acc_real', 'acc_others_min', 'fpr_own']].apply(lambda v: v.between(0, 1).all()).all()
+    # cost = the cheap stage (AEDR where the model has an autoencoder, else the short inversion) + the undecided share of the full test
+    per = c.set_index(['method', 'inspected']).s_per_image
+    for k in ZOO:
+        cheap = per[('aedr', k)] if k in ('vae', 'flow') else per[('ronan-5', k)]
+        assert np.isclose(cas.s_per_image[k], cheap + cas.frac_full[k] * per[('ronan', k)], atol=2e-4), k   # CSV: 4 decimals
+    r = pd.read_csv(run / 'robustness.csv')
+    assert list(r.perturbation) == ['clean', 'jpeg 95', 'jpeg 75', 'jpeg 50', 'resize 0.5', 'crop 0.9', 'noise 0.00784']
+    assert r.drop(columns='perturbation').apply(lambda v: v.between(0, 1).all()).all()
+    M = json.loads((run / 'metrics.json').read_text())['metrics']
+    assert set(M['cascade']) == set(ZOO) and len(M['robustness']) == 7 and 'cascade' in M['cost_mean']
 
 
 def test_figures(run):
-    for f in ('zoo_samples', 'roc_ronan', 'score_hist_ronan', 'reconstructions_ronan'):
+    for f in ('zoo_samples', 'roc_ronan', 'score_hist_ronan', 'reconstructions_ronan', 'accuracy_vs_cost', 'robustness'):
         p = run / f'{f}.png'
         assert p.exists() and p.read_bytes()[:4] == b'\x89PNG', f
     assert (run / 'origin_attribution.ipynb').exists() and (run / 'scores').is_dir()

@@ -162,6 +162,10 @@ def test_on_error_skip_and_root(dcgan_env, tmp_path):
     assert code == 0 and so.startswith('dcgan\tgan\t16px')
     code, _, se = run(['train-zoo', '--names', 'biggan'])
     assert code != 0 and 'unknown zoo model' in se
+    code, _, se = run(['train-zoo', '--names', 'dcgan', '--jobs', '0'])
+    assert code != 0 and '--jobs must be >= 1' in se
+    code, _, se = run(['train-zoo', '--names', 'ldm', '--seed', '3'])
+    assert code != 0 and '--seed applies to' in se
 
 
 def test_defaults_are_the_experiment_preset():

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
-                        load_diffusers_generator, zoo_info, train_zoo)
+                        load_diffusers_generator, zoo_info, train_zoo, train_world)
 from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
 
 # %% auto #0
@@ -252,12 +252,14 @@ def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rul
 
 # %% ../../nbs/23_origin_job.ipynb #9679194d
 def _cmd_train_zoo(a):
-    names = a.names or list(ZOO_NAMES)
+    names = list(ZOO_WORLD) if a.names == ['world'] else (a.names or list(ZOO_NAMES))
     bad = [n for n in names if n not in ZOO_WORLD]
-    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)}")
-    for k in names:
-        g = load_world_model(k, a.size, a.root) if k not in ZOO_NAMES else load_zoo_model(k, a.size, a.seed, a.root)
-        info = world_info(k, a.size, a.root) if k not in ZOO_NAMES else zoo_info(k, a.size, a.seed, a.root)
+    if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)} (or 'world': all of them)")
+    if a.seed and any(n not in ZOO_NAMES for n in names): raise AttribError(f"--seed applies to the {list(ZOO_NAMES)} models only")
+    if a.jobs < 1: raise AttribError(f"--jobs must be >= 1, got {a.jobs}")
+    zoo = train_zoo(names, size=a.size, seed=a.seed, root=a.root) if a.seed else train_world(names, a.size, a.root, a.jobs)
+    for k, g in zoo.items():
+        info = zoo_info(k, a.size, a.seed, a.root) if a.seed else world_info(k, a.size, a.root)
         print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {info.get('train_wall_s', float('nan')):.0f} s")
 
 def _cmd_origin(a):
@@ -280,28 +282,35 @@ def _cmd_origin(a):
 def add_commands(sub):
     "The `train-zoo` and `origin` sub-commands (defaults from `ORIGIN_PRESET` and the library's signatures)."
     s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
+    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
     s.add_argument('--size', default='default', choices=list(ZOO_SIZES))
     s.add_argument('--seed', type=int, default=0, help='training seed of the ZOO_NAMES models (the others fix their own)')
     s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo)')
+    s.add_argument('--jobs', type=int, default=1, help='models trained at once in separate processes (1 thread each; same weights)')
     s.set_defaults(fn=_cmd_train_zoo)
     P = ORIGIN_PRESET
-    s = sub.add_parser('origin', help='did this generator make these images?',
+    import argparse
+    s = sub.add_parser('origin', help='did this generator make these images?', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description='attrib origin FOLDER --generator SPEC: SPEC is a zoo model name, a diffusers folder (pipeline or '
-                                   'AutoencoderKL), a .safetensors checkpoint (with --factory) or module:callable.')
+                                   'AutoencoderKL), a .safetensors checkpoint (with --factory) or module:callable. Defaults: '
+                                   'attrib.inversion.ORIGIN_PRESET, the settings behind the reported accuracies.',
+                       epilog='Where things go: $ATTRIB_DATA (default <repo>/data) holds the zoo (zoo/) and the calibration cache '
+                              '(origin_calib/); --root moves both. A result that cannot be written is kept in $ATTRIB_RUNS/origin-unsaved/.')
     s.add_argument('target', nargs='+', metavar='FOLDER', help='folder of images (older form: ZOO_MODEL FOLDER)')
     s.add_argument('--generator', default=None, help='zoo name, diffusers folder, checkpoint.safetensors or module:callable')
     s.add_argument('--factory', default=None, help='module:callable building the generator a .safetensors checkpoint fits')
     s.add_argument('--method', default=P['method'], choices=list(ORIGIN_METHODS)); s.add_argument('--rule', default=P['rule'], choices=['quantile', 'grubbs', 'kde'])
     s.add_argument('--alpha', type=float, default=P['alpha'], help='target false-positive rate on the model\'s own images')
     s.add_argument('--n-calib', type=int, default=P['n_calib'], help='own samples the rule is calibrated on (cached)')
-    s.add_argument('--steps', type=int, default=P['steps']); s.add_argument('--restarts', type=int, default=P['restarts'])
-    s.add_argument('--lr', type=float, default=P['lr']); s.add_argument('--patience', type=int, default=P['patience'])
-    s.add_argument('--n-candidates', type=int, default=P['n_candidates'])
+    s.add_argument('--steps', type=int, default=P['steps'], help='Adam steps of the inversion')
+    s.add_argument('--restarts', type=int, default=P['restarts'], help='restarts per image')
+    s.add_argument('--lr', type=float, default=P['lr'], help='Adam learning rate')
+    s.add_argument('--patience', type=int, default=P['patience'], help='early stopping: steps without improvement')
+    s.add_argument('--n-candidates', type=int, default=P['n_candidates'], help='best-of-K prior latents the restarts start from')
     s.add_argument('--sample-steps', type=int, default=None, help='DDIM steps of a diffusers pipeline\'s calibration samples')
     s.add_argument('--size', default='default', choices=list(ZOO_SIZES)); s.add_argument('--seed', type=int, default=0)
     s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo); calibration cache in ROOT/origin_calib')
     s.add_argument('--out', default=None, help='results: X.csv (+ X.json, X.png) or a folder (origin.csv/.json/.png)')
-    s.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='unreadable image: stop (default) or skip and report it')
+    s.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='unreadable image: stop, or skip it and report it')
     s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     s.set_defaults(fn=_cmd_origin)
