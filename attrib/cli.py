@@ -35,7 +35,7 @@ def _cmd_list(a):
 
 # %% ../nbs/99_cli.ipynb #f2521d26
 def _cmd_build(a):
-    from attrib.mini_abc import build_mini_abc
+    from attrib.concept.mini_abc import build_mini_abc
     root = build_mini_abc(root=a.root, size=a.size, seed=a.seed, force=a.force, verbose=not a.quiet, threads=a.threads)
     print(root)
 
@@ -54,7 +54,7 @@ def _cmd_extract(a):
     _print_skipped([(k, *s) for k, v in skipped.items() for s in v], 'also listed in the cache files')
 
 def _cmd_evaluate(a):
-    from attrib.abc_eval import run_evaluate
+    from attrib.concept.abc_eval import run_evaluate
     table = run_evaluate(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir, out_dir=a.out,
                          batch_size=a.batch_size, num_workers=a.num_workers, device=a.device, on_error=a.on_error,
                          allow_outside_root=a.allow_outside_root)
@@ -86,8 +86,8 @@ def _device(s: str) -> str:
     return s
 
 def _mini_abc_size(s: str) -> str:
-    "An argparse type: a mini-AbC size the library defines (`attrib.mini_abc.MINI_ABC_SIZES`)."
-    from attrib.mini_abc import MINI_ABC_SIZES
+    "An argparse type: a mini-AbC size the library defines (`attrib.concept.mini_abc.MINI_ABC_SIZES`)."
+    from attrib.concept.mini_abc import MINI_ABC_SIZES
     if s not in MINI_ABC_SIZES: raise argparse.ArgumentTypeError(f"unknown size {s!r}; choose from {list(MINI_ABC_SIZES)}")
     return s
 

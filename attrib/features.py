@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from .core import AttribError, DataError, WeightsError, atomic_write, get_device, progress, stable_hash, save_json, load_json
 from . import dist
+from .train import torch_threads
 
 # %% auto #0
 __all__ = ['feature_cache_path', 'backbone_cache_path', 'dataset_id', 'file_stats', 'save_features', 'load_features',
@@ -94,20 +95,11 @@ def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
     return feats['feats'][torch.as_tensor([index[str(p)] for p in paths], dtype=torch.long)]
 
 # %% ../nbs/14_features.ipynb #b3ffc787
-@contextmanager
-def _threads(n: int | None):
-    "Run the block with `n` torch CPU threads (None: unchanged)."
-    old = torch.get_num_threads()
-    if n and n != old: torch.set_num_threads(int(n))
-    try: yield
-    finally:
-        if n and n != old: torch.set_num_threads(old)
-
 def _batches(loader, in_process: bool):
     "Iterate a DataLoader; when it loads in this process, decode and transform on one thread (tiny per-image tensor ops only lose to thread sync)."
     it = iter(loader)
     while True:
-        with _threads(1 if in_process else None): b = next(it, None)
+        with torch_threads(1 if in_process else None): b = next(it, None)
         if b is None: return
         yield b
 
@@ -145,7 +137,7 @@ def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers
     for x, idx, b in _batches(loader, in_process=num_workers == 0):
         if b and on_error == 'raise': raise DataError(f"{b[0][1]} [dataset item {b[0][0]}]")
         if x is not None:
-            with torch.inference_mode(), ac, _threads(threads): y = backbone(x.to(dev, non_blocking=True)).float().cpu()
+            with torch.inference_mode(), ac, torch_threads(threads or None): y = backbone(x.to(dev, non_blocking=True)).float().cpu()
             ip = idx.tolist(); _check_features(y, backbone, [paths[i] for i in ip], amp)
             fs.append(y); good += ip
         bad += b
@@ -325,7 +317,7 @@ def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | No
                 allow_outside_root: bool = False, skipped: dict | None = None) -> dict[str, Path]:
     """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun.
     `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
-    from attrib.abc_data import AbCDataset
+    from attrib.concept.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
     try:

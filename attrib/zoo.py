@@ -424,7 +424,7 @@ ZOO_TRAIN_THREADS = 1   # torch CPU threads while a zoo model trains: the weight
 
 def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250, photos: str = 'all') -> ZooGenerator:
     "Train zoo model `name` from `seed` on the zoo's real training images, cache it, and return it (eval mode)."
-    from attrib.mini_abc import torch_threads
+    from attrib.train import torch_threads
     with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
 
 def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
@@ -628,7 +628,7 @@ def _train_diffusers(kind, size, seed, folder, data):
 def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> Path:
     "Train diffusers zoo model `kind` ('ldm' or 'ddim') on the zoo's photo crops and save it as a pipeline folder (cached)."
     import json, shutil, tempfile, diffusers
-    from attrib.mini_abc import torch_threads
+    from attrib.train import torch_threads
     folder = diffusers_path(kind, size, seed, root)
     if (folder/'model_index.json').is_file() and not retrain: return folder
     data = images_to_tensor(zoo_real_images('train', size=size if size in ZOO_SIZES else 'default'))

@@ -1,4 +1,4 @@
-"""Benchmark: AbC evaluation by counting (attrib.abc_eval.abc_ranks) vs the per-query full-argsort reference (AbC's eval.py loop).
+"""Benchmark: AbC evaluation by counting (attrib.concept.abc_eval.abc_ranks) vs the per-query full-argsort reference (AbC's eval.py loop).
 
 Two modes (results as JSON + CSV under runs/benchmarks/):
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrib.abc_eval import abc_ranks, reference_abc_eval, prepare_features, score_key
+from attrib.concept.abc_eval import abc_ranks, reference_abc_eval, prepare_features, score_key
 from attrib.core import runs_dir, save_json
 
 

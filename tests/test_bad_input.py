@@ -15,7 +15,7 @@ BB = ['resnet18:random', '--img-size', '32']   # a random-init CPU backbone at a
 
 def make_dataset(root: Path, n_models: int = 3, n_distr: int = 12, size: int = 32) -> Path:
     "A small AbC layout: object models with one exemplar and two synthetic images per type, plus distractors."
-    from attrib.abc_data import write_abc_split, write_distractor_list
+    from attrib.concept.abc_data import write_abc_split, write_distractor_list
     rng = np.random.default_rng(0)
     def img(rel):
         (root/rel).parent.mkdir(parents=True, exist_ok=True)

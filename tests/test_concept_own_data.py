@@ -165,7 +165,7 @@ def test_bad_input_one_line(folders, index, tmp_path):
 
 def test_calibrate(folders, index, tmp_path):
     "Fit AbC's calibrator on an AbC-format val split made from the test folders, then attribute with probabilities."
-    from attrib.abc_data import write_abc_split, write_distractor_list
+    from attrib.concept.abc_data import write_abc_split, write_distractor_list
     import shutil
     root = tmp_path/'abc'
     for d in ('gallery', 'queries'): shutil.copytree(folders[d], root/'dataset'/d)
@@ -325,7 +325,7 @@ def test_download_abc_fake_hub(hub, tmp_path, monkeypatch):
     assert p.returncode == 0, err
     assert sorted(hub.gets) == sorted(k for k in hub.files if k != 'README.md')          # only the parts asked for
     assert 'validated' in out and "'distractors': 5" in out, out
-    from attrib.abc_data import AbCDataset
+    from attrib.concept.abc_data import AbCDataset
     ds = AbCDataset(root)
     assert ds.validate()['distractors'] == 5 and len(ds.load_split('test_observed_imagenet')) == 2
     assert not (root/'dataset'/'exemplar'/'exemplar.tar.gz').exists()                     # archives removed once extracted
@@ -348,7 +348,7 @@ def test_download_abc_fake_hub(hub, tmp_path, monkeypatch):
 def test_official_feature_files(tmp_path):
     "AbC's feats/<model>/{laion_subset,test_*}.pth evaluated by `attrib evaluate-official`, equal to the reference loop."
     import torch
-    from attrib.abc_eval import reference_abc_eval
+    from attrib.concept.abc_eval import reference_abc_eval
     g = torch.Generator().manual_seed(1)
     d = tmp_path/'feats'/'dino'; d.mkdir(parents=True)
     ex = torch.randn(5, 8, generator=g); chunks = [(0, 2), (2, 3), (3, 5)]

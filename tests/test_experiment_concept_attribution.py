@@ -34,8 +34,8 @@ def test_outputs_exist(run_dir):
 
 
 def test_results_table(run_dir):
-    from attrib.abc_data import AbCDataset
-    from attrib.mini_abc import build_mini_abc
+    from attrib.concept.abc_data import AbCDataset
+    from attrib.concept.mini_abc import build_mini_abc
     ds = AbCDataset(build_mini_abc(size='tiny'))
     splits = [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     res = pd.read_csv(run_dir / 'results.csv')
@@ -67,10 +67,10 @@ def test_results_table(run_dir):
 
 def test_raw_baseline_matches_a_direct_evaluation(run_dir):
     """The notebook's raw row (trunk cached once, tail run on top) equals AbC evaluation of the plain backbone's features."""
-    from attrib.abc_data import AbCDataset
-    from attrib.abc_eval import evaluate_split
+    from attrib.concept.abc_data import AbCDataset
+    from attrib.concept.abc_eval import evaluate_split
     from attrib.backbones import create_backbone
-    from attrib.mini_abc import build_mini_abc
+    from attrib.concept.mini_abc import build_mini_abc
     import torch
     from attrib.features import extract_features, split_image_paths
     ds = AbCDataset(build_mini_abc(size='tiny'))

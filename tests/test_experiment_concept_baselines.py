@@ -8,8 +8,8 @@ import pytest
 
 def test_concept_baselines_tiny(tmp_path):
     from attrib.experiments import run_experiment
-    from attrib.abc_data import AbCDataset
-    from attrib.mini_abc import build_mini_abc
+    from attrib.concept.abc_data import AbCDataset
+    from attrib.concept.mini_abc import build_mini_abc
     root = build_mini_abc(size='tiny', seed=0)          # cached under data/ (shared with the other mini-AbC tests)
     out = run_experiment('concept_baselines', out_dir=tmp_path / 'run', data_root=str(root),
                          backbones=['mobilenetv2', 'resnet18:random'], img_size=32, batch_size=16, curve_max_k=30, n_examples=2)

@@ -74,6 +74,6 @@ def test_tables_and_figures(run):
     for name in ('average_spectra', 'embedding_map', 'confusion_matrix', 'roc_curves', 'robustness'):
         assert (run / f'{name}.png').read_bytes()[:4] == b'\x89PNG'
     assert (run / 'ckpt_synthesized' / 'final.pt').exists() and (run / 'ckpt_closed' / 'final.pt').exists()
-    from attrib.fingerprint import extractor_info
+    from attrib.model.fingerprint import extractor_info
     info = extractor_info(run / 'extractor.safetensors'); assert info['preset']['n_archs'] == 8 and info['preset']['zoo_size'] == 'tiny'
     assert (run / 'model_attribution.ipynb').exists()

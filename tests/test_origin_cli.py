@@ -61,7 +61,7 @@ def test_ldm_pipeline_folder(zoo, tmp_path):
 
 def test_vae_folder_aedr_matches_library(zoo, tmp_path):
     from attrib.zoo import load_diffusers_generator
-    from attrib.inversion import aedr_scores
+    from attrib.origin.inversion import aedr_scores
     from attrib.origin.job import load_folder
     code, _, se = run(['origin', str(zoo['imgs']), '--generator', str(zoo['vae']), '--method', 'aedr', '--rule', 'kde',
                        '--root', str(zoo['root']), '--out', str(tmp_path / 'a.csv'), '--n-calib', '6'])
@@ -171,7 +171,7 @@ def test_on_error_skip_and_root(dcgan_env, tmp_path):
 def test_defaults_are_the_experiment_preset():
     "One preset behind the CLI, the experiment and the README: the experiment's parameters equal ORIGIN_PRESET."
     import papermill as pm
-    from attrib.inversion import ORIGIN_PRESET
+    from attrib.origin.inversion import ORIGIN_PRESET
     from attrib.cli import build_parser
     nb = Path(__file__).resolve().parents[1] / 'experiments' / 'origin_attribution.ipynb'
     params = {k: eval(v['default']) for k, v in pm.inspect_notebook(str(nb)).items()}

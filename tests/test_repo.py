@@ -118,3 +118,41 @@ def test_every_experiment_parameter_parses():
         bad = [r.getMessage() for r in records if 'Unable to parse' in r.getMessage()]
         assert not bad, f'{nb.name}: {bad}'
         assert list(params) == names, f'{nb.name}: papermill sees {list(params)}, the cell assigns {names}'
+
+
+SUBPACKAGES = ('concept', 'origin', 'model')
+
+
+def _imports(path: Path, pkg: str) -> set:
+    "Every attrib module the file `path` of module `pkg` imports (absolute or relative, top level or inside functions), as dotted names."
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import): out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split('.')[:len(pkg.split('.')) - node.level]
+                mod = '.'.join(base + ([node.module] if node.module else []))
+            else: mod = node.module or ''
+            out.add(mod)
+            out |= {f'{mod}.{a.name}' for a in node.names}
+    return {m for m in out if m == 'attrib' or m.startswith('attrib.')}
+
+
+def test_subpackages_never_import_each_other():
+    "attrib.concept, attrib.origin and attrib.model share the core modules but never import one another."
+    bad = []
+    for sub in SUBPACKAGES:
+        for f in sorted((ROOT / 'attrib' / sub).glob('*.py')):
+            others = {o for o in SUBPACKAGES if o != sub}
+            for m in _imports(f, f'attrib.{sub}.{f.stem}'):
+                if len(m.split('.')) > 1 and m.split('.')[1] in others: bad.append(f'{f.relative_to(ROOT)} imports {m}')
+    assert not bad, bad
+
+
+def test_layout():
+    "The three questions have their subpackages; the shared core stays flat."
+    for sub in SUBPACKAGES: assert (ROOT / 'attrib' / sub / '__init__.py').is_file(), sub
+    flat = {p.stem for p in (ROOT / 'attrib').glob('*.py')} - {'__init__', '_modidx'}
+    assert flat <= {'core', 'dist', 'report', 'train', 'images', 'sources', 'linalg', 'losses', 'backbones', 'features', 'zoo',
+                    'experiments', 'cli'}, flat

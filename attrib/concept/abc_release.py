@@ -179,7 +179,7 @@ def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id
                     rel = v.relative_to(local).as_posix()
                     if rel in state['verified']: v.unlink()
     if validate:
-        from attrib.abc_data import AbCDataset
+        from attrib.concept.abc_data import AbCDataset
         ds = AbCDataset(root)
         if 'laion' in parts: rep['validated'] = ds.validate()
         else: rep['validated'] = {s: len(ds.load_split(s)) for s in ds.split_names()}   # distractors not fetched
@@ -212,7 +212,7 @@ def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Se
     "AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file; (summary, per-query)."
     import numpy as np, torch
     from attrib.features import load_features
-    from attrib.abc_eval import evaluate_abc
+    from attrib.concept.abc_eval import evaluate_abc
     g, t = load_features(gallery), load_testcase_features(testcase)
     if g['feats'].shape[1] != t['exemplar_tensors'].shape[1]:
         raise DataError(f"{gallery}: features of dimension {g['feats'].shape[1]}, {testcase} has {t['exemplar_tensors'].shape[1]}")
@@ -234,7 +234,7 @@ def _cmd_download(a):
 
 def _cmd_eval_official(a):
     import pandas as pd
-    from attrib.abc_eval import results_dict
+    from attrib.concept.abc_eval import results_dict
     base = Path(a.feats_dir)/a.model
     cases = a.test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
     if not cases: raise DataError(f"{base}: no test-case feature files (test_*.pth)")

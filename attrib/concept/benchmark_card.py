@@ -45,7 +45,7 @@ def raw_baselines(ds, splits, backbones=('mobilenetv2', 'mobilenetv2:random'), i
     "Raw AbC evaluation per split of each backbone's features and of the colour histogram: one row per (method, split, synth type)."
     from attrib.backbones import backbone_from_string
     from attrib.features import extract_features
-    from attrib.abc_eval import evaluate_split
+    from attrib.concept.abc_eval import evaluate_split
     paths, rows = card_paths(ds, splits), []
     feats = {b: (lambda b=b: extract_features(backbone_from_string(b, img_size=img_size), paths, root=ds.root, batch_size=batch_size,
                                               show_progress=False, threads=threads)) for b in backbones}
@@ -177,7 +177,7 @@ def _md(card: dict) -> str:
 def benchmark_card(root, splits=None, out_dir=None, img_size: int | None = 64, batch_size: int = 128, bins: int = 8,
                    backbones=(IMAGENET, RANDOM), near_dup: float = .97, log=None) -> dict:
     "Measure the card of the dataset at `root` (raw baselines, audit, texture, properties); write card.json + card.md into `out_dir` (default root)."
-    from attrib.abc_data import AbCDataset
+    from attrib.concept.abc_data import AbCDataset
     t0 = time.perf_counter(); ds = AbCDataset(root)
     splits = list(splits) if splits else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test'] + \
         (['val'] if 'val' in ds.split_names() else [])

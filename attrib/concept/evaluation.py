@@ -79,7 +79,7 @@ def evaluate_splits(ds, feats: dict, splits: Sequence[str], synth_fn=None, real_
     (identity by default). Returns a table indexed by (split, synth_type) with centric/seen columns (and per-query tables if asked)."""
     import pandas as pd
     from attrib.features import select_features
-    from attrib.abc_eval import evaluate_abc
+    from attrib.concept.abc_eval import evaluate_abc
     ident = lambda x: x
     synth_fn, real_fn = synth_fn or ident, real_fn or ident
     d = torch.as_tensor(real_fn(select_features(feats, ds.distractor_paths())))

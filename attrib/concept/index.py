@@ -61,7 +61,7 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
         info = dict(kind='backbone', backbone=bb.name, spec=backbone, weights_id=bb.weights_id, checkpoint=None, checkpoint_sha256=None,
                     img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=bb.embed_dim, seed=seed)
         return Embedder(bb.eval(), bb.transform, info, dev)
-    from attrib.ad_trainer import ADConfig, build_model
+    from attrib.concept.ad_trainer import ADConfig, build_model
     ck = resolve_checkpoint(checkpoint)
     st = load_checkpoint(ck)
     if not isinstance(st, dict) or 'config' not in st or 'model' not in st:
@@ -279,7 +279,7 @@ class Index:
         f = self.path/'calibrator.json'
         if not f.is_file(): return None, None
         import torch
-        from attrib.abc_supervised import Calibrator
+        from attrib.concept.abc_supervised import Calibrator
         d = load_json(f)
         cal = Calibrator(d['bias_gain']).double()
         with torch.no_grad(): cal.inv_tau.fill_(d['inv_tau']); cal.bias.fill_(d['bias'])
@@ -559,8 +559,8 @@ def _is_builtin(root: Path) -> dict | None:
 def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str = 'val', n_distractors: int = 100,
                     batch_size: int = 64, steps: int = 300) -> dict:
     "Fit AbC's calibrator for `index`'s embedder on split `split` of the AbC-format dataset `abc_root`; saves calibrator.json."
-    from attrib.abc_data import AbCDataset
-    from attrib.abc_supervised import calibration_candidates, fit_calibrator, calibration_metrics
+    from attrib.concept.abc_data import AbCDataset
+    from attrib.concept.abc_supervised import calibration_candidates, fit_calibrator, calibration_metrics
     index = index if isinstance(index, Index) else Index.open(index)
     ds = AbCDataset(abc_root)
     if split not in ds.split_names(): raise DataError(f"{ds.root}: no split {split!r} (has {ds.split_names()})")
@@ -586,7 +586,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
     "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
-    from attrib.ad_trainer import ADConfig, train_ad
+    from attrib.concept.ad_trainer import ADConfig, train_ad
     from attrib.backbones import parse_backbone
     from attrib.images import list_images
     from attrib.core import save_checkpoint
@@ -641,7 +641,7 @@ def _cmd_attribute(a):
 def _cmd_calibrate(a):
     root = a.abc
     if a.builtin:
-        from attrib.mini_abc import build_mini_abc
+        from attrib.concept.mini_abc import build_mini_abc
         root = build_mini_abc(size=a.builtin)
     if root is None: raise AttribError("give --abc ROOT (an AbC-format dataset) or --builtin SIZE (the built-in mini-AbC)")
     d = calibrate_index(a.index, root, split=a.split, n_distractors=a.n_distractors)
@@ -649,7 +649,7 @@ def _cmd_calibrate(a):
           f"top-1 ECE {d['metrics']['ece']:.3f}\n{d['note']}\nwrote {Path(a.index)/'calibrator.json'}")
 
 def _cmd_train_ad(a):
-    from attrib.ad_trainer import ADConfig
+    from attrib.concept.ad_trainer import ADConfig
     from dataclasses import fields
     kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig) if getattr(a, 'cfg_' + f.name, None) is not None}
     run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume, log_every=a.log_every, **kw)
@@ -659,7 +659,7 @@ def _cmd_train_ad(a):
 
 def add_commands(sub):
     "Add the `index`, `attribute`, `calibrate` and `train-ad` sub-commands to the `attrib` parser's subparsers `sub`."
-    from attrib.ad_trainer import ADConfig
+    from attrib.concept.ad_trainer import ADConfig
     from dataclasses import fields, MISSING
     bd, sd = _defaults(_build), _defaults(_search)
     s = sub.add_parser('index', help='embed every image under a folder into a searchable index (resumable; re-run to append)')

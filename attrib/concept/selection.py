@@ -22,7 +22,7 @@ class SelectionError(AttribError):
 class ValResults:
     "Retrieval results on validation splits only: a table indexed by (split, synth_type); any split whose role is not `val` is refused."
     def __init__(self, table: pd.DataFrame, roles: Mapping[str, str] | None = None):
-        from attrib.abc_data import split_info
+        from attrib.concept.abc_data import split_info
         if not isinstance(table, pd.DataFrame) or list(table.index.names) != ['split', 'synth_type']:
             raise SelectionError('ValResults needs a table indexed by (split, synth_type)')
         splits = list(dict.fromkeys(table.index.get_level_values('split')))
@@ -40,8 +40,8 @@ class ValResults:
     def __repr__(self): return f'ValResults({self.splits}, {len(self.table)} rows)'
 
 def evaluate_val(ds, feats: dict, val_split: str = 'val', **kw) -> ValResults:
-    "AbC evaluation of `feats` on the val split of `ds` only (`attrib.ad_trainer.evaluate_features` keywords pass through)."
-    from attrib.ad_trainer import evaluate_features
+    "AbC evaluation of `feats` on the val split of `ds` only (`attrib.concept.ad_trainer.evaluate_features` keywords pass through)."
+    from attrib.concept.ad_trainer import evaluate_features
     if ds.split_info(val_split)['role'] != 'val': raise SelectionError(f'{val_split!r} is not a val split (role {ds.split_info(val_split)["role"]!r})')
     return ValResults(evaluate_features(ds, feats, [val_split], **kw), roles={val_split: 'val'})
 

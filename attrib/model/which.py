@@ -12,7 +12,7 @@ import torch
 
 from ..core import (AttribError, DataError, WeightsError, data_dir, runs_dir, stable_hash, save_json, atomic_write, get_device,
                          Timer, to_numpy, progress)
-from ..fingerprint import FingerprintNet, embed, content_key, train_fingerprint, save_extractor, extractor_info, SyntheticSource
+from .fingerprint import FingerprintNet, embed, content_key, train_fingerprint, save_extractor, extractor_info, SyntheticSource
 
 # %% auto #0
 __all__ = ['FINGERPRINT_PRESET', 'UNKNOWN', 'fingerprint_config', 'default_extractor_path', 'synthesized_training_set',
@@ -42,7 +42,7 @@ def default_extractor_path(cfg: dict | None = None) -> Path:
 # %% ../../nbs/33_which_model.ipynb #766b42e5
 def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=None) -> dict:
     "The synthesized models of a setting (cached), split into training / held-out architectures: a dict with the source and entries."
-    from attrib.model_synthesis import ARCH_GRID, synthesize_models, load_synthetic_model
+    from attrib.model.model_synthesis import ARCH_GRID, synthesize_models, load_synthetic_model
     from attrib.zoo import zoo_config, zoo_real_images, ZOO_NAMES
     from attrib.sources import random_crops
     c = fingerprint_config(**(cfg or {})); seed = c['seed']
@@ -62,8 +62,8 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
                 source=SyntheticSource(train_models, real, names=[e['name'] for e in train_entries]))
 
 def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) -> dict:
-    from attrib.model_synthesis import load_synthetic_model, fingerprinted_images
-    from attrib.model_attribution import identification, verification
+    from attrib.model.model_synthesis import load_synthetic_model, fingerprinted_images
+    from attrib.model.model_attribution import identification, verification
     from attrib.sources import random_crops
     if len(data['held_entries']) < 2: return {}
     real = random_crops(n_per_model, data['img_size'], seed=seed + 102)[0]
@@ -221,7 +221,7 @@ class ModelAttributor:
     def evaluate(self, pred: dict, truth) -> dict:
         "Accuracy, macro-F1, AUROC (enrolled vs not, tie-aware) and the confusion matrix of `pred` against true sources (one per query)."
         from sklearn.metrics import confusion_matrix, f1_score
-        from attrib.model_attribution import auroc
+        from attrib.model.model_attribution import auroc
         truth = [str(t) for t in truth]
         if len(truth) != len(pred['answer']): raise DataError(f"{len(truth)} true sources for {len(pred['answer'])} queries")
         true = [t if t in self.feats else UNKNOWN for t in truth]

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo, train_world)
-from ..inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
+from .inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
 
 # %% auto #0
 __all__ = ['ORIGIN_METHODS', 'CASCADE', 'RULE_FPR', 'resolve_callable', 'as_generator', 'load_generator', 'display_path',
@@ -293,7 +293,7 @@ def add_commands(sub):
     s = sub.add_parser('origin', help='did this generator make these images?', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description='attrib origin FOLDER --generator SPEC: SPEC is a zoo model name, a diffusers folder (pipeline or '
                                    'AutoencoderKL), a .safetensors checkpoint (with --factory) or module:callable. Defaults: '
-                                   'attrib.inversion.ORIGIN_PRESET, the settings behind the reported accuracies.',
+                                   'attrib.origin.inversion.ORIGIN_PRESET, the settings behind the reported accuracies.',
                        epilog='Where things go: $ATTRIB_DATA (default <repo>/data) holds the zoo (zoo/) and the calibration cache '
                               '(origin_calib/); --root moves both. A result that cannot be written is kept in $ATTRIB_RUNS/origin-unsaved/.')
     s.add_argument('target', nargs='+', metavar='FOLDER', help='folder of images (older form: ZOO_MODEL FOLDER)')
