@@ -13,9 +13,9 @@ from ..core import AttribError, DataError, WeightsError, atomic_write, save_json
 
 # %% auto #0
 __all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'file_sha256', 'resolve_checkpoint', 'Embedder', 'load_embedder',
-           'embedder_from_info', 'scan_gallery', 'embed_files', 'faiss_params', 'make_faiss_index', 'train_faiss_index',
-           'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json', 'write_reports',
-           'calibrate_index', 'train_ad_folders', 'add_commands']
+           'embedder_from_info', 'scan_gallery', 'file_digest', 'embed_files', 'faiss_params', 'make_faiss_index',
+           'train_faiss_index', 'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json',
+           'write_reports', 'calibrate_index', 'train_ad_folders', 'add_commands']
 
 # %% ../../nbs/19_index.ipynb #3deb6a4f
 def file_sha256(path: str | Path, n: int = 16) -> str:
@@ -112,6 +112,13 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     for p in list_images(root):
         st = p.stat(); out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
+
+def file_digest(path: str | Path) -> str:
+    "A short content hash (SHA-1, 16 hex digits) of a file, to tell a touched file from a changed one."
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
+    return h.hexdigest()[:16]
 
 def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
                 num_workers: int = 0, on_batch: Callable[[int], None] | None = None, bar=None, strict: bool = False):
@@ -241,7 +248,7 @@ class Index:
         import pandas as pd
         dead, out = self._dead(), []
         for s in self.manifest['shards']:
-            for r, (p, size, mt) in enumerate(self._shard_rows(s['name'])):
+            for r, (p, size, mt, *_) in enumerate(self._shard_rows(s['name'])):
                 if s['offset'] + r not in dead: out.append((s['offset'] + r, p, size, mt, s['name'], r))
         return pd.DataFrame(out, columns=['id', 'relpath', 'size', 'mtime_ns', 'shard', 'row'])
 
@@ -292,7 +299,7 @@ def _embedder_key(info: dict) -> dict:
                                                            'preprocessing')}))
 
 def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=None, dtype='float32', kind='exact',
-           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, on_batch=None,
+           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, check_content=False, on_batch=None,
            show_progress=True, **faiss_kw) -> Index:
     "Create (or update: append new and changed files) the index of every image under `gallery` in folder `out`."
     gallery, out = Path(gallery).expanduser().resolve(), Path(out).expanduser()
@@ -314,7 +321,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
         ix._embedder = emb
     else: ix = Index.create(out, gallery, emb.info, emb.dim, dtype=dtype, kind=kind, embedder=emb, device=device)
     t0 = time.perf_counter()
-    todo, n_dead = ix._plan(scan_gallery(gallery))
+    todo, n_dead = ix._plan(scan_gallery(gallery), check_content=check_content)
     rep = dict(new_or_changed=len(todo), marked_dead=n_dead, embedded=0, unreadable=[], shards_written=0)
     nb = sum(math.ceil(len(todo[a:a + shard_size]) / batch_size) for a in range(0, len(todo), shard_size))
     bar = progress(None, desc='index: embedding', total=nb, unit='batch') if show_progress and todo else None
@@ -323,7 +330,8 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
             chunk = todo[a:a + shard_size]
             feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size, num_workers=num_workers,
                                           on_batch=on_batch, bar=bar)
-            ix._commit_shard(feats, [chunk[i] for i in got], {p: (dict(chunk)[p], why) for p, why in bad})
+            rows = [(chunk[i][0], (*chunk[i][1], file_digest(gallery/chunk[i][0]))) for i in got]
+            ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
             rep['embedded'] += len(got); rep['unreadable'] += [p for p, _ in bad]; rep['shards_written'] += 1
     finally:
         if bar is not None: bar.close()
@@ -334,19 +342,32 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     ix.last_build = rep
     return ix
 
-def _plan(self, current: dict) -> tuple[list, int]:
-    "Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the dead marks."
+def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
+    """Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the marks.
+    A file whose size and mtime are unchanged is taken as unchanged (with `check_content`, its content hash is checked too);
+    one whose mtime changed but whose content hash did not is only re-stamped (`manifest['resig']`), not re-embedded."""
     m = self.manifest
+    m.setdefault('resig', {})
     dead, alive = self._dead(), {}
     for s in m['shards']:
-        for r, (p, size, mt) in enumerate(self._shard_rows(s['name'])):
-            if s['offset'] + r not in dead: alive[p] = (s['offset'] + r, (size, mt))
-    new_dead = [i for p, (i, sig) in alive.items() if current.get(p) != sig]
+        for r, (p, size, mt, *dig) in enumerate(self._shard_rows(s['name'])):
+            i = s['offset'] + r
+            if i not in dead: alive[p] = (i, tuple(m['resig'].get(str(i), (size, mt))), dig[0] if dig else '')
+    new_dead, keep = [], set()
+    for p, (i, sig, dig) in alive.items():
+        cur = current.get(p)
+        if cur is None: new_dead.append(i); continue
+        if tuple(cur) == sig:
+            if check_content and dig and file_digest(self.gallery/p) != dig: new_dead.append(i)
+            else: keep.add(p)
+        elif dig and cur[0] == sig[0] and file_digest(self.gallery/p) == dig: m['resig'][str(i)] = list(cur); keep.add(p)
+        else: new_dead.append(i)
     todo = sorted((p, sig) for p, sig in current.items()
-                  if (p not in alive or alive[p][1] != sig) and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
+                  if p not in keep and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
     m['bad'] = {p: b for p, b in m['bad'].items() if p in current and tuple(b['sig']) == tuple(current[p])}
-    if new_dead:
-        m['dead'] = sorted(dead | set(new_dead)); self._save()
+    m['dead'] = sorted(dead | set(new_dead))
+    m['resig'] = {k: v for k, v in m['resig'].items() if int(k) not in set(m['dead'])}
+    self._save()
     return todo, len(new_dead)
 
 def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
@@ -356,7 +377,7 @@ def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
     off = (m['shards'][-1]['offset'] + m['shards'][-1]['n']) if m['shards'] else 0
     d = self.path/'shards'; d.mkdir(parents=True, exist_ok=True)
     with atomic_write(d/f'{name}.npy') as f: np.save(f, np.ascontiguousarray(feats, dtype=m['dtype']))
-    save_json(dict(rows=[[p, int(sig[0]), int(sig[1])] for p, sig in rows]), d/f'{name}.json')
+    save_json(dict(rows=[[p, int(sig[0]), int(sig[1]), *(sig[2:3] or [''])] for p, sig in rows]), d/f'{name}.json')
     m['shards'].append(dict(name=name, n=len(rows), offset=off))
     for p, (sig, why) in bad.items():
         m['bad'][p] = dict(sig=list(sig), error=why)
@@ -498,7 +519,7 @@ def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, npr
 
 Index.search, Index.search_vectors = _search, _search_vectors
 
-# %% ../../nbs/19_index.ipynb #202747d6
+# %% ../../nbs/19_index.ipynb #2eff4ccd
 def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     "A JPEG thumbnail of an image file as a `data:` URI (a grey placeholder when it cannot be read)."
     from PIL import Image
@@ -549,7 +570,7 @@ def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: in
     with atomic_write(files['html'], 'w') as f: f.write('\n'.join(parts))
     return files
 
-# %% ../../nbs/19_index.ipynb #1eb75025
+# %% ../../nbs/19_index.ipynb #a557aae5
 def _is_builtin(root: Path) -> dict | None:
     mf = Path(root)/'manifest.json'
     try: d = load_json(mf) if mf.is_file() else None
@@ -582,7 +603,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     save_json(d, index.path/'calibrator.json')
     return d
 
-# %% ../../nbs/19_index.ipynb #1d51c893
+# %% ../../nbs/19_index.ipynb #06412b03
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
     "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
@@ -605,7 +626,7 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
                              n_real=len(real), n_synth=len(synth)), exp)
     return run, exp
 
-# %% ../../nbs/19_index.ipynb #314ae318
+# %% ../../nbs/19_index.ipynb #4316671f
 def _defaults(fn) -> dict:
     import inspect
     return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
@@ -620,7 +641,7 @@ def _cmd_index(a):
     backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']   # a checkpoint names its own
     ix = Index.build(a.gallery, a.out, backbone=backbone, checkpoint=a.checkpoint, img_size=a.img_size, dtype=a.dtype,
                      kind=a.approx or 'exact', shard_size=a.shard_size, batch_size=a.batch_size, num_workers=a.num_workers,
-                     device=a.device, rebuild=a.rebuild, **kw)
+                     device=a.device, rebuild=a.rebuild, check_content=a.check_content, **kw)
     r = ix.last_build
     print(f"{ix.path}: {len(ix)} images indexed ({ix.manifest['faiss']['kind']}); this run embedded {r['embedded']}, "
           f"marked {r['marked_dead']} changed/removed, {len(r['unreadable'])} unreadable in {r['seconds']:.1f} s")
@@ -673,6 +694,7 @@ def add_commands(sub):
                    help='approximate index (ivfpq when given alone, or hnsw) with exact rescoring of its candidates')
     for o in ('nlist', 'm', 'nbits', 'nprobe'): s.add_argument(f'--{o}', type=int, default=None, help=f'IVF-PQ {o} (default: by gallery size)')
     s.add_argument('--rebuild', action='store_true', help='re-create the faiss index (e.g. other --approx parameters); re-embeds nothing')
+    s.add_argument('--check-content', action='store_true', help='also re-hash files whose size and mtime did not change')
     s.add_argument('--shard-size', type=int, default=bd['shard_size']); s.add_argument('--batch-size', type=int, default=bd['batch_size'])
     s.add_argument('--num-workers', type=int, default=bd['num_workers']); s.add_argument('--device', default=bd['device'])
     s.set_defaults(fn=_cmd_index)
