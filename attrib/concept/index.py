@@ -25,6 +25,7 @@ def file_sha256(path: str | Path, n: int = 16) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()[:n]
 
+# %% ../../nbs/19_index.ipynb #7577e00b
 def resolve_checkpoint(path: str | Path) -> Path:
     "The checkpoint file of an A&D run: `path` itself, or `ad_embedder.pt` / `checkpoints/last.pt` inside a folder."
     p = Path(path).expanduser()
@@ -35,6 +36,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.is_file(): raise WeightsError(f"{p}: checkpoint not found")
     return p
 
+# %% ../../nbs/19_index.ipynb #edacece9
 class Embedder:
     "Images -> l2-normalised float32 vectors, with the eval transform and a description (`info`) for the manifest."
     def __init__(self, module, transform, info: dict, device):
@@ -47,6 +49,7 @@ class Embedder:
             f = self.module(x.to(self.device)).float().cpu()
         return torch.nn.functional.normalize(f, dim=-1)
 
+# %% ../../nbs/19_index.ipynb #85e5e642
 def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path | None = None, img_size: int | None = None,
                   device=None, seed: int = 0) -> Embedder:
     "An `Embedder` from a backbone spec ('name[:weights]') or an A&D checkpoint (whose own backbone must match `backbone` if given)."
@@ -87,6 +90,7 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
                 embedding=which, branch=branch, method=cfg.method)
     return Embedder(_Embed(model).eval(), bb.transform, info, dev)
 
+# %% ../../nbs/19_index.ipynb #cd194f58
 def embedder_from_info(info: dict, device=None) -> Embedder:
     "Rebuild the embedder a manifest describes, refusing one whose weights or checkpoint changed since the index was built."
     if info['kind'] not in ('backbone', 'ad_checkpoint'):
@@ -103,7 +107,7 @@ def embedder_from_info(info: dict, device=None) -> Embedder:
                                "queries would not be comparable; rebuild the index (or restore the weights)")
     return e
 
-# %% ../../nbs/19_index.ipynb #93a0fb17
+# %% ../../nbs/19_index.ipynb #3ec801ee
 def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     "Every image under `root` (recursive) as {gallery-relative posix path: (size, mtime_ns)}."
     from attrib.images import list_images
@@ -113,6 +117,7 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
         st = p.stat(); out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
 
+# %% ../../nbs/19_index.ipynb #dfeb15c6
 def file_digest(path: str | Path) -> str:
     "A short content hash (SHA-1, 16 hex digits) of a file, to tell a touched file from a changed one."
     h = hashlib.sha1()
@@ -120,6 +125,7 @@ def file_digest(path: str | Path) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()[:16]
 
+# %% ../../nbs/19_index.ipynb #98e45cab
 def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
                 num_workers: int = 0, on_batch: Callable[[int], None] | None = None, bar=None, strict: bool = False):
     "Vectors (N_ok x D float32, l2-normalised) of the readable `paths`, their indices, and [(path, reason)] for the others."
@@ -141,7 +147,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Pat
         except DataError as e: bad.append((str(paths[i]), str(e)))
     return feats, got, bad
 
-# %% ../../nbs/19_index.ipynb #3ffe2cca
+# %% ../../nbs/19_index.ipynb #514a88f7
 FAISS_KINDS = ('exact', 'ivfpq', 'hnsw')
 
 def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None, nbits: int | None = None,
@@ -159,6 +165,7 @@ def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int |
     nprobe = nprobe or max(1, min(nlist, int(round(nlist / 16)) or 1, 256))
     return dict(kind='ivfpq', nlist=int(nlist), m=int(m), nbits=int(nbits), nprobe=int(nprobe), rescore=rescore)
 
+# %% ../../nbs/19_index.ipynb #cf2df02a
 def make_faiss_index(params: dict, dim: int):
     "An empty (untrained) faiss index for `params` (inner-product metric, int64 ids)."
     import faiss
@@ -173,6 +180,7 @@ def make_faiss_index(params: dict, dim: int):
     ix.nprobe = params['nprobe']
     return ix
 
+# %% ../../nbs/19_index.ipynb #3e093635
 def train_faiss_index(index, sample: np.ndarray, seed: int = 0):
     "Train `index` (a no-op for flat and HNSW) on `sample` (float32 rows)."
     if index.is_trained: return index
@@ -186,6 +194,7 @@ def train_faiss_index(index, sample: np.ndarray, seed: int = 0):
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
+# %% ../../nbs/19_index.ipynb #d7971160
 def set_search_params(index, params: dict):
     "Apply the query-time parameters (nprobe / efSearch) of `params` to a loaded index."
     import faiss
@@ -193,12 +202,13 @@ def set_search_params(index, params: dict):
     if params['kind'] == 'hnsw': faiss.downcast_index(index.index).hnsw.efSearch = params['ef_search']
     return index
 
-# %% ../../nbs/19_index.ipynb #ab62c4ad
+# %% ../../nbs/19_index.ipynb #9fd187f3
 MANIFEST_VERSION = 1
 DTYPES = ('float32', 'float16')
 
 def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S')
 
+# %% ../../nbs/19_index.ipynb #57495090
 class Index:
     "A folder of sharded, memory-mapped gallery features with a faiss index; build with `Index.build`, read with `Index.open`."
     def __init__(self, path: str | Path, manifest: dict, embedder: Embedder | None = None, device=None):
@@ -292,12 +302,13 @@ class Index:
         with torch.no_grad(): cal.inv_tau.fill_(d['inv_tau']); cal.bias.fill_(d['bias'])
         return cal.eval(), d
 
-# %% ../../nbs/19_index.ipynb #e5730596
+# %% ../../nbs/19_index.ipynb #da1962d1
 def _embedder_key(info: dict) -> dict:
     "The parts of an embedder's description that decide its vectors (as JSON values: tuples become lists)."
     return json.loads(json.dumps({k: info.get(k) for k in ('kind', 'backbone', 'weights_id', 'checkpoint_sha256', 'img_size', 'dim',
                                                            'preprocessing')}))
 
+# %% ../../nbs/19_index.ipynb #34e492ff
 def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=None, dtype='float32', kind='exact',
            shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, check_content=False, on_batch=None,
            show_progress=True, **faiss_kw) -> Index:
@@ -342,6 +353,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     ix.last_build = rep
     return ix
 
+# %% ../../nbs/19_index.ipynb #7d4ccf56
 def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
     """Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the marks.
     A file whose size and mtime are unchanged is taken as unchanged (with `check_content`, its content hash is checked too);
@@ -370,6 +382,7 @@ def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
     self._save()
     return todo, len(new_dead)
 
+# %% ../../nbs/19_index.ipynb #d2843989
 def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
     "Write one shard (features, then rows) and then the manifest that lists it: a kill at any point leaves a consistent index."
     m = self.manifest
@@ -384,8 +397,10 @@ def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
         warnings.warn(f"skipping unreadable image: {why}")
     self._save()
 
+# %% ../../nbs/19_index.ipynb #03ed4ef0
 def _save(self): save_json(self.manifest, self.path/'manifest.json')
 
+# %% ../../nbs/19_index.ipynb #a0305f43
 def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_kw):
     "Bring index.faiss up to date with the shards: add the shards it lacks, remove dead ids (HNSW: rebuild), or build it anew."
     import faiss
@@ -424,6 +439,7 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
     self._faiss = None
     self._save()
 
+# %% ../../nbs/19_index.ipynb #1cad30e9
 def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'float32', kind: str = 'exact', embedder=None,
             device=None) -> Index:
     "A new, empty index folder `out` (for `add_vectors` + `sync_faiss`; `build` calls it for a new gallery)."
@@ -437,6 +453,7 @@ def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'floa
     ix._save()
     return ix
 
+# %% ../../nbs/19_index.ipynb #8bf13fe5
 def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None = None):
     "Commit precomputed `vectors` (rows l2-normalised here) for gallery-relative `relpaths` as one new shard; then `sync_faiss`."
     v = np.asarray(vectors, dtype=np.float32)
@@ -447,7 +464,7 @@ def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None =
 Index.build, Index.create, Index.add_vectors = classmethod(_build), classmethod(_create), _add_vectors
 Index._plan, Index._commit_shard, Index._save, Index.sync_faiss = _plan, _commit_shard, _save, _sync_faiss
 
-# %% ../../nbs/19_index.ipynb #2bc9e27b
+# %% ../../nbs/19_index.ipynb #16eb5525
 def expand_queries(queries) -> list:
     "Image files, folders (every image under them) and PIL images as a flat list (folders sorted, order otherwise kept)."
     from attrib.images import list_images
@@ -465,6 +482,7 @@ def expand_queries(queries) -> list:
     if not out: raise DataError("no queries given")
     return out
 
+# %% ../../nbs/19_index.ipynb #2dcaa91c
 def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None = None, nprobe: int | None = None):
     "Top-`k` gallery images for each query as a DataFrame (query, rank, path, relpath, score[, probability])."
     import pandas as pd, torch
@@ -497,6 +515,7 @@ def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None
     df.attrs['calibrator'] = cal_info
     return df
 
+# %% ../../nbs/19_index.ipynb #3e79b28a
 def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, nprobe: int | None = None):
     "Top-`k` (scores, global ids) for unit query vectors `Q` (padding: score -inf, id -1); approximate kinds are rescored exactly."
     Q = np.ascontiguousarray(Q, dtype=np.float32)
@@ -519,7 +538,7 @@ def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, npr
 
 Index.search, Index.search_vectors = _search, _search_vectors
 
-# %% ../../nbs/19_index.ipynb #2eff4ccd
+# %% ../../nbs/19_index.ipynb #b0a36d3d
 def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     "A JPEG thumbnail of an image file as a `data:` URI (a grey placeholder when it cannot be read)."
     from PIL import Image
@@ -530,6 +549,7 @@ def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     b = io.BytesIO(); im.save(b, format='JPEG', quality=85)
     return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
 
+# %% ../../nbs/19_index.ipynb #99387234
 def results_json(df, index: Index | None = None) -> dict:
     "The results grouped by query, with the index, embedder and calibrator description."
     cal = df.attrs.get('calibrator')
@@ -539,6 +559,7 @@ def results_json(df, index: Index | None = None) -> dict:
         out['queries'].append(dict(query=q, results=g.drop(columns=['query']).to_dict(orient='records')))
     return out
 
+# %% ../../nbs/19_index.ipynb #afc87820
 def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: int = 128) -> dict[str, Path]:
     "Write attributions.csv, attributions.json and a self-contained report.html into `out_dir`; returns their paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -570,13 +591,14 @@ def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: in
     with atomic_write(files['html'], 'w') as f: f.write('\n'.join(parts))
     return files
 
-# %% ../../nbs/19_index.ipynb #a557aae5
+# %% ../../nbs/19_index.ipynb #a63d065f
 def _is_builtin(root: Path) -> dict | None:
     mf = Path(root)/'manifest.json'
     try: d = load_json(mf) if mf.is_file() else None
     except DataError: return None
     return d if isinstance(d, dict) and d.get('name') == 'mini-AbC' else None
 
+# %% ../../nbs/19_index.ipynb #6cc7c987
 def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str = 'val', n_distractors: int = 100,
                     batch_size: int = 64, steps: int = 300) -> dict:
     "Fit AbC's calibrator for `index`'s embedder on split `split` of the AbC-format dataset `abc_root`; saves calibrator.json."
@@ -603,7 +625,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     save_json(d, index.path/'calibrator.json')
     return d
 
-# %% ../../nbs/19_index.ipynb #06412b03
+# %% ../../nbs/19_index.ipynb #5082a4e6
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
     "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
@@ -626,16 +648,18 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
                              n_real=len(real), n_synth=len(synth)), exp)
     return run, exp
 
-# %% ../../nbs/19_index.ipynb #4316671f
+# %% ../../nbs/19_index.ipynb #40de3283
 def _defaults(fn) -> dict:
     import inspect
     return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
 
+# %% ../../nbs/19_index.ipynb #d9c35659
 def _literal(s: str):
     import ast
     try: return ast.literal_eval(s)
     except (ValueError, SyntaxError): return s
 
+# %% ../../nbs/19_index.ipynb #e551e7df
 def _cmd_index(a):
     kw = {k: getattr(a, k) for k in ('nlist', 'm', 'nbits', 'nprobe') if getattr(a, k) is not None}
     backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']   # a checkpoint names its own
@@ -647,6 +671,7 @@ def _cmd_index(a):
           f"marked {r['marked_dead']} changed/removed, {len(r['unreadable'])} unreadable in {r['seconds']:.1f} s")
     for p in r['unreadable']: print(f"  unreadable: {p}: {ix.manifest['bad'][p]['error']}")
 
+# %% ../../nbs/19_index.ipynb #811e4099
 def _cmd_attribute(a):
     ix = Index.open(a.index, device=a.device)
     df = ix.search(a.queries, k=a.k, batch_size=a.batch_size, nprobe=a.nprobe)
@@ -659,6 +684,7 @@ def _cmd_attribute(a):
     print(df[df['rank'] <= min(a.k, 5)][cols].to_string(index=False))
     print(f"wrote {fs['csv']}, {fs['json']}, {fs['html']}")
 
+# %% ../../nbs/19_index.ipynb #8827ed3f
 def _cmd_calibrate(a):
     root = a.abc
     if a.builtin:
@@ -669,6 +695,7 @@ def _cmd_calibrate(a):
     print(f"calibrator: inv_tau {d['inv_tau']:.3f}, bias {d['bias']:.4f}; on {d['n_queries']} queries: NLL {d['metrics']['nll']:.3f}, "
           f"top-1 ECE {d['metrics']['ece']:.3f}\n{d['note']}\nwrote {Path(a.index)/'calibrator.json'}")
 
+# %% ../../nbs/19_index.ipynb #b246d01a
 def _cmd_train_ad(a):
     from attrib.ad_trainer import ADConfig
     from dataclasses import fields
@@ -678,6 +705,7 @@ def _cmd_train_ad(a):
     print(f"trained {len(run.history)} epoch(s); last loss {h.get('loss', float('nan')):.4f}; checkpoint {Path(a.out)/'checkpoints'/'last.pt'}; "
           f"embedder {exp} (use: attrib index GALLERY --checkpoint {a.out} --out INDEX_DIR)")
 
+# %% ../../nbs/19_index.ipynb #2c3be5fc
 def add_commands(sub):
     "Add the `index`, `attribute`, `calibrate` and `train-ad` sub-commands to the `attrib` parser's subparsers `sub`."
     from attrib.ad_trainer import ADConfig
