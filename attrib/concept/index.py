@@ -701,6 +701,8 @@ def _cmd_train_ad(a):
     from dataclasses import fields
     kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig) if getattr(a, 'cfg_' + f.name, None) is not None}
     run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume, log_every=a.log_every, **kw)
+    from attrib import dist
+    if not dist.is_main(): return                        # under torchrun: one report, from rank 0
     h = run.history[-1] if run.history else {}
     print(f"trained {len(run.history)} epoch(s); last loss {h.get('loss', float('nan')):.4f}; checkpoint {Path(a.out)/'checkpoints'/'last.pt'}; "
           f"embedder {exp} (use: attrib index GALLERY --checkpoint {a.out} --out INDEX_DIR)")
