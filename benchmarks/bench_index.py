@@ -126,8 +126,8 @@ def phase_approx(a, data_folder, folder, gt_folder=None):
     if (gt/'gt_val.npy').exists():
         Gv = np.load(gt/'gt_val.npy'); Qv = queries(a, cen, 'val')
         sweep = []
-        for npb in [v for v in (8, 16, 32, 64, 128) if v <= p['nlist']]:
-            for rs in (10, 30, 100):                      # candidates rescored exactly: rs x k
+        for npb in [v for v in (8, 16, 32, 64, 128, 256, 512) if v <= p['nlist']]:
+            for rs in (10, 30):                           # candidates rescored exactly: rs x k
                 _, I, dt = timed_search(ix, Qv, nprobe=npb, rescore=rs)
                 sweep.append(dict(nprobe=npb, rescore=rs, recall10=round(recall(I, Gv), 4), qps=round(len(Qv) / dt, 1)))
         ok = [r for r in sweep if r['recall10'] >= 0.95]
@@ -216,7 +216,7 @@ def main(argv=None):
         res['summary'] = dict(exact_qps=ex['qps'], approx_qps=ap_['qps'], speedup=round(ap_['qps'] / ex['qps'], 1),
                               recall10=ap_['recall10_vs_exact'], nprobe=ap_['nprobe'], rescore=ap_['rescore'])
         print(json.dumps(res['summary']))
-    out = runs_dir()/'benchmarks'/f"bench_index_{a.n}_d{a.d}{'_stream' if a.stream else ''}.json"
+    out = runs_dir()/'benchmarks'/f"bench_index_{a.n}_d{a.d}_s{a.sigma:g}{'_stream' if a.stream else ''}.json"
     save_json(res, out); print(f'wrote {out}')
     if not a.keep: shutil.rmtree(Path(a.work)/f'data_{a.n}_d{a.d}', ignore_errors=True); shutil.rmtree(Path(a.work)/f'ivfpq_{a.n}_d{a.d}', ignore_errors=True)
 

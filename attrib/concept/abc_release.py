@@ -34,11 +34,12 @@ def part_patterns(parts: Sequence[str]) -> list[str]:
     if bad: raise AttribError(f"unknown AbC part(s) {bad}; choose from {list(ABC_PARTS)}")
     return list(dict.fromkeys(q for p in parts for q in ABC_PARTS[p]))
 
+# %% ../../nbs/19a_abc_release.ipynb #1765ecb2
 def select_files(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     "The repository files matching any of `patterns` (fnmatch, as huggingface_hub's allow_patterns), sorted."
     return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
 
-# %% ../../nbs/19a_abc_release.ipynb #5d0293e1
+# %% ../../nbs/19a_abc_release.ipynb #449581d0
 def git_blob_sha1(path: str | Path) -> str:
     "git's blob id of a file: SHA-1 of `blob <size>\\0` followed by the content."
     p = Path(path); h = hashlib.sha1(f'blob {p.stat().st_size}\0'.encode())
@@ -46,6 +47,7 @@ def git_blob_sha1(path: str | Path) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()
 
+# %% ../../nbs/19a_abc_release.ipynb #0549a377
 def sha256_file(path: str | Path) -> str:
     "Hex SHA-256 of a file."
     h = hashlib.sha256()
@@ -53,6 +55,7 @@ def sha256_file(path: str | Path) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()
 
+# %% ../../nbs/19a_abc_release.ipynb #f45272fc
 def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None, blob_id: str | None = None) -> str | None:
     "None if `path` matches the listed size and checksum, else what is wrong."
     p = Path(path)
@@ -66,7 +69,7 @@ def verify_file(path: str | Path, size: int | None = None, sha256: str | None = 
         return None if got == blob_id else f'git blob {got[:12]}... != {blob_id[:12]}...'
     return None
 
-# %% ../../nbs/19a_abc_release.ipynb #4983041b
+# %% ../../nbs/19a_abc_release.ipynb #1d2d37e7
 class _Volumes:
     "Several files read as one (a multi-volume archive): read/seek/tell only."
     def __init__(self, paths):
@@ -91,6 +94,7 @@ class _Volumes:
         return bytes(out)
     def close(self): pass
 
+# %% ../../nbs/19a_abc_release.ipynb #e0417946
 def archive_volumes(first: str | Path) -> list[Path]:
     "Every volume of the archive whose first volume is `first` (`x.7z.001` -> .001, .002, ... while they exist)."
     first = Path(first)
@@ -99,6 +103,7 @@ def archive_volumes(first: str | Path) -> list[Path]:
     while (p := stem.with_suffix(stem.suffix + f'.{i:0{w}d}')).is_file(): out.append(p); i += 1
     return out
 
+# %% ../../nbs/19a_abc_release.ipynb #72eac008
 def extract_archive(first: str | Path, dest: str | Path) -> Path:
     "Extract a tar or (multi-volume) 7-zip archive into `dest`."
     first, dest = Path(first), Path(dest); dest.mkdir(parents=True, exist_ok=True)
@@ -121,7 +126,7 @@ def extract_archive(first: str | Path, dest: str | Path) -> Path:
     if r.returncode: raise DataError(f"{first}: 7z failed ({r.stderr.strip()[-300:] or r.stdout.strip()[-300:]})")
     return dest
 
-# %% ../../nbs/19a_abc_release.ipynb #0e522dec
+# %% ../../nbs/19a_abc_release.ipynb #21b027c9
 def _hub_files(repo_id: str, revision: str | None, endpoint: str | None = None):
     from huggingface_hub import HfApi
     try: info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, files_metadata=True)
@@ -132,10 +137,12 @@ def _hub_files(repo_id: str, revision: str | None, endpoint: str | None = None):
              for s in (info.siblings or [])}
     return info.sha, files
 
+# %% ../../nbs/19a_abc_release.ipynb #e850714c
 def _is_first_volume(name: str) -> bool:
     n = name.lower()
     return n.endswith(('.tar', '.tar.gz', '.tgz', '.7z', '.7z.001'))
 
+# %% ../../nbs/19a_abc_release.ipynb #c2ff6da7
 def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id: str = ABC_REPO, revision: str | None = None,
                  extract: bool = True, keep_archives: bool = False, validate: bool = True, endpoint: str | None = None) -> dict:
     "Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate the result."
@@ -186,7 +193,7 @@ def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id
     save_json(state, state_f)
     return rep
 
-# %% ../../nbs/19a_abc_release.ipynb #180f7e90
+# %% ../../nbs/19a_abc_release.ipynb #151a6691
 def load_testcase_features(path: str | Path) -> dict:
     "An AbC test-case feature file (their `extract_feat.py --json`), loaded safely and checked."
     import torch
@@ -208,6 +215,7 @@ def load_testcase_features(path: str | Path) -> dict:
         if ids and not (0 <= min(ids) and max(ids) < len(ch)): raise DataError(f"{path}: synth_ids[{t!r}] names a model with no exemplar chunk")
     return {**d, 'exemplar_chunks': ch}
 
+# %% ../../nbs/19a_abc_release.ipynb #0bf11791
 def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Sequence[int] = (5, 10, 100), device=None):
     "AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file; (summary, per-query)."
     import numpy as np, torch
@@ -225,13 +233,14 @@ def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Se
     keep = em >= 0
     return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks, device=device)
 
-# %% ../../nbs/19a_abc_release.ipynb #30b62052
+# %% ../../nbs/19a_abc_release.ipynb #bdf0be8b
 def _cmd_download(a):
     rep = download_abc(a.root, parts=a.parts, repo_id=a.repo, revision=a.revision, extract=not a.no_extract, keep_archives=a.keep_archives)
     print(f"{a.root}: {rep['files']} file(s) of {a.repo}@{rep['commit'][:10]} ({rep['bytes'] / 1e9:.2f} GB): {len(rep['downloaded'])} downloaded, "
           f"{len(rep['skipped'])} already there, {len(rep['extracted'])} archive(s) extracted")
     if 'validated' in rep: print(f"validated: {rep['validated']}")
 
+# %% ../../nbs/19a_abc_release.ipynb #198a389e
 def _cmd_eval_official(a):
     import pandas as pd
     from attrib.concept.abc_eval import results_dict
@@ -249,6 +258,7 @@ def _cmd_eval_official(a):
         t.to_csv(out/f'official_{a.model}.csv', index=False); save_json(t.to_dict(orient='records'), out/f'official_{a.model}.json')
         print(f"wrote {out/f'official_{a.model}.csv'}")
 
+# %% ../../nbs/19a_abc_release.ipynb #0fb3250f
 def add_commands(sub):
     "Add `download-abc` and `evaluate-official` to the `attrib` parser's subparsers `sub`."
     import inspect

@@ -13,9 +13,9 @@ from ..core import AttribError, DataError, WeightsError, atomic_write, save_json
 
 # %% auto #0
 __all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'file_sha256', 'resolve_checkpoint', 'Embedder', 'load_embedder',
-           'embedder_from_info', 'scan_gallery', 'embed_files', 'faiss_params', 'make_faiss_index', 'train_faiss_index',
-           'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json', 'write_reports',
-           'calibrate_index', 'train_ad_folders', 'add_commands']
+           'embedder_from_info', 'scan_gallery', 'file_digest', 'embed_files', 'faiss_params', 'make_faiss_index',
+           'train_faiss_index', 'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json',
+           'write_reports', 'calibrate_index', 'train_ad_folders', 'add_commands']
 
 # %% ../../nbs/19_index.ipynb #3deb6a4f
 def file_sha256(path: str | Path, n: int = 16) -> str:
@@ -25,6 +25,7 @@ def file_sha256(path: str | Path, n: int = 16) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()[:n]
 
+# %% ../../nbs/19_index.ipynb #7577e00b
 def resolve_checkpoint(path: str | Path) -> Path:
     "The checkpoint file of an A&D run: `path` itself, or `ad_embedder.pt` / `checkpoints/last.pt` inside a folder."
     p = Path(path).expanduser()
@@ -35,6 +36,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.is_file(): raise WeightsError(f"{p}: checkpoint not found")
     return p
 
+# %% ../../nbs/19_index.ipynb #edacece9
 class Embedder:
     "Images -> l2-normalised float32 vectors, with the eval transform and a description (`info`) for the manifest."
     def __init__(self, module, transform, info: dict, device):
@@ -47,6 +49,7 @@ class Embedder:
             f = self.module(x.to(self.device)).float().cpu()
         return torch.nn.functional.normalize(f, dim=-1)
 
+# %% ../../nbs/19_index.ipynb #85e5e642
 def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path | None = None, img_size: int | None = None,
                   device=None, seed: int = 0) -> Embedder:
     "An `Embedder` from a backbone spec ('name[:weights]') or an A&D checkpoint (whose own backbone must match `backbone` if given)."
@@ -87,6 +90,7 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
                 embedding=which, branch=branch, method=cfg.method)
     return Embedder(_Embed(model).eval(), bb.transform, info, dev)
 
+# %% ../../nbs/19_index.ipynb #cd194f58
 def embedder_from_info(info: dict, device=None) -> Embedder:
     "Rebuild the embedder a manifest describes, refusing one whose weights or checkpoint changed since the index was built."
     if info['kind'] not in ('backbone', 'ad_checkpoint'):
@@ -103,7 +107,7 @@ def embedder_from_info(info: dict, device=None) -> Embedder:
                                "queries would not be comparable; rebuild the index (or restore the weights)")
     return e
 
-# %% ../../nbs/19_index.ipynb #93a0fb17
+# %% ../../nbs/19_index.ipynb #3ec801ee
 def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     "Every image under `root` (recursive) as {gallery-relative posix path: (size, mtime_ns)}."
     from attrib.images import list_images
@@ -113,6 +117,15 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
         st = p.stat(); out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
 
+# %% ../../nbs/19_index.ipynb #dfeb15c6
+def file_digest(path: str | Path) -> str:
+    "A short content hash (SHA-1, 16 hex digits) of a file, to tell a touched file from a changed one."
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
+    return h.hexdigest()[:16]
+
+# %% ../../nbs/19_index.ipynb #98e45cab
 def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
                 num_workers: int = 0, on_batch: Callable[[int], None] | None = None, bar=None, strict: bool = False):
     "Vectors (N_ok x D float32, l2-normalised) of the readable `paths`, their indices, and [(path, reason)] for the others."
@@ -134,7 +147,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Pat
         except DataError as e: bad.append((str(paths[i]), str(e)))
     return feats, got, bad
 
-# %% ../../nbs/19_index.ipynb #3ffe2cca
+# %% ../../nbs/19_index.ipynb #514a88f7
 FAISS_KINDS = ('exact', 'ivfpq', 'hnsw')
 
 def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None, nbits: int | None = None,
@@ -152,6 +165,7 @@ def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int |
     nprobe = nprobe or max(1, min(nlist, int(round(nlist / 16)) or 1, 256))
     return dict(kind='ivfpq', nlist=int(nlist), m=int(m), nbits=int(nbits), nprobe=int(nprobe), rescore=rescore)
 
+# %% ../../nbs/19_index.ipynb #cf2df02a
 def make_faiss_index(params: dict, dim: int):
     "An empty (untrained) faiss index for `params` (inner-product metric, int64 ids)."
     import faiss
@@ -166,6 +180,7 @@ def make_faiss_index(params: dict, dim: int):
     ix.nprobe = params['nprobe']
     return ix
 
+# %% ../../nbs/19_index.ipynb #3e093635
 def train_faiss_index(index, sample: np.ndarray, seed: int = 0):
     "Train `index` (a no-op for flat and HNSW) on `sample` (float32 rows)."
     if index.is_trained: return index
@@ -179,6 +194,7 @@ def train_faiss_index(index, sample: np.ndarray, seed: int = 0):
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
+# %% ../../nbs/19_index.ipynb #d7971160
 def set_search_params(index, params: dict):
     "Apply the query-time parameters (nprobe / efSearch) of `params` to a loaded index."
     import faiss
@@ -186,12 +202,13 @@ def set_search_params(index, params: dict):
     if params['kind'] == 'hnsw': faiss.downcast_index(index.index).hnsw.efSearch = params['ef_search']
     return index
 
-# %% ../../nbs/19_index.ipynb #ab62c4ad
+# %% ../../nbs/19_index.ipynb #9fd187f3
 MANIFEST_VERSION = 1
 DTYPES = ('float32', 'float16')
 
 def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S')
 
+# %% ../../nbs/19_index.ipynb #57495090
 class Index:
     "A folder of sharded, memory-mapped gallery features with a faiss index; build with `Index.build`, read with `Index.open`."
     def __init__(self, path: str | Path, manifest: dict, embedder: Embedder | None = None, device=None):
@@ -241,7 +258,7 @@ class Index:
         import pandas as pd
         dead, out = self._dead(), []
         for s in self.manifest['shards']:
-            for r, (p, size, mt) in enumerate(self._shard_rows(s['name'])):
+            for r, (p, size, mt, *_) in enumerate(self._shard_rows(s['name'])):
                 if s['offset'] + r not in dead: out.append((s['offset'] + r, p, size, mt, s['name'], r))
         return pd.DataFrame(out, columns=['id', 'relpath', 'size', 'mtime_ns', 'shard', 'row'])
 
@@ -285,14 +302,15 @@ class Index:
         with torch.no_grad(): cal.inv_tau.fill_(d['inv_tau']); cal.bias.fill_(d['bias'])
         return cal.eval(), d
 
-# %% ../../nbs/19_index.ipynb #e5730596
+# %% ../../nbs/19_index.ipynb #da1962d1
 def _embedder_key(info: dict) -> dict:
     "The parts of an embedder's description that decide its vectors (as JSON values: tuples become lists)."
     return json.loads(json.dumps({k: info.get(k) for k in ('kind', 'backbone', 'weights_id', 'checkpoint_sha256', 'img_size', 'dim',
                                                            'preprocessing')}))
 
+# %% ../../nbs/19_index.ipynb #34e492ff
 def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=None, dtype='float32', kind='exact',
-           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, on_batch=None,
+           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, check_content=False, on_batch=None,
            show_progress=True, **faiss_kw) -> Index:
     "Create (or update: append new and changed files) the index of every image under `gallery` in folder `out`."
     gallery, out = Path(gallery).expanduser().resolve(), Path(out).expanduser()
@@ -314,7 +332,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
         ix._embedder = emb
     else: ix = Index.create(out, gallery, emb.info, emb.dim, dtype=dtype, kind=kind, embedder=emb, device=device)
     t0 = time.perf_counter()
-    todo, n_dead = ix._plan(scan_gallery(gallery))
+    todo, n_dead = ix._plan(scan_gallery(gallery), check_content=check_content)
     rep = dict(new_or_changed=len(todo), marked_dead=n_dead, embedded=0, unreadable=[], shards_written=0)
     nb = sum(math.ceil(len(todo[a:a + shard_size]) / batch_size) for a in range(0, len(todo), shard_size))
     bar = progress(None, desc='index: embedding', total=nb, unit='batch') if show_progress and todo else None
@@ -323,7 +341,8 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
             chunk = todo[a:a + shard_size]
             feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size, num_workers=num_workers,
                                           on_batch=on_batch, bar=bar)
-            ix._commit_shard(feats, [chunk[i] for i in got], {p: (dict(chunk)[p], why) for p, why in bad})
+            rows = [(chunk[i][0], (*chunk[i][1], file_digest(gallery/chunk[i][0]))) for i in got]
+            ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
             rep['embedded'] += len(got); rep['unreadable'] += [p for p, _ in bad]; rep['shards_written'] += 1
     finally:
         if bar is not None: bar.close()
@@ -334,21 +353,36 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     ix.last_build = rep
     return ix
 
-def _plan(self, current: dict) -> tuple[list, int]:
-    "Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the dead marks."
+# %% ../../nbs/19_index.ipynb #7d4ccf56
+def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
+    """Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the marks.
+    A file whose size and mtime are unchanged is taken as unchanged (with `check_content`, its content hash is checked too);
+    one whose mtime changed but whose content hash did not is only re-stamped (`manifest['resig']`), not re-embedded."""
     m = self.manifest
+    m.setdefault('resig', {})
     dead, alive = self._dead(), {}
     for s in m['shards']:
-        for r, (p, size, mt) in enumerate(self._shard_rows(s['name'])):
-            if s['offset'] + r not in dead: alive[p] = (s['offset'] + r, (size, mt))
-    new_dead = [i for p, (i, sig) in alive.items() if current.get(p) != sig]
+        for r, (p, size, mt, *dig) in enumerate(self._shard_rows(s['name'])):
+            i = s['offset'] + r
+            if i not in dead: alive[p] = (i, tuple(m['resig'].get(str(i), (size, mt))), dig[0] if dig else '')
+    new_dead, keep = [], set()
+    for p, (i, sig, dig) in alive.items():
+        cur = current.get(p)
+        if cur is None: new_dead.append(i); continue
+        if tuple(cur) == sig:
+            if check_content and dig and file_digest(self.gallery/p) != dig: new_dead.append(i)
+            else: keep.add(p)
+        elif dig and cur[0] == sig[0] and file_digest(self.gallery/p) == dig: m['resig'][str(i)] = list(cur); keep.add(p)
+        else: new_dead.append(i)
     todo = sorted((p, sig) for p, sig in current.items()
-                  if (p not in alive or alive[p][1] != sig) and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
+                  if p not in keep and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
     m['bad'] = {p: b for p, b in m['bad'].items() if p in current and tuple(b['sig']) == tuple(current[p])}
-    if new_dead:
-        m['dead'] = sorted(dead | set(new_dead)); self._save()
+    m['dead'] = sorted(dead | set(new_dead))
+    m['resig'] = {k: v for k, v in m['resig'].items() if int(k) not in set(m['dead'])}
+    self._save()
     return todo, len(new_dead)
 
+# %% ../../nbs/19_index.ipynb #d2843989
 def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
     "Write one shard (features, then rows) and then the manifest that lists it: a kill at any point leaves a consistent index."
     m = self.manifest
@@ -356,15 +390,17 @@ def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
     off = (m['shards'][-1]['offset'] + m['shards'][-1]['n']) if m['shards'] else 0
     d = self.path/'shards'; d.mkdir(parents=True, exist_ok=True)
     with atomic_write(d/f'{name}.npy') as f: np.save(f, np.ascontiguousarray(feats, dtype=m['dtype']))
-    save_json(dict(rows=[[p, int(sig[0]), int(sig[1])] for p, sig in rows]), d/f'{name}.json')
+    save_json(dict(rows=[[p, int(sig[0]), int(sig[1]), *(sig[2:3] or [''])] for p, sig in rows]), d/f'{name}.json')
     m['shards'].append(dict(name=name, n=len(rows), offset=off))
     for p, (sig, why) in bad.items():
         m['bad'][p] = dict(sig=list(sig), error=why)
         warnings.warn(f"skipping unreadable image: {why}")
     self._save()
 
+# %% ../../nbs/19_index.ipynb #03ed4ef0
 def _save(self): save_json(self.manifest, self.path/'manifest.json')
 
+# %% ../../nbs/19_index.ipynb #a0305f43
 def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_kw):
     "Bring index.faiss up to date with the shards: add the shards it lacks, remove dead ids (HNSW: rebuild), or build it anew."
     import faiss
@@ -403,6 +439,7 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
     self._faiss = None
     self._save()
 
+# %% ../../nbs/19_index.ipynb #1cad30e9
 def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'float32', kind: str = 'exact', embedder=None,
             device=None) -> Index:
     "A new, empty index folder `out` (for `add_vectors` + `sync_faiss`; `build` calls it for a new gallery)."
@@ -416,6 +453,7 @@ def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'floa
     ix._save()
     return ix
 
+# %% ../../nbs/19_index.ipynb #8bf13fe5
 def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None = None):
     "Commit precomputed `vectors` (rows l2-normalised here) for gallery-relative `relpaths` as one new shard; then `sync_faiss`."
     v = np.asarray(vectors, dtype=np.float32)
@@ -426,7 +464,7 @@ def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None =
 Index.build, Index.create, Index.add_vectors = classmethod(_build), classmethod(_create), _add_vectors
 Index._plan, Index._commit_shard, Index._save, Index.sync_faiss = _plan, _commit_shard, _save, _sync_faiss
 
-# %% ../../nbs/19_index.ipynb #2bc9e27b
+# %% ../../nbs/19_index.ipynb #16eb5525
 def expand_queries(queries) -> list:
     "Image files, folders (every image under them) and PIL images as a flat list (folders sorted, order otherwise kept)."
     from attrib.images import list_images
@@ -444,6 +482,7 @@ def expand_queries(queries) -> list:
     if not out: raise DataError("no queries given")
     return out
 
+# %% ../../nbs/19_index.ipynb #2dcaa91c
 def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None = None, nprobe: int | None = None):
     "Top-`k` gallery images for each query as a DataFrame (query, rank, path, relpath, score[, probability])."
     import pandas as pd, torch
@@ -476,6 +515,7 @@ def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None
     df.attrs['calibrator'] = cal_info
     return df
 
+# %% ../../nbs/19_index.ipynb #3e79b28a
 def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, nprobe: int | None = None):
     "Top-`k` (scores, global ids) for unit query vectors `Q` (padding: score -inf, id -1); approximate kinds are rescored exactly."
     Q = np.ascontiguousarray(Q, dtype=np.float32)
@@ -498,7 +538,7 @@ def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, npr
 
 Index.search, Index.search_vectors = _search, _search_vectors
 
-# %% ../../nbs/19_index.ipynb #202747d6
+# %% ../../nbs/19_index.ipynb #b0a36d3d
 def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     "A JPEG thumbnail of an image file as a `data:` URI (a grey placeholder when it cannot be read)."
     from PIL import Image
@@ -509,6 +549,7 @@ def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     b = io.BytesIO(); im.save(b, format='JPEG', quality=85)
     return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
 
+# %% ../../nbs/19_index.ipynb #99387234
 def results_json(df, index: Index | None = None) -> dict:
     "The results grouped by query, with the index, embedder and calibrator description."
     cal = df.attrs.get('calibrator')
@@ -518,6 +559,7 @@ def results_json(df, index: Index | None = None) -> dict:
         out['queries'].append(dict(query=q, results=g.drop(columns=['query']).to_dict(orient='records')))
     return out
 
+# %% ../../nbs/19_index.ipynb #afc87820
 def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: int = 128) -> dict[str, Path]:
     "Write attributions.csv, attributions.json and a self-contained report.html into `out_dir`; returns their paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -549,13 +591,14 @@ def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: in
     with atomic_write(files['html'], 'w') as f: f.write('\n'.join(parts))
     return files
 
-# %% ../../nbs/19_index.ipynb #1eb75025
+# %% ../../nbs/19_index.ipynb #a63d065f
 def _is_builtin(root: Path) -> dict | None:
     mf = Path(root)/'manifest.json'
     try: d = load_json(mf) if mf.is_file() else None
     except DataError: return None
     return d if isinstance(d, dict) and d.get('name') == 'mini-AbC' else None
 
+# %% ../../nbs/19_index.ipynb #6cc7c987
 def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str = 'val', n_distractors: int = 100,
                     batch_size: int = 64, steps: int = 300) -> dict:
     "Fit AbC's calibrator for `index`'s embedder on split `split` of the AbC-format dataset `abc_root`; saves calibrator.json."
@@ -582,7 +625,7 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     save_json(d, index.path/'calibrator.json')
     return d
 
-# %% ../../nbs/19_index.ipynb #1d51c893
+# %% ../../nbs/19_index.ipynb #5082a4e6
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
     "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
@@ -605,27 +648,30 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
                              n_real=len(real), n_synth=len(synth)), exp)
     return run, exp
 
-# %% ../../nbs/19_index.ipynb #314ae318
+# %% ../../nbs/19_index.ipynb #40de3283
 def _defaults(fn) -> dict:
     import inspect
     return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
 
+# %% ../../nbs/19_index.ipynb #d9c35659
 def _literal(s: str):
     import ast
     try: return ast.literal_eval(s)
     except (ValueError, SyntaxError): return s
 
+# %% ../../nbs/19_index.ipynb #e551e7df
 def _cmd_index(a):
     kw = {k: getattr(a, k) for k in ('nlist', 'm', 'nbits', 'nprobe') if getattr(a, k) is not None}
     backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']   # a checkpoint names its own
     ix = Index.build(a.gallery, a.out, backbone=backbone, checkpoint=a.checkpoint, img_size=a.img_size, dtype=a.dtype,
                      kind=a.approx or 'exact', shard_size=a.shard_size, batch_size=a.batch_size, num_workers=a.num_workers,
-                     device=a.device, rebuild=a.rebuild, **kw)
+                     device=a.device, rebuild=a.rebuild, check_content=a.check_content, **kw)
     r = ix.last_build
     print(f"{ix.path}: {len(ix)} images indexed ({ix.manifest['faiss']['kind']}); this run embedded {r['embedded']}, "
           f"marked {r['marked_dead']} changed/removed, {len(r['unreadable'])} unreadable in {r['seconds']:.1f} s")
     for p in r['unreadable']: print(f"  unreadable: {p}: {ix.manifest['bad'][p]['error']}")
 
+# %% ../../nbs/19_index.ipynb #811e4099
 def _cmd_attribute(a):
     ix = Index.open(a.index, device=a.device)
     df = ix.search(a.queries, k=a.k, batch_size=a.batch_size, nprobe=a.nprobe)
@@ -638,6 +684,7 @@ def _cmd_attribute(a):
     print(df[df['rank'] <= min(a.k, 5)][cols].to_string(index=False))
     print(f"wrote {fs['csv']}, {fs['json']}, {fs['html']}")
 
+# %% ../../nbs/19_index.ipynb #8827ed3f
 def _cmd_calibrate(a):
     root = a.abc
     if a.builtin:
@@ -648,15 +695,19 @@ def _cmd_calibrate(a):
     print(f"calibrator: inv_tau {d['inv_tau']:.3f}, bias {d['bias']:.4f}; on {d['n_queries']} queries: NLL {d['metrics']['nll']:.3f}, "
           f"top-1 ECE {d['metrics']['ece']:.3f}\n{d['note']}\nwrote {Path(a.index)/'calibrator.json'}")
 
+# %% ../../nbs/19_index.ipynb #b246d01a
 def _cmd_train_ad(a):
     from attrib.concept.ad_trainer import ADConfig
     from dataclasses import fields
     kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig) if getattr(a, 'cfg_' + f.name, None) is not None}
     run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume, log_every=a.log_every, **kw)
+    from attrib import dist
+    if not dist.is_main(): return                        # under torchrun: one report, from rank 0
     h = run.history[-1] if run.history else {}
     print(f"trained {len(run.history)} epoch(s); last loss {h.get('loss', float('nan')):.4f}; checkpoint {Path(a.out)/'checkpoints'/'last.pt'}; "
           f"embedder {exp} (use: attrib index GALLERY --checkpoint {a.out} --out INDEX_DIR)")
 
+# %% ../../nbs/19_index.ipynb #2c3be5fc
 def add_commands(sub):
     "Add the `index`, `attribute`, `calibrate` and `train-ad` sub-commands to the `attrib` parser's subparsers `sub`."
     from attrib.concept.ad_trainer import ADConfig
@@ -673,6 +724,7 @@ def add_commands(sub):
                    help='approximate index (ivfpq when given alone, or hnsw) with exact rescoring of its candidates')
     for o in ('nlist', 'm', 'nbits', 'nprobe'): s.add_argument(f'--{o}', type=int, default=None, help=f'IVF-PQ {o} (default: by gallery size)')
     s.add_argument('--rebuild', action='store_true', help='re-create the faiss index (e.g. other --approx parameters); re-embeds nothing')
+    s.add_argument('--check-content', action='store_true', help='also re-hash files whose size and mtime did not change')
     s.add_argument('--shard-size', type=int, default=bd['shard_size']); s.add_argument('--batch-size', type=int, default=bd['batch_size'])
     s.add_argument('--num-workers', type=int, default=bd['num_workers']); s.add_argument('--device', default=bd['device'])
     s.set_defaults(fn=_cmd_index)
