@@ -20,11 +20,18 @@ from .ssl_model import MoCoV3Model, DINOModel, convert_dist_batchnorm, EMBEDDING
 from ..train import cosine, warmup_cosine, restart_from_checkpoint, local_device
 
 # %% auto #0
-__all__ = ['RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sample_seed', 'TwoViewDataset', 'EpochBatchSampler',
+__all__ = ['AD_PRESETS', 'RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sample_seed', 'TwoViewDataset', 'EpochBatchSampler',
            'build_aug_bank', 'bank_views', 'ADRun', 'build_model', 'ADObjective', 'ADState', 'setup_ad', 'save_ad',
            'resume_ad', 'train_one_epoch', 'train_ad']
 
 # %% ../../nbs/17_ad_trainer.ipynb #fb58c634
+AD_PRESETS = {   # the settings behind the reported results; ADConfig() itself is DINO + Infomax on the backbone output, 2 stages
+    'mini_abc': dict(backbone='mobilenetv2', img_size=64, method='dino', dino_out_dim=1024, infomax_on='backbone', n_trainable=2,
+                     lam=1.0, proj_hidden=1024, proj_dim=128, pred_hidden=1024, epochs=5, batch_size=256, lr=1.5e-4, aug_bank=8),
+    'abc_gpu': dict(backbone='dino_vitb16', img_size=None, method='dino', dino_out_dim=65536, infomax_on='backbone', n_trainable=2,
+                    lam=1.0, epochs=10, batch_size=256, lr=1.5e-4, amp='bf16', aug_bank=None, device='cuda'),
+}
+
 @dataclass
 class ADConfig:
     "Every option of A&D training (see the notebook for what each does); plain types only, so it saves with the checkpoint."
@@ -32,8 +39,8 @@ class ADConfig:
     backbone: str = 'mobilenetv2'
     weights: str | None = 'default'        # 'default' | None (random init) | path to a checkpoint
     img_size: int | None = None            # None: the backbone's own size
-    n_trainable: int | str = 1             # last backbone stages that train ('all' | int; 0 = heads only)
-    method: str = 'moco'                   # 'moco' | 'dino'
+    n_trainable: int | str = 2             # last backbone stages that train ('all' | int; 0 = heads only)
+    method: str = 'dino'                   # 'dino' (DINO self-distillation) | 'moco' (MoCo v3 InfoNCE)
     proj_hidden: int = 2048
     proj_dim: int = 256                    # projector output (MoCo) / DINO bottleneck: what Infomax decorrelates
     pred_hidden: int = 2048
@@ -48,7 +55,7 @@ class ADConfig:
     temperature: float = 0.2
     infomax_momentum: float = 0.01         # weight of the old running estimate (CorInfoMax's l)
     infomax_eps: float = 1e-8
-    infomax_on: str = 'projector'          # 'projector' (CorInfoMax's place, the inferred default) | 'backbone' (the retrieval features; better on mini-AbC, the experiment's default)
+    infomax_on: str = 'backbone'           # 'backbone' (the retrieval features) | 'projector' (CorInfoMax's place)
     # momentum encoder
     momentum: float = 0.99
     momentum_schedule: str = 'cosine'      # 'cosine' (to 1 at the end) | 'constant'
@@ -109,6 +116,12 @@ class ADConfig:
         unknown = set(d) - names
         if unknown: raise AttribError(f"unknown ADConfig option(s): {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> 'ADConfig':
+        "A named setting of `AD_PRESETS` ('mini_abc': the main job on the CPU; 'abc_gpu': DINO ViT-B/16 on AbC), then `overrides`."
+        if name not in AD_PRESETS: raise AttribError(f"no ADConfig preset {name!r}; presets: {sorted(AD_PRESETS)}")
+        return cls.from_dict({**AD_PRESETS[name], **overrides})
 
 # %% ../../nbs/17_ad_trainer.ipynb #81f8b185
 def _odd(k: float) -> int: k = max(3, int(math.ceil(k))); return k if k % 2 else k + 1
