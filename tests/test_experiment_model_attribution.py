@@ -17,7 +17,7 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp('model_attribution')
     out = run_experiment('model_attribution', out_dir=d / 'run', zoo_size='tiny', n_archs=8, holdout_archs=3, synth_steps=10,
                          synth_root=str(d / 'synth'), epochs=1, steps_per_epoch=4, P=4, K=4, n_per_model=20, n_per_synth=15, n_bank=40,
-                         n_real_train=100, n_ref=20, n_ffd=10, n_shot=5, n_pairs=200, n_splits=2, backbone_img_size=32, seed=0)
+                         n_real_train=100, extra_zoo_seeds=[1], n_ref=20, n_ffd=10, n_shot=5, n_pairs=200, n_splits=2, backbone_img_size=32, seed=0)
     return out
 
 
@@ -58,6 +58,11 @@ def test_metrics(run):
         assert list(rows) == ['clean', 'jpeg 95', 'jpeg 75', 'jpeg 50', 'resize 0.5 and back', 'centre crop 90%', 'gaussian noise 2/255']
         assert all(0 <= r['identification_acc'] <= 1 and 0 <= r['open_set_auroc'] <= 1 for r in rows.values())
         assert rows['clean']['identification_acc'] == pytest.approx(M['results']['zoo (all unseen)'][name]['identification_acc'])
+    sa = M['same_architecture']
+    assert set(sa) == {f'zoo, several seeds per architecture | {n}' for n in ('synthesized (ours)', 'raw spectrum', 'mobilenetv2 frozen')}
+    for r in sa.values():
+        assert (r['n_models'], r['n_architectures']) == (10, 5)
+        assert all(0 <= r[k] <= 1 for k in ('identification_acc', 'same_arch_verification_auc', 'same_arch_verification_acc', 'open_set_auroc'))
     assert M['extractor']['n_classes'] == 5 and len(M['extractor']['data']) == 16
 
 

@@ -12,9 +12,9 @@ from ..core import AttribError, DataError, check_finite, to_numpy, get_device
 
 # %% auto #0
 __all__ = ['PERTURBATIONS', 'l2n', 'auroc', 'support_split', 'centroids', 'identification', 'sample_pairs', 'verification',
-           'best_threshold', 'verification_accuracy', 'oscr', 'open_set', 'auroc_pose', 'oscr_pose', 'logreg_open_set',
-           'backbone_features', 'spectrum_features_raw', 'open_set_splits', 'evaluate_method', 'evaluate_logreg',
-           'perturb', 'robustness']
+           'best_threshold', 'verification_accuracy', 'same_group_verification', 'oscr', 'open_set', 'auroc_pose',
+           'oscr_pose', 'logreg_open_set', 'backbone_features', 'spectrum_features_raw', 'open_set_splits',
+           'evaluate_method', 'evaluate_logreg', 'perturb', 'robustness']
 
 # %% ../../nbs/32_model_attribution.ipynb #aa9a75b5
 def _feats_labels(feats, labels, name='features'):
@@ -128,6 +128,33 @@ def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, cen
     t, acc_cal = best_threshold(s_cal, y_cal)
     return dict(accuracy=float(((s_te >= t) == y_te).mean()), threshold=t, calibration_accuracy=acc_cal,
                 accuracy_test_threshold=best_threshold(s_te, y_te)[1], auc=auroc(s_te[y_te], s_te[~y_te]))
+
+# %% ../../nbs/32_model_attribution.ipynb #94b2f084
+def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: int = 0) -> dict:
+    "Verification where every negative pair holds two different models of the same group (e.g. architecture): AUC and split-threshold accuracy."
+    f, y = _feats_labels(feats, labels); f = l2n(f); g = np.asarray(to_numpy(groups))
+    if len(g) != len(y): raise DataError(f"groups must be (N,) with N = {len(y)}, got {len(g)}")
+    ok = np.array([len(np.unique(y[g == v])) >= 2 for v in g])
+    if not ok.any(): raise DataError('no group holds two different models')
+    rng = np.random.default_rng(seed); half = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c)); half[idx[:len(idx) // 2]] = True
+    out = []
+    for m in (half & ok, ~half & ok):
+        i = np.flatnonzero(m); pos, neg = [], []
+        while len(pos) < n_pairs // 2 or len(neg) < n_pairs // 2:
+            a, b = rng.choice(i, size=(2, 4 * n_pairs + 8))
+            for u, v in zip(a, b):
+                if u == v or g[u] != g[v]: continue
+                if y[u] == y[v]:
+                    if len(pos) < n_pairs // 2: pos.append((u, v))
+                elif len(neg) < n_pairs // 2: neg.append((u, v))
+        p = np.array(pos + neg); same = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+        out.append(((f[p[:, 0]] * f[p[:, 1]]).sum(1), same))
+    (s_cal, y_cal), (s_te, y_te) = out
+    t, _ = best_threshold(s_cal, y_cal)
+    return dict(auc=auroc(s_te[y_te], s_te[~y_te]), accuracy=float(((s_te >= t) == y_te).mean()), threshold=t,
+                n_groups=int(len(np.unique(g[ok]))), n_models=int(len(np.unique(y[ok]))))
 
 # %% ../../nbs/32_model_attribution.ipynb #6c88cb06
 def oscr(correct, score_known, score_unknown) -> float:

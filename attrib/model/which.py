@@ -69,8 +69,9 @@ def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) ->
     real = random_crops(n_per_model, data['img_size'], seed=seed + 102)[0]
     X = torch.cat([fingerprinted_images(load_synthetic_model(e, device), real) for e in data['held_entries']])
     y = np.repeat(np.arange(len(data['held_entries'])), n_per_model)
-    f = embed(net, X).numpy()
-    return dict(heldout_identification_acc=identification(f, y, n_shot, seed)['accuracy'], heldout_verification_auc=verification(f, y, 1000, seed)['auc'],
+    f = embed(net, X).numpy(); fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    spread = float(fn.std(0).mean())                        # 0 when every image gets the same fingerprint (a collapsed run)
+    return dict(heldout_feature_spread=spread, collapsed=spread < 1e-6, heldout_identification_acc=identification(f, y, n_shot, seed)['accuracy'], heldout_verification_auc=verification(f, y, 1000, seed)['auc'],
                 heldout_models=len(data['held_entries']), heldout_images_per_model=n_per_model, heldout_n_shot=n_shot)
 
 def train_extractor(cfg: dict | None = None, out=None, synth_root=None, ckpt_dir=None, device=None, amp: bool = False,
@@ -299,11 +300,14 @@ def which_model(queries, enroll: dict, extractor=None, out=None, fpr: float = 0.
 
 # %% ../../nbs/33_which_model.ipynb #445369b4
 def _cmd_fingerprint_train(a):
+    import sys
     from attrib.cli import _params
     net, info, data = train_extractor(_params(a.p), a.out, synth_root=a.synth_root, device=a.device)
     out = Path(a.out) if a.out else default_extractor_path(_params(a.p))
     print(f"{out}\t{info['n_classes']} synthetic models, {info['train_s']:.0f} s of training\t" +
           ', '.join(f'{k} {v:.3f}' for k, v in info['metrics'].items() if isinstance(v, float)))
+    if info['metrics'].get('collapsed'):
+        print('warning: every held-out image gets the same fingerprint (training collapsed); try a lower lr (-p lr ...)', file=sys.stderr)
 
 def _enroll_arg(s: str):
     import argparse
