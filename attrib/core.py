@@ -16,7 +16,7 @@ import torch
 __all__ = ['AttribError', 'DataError', 'WeightsError', 'seed_everything', 'get_rng_state', 'set_rng_state', 'get_device',
            'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'atomic_write', 'save_json', 'load_json',
            'save_checkpoint', 'load_checkpoint', 'check_finite', 'check_shape', 'progress', 'l2_normalize',
-           'stable_hash', 'to_numpy', 'Timer']
+           'stable_hash', 'to_numpy']
 
 # %% ../nbs/00_core.ipynb #19166c5e
 class AttribError(Exception):
@@ -193,8 +193,3 @@ def stable_hash(*parts, n: int = 12) -> str:
 def to_numpy(x) -> np.ndarray:
     "A tensor (any device, any grad state) or array-like as a numpy array."
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-class Timer:
-    "Context manager measuring wall time in seconds (`.s`)."
-    def __enter__(self): self.t0 = time.perf_counter(); return self
-    def __exit__(self, *a): self.s = time.perf_counter() - self.t0

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import (AttribError, DataError, WeightsError, get_device, seed_everything, get_rng_state, set_rng_state,
-                         save_checkpoint, load_checkpoint, save_json, check_finite, progress, stable_hash, Timer)
+                         save_checkpoint, load_checkpoint, save_json, check_finite, progress, stable_hash)
+from ..train import Timer, cosine
 from ..dist import is_dist, is_main, rank, world_size, all_reduce_mean, barrier
 from .model_synthesis import as_images, fingerprinted_images, quantize
 
@@ -190,7 +191,7 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     net = FingerprintNet(len(source), arch, width, source.img_size, stem_stride, residual_kind).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s / total, 1.0, 0.1))
     ce, tri = nn.CrossEntropyLoss(), BatchHardTripletLoss(margin=margin)
     run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr), weight_decay=float(weight_decay),
                w_triplet=float(w_triplet), margin=float(margin), grad_clip=float(grad_clip or 0), seed=int(seed), amp=bool(amp),

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import (AttribError, DataError, WeightsError, data_dir, runs_dir, stable_hash, save_json, atomic_write, get_device,
-                         Timer, to_numpy, progress)
+from ..core import (AttribError, DataError, WeightsError, data_dir, runs_dir, stable_hash, save_json, atomic_write, get_device, to_numpy, progress)
+from ..train import Timer
 from .fingerprint import FingerprintNet, embed, content_key, train_fingerprint, save_extractor, extractor_info, SyntheticSource
 
 # %% auto #0

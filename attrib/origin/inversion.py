@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import AttribError, DataError, WeightsError, check_finite, get_device, to_numpy
+from ..train import cosine
 from ..zoo import check_images, ZooGenerator
 
 # %% auto #0
@@ -174,7 +175,7 @@ def _loss_fn(loss, perceptual_weight):
 def lr_schedule(lr: float, steps: int, decay: str = 'none') -> list:
     "Learning rate of each Adam step: constant (`'none'`, RONAN) or `'cosine'` from lr down to lr/100."
     if decay == 'none': return [float(lr)] * steps
-    if decay == 'cosine': return [lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps - 1))) for s in range(steps)]
+    if decay == 'cosine': return [cosine(s / max(1, steps - 1), lr, lr / 100) for s in range(steps)]
     raise AttribError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
 
 def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int = 4, lr: float = 0.05, loss: str = 'mse',

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device, Timer
+from ..core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device
+from ..train import Timer
 from ..zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images, images_to_tensor, tensor_to_images
 from .inversion import origin_scores, make_rule, cascade_decide, METHODS
 
