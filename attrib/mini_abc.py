@@ -15,21 +15,22 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
 
-from .core import (DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
+from .core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
                          stable_hash)
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 
 # %% auto #0
 __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_SEEN', 'STYLE_OPS_UNSEEN', 'MEDIA',
            'OBJECT_FAMILIES', 'STYLE_OPS', 'MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'SHAPES', 'TEXTURES', 'VIEW_IOU',
-           'MIX', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES',
-           'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask',
+           'MIX', 'IMG2IMG', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN',
+           'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask',
            'render_shape', 'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop',
            'Sources', 'get_sources', 'render_content', 'render_view', 'random_style', 'apply_style', 'jitter_style',
            'hue_shift', 'apply_medium', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator',
            'invert_objects', 'invert_styles', 'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts',
-           'render_style_prompts', 'photo_groups', 'plan_mini_abc', 'colour_twin', 'load_mini_generator', 'source_id',
-           'image_sources', 'content_hash', 'mini_abc_root', 'torch_threads', 'build_mini_abc', 'contact_sheet']
+           'render_style_prompts', 'render_object_pixels', 'photo_groups', 'plan_mini_abc', 'colour_twin',
+           'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'torch_threads',
+           'build_mini_abc', 'contact_sheet']
 
 # %% ../nbs/12_mini_abc.ipynb #66b45586
 IMG = 64
@@ -520,6 +521,19 @@ def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict
     zz = zz + noise * gen.z_std * torch.randn(zz.shape, generator=g)
     return gen.decode(zz, s[None].expand(len(prompts), -1))[:, :3]
 
+IMG2IMG = .5   # weight of the generator's rendering in an object query; the rest is the prompt applied to the view's pixels
+
+@torch.no_grad()
+def render_object_pixels(views: torch.Tensor, alpha: torch.Tensor, prompts: list[dict], ctx: torch.Tensor) -> torch.Tensor:
+    """The prompts applied to the views' pixels (B x 3 x 64 x 64): the same pose warp, the concept composited with `alpha` over the context
+    image, the medium rendered; blended with the generator's rendering (`IMG2IMG`), an img2img-like sample that keeps the view's structure."""
+    out = torch.cat([warp_latent(views[i:i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)])
+    for i, p in enumerate(prompts):
+        if 'context' in p:
+            aw = warp_latent(alpha[i:i + 1], [p]); out[i] = (aw * out[i:i + 1] + (1 - aw) * ctx[p['context']][None])[0]
+        if 'medium' in p: out[i] = torch.from_numpy(apply_medium(out[i].permute(1, 2, 0).numpy(), p['medium'])).permute(2, 0, 1)
+    return out.clamp(0, 1)
+
 # %% ../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = .3
 PHOTO_ROLES = dict(test=8, val=4)   # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
@@ -703,7 +717,7 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources
     groups = [_f(np.stack([_read_rgb(root/_exemplar_path(m, k)) for k in range(len(m['exemplars']))])) for m in sty]
     s_sty = invert_styles(gen, groups, cfg['inv_steps']) if sty else None
     with torch.no_grad():
-        z_ctx = gen.encode(_f(pool['rgba'][plan['contexts']][..., :3]))
+        x_ctx = _f(pool['rgba'][plan['contexts']][..., :3]); z_ctx = gen.encode(x_ctx)
         z_voc = {k: gen.encode(gray(_f(pool['rgba'][v][..., :3]))) for k, v in plan['vocab'].items()}
     nv = {k: len(v) for k, v in plan['vocab'].items()}
     prompts, srcs_of = {}, {}
@@ -716,8 +730,10 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources
             ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
             if m['centric'] == 'object':   # each prompt renders a new view of the concept, encoded by the generator
                 views = np.stack([render_view(m['exemplars'][0], r, src) for _ in ps])
-                with torch.no_grad(): z_views = gen.encode(_f(to_u8(views)))
-                imgs = render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g)
+                xv = _f(to_u8(views))
+                with torch.no_grad(): z_views = gen.encode(xv); a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
+                imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + \
+                    (1 - IMG2IMG) * render_object_pixels(xv, a_views, ps, x_ctx)
             else: imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
             for k, (im, p) in enumerate(zip(imgs, ps)):
                 a = im.permute(1, 2, 0).numpy()
@@ -831,7 +847,7 @@ def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: 
                    threads: int | None = None) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
     if threads not in (None, BUILD_THREADS):
-        raise ValueError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
+        raise AttribError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
     with torch_threads(BUILD_THREADS): return _build(root, size, seed, force, verbose)
 
 def _build(root, size, seed, force, verbose) -> Path:
@@ -851,7 +867,8 @@ def _build(root, size, seed, force, verbose) -> Path:
         stages_file = root/'build'/'stages.json'
         stages = load_json(stages_file) if stages_file.exists() else {}
         if stages.get('key') != key or not (root/MARKER).is_file():   # another size/seed/version (or nothing) here: start clean
-            _clear(root); stages = {'key': key}
+            if not force: _clear(root)                                  # (force cleared it above, after proving it ours)
+            stages = {'key': key}
             save_json(dict(builder='attrib.mini_abc', key=key), root/MARKER)   # the proof of ownership, before anything else
             save_json(stages, stages_file)
         src, plan, counts = get_sources(), None, None
