@@ -289,9 +289,10 @@ def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
     else: raise ValueError(f'unknown style operator {op!r}')
     return np.clip(out, 0, 1).astype(np.float32)
 
-def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1) -> dict:
-    "A style as an imperfectly customized model renders it: palette and continuous parameters perturbed, a new random seed."
-    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, .4 * amount, (len(st['palette']), 3)), 0, 1), 4).tolist(),
+def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1, palette_sd: float = .12) -> dict:
+    """A style as an imperfectly customized model renders it on new content: continuous parameters perturbed by `amount` (relative), the
+    palette's colours by `palette_sd` (a style's colours vary with what it paints; its texture is what stays), a new random seed."""
+    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, palette_sd, (len(st['palette']), 3)), 0, 1), 4).tolist(),
                seed=int(rng.integers(2**31)))
     for k, v in st.items():
         if isinstance(v, float): out[k] = float(v * (1 + rng.normal(0, amount)))
