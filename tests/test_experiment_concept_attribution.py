@@ -11,11 +11,10 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('ATTRIB_PROGRESS', '0')
 
-METHODS = ['raw', 'PCA whitening', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
+METHODS = ['raw', 'colour histogram', 'PCA whitening', 'align-only', 'infomax-only', 'A&D', 'AbC supervised', 'CCA oracle']
 TINY = dict(data_size='tiny', seeds=[0, 1], sweep_seeds=[0], lambda_sweep=[0.0, 1.0, 3.0], epochs=1, batch_size=16, proj_hidden=64,
             proj_dim=16, pred_hidden=64, aug_bank=2, abc_epochs=2, abc_batch_size=16, abc_val_every=1, cca_k=[4, 8], whiten_k=[8, 16], dino_out_dim=64,
-            calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1,
-            select_lambda=True)   # the default fixes λ in advance; the test exercises the selection on val
+            calib_distractors=20, n_examples=2, eval_batch_size=64, threads=1)
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +48,7 @@ def test_results_table(run_dir):
     vals = res[[c for c in res.columns if c.endswith('_mean')]].to_numpy()
     assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
     assert (res['R@5_mean'] <= res['R@10_mean'] + 1e-12).all() and (res['R@10_mean'] <= res['R@100_mean'] + 1e-12).all()
-    for m in ('raw', 'PCA whitening', 'CCA oracle'):          # deterministic methods: no spread over seeds
+    for m in ('raw', 'colour histogram', 'PCA whitening', 'CCA oracle'):          # deterministic methods: no spread over seeds
         assert np.allclose(res[res.method == m][['mAP_std', 'R@5_std']].fillna(0), 0)
     per_seed = pd.read_csv(run_dir / 'results_per_seed.csv')
     assert sorted(per_seed.seed.unique()) == TINY['seeds']
@@ -101,7 +100,20 @@ def test_metrics_json(run_dir):
     assert mm['lambda_selected'] in [l for l in TINY['lambda_sweep'] if l > 0]
     val = {float(k): v['mAP'] for k, v in mm['lambda_sweep_val'].items()}
     assert val[mm['lambda_selected']] == max(v for k, v in val.items() if k > 0)   # the best λ > 0 on val
-    assert m['params']['select_lambda'] is True and m['params']['infomax_on'] == 'backbone'
+    assert m['params']['selection_metric'] == 'mAP' and m['params']['infomax_on'] == 'backbone'
+    # every choice is recorded with the val numbers it was made on, and is their argmax
+    sel = mm['selections']
+    assert {'A&D setting and λ', 'align-only setting', 'CCA k', 'whitening k'} <= set(sel) and any(k.startswith('AbC heads epoch') for k in sel)
+    for name, r in sel.items():
+        best = max(r['val'], key=lambda c: c['score'])
+        assert r['chosen'] == best['candidate'] or math.isclose(next(c['score'] for c in r['val'] if c['candidate'] == r['chosen']), best['score']), name
+    assert sel['A&D setting and λ']['chosen'][1] == mm['lambda_selected']
+    assert all(c['candidate'][1] > 0 for c in sel['A&D setting and λ']['val']) and all(c['candidate'][1] == 0 for c in sel['align-only setting']['val'])
+    # the build that was measured is identified by its content hash; val's faithfulness as a proxy is reported
+    from attrib.concept.mini_abc import build_mini_abc
+    assert mm['data']['content_hash'] == json.loads((build_mini_abc(size='tiny') / 'manifest.json').read_text())['content_hash']
+    tau = mm['kendall_tau_val_test']
+    assert set(map(int, tau['per_seed'])) == set(TINY['seeds']) and (math.isnan(tau['mean']) or -1 <= tau['mean'] <= 1)
     assert set(map(float, mm['lambda_sweep_val'])) == set(TINY['lambda_sweep'])
     assert mm['cca_k_selected'] in TINY['cca_k'] and mm['whiten_k_selected'] in TINY['whiten_k']
     assert set(map(int, mm['whiten_val_map'])) == set(TINY['whiten_k'])
@@ -117,4 +129,4 @@ def test_metrics_json(run_dir):
     assert all(0 <= v <= 1 + 1e-9 for v in mm['canonical_corr_top10_mean'].values())
     assert mm['wall_s'] > 0 and mm['cpu_s'] > 0
     sweep = pd.read_csv(run_dir / 'lambda_sweep.csv')
-    assert sorted(sweep.lam.unique()) == sorted(TINY['lambda_sweep'])
+    assert sorted(sweep.lam.unique()) == sorted(TINY['lambda_sweep']) and 'split' not in sweep.columns   # the search table is val only

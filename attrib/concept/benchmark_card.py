@@ -15,8 +15,9 @@ from PIL import Image
 from ..core import DataError, load_json, save_json, atomic_write
 
 # %% auto #0
-__all__ = ['HIST', 'THRESHOLDS', 'IMAGENET', 'RANDOM', 'color_histogram', 'color_histogram_features', 'card_paths',
-           'raw_baselines', 'leakage_audit', 'gram_features', 'texture_statistic', 'card_properties', 'benchmark_card']
+__all__ = ['HIST', 'MIN_CONTRAST', 'THRESHOLDS', 'IMAGENET', 'RANDOM', 'color_histogram', 'color_histogram_features',
+           'card_paths', 'raw_baselines', 'leakage_audit', 'gram_features', 'texture_statistic', 'card_properties',
+           'benchmark_card']
 
 # %% ../../nbs/12a_benchmark_card.ipynb #259ba5e0
 def color_histogram(img: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -59,12 +60,16 @@ def raw_baselines(ds, splits, backbones=('mobilenetv2', 'mobilenetv2:random'), i
     return pd.DataFrame(rows)
 
 # %% ../../nbs/12a_benchmark_card.ipynb #9acffb9c
+MIN_CONTRAST = 6.   # thumbnails with a pixel std below this (of 255) are near-uniform: their correlation is noise, not content
+
 def _thumbs(ds, paths, n: int = 12) -> np.ndarray:
-    "Centred, unit-norm RGB thumbnails (n x n, box-filtered): a perceptual descriptor for near-duplicate scans."
+    """Centred, unit-norm RGB thumbnails (n x n, box-filtered): a perceptual descriptor for near-duplicate scans. Near-uniform thumbnails
+    (std < MIN_CONTRAST) are zeroed: two flat images correlate by chance, and a flat image has no content to duplicate."""
     if not len(paths): return np.zeros((0, 3 * n * n), np.float32)
-    a = np.stack([np.asarray(Image.open(ds.path(p)).convert('RGB').resize((n, n), Image.BOX), np.float32).ravel() for p in paths])
-    a -= a.mean(1, keepdims=True)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6)
+    a = np.stack([np.asarray(Image.open(ds.path(p)).convert('RGB').resize((n, n), Image.BOX), np.float32) for p in paths])
+    a = (a - a.mean((1, 2), keepdims=True)).reshape(len(a), -1); flat = a.std(1) < MIN_CONTRAST   # centred per channel: layout, not colour
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6); a[flat] = 0
+    return a
 
 def leakage_audit(ds, near_dup: float = .97, thumb: int = 12, sources: dict | None = None) -> dict:
     """Whether any distractor, train or val image shares its source content with a test exemplar (source ids from
@@ -83,7 +88,7 @@ def leakage_audit(ds, near_dup: float = .97, thumb: int = 12, sources: dict | No
     test_ids = {i: p for p in test_ex for i in ids(p)}
     train_ids = {i for s, r in roles.items() if r == 'train' for p in others[s] for i in ids(p)}
     out = dict(n_test_exemplars=len(test_ex), near_dup_threshold=near_dup, shared_sources={}, near_duplicates={}, hard_negatives={})
-    T = _thumbs(ds, test_ex, thumb)
+    T = _thumbs(ds, test_ex, thumb); out['n_test_exemplars_flat'] = int((np.abs(T).sum(1) == 0).sum())   # not scanned (no content)
     for name, ps in others.items():
         shared = [(p, i) for p in ps for i in ids(p) if i in test_ids]
         out['shared_sources'][name] = dict(n=len(shared), examples=[dict(image=p, source=i, test_exemplar=test_ids[i]) for p, i in shared[:5]])

@@ -15,21 +15,22 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
 
-from ..core import (DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
+from ..core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
                          stable_hash)
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 
 # %% auto #0
 __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_SEEN', 'STYLE_OPS_UNSEEN', 'MEDIA',
-           'OBJECT_FAMILIES', 'STYLE_OPS', 'MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'SHAPES', 'TEXTURES', 'MIX', 'IOU_MAX',
-           'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE',
-           'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask', 'render_shape',
-           'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop', 'Sources',
-           'get_sources', 'render_content', 'random_style', 'apply_style', 'jitter_style', 'hue_shift', 'apply_medium',
-           'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator', 'invert_objects', 'invert_styles',
-           'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts', 'render_style_prompts',
-           'photo_groups', 'plan_mini_abc', 'load_mini_generator', 'source_id', 'image_sources', 'content_hash',
-           'mini_abc_root', 'torch_threads', 'build_mini_abc', 'contact_sheet']
+           'OBJECT_FAMILIES', 'STYLE_OPS', 'MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'SHAPES', 'TEXTURES', 'VIEW_IOU',
+           'MIX', 'IMG2IMG', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN',
+           'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask',
+           'render_shape', 'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop',
+           'Sources', 'get_sources', 'render_content', 'render_view', 'random_style', 'apply_style', 'jitter_style',
+           'hue_shift', 'apply_medium', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator',
+           'invert_objects', 'invert_styles', 'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts',
+           'render_style_prompts', 'render_object_pixels', 'photo_groups', 'plan_mini_abc', 'colour_twin',
+           'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'torch_threads',
+           'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
 IMG = 64
@@ -41,20 +42,20 @@ MINI_ABC_VERSION = 4   # bump when the builder changes what it writes: older bui
 
 MINI_ABC_SIZES = {
     'tiny': dict(
-        n_distractors=400, palette_negatives=2, base=dict(photo=40, shape=24, digit=24, face=10, emblem=12), n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
+        n_distractors=400, palette_negatives=2, colour_twins=2, base=dict(photo=40, shape=24, digit=24, face=10, emblem=12), n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
         models={'test_seen_object': dict(photo=2, shape=2, digit=2), 'test_unseen_object': dict(face=2, emblem=2),
                 'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1), 'test_unseen_style': dict(glass=1, neon=1),
                 'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1), 'val': dict(photo=1, shape=1, poster=1)},
         n_synth=dict(test=3, train=2, val=2), n_style_exemplars=3, gen_steps=150, gen_batch=16, inv_steps=20),
     'small': dict(
-        n_distractors=3000, palette_negatives=4, base=dict(photo=400, shape=200, digit=200, face=80, emblem=100), n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
+        n_distractors=4000, palette_negatives=8, colour_twins=8, base=dict(photo=400, shape=200, digit=200, face=80, emblem=100), n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
         models={'test_seen_object': dict(photo=10, shape=10, digit=10), 'test_unseen_object': dict(face=8, emblem=8),
                 'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4), 'test_unseen_style': dict(glass=5, neon=5),
                 'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
                 'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3)},
         n_synth=dict(test=8, train=6, val=6), n_style_exemplars=4, gen_steps=600, gen_batch=32, inv_steps=30),
     'default': dict(
-        n_distractors=20_000, palette_negatives=8, base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240), n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
+        n_distractors=20_000, palette_negatives=16, colour_twins=16, base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240), n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
         models={'test_seen_object': dict(photo=30, shape=30, digit=30), 'test_unseen_object': dict(face=20, emblem=20),
                 'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10), 'test_unseen_style': dict(glass=15, neon=15),
                 'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
@@ -209,6 +210,25 @@ def render_content(spec: dict, src: Sources | None = None) -> tuple[np.ndarray, 
     if fam == 'face': return render_face(src.faces[spec['index']], rng)
     raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
 
+VIEW_IOU = .35   # a new view of a photo concept overlaps its exemplar crop by at least this
+
+def render_view(spec: dict, rng: np.random.Generator, src: Sources | None = None) -> np.ndarray:
+    """Another view of an object concept, as a customized model renders it: a photo concept seen through another crop of its photograph that
+    overlaps the exemplar (IoU >= VIEW_IOU, 0.75-1.3x its size), a digit with new colours and stroke, a face with a new tint; a procedural
+    concept (shape, emblem) as it is (its pose, context and colours change in the prompt)."""
+    src = src or get_sources(); fam = spec['family']
+    if fam == 'photo':
+        y, x, s = spec['box']; H, W = src.photos[spec['photo']].shape[:2]; box = (y, x, s)
+        for _ in range(100):
+            s2 = min(int(s * rng.uniform(.75, 1.3)), H, W)
+            b = (int(np.clip(y + rng.normal(0, .2) * s, 0, H - s2)), int(np.clip(x + rng.normal(0, .2) * s, 0, W - s2)), s2)
+            if box_iou(box, b) >= VIEW_IOU: box = b; break
+        return render_crop(src.photos[spec['photo']], box)[0]
+    if fam == 'digit': return render_digit(src.mnist[spec['index']], rng)[0]
+    if fam == 'face': return render_face(src.faces[spec['index']], rng)[0]
+    if fam in ('shape', 'emblem'): return render_content(spec, src)[0]
+    raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
+
 # %% ../../nbs/12_mini_abc.ipynb #a0142459
 def random_style(op: str, rng: np.random.Generator) -> dict:
     "Random parameters (palette included) of style operator `op`."
@@ -269,9 +289,10 @@ def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
     else: raise ValueError(f'unknown style operator {op!r}')
     return np.clip(out, 0, 1).astype(np.float32)
 
-def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1) -> dict:
-    "A style as an imperfectly customized model renders it: palette and continuous parameters perturbed, a new random seed."
-    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, .4 * amount, (len(st['palette']), 3)), 0, 1), 4).tolist(),
+def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1, palette_sd: float = .12) -> dict:
+    """A style as an imperfectly customized model renders it on new content: continuous parameters perturbed by `amount` (relative), the
+    palette's colours by `palette_sd` (a style's colours vary with what it paints; its texture is what stays), a new random seed."""
+    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, palette_sd, (len(st['palette']), 3)), 0, 1), 4).tolist(),
                seed=int(rng.integers(2**31)))
     for k, v in st.items():
         if isinstance(v, float): out[k] = float(v * (1 + rng.normal(0, amount)))
@@ -447,10 +468,10 @@ def invert_styles(gen: MiniGenerator, groups: list[torch.Tensor], steps: int, lr
 def sample_prompt(kind: str, rng: np.random.Generator, n_contexts: int, n_vocab: dict) -> dict:
     "A random prompt for synth type `kind` ('object_gpt', 'object_media', 'style_gpt', 'style_object')."
     if kind == 'object_gpt':   # v4: most prompts set the concept into a new context, smaller, and a third recolour it
-        p = dict(angle=float(rng.uniform(-20, 20)) if rng.random() < .6 else 0., flip=bool(rng.random() < .3), zoom=float(rng.uniform(.65, 1.1)),
+        p = dict(angle=float(rng.uniform(-20, 20)) if rng.random() < .6 else 0., flip=bool(rng.random() < .3), zoom=float(rng.uniform(.75, 1.1)),
                  dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
         if rng.random() < .7: p['context'] = int(rng.integers(n_contexts))
-        if rng.random() < .35: p['hue'] = float(rng.uniform(.2, .8))
+        if rng.random() < .5: p['hue'] = float(rng.uniform(.2, .8))
         return p
     if kind == 'object_media':
         return dict(medium=MEDIA[int(rng.integers(len(MEDIA)))], angle=float(rng.uniform(-12, 12)), flip=bool(rng.random() < .5),
@@ -481,9 +502,9 @@ def warp_latent(z: torch.Tensor, prompts: list[dict], padding: str = 'zeros') ->
 
 @torch.no_grad()
 def render_object_prompts(gen: MiniGenerator, z: torch.Tensor, prompts: list[dict], z_ctx: torch.Tensor, noise: float, g: torch.Generator) -> torch.Tensor:
-    "Images of one object concept (latent z: 1 x C x h x w) under object prompts (context or medium): B x 3 x 64 x 64."
+    "Images of one object concept (latents z: 1 or B x C x h x w, one per prompt: its views) under object prompts (context or medium): B x 3 x 64 x 64."
     n = len(prompts); zz = z.expand(n, -1, -1, -1)
-    alpha = F.avg_pool2d(gen.decode(z, gen.token('photo'))[:, 3:], 4).expand(n, -1, -1, -1)
+    alpha = F.avg_pool2d(gen.decode(z, gen.token('photo', len(z)))[:, 3:], 4).expand(n, -1, -1, -1)
     zz = torch.cat([warp_latent(zz[i:i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)])
     ctx = [i for i, p in enumerate(prompts) if 'context' in p]
     if ctx:   # the concept (with its decoded alpha) composited over the context's latent
@@ -500,6 +521,19 @@ def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict
     zz = warp_latent(zz, prompts, 'border')
     zz = zz + noise * gen.z_std * torch.randn(zz.shape, generator=g)
     return gen.decode(zz, s[None].expand(len(prompts), -1))[:, :3]
+
+IMG2IMG = .5   # weight of the generator's rendering in an object query; the rest is the prompt applied to the view's pixels
+
+@torch.no_grad()
+def render_object_pixels(views: torch.Tensor, alpha: torch.Tensor, prompts: list[dict], ctx: torch.Tensor) -> torch.Tensor:
+    """The prompts applied to the views' pixels (B x 3 x 64 x 64): the same pose warp, the concept composited with `alpha` over the context
+    image, the medium rendered; blended with the generator's rendering (`IMG2IMG`), an img2img-like sample that keeps the view's structure."""
+    out = torch.cat([warp_latent(views[i:i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)])
+    for i, p in enumerate(prompts):
+        if 'context' in p:
+            aw = warp_latent(alpha[i:i + 1], [p]); out[i] = (aw * out[i:i + 1] + (1 - aw) * ctx[p['context']][None])[0]
+        if 'medium' in p: out[i] = torch.from_numpy(apply_medium(out[i].permute(1, 2, 0).numpy(), p['medium'])).permute(2, 0, 1)
+    return out.clamp(0, 1)
 
 # %% ../../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = .3
@@ -601,6 +635,11 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
                 op = [o for o in STYLE_OPS if o != m['family']][int(rd.integers(len(STYLE_OPS) - 1))]
                 c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
                 dis.append(dict(content=c, style={**random_style(op, rd), 'palette': m['style']['palette']}, hard_negative='palette'))
+        for m in models[split]:   # ... and each object model's colours on other contents (LAION's density in colour space, at 20k)
+            if m['centric'] != 'object' or _role(split) == 'train': continue
+            for _ in range(cfg['colour_twins']):
+                fam = OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))]
+                dis.append(dict(content=pools.spec(fam, rd), colour_of=m['class_id'], hard_negative='colour'))
     kinds, probs = list(DISTRACTOR_MIX), np.array(list(DISTRACTOR_MIX.values()))
     while len(dis) < cfg['n_distractors']:
         k = kinds[int(rd.choice(len(kinds), p=probs / probs.sum()))]
@@ -627,11 +666,18 @@ def _exemplar_path(m: dict, k: int) -> str: return f"dataset/exemplar/{m['family
 def _synth_path(m: dict, t: str, k: int) -> str: return f"dataset/synth/{m['family']}/{t}/{m['class_id']}/samples/{k:05d}.png"
 def _distractor_path(i: int) -> str: return f"dataset/laion_subset/{i // 1000:03d}/{i:06d}.png"
 
+def colour_twin(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    "Image `rgb` with the colour distribution of `ref` (per-channel histogram matching): other content, the same colour statistics."
+    from skimage.exposure import match_histograms
+    return np.clip(match_histograms(rgb, ref, channel_axis=-1), 0, 1).astype(np.float32)
+
 def _stage_real(root: Path, plan: dict, cfg: dict, src: Sources, log):
+    ex_rgb = {}
     for split, ms in plan['models'].items():
         for m in ms:
             for k, spec in enumerate(m['exemplars']):
                 rgb = render_content(spec, src)[0]
+                if k == 0: ex_rgb[m['class_id']] = rgb
                 _save_png(apply_style(rgb, m['style']) if m['style'] else rgb, root/_exemplar_path(m, k))
     base = [render_content(s, src) for s in plan['base']]
     rgba = np.stack([np.dstack([to_u8(r), to_u8(a)]) for r, a in base])
@@ -649,6 +695,7 @@ def _stage_real(root: Path, plan: dict, cfg: dict, src: Sources, log):
         else:
             rgb = render_content(d['content'], src)[0]
             a = apply_style(rgb, d['style']) if 'style' in d else apply_medium(rgb, d['medium']) if 'medium' in d else rgb
+            if 'colour_of' in d: a = colour_twin(a, ex_rgb[d['colour_of']])
         p = _distractor_path(i); _save_png(a, root/p); paths.append(p)
     write_distractor_list(root, paths)
 
@@ -663,16 +710,15 @@ def load_mini_generator(root: str | Path) -> MiniGenerator:
 
 def _f(a: np.ndarray) -> torch.Tensor: return _t(a).float().div(255).permute(0, 3, 1, 2)
 
-def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log):
+def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources | None = None):
     gen = load_mini_generator(root); pool = dict(np.load(root/'build'/'pool.npz'))
     for p in gen.parameters(): p.requires_grad_(False)
     allm = [m for split in sorted(plan['models']) for m in plan['models'][split]]
     obj, sty = [m for m in allm if m['centric'] == 'object'], [m for m in allm if m['centric'] == 'style']
-    z_obj = invert_objects(gen, _f(np.stack([_read_rgb(root/_exemplar_path(m, 0)) for m in obj])), cfg['inv_steps']) if obj else None
     groups = [_f(np.stack([_read_rgb(root/_exemplar_path(m, k)) for k in range(len(m['exemplars']))])) for m in sty]
     s_sty = invert_styles(gen, groups, cfg['inv_steps']) if sty else None
     with torch.no_grad():
-        z_ctx = gen.encode(_f(pool['rgba'][plan['contexts']][..., :3]))
+        x_ctx = _f(pool['rgba'][plan['contexts']][..., :3]); z_ctx = gen.encode(x_ctx)
         z_voc = {k: gen.encode(gray(_f(pool['rgba'][v][..., :3]))) for k, v in plan['vocab'].items()}
     nv = {k: len(v) for k, v in plan['vocab'].items()}
     prompts, srcs_of = {}, {}
@@ -683,7 +729,12 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log):
         prompts[m['class_id']] = {}
         for t in SYNTH_TYPES[m['centric']]:
             ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
-            if m['centric'] == 'object': imgs = render_object_prompts(gen, z_obj[obj.index(m)][None], ps, z_ctx, NOISE['object'], g)
+            if m['centric'] == 'object':   # each prompt renders a new view of the concept, encoded by the generator
+                views = np.stack([render_view(m['exemplars'][0], r, src) for _ in ps])
+                xv = _f(to_u8(views))
+                with torch.no_grad(): z_views = gen.encode(xv); a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
+                imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + \
+                    (1 - IMG2IMG) * render_object_pixels(xv, a_views, ps, x_ctx)
             else: imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
             for k, (im, p) in enumerate(zip(imgs, ps)):
                 a = im.permute(1, 2, 0).numpy()
@@ -797,7 +848,7 @@ def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: 
                    threads: int | None = None) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
     if threads not in (None, BUILD_THREADS):
-        raise ValueError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
+        raise AttribError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
     with torch_threads(BUILD_THREADS): return _build(root, size, seed, force, verbose)
 
 def _build(root, size, seed, force, verbose) -> Path:
@@ -817,7 +868,8 @@ def _build(root, size, seed, force, verbose) -> Path:
         stages_file = root/'build'/'stages.json'
         stages = load_json(stages_file) if stages_file.exists() else {}
         if stages.get('key') != key or not (root/MARKER).is_file():   # another size/seed/version (or nothing) here: start clean
-            _clear(root); stages = {'key': key}
+            if not force: _clear(root)                                  # (force cleared it above, after proving it ours)
+            stages = {'key': key}
             save_json(dict(builder='attrib.concept.mini_abc', key=key), root/MARKER)   # the proof of ownership, before anything else
             save_json(stages, stages_file)
         src, plan, counts = get_sources(), None, None
@@ -828,7 +880,7 @@ def _build(root, size, seed, force, verbose) -> Path:
             plan = plan or plan_mini_abc(cfg, seed, src)
             if stage == 'real': _stage_real(root, plan, cfg, src, log)
             elif stage == 'generator': _stage_generator(root, cfg, seed, log)
-            elif stage == 'synth': _stage_synth(root, plan, cfg, seed, log)
+            elif stage == 'synth': _stage_synth(root, plan, cfg, seed, log, src)
             else: counts = _stage_json(root, plan, cfg)
             stages[stage] = dict(wall_s=round(time.perf_counter() - t0, 2), cpu_s=round(time.process_time() - c0, 2))
             save_json(stages, stages_file)

@@ -40,10 +40,10 @@ class ValResults:
     def __repr__(self): return f'ValResults({self.splits}, {len(self.table)} rows)'
 
 def evaluate_val(ds, feats: dict, val_split: str = 'val', **kw) -> ValResults:
-    "AbC evaluation of `feats` on the val split of `ds` only (`attrib.concept.ad_trainer.evaluate_features` keywords pass through)."
-    from attrib.concept.ad_trainer import evaluate_features
+    "AbC evaluation of `feats` on the val split of `ds` only (`attrib.concept.evaluation.evaluate_splits` keywords pass through)."
+    from attrib.concept.evaluation import evaluate_splits
     if ds.split_info(val_split)['role'] != 'val': raise SelectionError(f'{val_split!r} is not a val split (role {ds.split_info(val_split)["role"]!r})')
-    return ValResults(evaluate_features(ds, feats, [val_split], **kw), roles={val_split: 'val'})
+    return ValResults(evaluate_splits(ds, feats, [val_split], **kw), roles={val_split: 'val'})
 
 # %% ../../nbs/19b_selection.ipynb #9cd00515
 @dataclass
