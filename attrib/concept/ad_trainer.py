@@ -25,9 +25,9 @@ __all__ = ['AD_PRESETS', 'RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sa
            'resume_ad', 'train_one_epoch', 'train_ad']
 
 # %% ../../nbs/17_ad_trainer.ipynb #fb58c634
-AD_PRESETS = {   # the settings behind the reported results; ADConfig() itself is DINO + Infomax on the backbone output, 2 stages
+AD_PRESETS = {   # the settings behind the reported results (λ: chosen on val by the main job); ADConfig() is DINO + backbone Infomax
     'mini_abc': dict(backbone='mobilenetv2', img_size=64, method='dino', dino_out_dim=1024, infomax_on='backbone', n_trainable=2,
-                     lam=1.0, proj_hidden=1024, proj_dim=128, pred_hidden=1024, epochs=5, batch_size=256, lr=1.5e-4, aug_bank=8),
+                     proj_hidden=1024, proj_dim=128, pred_hidden=1024, epochs=5, batch_size=256, lr=1.5e-4, aug_bank=8),
     'abc_gpu': dict(backbone='dino_vitb16', img_size=None, method='dino', dino_out_dim=65536, infomax_on='backbone', n_trainable=2,
                     lam=1.0, epochs=10, batch_size=256, lr=1.5e-4, amp='bf16', aug_bank=None, device='cuda'),
 }

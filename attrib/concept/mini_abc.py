@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..train import torch_threads
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
@@ -29,8 +30,8 @@ __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_S
            'hue_shift', 'apply_medium', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator',
            'invert_objects', 'invert_styles', 'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts',
            'render_style_prompts', 'render_object_pixels', 'photo_groups', 'plan_mini_abc', 'colour_twin',
-           'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'torch_threads',
-           'build_mini_abc', 'contact_sheet']
+           'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc',
+           'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
 IMG = 64
@@ -833,14 +834,6 @@ def content_hash(root: str | Path) -> str:
 def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
     "The default folder of a mini-AbC build: `data_dir()/mini_abc_<size>[_s<seed>]`."
     return data_dir()/(f'mini_abc_{size}' + (f'_s{seed}' if seed else ''))
-
-@contextmanager
-def torch_threads(n: int | None):
-    "Run the block with `n` torch CPU threads (None: leave the setting alone), then restore it."
-    old = torch.get_num_threads()
-    if n: torch.set_num_threads(int(n))
-    try: yield
-    finally: torch.set_num_threads(old)
 
 BUILD_THREADS = 1   # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
 
