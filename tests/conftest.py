@@ -31,6 +31,18 @@ def pytest_unconfigure(config):
     if _OWN_TMP and not hasattr(config, 'workerinput'): shutil.rmtree(_OWN_TMP, ignore_errors=True)
 
 
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir_kept():
+    "A test that unsets or moves the suite's data folder fails (later tests would write into the source tree's data/)."
+    before = {k: os.environ.get(k) for k in ('ATTRIB_DATA', 'ATTRIB_RUNS', 'ATTRIB_FIGURES')}
+    yield
+    after = {k: os.environ.get(k) for k in before}
+    assert after == before, f'the test changed the environment of the suite: {before} -> {after}'
+
+
 def pytest_collection_modifyitems(config, items):
     import pytest
     if config.getoption('--run-slow'): return

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 CPU = dict(device='cpu')
-CONCEPT_TINY = dict(data_size='tiny', seeds=[0], sweep_seeds=[0], lambda_sweep=[0.0, 1.0], select_lambda=False, epochs=1,
+CONCEPT_TINY = dict(data_size='tiny', seeds=[0], sweep_seeds=[0], lambda_sweep=[0.0, 1.0], epochs=1,
                     batch_size=16, proj_hidden=64, proj_dim=16, pred_hidden=64, abc_epochs=1, abc_batch_size=16,
                     abc_val_every=1, cca_k=[4], whiten_k=[8], dino_out_dim=64, calib_distractors=20, n_examples=2,
                     eval_batch_size=64, threads=1,
