@@ -163,6 +163,13 @@ def card_properties(ds, baselines: pd.DataFrame, audit: dict, texture: dict, man
     }
 
 # %% ../../nbs/12a_benchmark_card.ipynb #367069d2
+def _fmt(v) -> str:
+    "A value of the card as short text: floats to 3 significant digits, dicts as `key value; ...`."
+    if isinstance(v, float): return f'{v:.3g}' if abs(v) < 1000 else f'{v:.0f}'
+    if isinstance(v, dict): return '; '.join(f'{k} {_fmt(x)}' for k, x in v.items())
+    if isinstance(v, (list, tuple)): return ', '.join(_fmt(x) for x in v)
+    return str(v)
+
 def _md(card: dict) -> str:
     "The card as markdown: identity, the raw baselines (R@5 / mAP per split), and each property with its verdict."
     b = pd.DataFrame(card['baselines']); a = b[b.synth_type == 'all']
@@ -175,8 +182,12 @@ def _md(card: dict) -> str:
         lines += [f'| {m} | ' + ' | '.join(f'{x:.3f}' for x in r) + ' |' for m, r in t.iterrows()] + ['']
     lines += ['## Properties', '']
     for name, p in card['properties'].items():
-        lines.append(f"- **{name}: {'met' if p['met'] else 'NOT met'}** — " + json.dumps({k: v for k, v in p.items() if k != 'met'},
-                                                                                         default=lambda x: round(x, 4) if isinstance(x, float) else str(x))[:900])
+        lines.append(f"- **{name}: {'met' if p['met'] else 'NOT met'}** (rule: {p.get('rule', '-')})")
+        for k, v in p.items():
+            if k in ('met', 'rule'): continue
+            if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+                lines += [f'  - {k}, {sk}: {_fmt(sv)}' for sk, sv in v.items()]
+            else: lines.append(f'  - {k}: {_fmt(v)}')
     return '\n'.join(lines) + '\n'
 
 def benchmark_card(root, splits=None, out_dir=None, img_size: int | None = 64, batch_size: int = 128, bins: int = 8,
