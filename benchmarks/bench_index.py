@@ -110,15 +110,19 @@ def _approx_folder(a, data_folder, folder):
     (folder/'manifest.json').write_text(json.dumps(m))
 
 
-def phase_approx(a, data_folder, folder, gt_folder=None):
+def build_ivfpq(a, data_folder, folder):
+    "An IVF-PQ index over the shards of `data_folder` (shared, not copied) in `folder`: (opened index, build seconds)."
     import faiss
     from attrib.concept.index import Index
     faiss.omp_set_num_threads(a.threads)
     _approx_folder(a, data_folder, folder)
-    ix = Index.open(folder)
     kw = {k: v for k, v in dict(nlist=a.nlist, m=a.m).items() if v}
-    t0 = time.perf_counter(); ix.sync_faiss('ivfpq', **kw); build = time.perf_counter() - t0
-    ix = Index.open(folder)
+    t0 = time.perf_counter(); Index.open(folder).sync_faiss('ivfpq', **kw); build = time.perf_counter() - t0
+    return Index.open(folder), build
+
+
+def phase_approx(a, data_folder, folder, gt_folder=None):
+    ix, build = build_ivfpq(a, data_folder, folder)
     cen = centres(a.clusters, a.d, a.seed)
     p = ix.manifest['faiss']['params']
     out = dict(build_s=round(build, 1), params=p, index_file_gb=gb((folder/'index.faiss').stat().st_size))
@@ -154,14 +158,7 @@ def phase_stream(a, data_folder, folder):
         o = np.argsort(-S, 1, kind='stable')[:, :10]
         best_s, best_i = np.take_along_axis(S, o, 1), np.take_along_axis(I, o, 1)
     bf = time.perf_counter() - t0
-    import faiss
-    from attrib.concept.index import Index
-    faiss.omp_set_num_threads(a.threads)
-    _approx_folder(a, data_folder, folder)
-    ix = Index.open(folder)
-    kw = {k: v for k, v in dict(nlist=a.nlist, m=a.m).items() if v}
-    t0 = time.perf_counter(); ix.sync_faiss('ivfpq', **kw); build = time.perf_counter() - t0
-    ix = Index.open(folder)
+    ix, build = build_ivfpq(a, data_folder, folder)
     p = ix.manifest['faiss']['params']
     out = dict(bruteforce_gt_s=round(bf, 1), bruteforce_qps=round(len(Q) / bf, 2), build_s=round(build, 1), params=p,
                index_file_gb=gb((folder/'index.faiss').stat().st_size), sweep=[])
