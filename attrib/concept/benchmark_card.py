@@ -15,9 +15,9 @@ from PIL import Image
 from ..core import DataError, load_json, save_json, atomic_write
 
 # %% auto #0
-__all__ = ['HIST', 'MIN_CONTRAST', 'THRESHOLDS', 'IMAGENET', 'RANDOM', 'color_histogram', 'color_histogram_features',
-           'card_paths', 'raw_baselines', 'leakage_audit', 'gram_features', 'texture_statistic', 'card_properties',
-           'benchmark_card']
+__all__ = ['HIST', 'MIN_CONTRAST', 'NEAR_DUP', 'THRESHOLDS', 'IMAGENET', 'RANDOM', 'color_histogram', 'color_histogram_features',
+           'card_paths', 'raw_baselines', 'thumb_descriptor', 'leakage_audit', 'gram_features', 'texture_statistic',
+           'card_properties', 'benchmark_card']
 
 # %% ../../nbs/12a_benchmark_card.ipynb #259ba5e0
 def color_histogram(img: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -62,16 +62,22 @@ def raw_baselines(ds, splits, backbones=('mobilenetv2', 'mobilenetv2:random'), i
 # %% ../../nbs/12a_benchmark_card.ipynb #9acffb9c
 MIN_CONTRAST = 6.   # thumbnails with a pixel std below this (of 255) are near-uniform: their correlation is noise, not content
 
-def _thumbs(ds, paths, n: int = 12) -> np.ndarray:
-    """Centred, unit-norm RGB thumbnails (n x n, box-filtered): a perceptual descriptor for near-duplicate scans. Near-uniform thumbnails
-    (std < MIN_CONTRAST) are zeroed: two flat images correlate by chance, and a flat image has no content to duplicate."""
-    if not len(paths): return np.zeros((0, 3 * n * n), np.float32)
-    a = np.stack([np.asarray(Image.open(ds.path(p)).convert('RGB').resize((n, n), Image.BOX), np.float32) for p in paths])
+NEAR_DUP = .97      # the audit's (and the builder's dedup's) threshold on the thumbnail correlation
+
+def thumb_descriptor(images: np.ndarray, n: int = 12) -> np.ndarray:
+    """Centred, unit-norm RGB thumbnails (n x n, box-filtered) of N x H x W x 3 uint8 images: a perceptual descriptor for near-duplicate
+    scans. Near-uniform thumbnails (std < MIN_CONTRAST) are zeroed: two flat images correlate by chance, and a flat image has no content."""
+    if not len(images): return np.zeros((0, 3 * n * n), np.float32)
+    a = np.stack([np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((n, n), Image.BOX), np.float32) for im in images])
     a = (a - a.mean((1, 2), keepdims=True)).reshape(len(a), -1); flat = a.std(1) < MIN_CONTRAST   # centred per channel: layout, not colour
     a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6); a[flat] = 0
     return a
 
-def leakage_audit(ds, near_dup: float = .97, thumb: int = 12, sources: dict | None = None) -> dict:
+def _thumbs(ds, paths, n: int = 12) -> np.ndarray:
+    "`thumb_descriptor` of the images at `paths` (relative to the dataset root)."
+    return thumb_descriptor([np.asarray(Image.open(ds.path(p)).convert('RGB')) for p in paths], n)
+
+def leakage_audit(ds, near_dup: float = NEAR_DUP, thumb: int = 12, sources: dict | None = None) -> dict:
     """Whether any distractor, train or val image shares its source content with a test exemplar (source ids from
     `dataset/meta/sources.json`, or `sources`), plus a perceptual near-duplicate scan and a count of the labelled hard negatives."""
     from attrib.features import split_image_paths
@@ -97,6 +103,7 @@ def leakage_audit(ds, near_dup: float = .97, thumb: int = 12, sources: dict | No
                                             examples=[ps[i] for i in np.argsort(-best)[:3] if best[i] > near_dup])
         hn = [sources[p]['hard_negative'] for p in ps if sources[p].get('hard_negative')]
         out['hard_negatives'][name] = {k: hn.count(k) for k in sorted(set(hn))}
+        out.setdefault('redrawn', {})[name] = sum(bool(sources[p].get('redrawn')) for p in ps)   # the builder's own dedup
     val_ex = [p for s, r in roles.items() if r == 'val' for p in ds.exemplars(s)[0]]   # a val concept's own sources (not the shared contexts)
     val_shared = [p for p in val_ex if set(ids(p)) & train_ids]
     out['val_shares_with_train'] = dict(n=len(val_shared), examples=val_shared[:5])
@@ -156,7 +163,8 @@ def card_properties(ds, baselines: pd.DataFrame, audit: dict, texture: dict, man
         '3 val is a proxy (card part)': dict(met=n_val >= th['val_models'] and val_shared == 0, val_models=n_val, val_shared_sources=val_shared,
                                             rule=f">= {th['val_models']} val models sharing no source; Kendall tau: the main job"),
         '4 no leakage': dict(met=bool(audit['clean']), shared=audit['n_shared'], near_duplicates=audit['n_near_duplicates'],
-                             hard_negatives=audit['hard_negatives'].get('distractor', {})),
+                             hard_negatives=audit['hard_negatives'].get('distractor', {}),
+                             redrawn_by_builder=audit.get('redrawn', {}).get('distractor', 0)),
         '5 style is rendered': dict(met=met5, texture=texture, rule=f"own/other <= {th['texture_ratio']}, own smaller for >= {th['texture_frac']:.0%}"),
         '6 size and cost': dict(met=n_dis >= th['n_distractors'] and (wall is None or wall <= th['build_wall_s']), n_distractors=n_dis,
                                 build_wall_s=wall, rule=f">= {th['n_distractors']} distractors, build <= {th['build_wall_s']} s"),
@@ -191,7 +199,7 @@ def _md(card: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 def benchmark_card(root, splits=None, out_dir=None, img_size: int | None = 64, batch_size: int = 128, bins: int = 8,
-                   backbones=(IMAGENET, RANDOM), near_dup: float = .97, log=None) -> dict:
+                   backbones=(IMAGENET, RANDOM), near_dup: float = NEAR_DUP, log=None) -> dict:
     "Measure the card of the dataset at `root` (raw baselines, audit, texture, properties); write card.json + card.md into `out_dir` (default root)."
     from attrib.concept.abc_data import AbCDataset
     t0 = time.perf_counter(); ds = AbCDataset(root)

@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from ..core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
                          stable_hash)
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
+from .benchmark_card import NEAR_DUP, thumb_descriptor
 
 # %% auto #0
 __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_SEEN', 'STYLE_OPS_UNSEEN', 'MEDIA',
@@ -30,8 +31,8 @@ __all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_S
            'hue_shift', 'apply_medium', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator',
            'invert_objects', 'invert_styles', 'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts',
            'render_style_prompts', 'render_object_pixels', 'photo_groups', 'plan_mini_abc', 'colour_twin',
-           'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc',
-           'contact_sheet']
+           'redraw_distractor', 'load_plan', 'load_mini_generator', 'source_id', 'image_sources', 'content_hash',
+           'mini_abc_root', 'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
 IMG = 64
@@ -39,7 +40,7 @@ OBJECT_FAMILIES_SEEN, OBJECT_FAMILIES_UNSEEN = ('photo', 'shape', 'digit'), ('fa
 STYLE_OPS_SEEN, STYLE_OPS_UNSEEN = ('poster', 'halftone', 'hatch', 'mosaic'), ('glass', 'neon')
 MEDIA = ('sketch', 'painting', 'grayscale', 'sepia', 'pastel')
 OBJECT_FAMILIES, STYLE_OPS = OBJECT_FAMILIES_SEEN + OBJECT_FAMILIES_UNSEEN, STYLE_OPS_SEEN + STYLE_OPS_UNSEEN
-MINI_ABC_VERSION = 4   # bump when the builder changes what it writes: older builds are then rebuilt
+MINI_ABC_VERSION = 5   # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
@@ -538,7 +539,7 @@ def render_object_pixels(views: torch.Tensor, alpha: torch.Tensor, prompts: list
 
 # %% ../../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = .3
-PHOTO_ROLES = dict(test=8, val=4)   # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
+PHOTO_ROLES = dict(test=8, val=5)   # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
 
 def _rng(seed: int, *tags) -> np.random.Generator:
     return np.random.default_rng([int(seed)] + [int(stable_hash(str(t), n=8), 16) for t in tags])
@@ -589,8 +590,9 @@ class _Pools:
             return dict(family='face', seed=seed, index=int(i))
         raise DataError(f'unknown family {fam!r}')
 
-DISTRACTOR_MIX = dict(photo=.30, shape=.08, digit=.04, face=.02, emblem=.06, styled=.35, medium=.15)
-STYLE_CONTENT_SEEN, STYLE_CONTENT_UNSEEN = ('shape', 'digit'), ('shape', 'digit', 'emblem')   # style exemplars' contents (never photos)
+DISTRACTOR_MIX = dict(photo=.40, shape=.12, digit=.06, face=.03, emblem=.09, styled=.08, medium=.22)
+STYLE_CONTENT_SEEN = ('photo', 'shape', 'digit')                  # style exemplars' contents (v5: photos too, like artworks)
+STYLE_CONTENT_UNSEEN = ('photo', 'shape', 'digit', 'emblem')
 
 def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     "Every model (exemplar specs, style), the base pool, contexts, vocabularies and distractors of a mini-AbC build."
@@ -672,7 +674,7 @@ def colour_twin(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
     from skimage.exposure import match_histograms
     return np.clip(match_histograms(rgb, ref, channel_axis=-1), 0, 1).astype(np.float32)
 
-def _stage_real(root: Path, plan: dict, cfg: dict, src: Sources, log):
+def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log):
     ex_rgb = {}
     for split, ms in plan['models'].items():
         for m in ms:
@@ -687,18 +689,41 @@ def _stage_real(root: Path, plan: dict, cfg: dict, src: Sources, log):
     with atomic_write(root/'build'/'pool.npz') as f:
         np.savez(f, rgba=rgba, medium=medium, medium_id=np.asarray(plan['base_medium'], np.int64), styled=styled,
                  styled_ids=np.asarray(plan['styled_ids'], np.int64))
-    paths = []
+    T = thumb_descriptor([_read_rgb(root/_exemplar_path(m, k)) for sp, ms in plan['models'].items() if _role(sp) == 'test'
+                          for m in ms for k in range(len(m['exemplars']))])
+    paths, redrawn = [], {}
     for i, d in enumerate((progress(plan['distractors'], desc='distractors') if log else plan['distractors'])):
-        if 'base' in d:
-            if 'base_style' in d: j = d['base_style']; a = styled[j, plan['styled_ids'][j].index(d['base'])]
-            elif 'medium' in d: a = medium[d['base']]
-            else: a = rgba[d['base'], ..., :3]
-        else:
-            rgb = render_content(d['content'], src)[0]
-            a = apply_style(rgb, d['style']) if 'style' in d else apply_medium(rgb, d['medium']) if 'medium' in d else rgb
-            if 'colour_of' in d: a = colour_twin(a, ex_rgb[d['colour_of']])
+        a, attempt = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb)), 0
+        while len(T) and (thumb_descriptor(a[None]) @ T.T).max() > NEAR_DUP:   # a near-duplicate of a test exemplar: draw again
+            if attempt == 20: raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
+            d = redrawn[i] = redraw_distractor(d, plan, _rng(seed, 'redraw', i, attempt)); attempt += 1
+            a = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb))
         p = _distractor_path(i); _save_png(a, root/p); paths.append(p)
+    save_json({str(i): d for i, d in redrawn.items()}, root/'build'/'redrawn.json')
     write_distractor_list(root, paths)
+
+def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, ex_rgb) -> np.ndarray:
+    "The image of distractor `d`: a base-pool image (plain, restyled, in a medium) or a fresh content (styled, in a medium, a colour twin)."
+    if 'base' in d:
+        if 'base_style' in d: j = d['base_style']; return styled[j, plan['styled_ids'][j].index(d['base'])]
+        return medium[d['base']] if 'medium' in d else rgba[d['base'], ..., :3]
+    rgb = render_content(d['content'], src)[0]
+    a = apply_style(rgb, d['style']) if 'style' in d else apply_medium(rgb, d['medium']) if 'medium' in d else rgb
+    return colour_twin(a, ex_rgb[d['colour_of']]) if 'colour_of' in d else a
+
+def redraw_distractor(d: dict, plan: dict, rng: np.random.Generator) -> dict:
+    """A distractor in place of `d` (whose image was a near-duplicate of a test exemplar): a fresh procedural content (shape or emblem,
+    new seed) under `d`'s style or medium and colour-twin target, marked `redrawn`."""
+    out = dict(content=dict(family=('shape', 'emblem')[int(rng.integers(2))], seed=int(rng.integers(2**31))), redrawn=True)
+    if 'base_style' in d: out['style'] = plan['base_styles'][d['base_style']]
+    out.update({k: d[k] for k in ('style', 'medium', 'colour_of', 'hard_negative') if k in d})
+    return out
+
+def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> dict:
+    "The plan of a build, with the distractors its `real` stage redrew (recorded in `build/redrawn.json`) in place."
+    plan = plan_mini_abc(cfg, seed, src); f = Path(root)/'build'/'redrawn.json'
+    for i, d in (load_json(f).items() if f.is_file() else ()): plan['distractors'][int(i)] = d
+    return plan
 
 def _stage_generator(root: Path, cfg: dict, seed: int, log):
     pool = dict(np.load(root/'build'/'pool.npz'))
@@ -771,6 +796,7 @@ def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dic
         e = dict(sources=[source_id(spec)], role='distractor')
         if d.get('hard_negative'): e['hard_negative'] = d['hard_negative']
         elif 'base' in d and d['base'] in hard: e['hard_negative'] = hard[d['base']]
+        if d.get('redrawn'): e['redrawn'] = True
         out[_distractor_path(i)] = e
     return out
 
@@ -870,8 +896,8 @@ def _build(root, size, seed, force, verbose) -> Path:
             if stage in stages: continue
             t0, c0 = time.perf_counter(), time.process_time()
             if log: log(f'mini-AbC {size}: stage {stage}')
-            plan = plan or plan_mini_abc(cfg, seed, src)
-            if stage == 'real': _stage_real(root, plan, cfg, src, log)
+            plan = plan or load_plan(root, cfg, seed, src)
+            if stage == 'real': _stage_real(root, plan, cfg, seed, src, log); plan = None   # reloaded with its redraws
             elif stage == 'generator': _stage_generator(root, cfg, seed, log)
             elif stage == 'synth': _stage_synth(root, plan, cfg, seed, log, src)
             else: counts = _stage_json(root, plan, cfg)
