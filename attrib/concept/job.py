@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core import AttribError, save_json, load_json
-from ..train import Timer, config_diff
+from ..core import AttribError, save_json, load_json, save_checkpoint
+from ..train import Timer, config_diff, restart_from_checkpoint
 from ..features import select_features
 from .ad_trainer import ADConfig, train_ad
 from .selection import ValResults, Selection, evaluate_val, select, kendall_tau
@@ -264,15 +264,28 @@ def split_table(ds, splits: Sequence[str]) -> pd.DataFrame:
 # %% ../../nbs/17b_concept_job.ipynb #c66be340
 def abc_heads(ds, raw: dict, pairs: dict, seeds: Sequence[int], val_split: str, eval_splits: Sequence[str],
               metric: str = 'mAP', # the heads' epoch maximises this on val
-              ks=(5, 10, 100), **train_kw) -> tuple[dict, dict, dict]:
+              ks=(5, 10, 100),
+              out_dir=None, # one checkpoint per seed in here, reused by a re-run with the same options
+              **train_kw) -> tuple[dict, dict, dict]:
     "AbC's heads per seed (`train_abc_heads` keywords in `train_kw`): (heads, tables by (method, seed), selections)."
-    from attrib.concept.abc_supervised import train_abc_heads
+    import hashlib
+    from attrib.concept.abc_supervised import train_abc_heads, AbCHeads
     Fs, Fx = select_features(raw, pairs['synth']), select_features(raw, pairs['exemplar'])
+    data = Fs.numpy().tobytes() + Fx.numpy().tobytes() + np.asarray(pairs['model']).tobytes()
+    digest = hashlib.sha1(data).hexdigest()                 # the features the heads are trained on
     def val_score(h):
         return evaluate_val(ds, raw, val_split, synth_fn=h.embed_synth, real_fn=h.embed_real, ks=ks).score(metric)
     heads, tables, selections = {}, {}, {}
     for s in seeds:
-        h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_score, **train_kw)
+        path = Path(out_dir)/f'seed{s}.pt' if out_dir is not None else None
+        config = dict(seed=int(s), features=digest, val_split=val_split, metric=metric, ks=list(ks), **train_kw)
+        ck = restart_from_checkpoint(path, config)
+        if ck is not None:
+            h, hist = AbCHeads(Fs.shape[1]), list(ck['history'])
+            h.load_state_dict(ck['heads']); h.eval()
+        else:
+            h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_score, **train_kw)
+            if path is not None: save_checkpoint(dict(heads=h.state_dict(), history=hist, config=config), path)
         heads[s] = h
         vals = [(r['epoch'], r['val']) for r in hist if 'val' in r and np.isfinite(r.get('val', np.nan))]
         if vals:
