@@ -6,10 +6,12 @@
 from __future__ import annotations
 import ast, time
 from pathlib import Path
+from typing import Mapping
 from .core import project_root, runs_dir, save_json, AttribError
 
 # %% auto #0
-__all__ = ['PRESETS', 'experiments_dir', 'list_experiments', 'experiment_defaults', 'resolve_params', 'run_experiment']
+__all__ = ['PRESETS', 'experiments_dir', 'list_experiments', 'experiment_defaults', 'experiment_params', 'resolve_params',
+           'run_experiment']
 
 # %% ../nbs/90_experiments.ipynb #8757c94e
 def experiments_dir() -> Path:
@@ -34,6 +36,15 @@ def experiment_defaults(name: str) -> dict:
         try: out[k] = ast.literal_eval(v['default'])
         except (ValueError, SyntaxError): raise AttribError(f"{name}: parameter {k} = {v['default']} is not a literal") from None
     return out
+
+# %% ../nbs/90_experiments.ipynb #eb292ca9
+def experiment_params(name: str, namespace: Mapping) -> dict:
+    "Every parameter of experiment `name` with its value in `namespace` (a notebook's `globals()` after its parameters cell), copied."
+    import copy
+    names = experiment_defaults(name)
+    missing = [k for k in names if k not in namespace]
+    if missing: raise AttribError(f"{name}: parameter(s) {missing} are not defined here (call this after the parameters cell)")
+    return {k: copy.deepcopy(namespace[k]) for k in names}
 
 # %% ../nbs/90_experiments.ipynb #d2731341
 PRESETS: dict[str, dict[str, dict]] = {

@@ -130,3 +130,57 @@ def test_metrics_json(run_dir):
     assert mm['wall_s'] > 0 and mm['cpu_s'] > 0
     sweep = pd.read_csv(run_dir / 'lambda_sweep.csv')
     assert sorted(sweep.lam.unique()) == sorted(TINY['lambda_sweep']) and 'split' not in sweep.columns   # the search table is val only
+
+
+def _kill_tree(pid):
+    "Kill process `pid` (started by this test) and its descendants (papermill's kernel runs in its own session)."
+    import psutil                                   # installed with ipykernel, which papermill runs
+    try: p = psutil.Process(pid)
+    except psutil.NoSuchProcess: return
+    for q in p.children(recursive=True) + [p]:
+        try: q.kill()
+        except psutil.NoSuchProcess: pass
+
+
+def test_killed_main_job_resumes(run_dir, tmp_path):
+    """The main job killed (SIGKILL, kernel included) after its first A&D runs finished, then re-run with the same out_dir: the
+    finished runs are loaded, not retrained (their checkpoints untouched), and every output equals the uninterrupted run's,
+    every parameter included."""
+    import subprocess, sys, time
+    from attrib.core import load_json
+    out = tmp_path / 'killed'
+    code = f"from attrib.experiments import run_experiment; run_experiment('concept_attribution', out_dir={str(out)!r}, **{TINY!r})"
+    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    try:
+        while len(list((out / 'ad_runs').glob('*/val.json'))) < 2:
+            assert p.poll() is None, 'the job ended before it could be killed'
+            assert time.time() - t0 < 900, 'no A&D run finished in 15 minutes'
+            time.sleep(0.05)
+    finally:
+        _kill_tree(p.pid); p.wait()
+    time.sleep(0.5)
+    assert not (out / 'metrics.json').exists()
+    done = {d.name: (d / 'checkpoints' / 'last.pt').stat().st_mtime_ns for d in (out / 'ad_runs').iterdir() if (d / 'val.json').is_file()}
+    assert len(done) >= 2
+    # the re-run by papermill itself, without the runner's params.json: metrics.json's parameters then come from the notebook alone
+    import papermill as pm
+    from attrib.experiments import experiments_dir, experiment_defaults
+    (out / 'params.json').unlink()
+    pm.execute_notebook(str(experiments_dir() / 'concept_attribution.ipynb'), str(out / 'rerun.ipynb'), parameters={**TINY, 'out_dir': str(out)},
+                        kernel_name='python3', cwd=str(out), progress_bar=False)
+    status = load_json(out / 'ad_runs' / 'runs.json')
+    assert set(status) == {d.name for d in (run_dir / 'ad_runs').iterdir() if d.is_dir()}     # the same runs as uninterrupted
+    for name, mtime in done.items():
+        assert status[name] == 'reused', (name, status[name])
+        assert (out / 'ad_runs' / name / 'checkpoints' / 'last.pt').stat().st_mtime_ns == mtime, name   # loaded, not rewritten
+    assert sum(v == 'reused' for v in status.values()) == len(done) and set(status.values()) <= {'reused', 'resumed', 'trained'}
+    assert sorted(p.name for p in (out / 'abc_heads').glob('*.pt')) == [f'seed{s}.pt' for s in TINY['seeds']]   # saved too
+    a, b = (json.loads((d / 'metrics.json').read_text()) for d in (run_dir, out))
+    skip = {'timings', 'wall_s', 'cpu_s'}
+    assert {k: v for k, v in a['metrics'].items() if k not in skip} == {k: v for k, v in b['metrics'].items() if k not in skip}
+    assert {k: v for k, v in a['params'].items() if k != 'out_dir'} == {k: v for k, v in b['params'].items() if k != 'out_dir'}
+    assert set(b['params']) == set(experiment_defaults('concept_attribution'))        # every parameter, recorded by the notebook
+    for f in ('results.csv', 'results_per_seed.csv', 'lambda_sweep.csv', 'verdict.csv', 'canonical_correlations.csv'):
+        assert (run_dir / f).read_text() == (out / f).read_text(), f
+
