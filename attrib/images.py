@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .core import DataError
+from .core import DataError, check_finite, to_numpy
 
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_ASPECT', 'ON_ERROR', 'check_aspect', 'load_image',
-           'pil_to_float_tensor', 'ImagePathsDataset', 'collate_skip', 'check_images', 'list_images']
+           'pil_to_float_tensor', 'ImagePathsDataset', 'collate_skip', 'check_images', 'list_images',
+           'images_to_tensor', 'tensor_to_images', 'check_image_batch', 'as_images', 'quantize8']
 
 # %% ../nbs/10_images.ipynb #583cefc8
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.bmp', '.tif', '.tiff', '.webp', '.gif')
@@ -157,3 +158,45 @@ def list_images(folder: str | Path, extensions: Sequence[str] = IMG_EXTENSIONS) 
     if not folder.is_dir(): raise DataError(f"{folder}: image folder not found")
     ext = {e.lower() for e in extensions}
     return sorted(p for p in folder.rglob('*') if p.suffix.lower() in ext and p.is_file())
+
+# %% ../nbs/10_images.ipynb #8ffeee25
+def images_to_tensor(a: np.ndarray, name: str = 'images') -> torch.Tensor:
+    "uint8 N x H x W x 3 (numpy or tensor) -> float tensor N x 3 x H x W in [0, 1]."
+    a = to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+        raise DataError(f"{name}: expected uint8 N x H x W x 3 images, got {a.dtype} {a.shape}")
+    a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()
+    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)
+
+# %% ../nbs/10_images.ipynb #2301fde6
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    "float tensor N x 3 x H x W in [0, 1] -> uint8 N x H x W x 3 (rounded)."
+    return (x.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+# %% ../nbs/10_images.ipynb #fff67998
+def check_image_batch(x, img_size: int | None = None, name: str = 'images') -> torch.Tensor:
+    "Raise a clear error unless x is a finite float tensor (B, 3, H, W) in [0, 1] (and H = W = img_size if given)."
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a torch tensor (B, 3, H, W) in [0, 1], got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3 or (img_size is not None and tuple(x.shape[2:]) != (img_size, img_size)):
+        want = f"(B, 3, {img_size}, {img_size})" if img_size else "(B, 3, H, W)"
+        raise DataError(f"{name}: images must have shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"{name}: images must be float in [0, 1], got {x.dtype} (use images_to_tensor for uint8)")
+    check_finite(x, name)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise DataError(f"{name}: image values must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
+    return x
+
+# %% ../nbs/10_images.ipynb #884e02c1
+def as_images(x, name: str = 'images') -> torch.Tensor:
+    "uint8 N x H x W x 3 (numpy or tensor) or float (B, 3, H, W) in [0, 1] -> float32 tensor (B, 3, H, W) in [0, 1]."
+    if isinstance(x, np.ndarray) or (isinstance(x, torch.Tensor) and x.dtype == torch.uint8): return images_to_tensor(x, name)
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a uint8 array or a float tensor, got {type(x).__name__}")
+    return check_image_batch(x, None, name).float()
+
+# %% ../nbs/10_images.ipynb #b3bc7d8c
+def quantize8(x: torch.Tensor) -> torch.Tensor:
+    "Clip images to [0, 1] and round them to the 256 levels of an 8-bit file (as saving a PNG would)."
+    return (x.clamp(0, 1) * 255).round() / 255

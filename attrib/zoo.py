@@ -14,17 +14,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (AttribError, DataError, WeightsError, seed_everything, get_rng_state, set_rng_state, data_dir,
-                         atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress, to_numpy)
+                         atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress)
+from .images import images_to_tensor, tensor_to_images, check_image_batch
 from .sources import all_photos, resize
 
 # %% auto #0
 __all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'PHOTO_SUBSETS', 'UPSAMPLINGS', 'VAE_SIGMA',
-           'ZOO_TRAIN_THREADS', 'DIFFUSERS_KINDS', 'DIFFUSERS_SIZES', 'ZOO_WORLD', 'zoo_real_images',
-           'images_to_tensor', 'tensor_to_images', 'up_block', 'ConvDecoder', 'ConvEncoder', 'ZooGenerator',
-           'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
-           'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model', 'load_zoo_model', 'zoo_info',
-           'train_zoo', 'weights_digest', 'DiffusersGenerator', 'load_diffusers_generator', 'diffusers_path',
-           'train_diffusers_model', 'world_spec', 'load_world_model', 'world_info', 'world_cached', 'train_world']
+           'ZOO_TRAIN_THREADS', 'DIFFUSERS_KINDS', 'DIFFUSERS_SIZES', 'ZOO_WORLD', 'zoo_real_images', 'up_block',
+           'ConvDecoder', 'ConvEncoder', 'ZooGenerator', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator',
+           'zoo_config', 'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model',
+           'load_zoo_model', 'zoo_info', 'train_zoo', 'weights_digest', 'DiffusersGenerator',
+           'load_diffusers_generator', 'diffusers_path', 'train_diffusers_model', 'world_spec', 'load_world_model',
+           'world_info', 'world_cached', 'train_world']
 
 # %% ../nbs/20_zoo.ipynb #f5989dc2
 ZOO_NAMES = ('dcgan', 'vae', 'sngan', 'wgangp', 'flow')
@@ -76,17 +77,6 @@ def zoo_real_images(split: str = 'train', n: int | None = None, size: str = 'def
         if not 0 <= n <= len(a): raise AttribError(f"asked for n={n} {split} images, the '{size}' zoo has {len(a)}")
         a = a[:n]
     return a
-
-def images_to_tensor(a: np.ndarray, name: str = 'images') -> torch.Tensor:
-    "uint8 N x H x W x 3 (numpy or tensor) -> float tensor N x 3 x H x W in [0, 1]."
-    a = to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a)
-    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3: raise DataError(f"{name}: expected uint8 N x H x W x 3 images, got {a.dtype} {a.shape}")
-    a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()
-    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    "float tensor N x 3 x H x W in [0, 1] -> uint8 N x H x W x 3 (rounded)."
-    return (x.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 # %% ../nbs/20_zoo.ipynb #fa522fb0
 UPSAMPLINGS = ('transposed', 'transposed2', 'nearest', 'bilinear', 'pixelshuffle')
@@ -162,7 +152,7 @@ class ZooGenerator(nn.Module):
 
     def check_images(self, x):
         "Validate a batch of images (B, 3, img_size, img_size) in [0, 1]."
-        return check_images(x, self.img_size, self.name)
+        return check_image_batch(x, self.img_size, self.name)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         "n latents from the model's prior N(0, I), drawn on the CPU (device-independent), moved to the model's device."
@@ -194,17 +184,6 @@ class ZooGenerator(nn.Module):
         raise AttribError(f"{self.name} ({self.family}) has no image autoencoder")
 
     def extra_repr(self): return f"name={self.name!r}, family={self.family!r}, upsampling={self.upsampling!r}, latent_shape={self.latent_shape}, img_size={self.img_size}"
-
-def check_images(x, img_size: int | None = None, name: str = 'images') -> torch.Tensor:
-    "Raise a clear error unless x is a finite float tensor (B, 3, H, W) with values in [0, 1] (and H = W = img_size if given)."
-    if not isinstance(x, torch.Tensor): raise DataError(f"{name}: expected a torch tensor (B, 3, H, W) in [0, 1], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3 or (img_size is not None and tuple(x.shape[2:]) != (img_size, img_size)):
-        want = f"(B, 3, {img_size}, {img_size})" if img_size else "(B, 3, H, W)"
-        raise DataError(f"{name}: images must have shape {want}, got {tuple(x.shape)}")
-    if not x.is_floating_point(): raise DataError(f"{name}: images must be float in [0, 1], got {x.dtype} (use images_to_tensor for uint8)")
-    check_finite(x, name)
-    if x.numel() and (x.min() < 0 or x.max() > 1): raise DataError(f"{name}: image values must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
-    return x
 
 # %% ../nbs/20_zoo.ipynb #e59f4e5c
 class GANGenerator(ZooGenerator):

@@ -16,7 +16,8 @@ from ..core import (AttribError, DataError, WeightsError, get_device, seed_every
                          save_checkpoint, load_checkpoint, save_json, check_finite, progress, stable_hash)
 from ..train import Timer, cosine
 from ..dist import is_dist, is_main, rank, world_size, all_reduce_mean, barrier
-from .model_synthesis import as_images, fingerprinted_images, quantize
+from ..images import as_images
+from .model_synthesis import fingerprinted_images
 
 # %% auto #0
 __all__ = ['RESIDUALS', 'residual', 'spectrum', 'FingerprintNet', 'embed', 'content_key', 'SyntheticSource', 'BankSource',

@@ -239,7 +239,7 @@ def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01
 @torch.no_grad()
 def backbone_features(backbone, images, batch_size: int = 64, img_size: int | None = None, device=None) -> torch.Tensor:
     "Features (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]) from an `attrib.backbones.Backbone`."
-    from attrib.model.model_synthesis import as_images
+    from attrib.images import as_images
     x = as_images(images); size = img_size or backbone.img_size
     dev = get_device(device) if device is not None else next(backbone.parameters()).device
     mean = torch.tensor(backbone.pre.mean, device=dev).view(1, 3, 1, 1); std = torch.tensor(backbone.pre.std, device=dev).view(1, 3, 1, 1)
@@ -251,7 +251,7 @@ def backbone_features(backbone, images, batch_size: int = 64, img_size: int | No
 
 def spectrum_features_raw(images, kind: str = 'median', batch_size: int = 512) -> torch.Tensor:
     "The no-learning baseline: flattened residual log-magnitude spectra (N, 3*H*W)."
-    from attrib.model.model_synthesis import as_images
+    from attrib.images import as_images
     from attrib.model.fingerprint import spectrum
     x = as_images(images)
     return torch.cat([spectrum(x[i:i + batch_size], kind).flatten(1) for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, 0)
@@ -329,14 +329,14 @@ PERTURBATIONS = {
 
 def perturb(images, kind: str) -> torch.Tensor:
     "Images (N, 3, H, W) in [0, 1] after one of `PERTURBATIONS`, rounded to 8 bits."
-    from attrib.model.model_synthesis import as_images, quantize
+    from attrib.images import as_images, quantize8
     if kind not in PERTURBATIONS: raise DataError(f"unknown perturbation {kind!r}; expected one of {list(PERTURBATIONS)}")
-    return quantize(PERTURBATIONS[kind](as_images(images)).float())
+    return quantize8(PERTURBATIONS[kind](as_images(images)).float())
 
 def robustness(embed_fn, images, labels, kinds=None, n_shot: int = 10, n_splits: int = 5, seed: int = 0):
     "Identification accuracy and open-set AUROC when enrolment images are clean and the rest are edited: a DataFrame, one row per edit."
     import pandas as pd
-    from attrib.model.model_synthesis import as_images
+    from attrib.images import as_images
     x = as_images(images); y = np.asarray(to_numpy(labels))
     if len(x) != len(y): raise DataError(f"{len(x)} images but {len(y)} labels")
     classes = np.unique(y); sup, qry = support_split(y, n_shot, seed)

@@ -15,13 +15,12 @@ import torch.nn.functional as F
 
 from ..core import (AttribError, DataError, WeightsError, get_device, data_dir, save_json, load_json, save_checkpoint,
                          load_checkpoint, check_finite, progress, stable_hash, to_numpy)
-from ..zoo import images_to_tensor, check_images
+from ..images import as_images, quantize8
 
 # %% auto #0
-__all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model', 'as_images',
-           'quantize', 'train_synthetic_model', 'synth_root', 'synthesize_models', 'load_synthetic_model',
-           'load_synthetic_models', 'fingerprinted_images', 'spectrum_features', 'gaussian_stats', 'frechet_distance',
-           'ffd', 'diversity']
+__all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model',
+           'train_synthetic_model', 'synth_root', 'synthesize_models', 'load_synthetic_model', 'load_synthetic_models',
+           'fingerprinted_images', 'spectrum_features', 'gaussian_stats', 'frechet_distance', 'ffd', 'diversity']
 
 # %% ../../nbs/30_model_synthesis.ipynb #324000af
 FACTORS = {
@@ -143,17 +142,6 @@ def build_synthetic_model(arch, seed: int = 0, channels: int = 16, norm_on_outpu
         torch.manual_seed(model_seed(arch, seed))
         return SynthAE(arch, channels, norm_on_output)
 
-# %% ../../nbs/30_model_synthesis.ipynb #ea3c3494
-def as_images(x, name: str = 'images') -> torch.Tensor:
-    "uint8 N x H x W x 3 (numpy or tensor) or float (B, 3, H, W) in [0, 1] -> float32 tensor (B, 3, H, W) in [0, 1]."
-    if isinstance(x, np.ndarray) or (isinstance(x, torch.Tensor) and x.dtype == torch.uint8): return images_to_tensor(x, name)
-    if not isinstance(x, torch.Tensor): raise DataError(f"{name}: expected a uint8 array or a float tensor, got {type(x).__name__}")
-    return check_images(x, None, name).float()
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    "Clip to [0, 1] and round to 8-bit levels, as saving a PNG would."
-    return torch.round(x.clamp(0, 1) * 255) / 255
-
 # %% ../../nbs/30_model_synthesis.ipynb #966ddbee
 def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: float = 1e-2, batch_size: int = 16, seed: int = 0,
                           device=None) -> float:
@@ -238,7 +226,7 @@ def fingerprinted_images(model: nn.Module, real_images, batch_size: int = 256, q
         dev = next(model.parameters()).device
         out = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]) if len(x) else x.clone()
     finally: model.train(was)
-    return quantize(out) if quantize_output else out.clamp(0, 1)
+    return quantize8(out) if quantize_output else out.clamp(0, 1)
 
 # %% ../../nbs/30_model_synthesis.ipynb #76f71089
 def spectrum_features(spectra, bins: int = 8) -> np.ndarray:

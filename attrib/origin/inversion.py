@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..core import AttribError, DataError, WeightsError, check_finite, get_device, to_numpy
 from ..train import cosine
-from ..zoo import check_images, ZooGenerator
+from ..images import check_image_batch
 
 # %% auto #0
 __all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance',
@@ -136,7 +136,7 @@ def frozen(module: nn.Module):
 
 def _validate(gen, images, steps, restarts, lr):
     _check_generator(gen)
-    check_images(images, None, 'images')
+    check_image_batch(images, None, 'images')
     if steps < 0 or restarts < 1 or not lr > 0: raise AttribError(f"need steps >= 0, restarts >= 1, lr > 0; got {steps}, {restarts}, {lr}")
 
 @torch.no_grad()
@@ -300,7 +300,7 @@ def glcm_homogeneity(images, levels: int = 32) -> np.ndarray:
 @torch.no_grad()
 def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
     "AEDR (Wang et al. AAAI 2026): l1 = MSE(AE(x), x), l2 = MSE(AE(AE(x)), AE(x)), score = l1 / l2 * homogeneity(x). Low = belonging."
-    check_images(images, None, 'images')
+    check_image_batch(images, None, 'images')
     if not getattr(gen, 'has_autoencoder', False): raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEDR needs one")
     dev = gen.device; l1s, l2s = [], []
     with frozen(gen):
@@ -316,7 +316,7 @@ def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
 @torch.no_grad()
 def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distance: nn.Module | None = None) -> dict:
     "AEROBLADE-style score: perceptual distance between x and AE(x) (MobileNetV2 features in place of LPIPS), and the pixel MSE."
-    check_images(images, None, 'images')
+    check_image_batch(images, None, 'images')
     if not getattr(gen, 'has_autoencoder', False): raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
     d = (distance or PerceptualDistance()).to(gen.device); s, m = [], []
     with frozen(gen):
@@ -435,7 +435,7 @@ ORIGIN_PRESET = dict(method='ronan', rule='quantile', alpha=0.05, n_calib=40, st
 def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: bool = True, **inv_kw) -> dict:
     "Calibrated origin scores of `images` under `gen` (high = not made by gen): dict of numpy arrays (+ 'recon' tensor for inversions)."
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    check_images(images, None, 'images')
+    check_image_batch(images, None, 'images')
     if method == 'aedr': return aedr_scores(gen, images)
     if method == 'aeroblade': return aeroblade_scores(gen, images)
     if method == 'latenttracer': inv_kw = {'init': 'encoder', 'restarts': 1, 'steps': 100, **inv_kw}

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
+from ..images import quantize8
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo, train_world)
 from .inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
@@ -104,7 +105,6 @@ RULE_FPR = {'quantile': "split-conformal quantile of the model's own calibration
             'grubbs': "one-sided Grubbs test against the calibration scores: per-image FPR alpha / (n_calib + 1) if they are normal",
             'kde': "(1 - alpha) quantile of a Gaussian KDE of the calibration scores: FPR about alpha (no finite-sample guarantee)"}
 
-def _quantize8(x): return (x.clamp(0, 1) * 255).round() / 255
 
 class OriginInspector:
     "Did `gen` make these images? Calibrates on gen's own (8-bit quantised) samples, cached by the weights' content."
@@ -148,7 +148,7 @@ class OriginInspector:
             if f.is_file(): s = np.asarray(load_json(f)['scores'], float)
             else:
                 t0 = time.perf_counter()
-                x = _quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
+                x = quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
                 s = np.asarray(self._score(st, x), float); self.calib_s += time.perf_counter() - t0
                 save_json({'scores': s, 'method': m, 'params': kw, 'n_calib': self.n_calib, 'calib_seed': self.calib_seed,
                            'weights_sha1': self.digest, 'generator': getattr(self.gen, 'name', '')}, f)

@@ -13,20 +13,17 @@ import torch
 
 from ..core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device
 from ..train import Timer
-from ..zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images, images_to_tensor, tensor_to_images
+from ..images import images_to_tensor, tensor_to_images, quantize8
+from ..zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images
 from .inversion import origin_scores, make_rule, cascade_decide, METHODS
 
 # %% auto #0
-__all__ = ['CALIB_SEED', 'TEST_SEED', 'PERTURBATIONS', 'quantize8', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics',
-           'score_origin', 'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists',
-           'plot_reconstructions', 'perturb', 'summarize_cascade', 'cost_table', 'plot_cost']
+__all__ = ['CALIB_SEED', 'TEST_SEED', 'PERTURBATIONS', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics', 'score_origin',
+           'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists', 'plot_reconstructions', 'perturb',
+           'summarize_cascade', 'cost_table', 'plot_cost']
 
 # %% ../../nbs/22_origin_eval.ipynb #fbe5d2eb
 CALIB_SEED, TEST_SEED = 40_000, 50_000
-
-def quantize8(x: torch.Tensor) -> torch.Tensor:
-    "Round images in [0, 1] to the 256 levels of an 8-bit file."
-    return (x.clamp(0, 1) * 255).round() / 255
 
 def origin_image_sets(zoo: dict, n: int = 40, n_calib: int = 40, seed: int = 0, size: str = 'default', quantize: bool = True) -> dict:
     "{'calib': {name: images}, 'test': {name: images, 'real': images}}: float tensors (on the CPU) in [0, 1]."
