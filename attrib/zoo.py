@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .core import (AttribError, DataError, WeightsError, seed_everything, get_rng_state, set_rng_state, data_dir,
                          atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress)
+from .train import restart_from_checkpoint, torch_threads
 from .images import images_to_tensor, tensor_to_images, check_image_batch
 from .sources import all_photos, resize
 
@@ -299,11 +300,12 @@ def _flip(x):
     m = torch.rand(len(x), 1, 1, 1) < 0.5
     return torch.where(m, x.flip(-1), x)
 
-def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str) -> list:
-    "Run `step_fn(step) -> loss dict` n_steps times with checkpoint/resume; returns the loss log."
-    start, log = 0, []
-    if ckpt is not None and ckpt.exists():
-        st = load_checkpoint(ckpt)
+def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str,
+              config: dict) -> list:
+    "Run `step_fn(step) -> loss dict` n_steps times, checkpointing to `ckpt` and resuming from it; returns the loss log."
+    config = {**config, 'phase': desc, 'n_steps': int(n_steps)}     # every option of the run; another one is refused
+    st, start, log = restart_from_checkpoint(ckpt, config), 0, []
+    if st is not None:
         for k, m in modules.items(): m.load_state_dict(st['modules'][k])
         for k, o in opts.items(): o.load_state_dict(st['opts'][k])
         start, log = st['step'], [dict(zip(st['log_keys'], r)) for r in st['log'].tolist()] if len(st['log']) else []
@@ -313,7 +315,8 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
         log.append({k: float(v) for k, v in step_fn(step).items()})
         if ckpt is not None and ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < n_steps:
             keys = list(log[0])
-            save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()}, 'opts': {k: o.state_dict() for k, o in opts.items()},
+            save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()},
+                             'opts': {k: o.state_dict() for k, o in opts.items()}, 'config': config,
                              'step': step + 1, 'rng': get_rng_state(), 'log_keys': keys,
                              'log': torch.tensor([[r[k] for k in keys] for r in log], dtype=torch.float64)}, ckpt)
     return log
@@ -347,7 +350,8 @@ def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
         lg = F.softplus(-out).mean() if name == 'dcgan' else -out.mean()
         oG.zero_grad(set_to_none=True); lg.backward(); oG.step()
         return {'d': ld.item(), 'g': lg.item()}
-    return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}')
+    return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}',
+                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis})
 
 VAE_SIGMA = 0.2   # decoder std of the zoo VAE: 0.1 gave sharp reconstructions but saturated prior samples (prior holes)
 
@@ -363,7 +367,7 @@ def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, param
         loss = (rec + beta * _kl(mu, lv)).mean() / x[0].numel()
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return {'loss': loss.item(), 'mse': ((g.net(mu) - x) ** 2).mean().item() if i % 50 == 0 else float('nan')}
-    return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}')
+    return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}', {**c, 'beta': beta, 'sigma': sigma})
 
 def _train_flow(g, name, data, c, ckpt, ckpt_every):
     ae_steps, fl_steps = c['steps']
@@ -380,7 +384,7 @@ def _train_flow(g, name, data, c, ckpt, ckpt_every):
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return {'flow': loss.item()}
     return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps, None if ckpt is None else ckpt.with_suffix('.flow.pt'),
-                           ckpt_every, f'{name}-flow')
+                           ckpt_every, f'{name}-flow', c)
 
 # %% ../nbs/20_zoo.ipynb #34567a58
 def zoo_root(root=None) -> Path:
@@ -403,7 +407,6 @@ ZOO_TRAIN_THREADS = 1   # torch CPU threads while a zoo model trains: the weight
 
 def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250, photos: str = 'all') -> ZooGenerator:
     "Train zoo model `name` from `seed` on the zoo's real training images, cache it, and return it (eval mode)."
-    from attrib.train import torch_threads
     with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
 
 def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
@@ -413,9 +416,10 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
     ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
     t0, c0 = time.perf_counter(), time.process_time()
-    if g.family == 'gan': log = _train_gan(g, name, size, data, c, ckpt, ckpt_every)
-    elif g.family == 'vae': log = _train_vae(g, name, data, c, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
-    else: log = _train_flow(g, name, data, c, ckpt, ckpt_every)
+    run = {**c, 'seed': int(seed), 'photos': photos}                  # what the checkpoint must have been made with
+    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every)
+    elif g.family == 'vae': log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
+    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
@@ -565,9 +569,11 @@ def _ddpm_loss(unet, sched, x0):
     t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
     return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
 
-def _train_diffusers(kind, size, seed, folder, data):
+def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
     from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
     c = DIFFUSERS_SIZES[size]; seed_everything(seed); B = c['batch']; get = _batches(data, B); log = {}
+    run = {**c, 'kind': kind, 'size': size, 'seed': int(seed)}          # what a checkpoint must have been made with
+    ck = lambda phase: None if ckpt is None else ckpt.with_suffix(f'.{phase}.pt')
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False)
     down, up = lambda n: ('DownBlock2D',) * n, lambda n: ('UpBlock2D',) * n
     comps = {'scheduler': sched}
@@ -585,7 +591,7 @@ def _train_diffusers(kind, size, seed, folder, data):
             else:                                             # VQ: straight-through codes, codebook + commitment loss inside decode
                 o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean(); loss = rec + o.commit_loss.mean()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'rec': rec.item()}
-        log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], None, 0, f'{kind}-ae')[-1]
+        log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], ck('ae'), ckpt_every, f'{kind}-ae', run)[-1]
         vae.eval()
         with torch.no_grad(): lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor for i in range(0, len(data), 256)])
         vae.register_to_config(scaling_factor=float(1 / lat.std()))
@@ -600,19 +606,20 @@ def _train_diffusers(kind, size, seed, folder, data):
         x0 = train[torch.randint(len(train), (B,))]
         if kind == 'ddim': x0 = 2 * _flip((x0 + 1) / 2) - 1
         loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'eps': loss.item()}
-    log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, None, 0, f'{kind}-unet')[-1]
+    log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, ck('unet'), ckpt_every, f'{kind}-unet', run)[-1]
     comps['unet'] = unet.eval()
     return comps, log
 
-def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> Path:
-    "Train diffusers zoo model `kind` ('ldm' or 'ddim') on the zoo's photo crops and save it as a pipeline folder (cached)."
+def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False,
+                          ckpt_every: int = 250) -> Path:
+    "Train diffusers zoo model `kind` ('ldm', 'ldmvq' or 'ddim') on the zoo's photo crops; save it as a pipeline folder (cached)."
     import json, shutil, tempfile, diffusers
-    from attrib.train import torch_threads
     folder = diffusers_path(kind, size, seed, root)
     if (folder/'model_index.json').is_file() and not retrain: return folder
     data = images_to_tensor(zoo_real_images('train', size=size if size in ZOO_SIZES else 'default'))
     t0, c0 = time.perf_counter(), time.process_time()
-    with torch_threads(ZOO_TRAIN_THREADS): comps, log = _train_diffusers(kind, size, seed, folder, data)
+    ckpt = zoo_root(root)/'.ckpt'/folder.name                     # <name>.ae.pt / <name>.unet.pt while it trains
+    with torch_threads(ZOO_TRAIN_THREADS): comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
     try:                                                          # write beside, then move into place: never half a folder
@@ -631,6 +638,7 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
+    for phase in ('ae', 'unet'): ckpt.with_suffix(f'.{phase}.pt').unlink(missing_ok=True)   # the run's own checkpoints
     return folder
 
 # %% ../nbs/20_zoo.ipynb #85966e86

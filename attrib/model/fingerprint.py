@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..core import (AttribError, DataError, WeightsError, get_device, seed_everything, get_rng_state, set_rng_state,
                          save_checkpoint, load_checkpoint, save_json, check_finite, progress, stable_hash)
-from ..train import Timer, cosine
+from ..train import Timer, cosine, restart_from_checkpoint
 from ..dist import is_dist, is_main, rank, world_size, all_reduce_mean, barrier
 from ..images import as_images
 from .model_synthesis import fingerprinted_images
@@ -89,7 +89,7 @@ class FingerprintNet(nn.Module):
         if str(path).endswith('.safetensors'): ck = _load_safetensors(path)
         else: ck = load_checkpoint(path)
         if 'config' not in ck or 'model' not in ck: raise WeightsError(f"{path}: not a fingerprint checkpoint (needs 'config' and 'model')")
-        try: m = cls(**ck['config'])
+        try: m = cls(**ck.get('net_config', ck['config']))   # a `last.pt` keeps the net's config beside the run's
         except TypeError as e: raise WeightsError(f"{path}: not a fingerprint extractor config ({e})") from None
         try: m.load_state_dict(ck['model'])
         except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit the extractor ({str(e).splitlines()[0]})") from None
@@ -194,15 +194,13 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s / total, 1.0, 0.1))
     ce, tri = nn.CrossEntropyLoss(), BatchHardTripletLoss(margin=margin)
-    run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr), weight_decay=float(weight_decay),
-               w_triplet=float(w_triplet), margin=float(margin), grad_clip=float(grad_clip or 0), seed=int(seed), amp=bool(amp),
-               data=getattr(source, 'key', None))
+    run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr),
+               weight_decay=float(weight_decay), w_triplet=float(w_triplet), margin=float(margin), grad_clip=float(grad_clip or 0),
+               seed=int(seed), amp=bool(amp), data=getattr(source, 'key', None))
+    config = {**net.config, **run}               # every option (the net's: arch, width, stem_stride, residual_kind) + the data
     start, history = 0, []
-    if resume and last.exists():
-        ck = load_checkpoint(last, map_location=dev)
-        old = {**ck.get('config', {}), **ck.get('run', {})}; new = {**net.config, **run}
-        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        if diff: raise AttribError(f"{last} belongs to another run (saved vs asked: {diff}); use another out_dir or resume=False")
+    ck = restart_from_checkpoint(last if resume else None, config, map_location=dev)
+    if ck is not None:
         net.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
         start, history = int(ck['epoch']), list(ck['history'])
         set_rng_state(ck['rng'])
@@ -230,7 +228,7 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
         history.append(rec)
         if is_main():
             save_checkpoint({'model': net.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'epoch': epoch + 1,
-                             'history': history, 'rng': get_rng_state(), 'config': net.config, 'run': run}, last)
+                             'history': history, 'rng': get_rng_state(), 'config': config, 'net_config': net.config}, last)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, rec)
     if is_main() and (not final.exists() or start < epochs):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..core import (AttribError, DataError, WeightsError, get_device, data_dir, save_json, load_json, save_checkpoint,
                          load_checkpoint, check_finite, progress, stable_hash, to_numpy)
 from ..images import as_images, quantize8
+from ..train import restart_from_checkpoint
 
 # %% auto #0
 __all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model',
@@ -185,11 +186,9 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
     cfg = dict(channels=int(channels), steps=int(steps), lr=float(lr), batch_size=int(batch_size), images=_images_key(x))
     key = stable_hash(cfg); root = synth_root(root); index = []
     for arch, seed in progress([(a, s) for a in archs for s in seeds], desc='synthesize models'):
-        path = root/arch.name/f's{seed}.pt'; meta = None
-        if path.exists() and not retrain:
-            try:
-                ck = load_checkpoint(path); meta = ck['meta'] if ck['meta']['key'] == key else None
-            except (DataError, WeightsError, KeyError): meta = None
+        path, run = root/key/arch.name/f's{seed}.pt', dict(arch=arch.name, seed=seed, **cfg)   # run: every option of the model
+        ck = None if retrain else restart_from_checkpoint(path, run)
+        meta = None if ck is None else ck['meta']
         if meta is None:
             m = build_synthetic_model(arch, seed, channels)
             t0 = time.perf_counter()
@@ -197,7 +196,7 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
             with torch.no_grad(): mse = F.mse_loss(fingerprinted_images(m, xval), xval).item() if n_val else float('nan')
             meta = dict(name=f'{arch.name}-s{seed}', arch=arch.name, seed=seed, key=key, **cfg, loss=loss,
                         psnr=float(10 * np.log10(1 / max(mse, 1e-12))), train_s=time.perf_counter() - t0)
-            save_checkpoint({'state_dict': {k: v.cpu() for k, v in m.state_dict().items()}, 'meta': meta}, path)
+            save_checkpoint({'state_dict': {k: v.cpu() for k, v in m.state_dict().items()}, 'meta': meta, 'config': run}, path)
             cached = False
         else: cached = True
         index.append({**meta, 'path': str(path), 'cached': cached})
