@@ -74,8 +74,15 @@ def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) ->
     return dict(heldout_feature_spread=spread, collapsed=spread < 1e-6, heldout_identification_acc=identification(f, y, n_shot, seed)['accuracy'], heldout_verification_auc=verification(f, y, 1000, seed)['auc'],
                 heldout_models=len(data['held_entries']), heldout_images_per_model=n_per_model, heldout_n_shot=n_shot)
 
-def train_extractor(cfg: dict | None = None, out=None, synth_root=None, ckpt_dir=None, device=None, amp: bool = False,
-                    retrain: bool = False, data: dict | None = None) -> tuple[FingerprintNet, dict, dict]:
+def train_extractor(cfg: dict | None = None,    # changes to FINGERPRINT_PRESET
+                    out=None,                   # extractor file (.safetensors; default data/extractors/fingerprint-<setting>.safetensors)
+                    synth_root=None,            # cache of synthetic models (default data/synth_models)
+                    ckpt_dir=None,              # training checkpoints (default: OUT with the suffix .ckpt)
+                    device=None,                # where to train (default: the best available)
+                    amp: bool = False,          # bfloat16 autocast on CUDA
+                    retrain: bool = False,      # train again even if `out` holds this setting's extractor
+                    data: dict | None = None    # a `synthesized_training_set` of this setting, already built
+                   ) -> tuple[FingerprintNet, dict, dict]:
     "Train (or load) the extractor of a setting and save it as safetensors + JSON at `out`; returns (net, info, training set)."
     c = fingerprint_config(**(cfg or {}))
     out = Path(out) if out is not None else default_extractor_path(c)
@@ -272,7 +279,15 @@ def confusion_figure(ev: dict, path):
     path = Path(path); save_figure(fig, path.stem, path.parent); plt.close(fig)
     return path
 
-def which_model(queries, enroll: dict, extractor=None, out=None, fpr: float = 0.05, truth=None, cache_dir=None, device=None) -> dict:
+def which_model(queries,                # query images or folders of them
+                enroll: dict,           # {model name: folder of its images}
+                extractor=None,         # extractor file (default: the preset's, from `attrib fingerprint train`)
+                out=None,               # folder for predictions.csv/json (default runs/which_model/<time>)
+                fpr: float = 0.05,      # share of enrolment images allowed to be called unknown (leave-one-out)
+                truth=None,             # CSV of query,source: also accuracy, macro-F1, AUROC, confusion matrix
+                cache_dir=None,         # fingerprint cache of the enrolment images
+                device=None             # where to embed (default: the best available)
+               ) -> dict:
     "Enrol `enroll` ({name: folder}), answer every query image (files or folders), write the CSV/JSON (and metrics with `truth`) to `out`."
     import pandas as pd
     if not enroll: raise DataError('enrol at least one model (--enroll NAME=DIR)')
@@ -325,21 +340,18 @@ def _cmd_which_model(a):
     print(f"threshold {r['threshold']:.4f} (false-positive rate {a.fpr} on the enrolment images); wrote {r['out']}")
 
 def add_commands(sub):
-    "Add `fingerprint train` and `which-model` to the `attrib` sub-command parser."
-    import inspect
+    "Add `fingerprint train` and `which-model` to the `attrib` sub-command parser (defaults and help from the functions)."
+    from attrib.cli import add_function_args
     s = sub.add_parser('fingerprint', help='the fingerprint extractor of model attribution')
     fs = s.add_subparsers(dest='fp_cmd', required=True)
     t = fs.add_parser('train', help='train the extractor on synthesized models (preset: attrib.model.which.FINGERPRINT_PRESET)')
-    t.add_argument('--out', default=None, help='extractor file (.safetensors; default data/extractors/fingerprint-<setting>.safetensors)')
+    add_function_args(t, train_extractor, ['out'])
     t.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='change one preset setting (repeatable)')
-    t.add_argument('--synth-root', default=None, help='cache of synthetic models (default data/synth_models)')
-    t.add_argument('--device', default=None); t.set_defaults(fn=_cmd_fingerprint_train)
-    d = inspect.signature(which_model).parameters
+    add_function_args(t, train_extractor, ['synth_root', 'device'], device=dict(help=None))
+    t.set_defaults(fn=_cmd_fingerprint_train)
     w = sub.add_parser('which-model', help='which known model made these images (or unknown)?')
-    w.add_argument('queries', nargs='+', help='query images or folders of them')
-    w.add_argument('--enroll', action='append', type=_enroll_arg, required=True, metavar='NAME=DIR', help='a known model and a folder of its images (repeatable)')
-    w.add_argument('--extractor', default=None, help='extractor file (default: the preset\'s, from `attrib fingerprint train`)')
-    w.add_argument('--fpr', type=float, default=d['fpr'].default, help='share of enrolment images allowed to be called unknown (leave-one-out)')
-    w.add_argument('--truth', default=None, help='CSV of query,source: also accuracy, macro-F1, AUROC, confusion matrix')
-    w.add_argument('--out', default=None, help='folder for predictions.csv/json (default runs/which_model/<time>)')
-    w.add_argument('--device', default=None); w.set_defaults(fn=_cmd_which_model)
+    add_function_args(w, which_model, ['queries'], queries=dict(nargs='+'))
+    w.add_argument('--enroll', action='append', type=_enroll_arg, required=True, metavar='NAME=DIR',
+                   help='a known model and a folder of its images (repeatable)')
+    add_function_args(w, which_model, ['extractor', 'fpr', 'truth', 'out', 'device'], device=dict(help=None))
+    w.set_defaults(fn=_cmd_which_model)

@@ -178,10 +178,28 @@ def lr_schedule(lr: float, steps: int, decay: str = 'none') -> list:
     if decay == 'cosine': return [cosine(s / max(1, steps - 1), lr, lr / 100) for s in range(steps)]
     raise AttribError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
 
-def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int = 4, lr: float = 0.05, loss: str = 'mse',
-           perceptual_weight: float = 0.1, init=None, seed: int = 0, batch_images: int = 256, early_stop: bool = True,
-           patience: int = 50, rel_tol: float = 1e-3, abs_tol: float = 0.0, betas=(0.9, 0.999), lr_decay: str = 'none',
-           n_candidates: int = 0, device=None, amp: bool = False, amp_dtype=torch.bfloat16, record: bool = False) -> InversionResult:
+def invert(gen: nn.Module,                 # the generator (a `latent_shape`, images in [0, 1])
+           images: torch.Tensor,            # (n, 3, H, W) in [0, 1]
+           steps: int = 300,                # Adam steps of the inversion
+           restarts: int = 4,               # restarts per image
+           lr: float = 0.05,                # Adam learning rate
+           loss: str = 'mse',               # 'mse' or 'mse+perceptual' (the score is the MSE either way)
+           perceptual_weight: float = 0.1,  # weight of the perceptual distance in 'mse+perceptual'
+           init=None,                       # 'random' (None), 'encoder' (restart 0 = the encoder mean) or a latent tensor
+           seed: int = 0,                   # seed of the initial latents (image i gets the same ones whatever the batching)
+           batch_images: int = 256,         # images optimised at once
+           early_stop: bool = True,         # stop an image when it no longer improves
+           patience: int = 50,              # early stopping: steps without improvement
+           rel_tol: float = 1e-3,           # early stopping: the relative improvement that counts
+           abs_tol: float = 0.0,            # early stopping: a best MSE below this ends the image's search
+           betas=(0.9, 0.999),              # Adam's betas
+           lr_decay: str = 'none',          # 'none' (RONAN's constant lr) or 'cosine' (down to lr/100)
+           n_candidates: int = 0,           # best-of-K prior latents the restarts start from (0: plain random restarts)
+           device=None,                     # where to run (default: the generator's device)
+           amp: bool = False,               # autocast the generator on CUDA
+           amp_dtype=torch.bfloat16,        # autocast dtype
+           record: bool = False             # also return the per-step MSE curves
+          ) -> InversionResult:
     "Invert `gen` for all `images` (n, 3, H, W) in [0, 1] at once: Adam on latents only, n x restarts rows; see the text above."
     _validate(gen, images, steps, restarts, lr); lrs = lr_schedule(lr, steps, lr_decay)
     if device is not None: gen.to(get_device(device))

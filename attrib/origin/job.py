@@ -223,10 +223,22 @@ def write_origin(result: dict, paths: dict) -> dict:
     return paths
 
 # %% ../../nbs/23_origin_job.ipynb #4577ea77
-def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rule: str = ORIGIN_PRESET['rule'],
-                   alpha: float = ORIGIN_PRESET['alpha'], n_calib: int = ORIGIN_PRESET['n_calib'], factory: str | None = None,
-                   size: str = 'default', seed: int = 0, root=None, out=None, on_error: str = 'raise', sample_steps: int | None = None,
-                   calib_seed: int = 10_000, **inv_kw) -> dict:
+def inspect_origin(folder,                                  # folder of images
+                   generator,                               # a `load_generator` spec (zoo name, diffusers folder, ...) or a generator
+                   method: str = ORIGIN_PRESET['method'],   # 'ronan' (inversion), 'cascade', 'latenttracer', 'aedr', 'aeroblade'
+                   rule: str = ORIGIN_PRESET['rule'],       # the calibrated rule: 'quantile', 'grubbs' or 'kde'
+                   alpha: float = ORIGIN_PRESET['alpha'],   # target false-positive rate on the model's own images
+                   n_calib: int = ORIGIN_PRESET['n_calib'], # own samples the rule is calibrated on (cached)
+                   factory: str | None = None,              # module:callable building the generator a .safetensors checkpoint fits
+                   size: str = 'default',                   # zoo size (for a zoo model)
+                   seed: int = 0,                           # zoo training seed (for a zoo model)
+                   root=None,                               # zoo folder (default $ATTRIB_DATA/zoo); calibration cache in ROOT/origin_calib
+                   out=None,                                # results: X.csv (+ X.json, X.png) or a folder (origin.csv/.json/.png)
+                   on_error: str = 'raise',                 # unreadable image: stop, or skip it and report it
+                   sample_steps: int | None = None,         # DDIM steps of a diffusers pipeline's calibration samples
+                   calib_seed: int = 10_000,                # seed of the calibration samples
+                   **inv_kw                                 # inversion settings (`invert`'s steps, restarts, lr, patience, ...)
+                  ) -> dict:
     "Did `generator` (a spec for `load_generator`, or a generator) make the images of `folder`? Result dict; files under `out`."
     paths = output_paths(out)                                              # a bad --out fails now, not after the compute
     gen = generator if isinstance(generator, nn.Module) else load_generator(generator, factory, size, seed, root, sample_steps)
@@ -281,15 +293,17 @@ def _cmd_origin(a):
 
 def add_commands(sub):
     "The `train-zoo` and `origin` sub-commands (defaults from `ORIGIN_PRESET` and the library's signatures)."
-    s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
-    s.add_argument('--size', default='default', choices=list(ZOO_SIZES))
-    s.add_argument('--seed', type=int, default=0, help='training seed of the ZOO_NAMES models (the others fix their own)')
-    s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo)')
-    s.add_argument('--jobs', type=int, default=1, help='models trained at once in separate processes (1 thread each; same weights)')
-    s.set_defaults(fn=_cmd_train_zoo)
-    P = ORIGIN_PRESET
     import argparse
+    from attrib.cli import add_function_args
+    from attrib.origin.inversion import invert
+    s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
+    add_function_args(s, train_world, ['names', 'size'], names=dict(nargs='+', help=(
+        f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")),
+                      size=dict(choices=list(ZOO_SIZES), help=None))
+    add_function_args(s, train_zoo, ['seed', 'root'], seed=dict(help='training seed of the ZOO_NAMES models (the others fix their own)'),
+                      root=dict(help='zoo folder (default $ATTRIB_DATA/zoo)'))
+    add_function_args(s, train_world, ['jobs'], jobs=dict(help='models trained at once in separate processes (1 thread each; same weights)'))
+    s.set_defaults(fn=_cmd_train_zoo)
     s = sub.add_parser('origin', help='did this generator make these images?', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description='attrib origin FOLDER --generator SPEC: SPEC is a zoo model name, a diffusers folder (pipeline or '
                                    'AutoencoderKL), a .safetensors checkpoint (with --factory) or module:callable. Defaults: '
@@ -298,19 +312,10 @@ def add_commands(sub):
                               '(origin_calib/); --root moves both. A result that cannot be written is kept in $ATTRIB_RUNS/origin-unsaved/.')
     s.add_argument('target', nargs='+', metavar='FOLDER', help='folder of images (older form: ZOO_MODEL FOLDER)')
     s.add_argument('--generator', default=None, help='zoo name, diffusers folder, checkpoint.safetensors or module:callable')
-    s.add_argument('--factory', default=None, help='module:callable building the generator a .safetensors checkpoint fits')
-    s.add_argument('--method', default=P['method'], choices=list(ORIGIN_METHODS)); s.add_argument('--rule', default=P['rule'], choices=['quantile', 'grubbs', 'kde'])
-    s.add_argument('--alpha', type=float, default=P['alpha'], help='target false-positive rate on the model\'s own images')
-    s.add_argument('--n-calib', type=int, default=P['n_calib'], help='own samples the rule is calibrated on (cached)')
-    s.add_argument('--steps', type=int, default=P['steps'], help='Adam steps of the inversion')
-    s.add_argument('--restarts', type=int, default=P['restarts'], help='restarts per image')
-    s.add_argument('--lr', type=float, default=P['lr'], help='Adam learning rate')
-    s.add_argument('--patience', type=int, default=P['patience'], help='early stopping: steps without improvement')
-    s.add_argument('--n-candidates', type=int, default=P['n_candidates'], help='best-of-K prior latents the restarts start from')
-    s.add_argument('--sample-steps', type=int, default=None, help='DDIM steps of a diffusers pipeline\'s calibration samples')
-    s.add_argument('--size', default='default', choices=list(ZOO_SIZES)); s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo); calibration cache in ROOT/origin_calib')
-    s.add_argument('--out', default=None, help='results: X.csv (+ X.json, X.png) or a folder (origin.csv/.json/.png)')
-    s.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='unreadable image: stop, or skip it and report it')
+    add_function_args(s, inspect_origin, ['factory', 'method', 'rule', 'alpha', 'n_calib', 'steps', 'restarts', 'lr', 'patience',
+                                          'n_candidates', 'sample_steps', 'size', 'seed', 'root', 'out', 'on_error'],
+                      defaults=ORIGIN_PRESET, docs=(invert,), method=dict(choices=list(ORIGIN_METHODS)),
+                      rule=dict(choices=['quantile', 'grubbs', 'kde']), sample_steps=dict(type=int),
+                      size=dict(choices=list(ZOO_SIZES)), on_error=dict(choices=['raise', 'skip']))
     s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     s.set_defaults(fn=_cmd_origin)
