@@ -120,7 +120,7 @@ ENV_HELP = """environment variables (where attrib reads and writes; defaults are
   ATTRIB_FIGURES  figures saved for the docs (default <repo>/figures)
   ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
-# %% ../nbs/99_cli.ipynb #3d805dd6
+# %% ../nbs/99_cli.ipynb #c4200bdc
 def _docments(fn) -> dict:
     "fn's docments (parameter -> its comment), {} when its source cannot be read (a function defined in a notebook)."
     from fastcore.docments import docments
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     for m in COMMAND_MODULES: importlib.import_module(m).add_commands(sub)
     return p
 
+# %% ../nbs/99_cli.ipynb #d3210ac0
 def main(argv=None):
     "Entry point of the `attrib` console script: a user's error is one line (exit 1), Ctrl-C is one line (exit 130)."
     a = build_parser().parse_args(argv)

@@ -37,6 +37,7 @@ def check_aspect(size: tuple[int, int], max_aspect: float | None = DEFAULT_MAX_A
                         "raise max_aspect to allow it)")
     return size
 
+# %% ../nbs/10_images.ipynb #f29e0780
 def _to_rgb(im: Image.Image) -> Image.Image:
     "Any PIL mode as 8-bit RGB; transparency composited on white, 16/32-bit rescaled."
     mode = im.mode
@@ -110,6 +111,7 @@ def pil_to_float_tensor(im: Image.Image) -> torch.Tensor:
     "An RGB PIL image as a float tensor 3 x H x W in [0, 1]."
     return torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
 
+# %% ../nbs/10_images.ipynb #0c44ed83
 class ImagePathsDataset(torch.utils.data.Dataset):
     "Images from `paths` (relative to `root` when given) as `(transform(img), index)`, with a policy for bad files."
     def __init__(self, paths: Sequence[str | Path], root: str | Path | None = None, transform: Callable | None = None,
@@ -145,6 +147,7 @@ class ImagePathsDataset(torch.utils.data.Dataset):
         return torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
                                            collate_fn=collate_skip, **kw)
 
+# %% ../nbs/10_images.ipynb #fb0befea
 def collate_skip(batch):
     "Collate `(tensor, index)` items, dropping `None` (skipped bad files); `None` if the whole batch was bad."
     batch = [b for b in batch if b is not None]
@@ -165,6 +168,7 @@ def check_images(paths: Sequence[str | Path], root: str | Path | None = None, mi
             bad.append((str(p), msg[len(prefix):] if msg.startswith(prefix) else msg))
     return bad
 
+# %% ../nbs/10_images.ipynb #8a86b0a2
 def list_images(folder: str | Path, extensions: Sequence[str] = IMG_EXTENSIONS) -> list[Path]:
     "Image files under `folder` (recursively, by extension, case-insensitive), sorted by their path."
     folder = Path(folder)

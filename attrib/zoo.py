@@ -105,6 +105,7 @@ def up_block(cin: int, cout: int, kind: str, norm: str = 'bn', act: str = 'relu'
     else: raise AttribError(f'unknown upsampling {kind!r}; choose one of {UPSAMPLINGS}')
     return nn.Sequential(*up, _norm(norm, cout), _act(act))
 
+# %% ../nbs/20_zoo.ipynb #91c418c1
 def _n_up(img_size):
     n = math.log2(img_size / 4)
     if img_size < 8 or n != int(n): raise AttribError(f'img_size must be 4 * 2**k >= 8, got {img_size}')
@@ -126,6 +127,7 @@ class ConvDecoder(nn.Module):
         y = self.to_rgb(self.ups(h))
         return torch.tanh(y) if self.out == 'tanh' else torch.sigmoid(y)
 
+# %% ../nbs/20_zoo.ipynb #cf4a751b
 class ConvEncoder(nn.Module):
     "Image in [0, 1] -> `n_out` features: conv3, `log2(img_size/4)` stride-2 conv4 blocks, linear."
     def __init__(self, img_size, width, n_out, norm='none', act='lrelu', spectral=False):
@@ -208,6 +210,7 @@ class GANGenerator(ZooGenerator):
         self.net = ConvDecoder(nz, img_size, width, upsampling, norm, act, out='tanh')
     def forward(self, z): return (self.net(self.check_latent(z)) + 1) / 2
 
+# %% ../nbs/20_zoo.ipynb #a5117edb
 class _MeanHead(nn.Module):
     "Encoder output (mu, logvar) -> mu. Holds the encoder in a list so its weights are registered once (in the VAE)."
     def __init__(self, enc, nz): super().__init__(); self._enc, self.nz = [enc], nz
@@ -230,6 +233,7 @@ class VAEGenerator(ZooGenerator):
     def has_autoencoder(self): return True
     def autoencode(self, x): return self.net(self._mean(self.check_images(x)))
 
+# %% ../nbs/20_zoo.ipynb #1a260c20
 class VelocityMLP(nn.Module):
     "Rectified-flow velocity v(x_t, t) for latent vectors: an MLP on [x_t, Fourier features of t]."
     def __init__(self, d, hidden=256, n_freq=4):
@@ -241,6 +245,7 @@ class VelocityMLP(nn.Module):
         t = t.reshape(-1, 1).expand(len(x), 1).to(x)
         return self.net(torch.cat([x, t, torch.sin(t * self.freqs), torch.cos(t * self.freqs)], 1))
 
+# %% ../nbs/20_zoo.ipynb #5159cc51
 class _FlowEncoder(nn.Module):
     """Image -> AE latent mean -> normalised -> reverse Euler ODE to t=0: an approximate inverse of the sampler
     (DDIM-inversion style)."""
@@ -297,11 +302,13 @@ def zoo_config(name: str, size: str = 'default') -> dict:
                 steps=s['steps'][name],
                 batch=s['batch'], **kw)
 
+# %% ../nbs/20_zoo.ipynb #e36e71e3
 def build_zoo_model(name: str, size: str = 'default') -> ZooGenerator:
     "An untrained zoo generator (architecture only)."
     c = zoo_config(name, size); cls, kw = _SPEC[name]
     return cls(name, c['nz'], c['img_size'], c['width'], config=c, **kw)
 
+# %% ../nbs/20_zoo.ipynb #f91691e5
 def discriminator(name: str, size: str = 'default') -> nn.Module:
     "The critic a GAN of the zoo trains against: BN (dcgan), spectral norm (sngan) or no norm (wgangp)."
     c = zoo_config(name, size)
@@ -411,12 +418,14 @@ def zoo_root(root=None) -> Path:
     "The zoo cache folder (`data/zoo` unless given)."
     return Path(root) if root is not None else data_dir()/'zoo'
 
+# %% ../nbs/20_zoo.ipynb #0fbb0c4d
 def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> Path:
     "Where zoo model `name` (size, seed, trained on `photos`) is cached."
     _check_name(name); _check_size(size)
     if photos not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {photos!r}")
     return zoo_root(root)/(f'{name}-{size}-s{int(seed)}' + ('' if photos == 'all' else f'-p{photos}') + '.safetensors')
 
+# %% ../nbs/20_zoo.ipynb #bc23de30
 def _save(g: ZooGenerator, path: Path, meta: dict):
     from safetensors.torch import save
     sd = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
@@ -452,6 +461,7 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g
 
+# %% ../nbs/20_zoo.ipynb #e384e03d
 def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, train_if_missing: bool = True,
                    photos: str = 'all') -> ZooGenerator:
     "Zoo model `name` (eval mode) from the cache, training and caching it first if missing and `train_if_missing`."
@@ -470,10 +480,12 @@ def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, t
         raise WeightsError(f"{path}: weights do not fit {name!r} at size {size!r} ({str(e).splitlines()[0]})") from None
     return g.eval()
 
+# %% ../nbs/20_zoo.ipynb #ee46f421
 def zoo_info(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> dict:
     "The JSON written beside a cached model: config, seed, train wall/CPU seconds, final losses."
     return load_json(zoo_path(name, size, seed, root, photos).with_suffix('.json'))
 
+# %% ../nbs/20_zoo.ipynb #6158d6a3
 def train_zoo(names=None, size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> dict:
     "Train (or load from the cache) every zoo model in `names`; returns {name: ZooGenerator}."
     names = list(ZOO_NAMES if names is None else names)
@@ -505,6 +517,7 @@ def weights_digest(module: nn.Module) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+# %% ../nbs/20_zoo.ipynb #9fc03acc
 def _vae_latent(vae, x):
     "Scaled latent mean of images x in [0, 1] (AutoencoderKL: latent_dist.mean; VQModel: pre-quantisation latents)."
     e = vae.encode(2 * x - 1)
@@ -558,6 +571,7 @@ class DiffusersGenerator(ZooGenerator):
         if self.vae is None: return super().autoencode(x)
         return _vae_decode(self.vae, _vae_latent(self.vae, self.check_images(x)))
 
+# %% ../nbs/20_zoo.ipynb #43eeced4
 _DIFFUSERS_CLASSES = ('AutoencoderKL', 'VQModel', 'UNet2DModel', 'DDIMScheduler', 'DDPMScheduler')
 
 def _load_component(folder: Path, cls_name: str, subfolder=None):
@@ -605,6 +619,7 @@ def diffusers_path(kind: str, size: str = 'default', seed: int = 0, root=None) -
         raise AttribError(f"unknown zoo size {size!r}; choose one of {list(DIFFUSERS_SIZES)}")
     return zoo_root(root)/f'{kind}-{size}-s{int(seed)}'
 
+# %% ../nbs/20_zoo.ipynb #d19ead2f
 def _ddpm_loss(unet, sched, x0):
     "DDPM noise-prediction loss (Ho et al. 2020) at uniform random timesteps."
     t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
@@ -712,6 +727,7 @@ def world_spec(name: str) -> tuple:
     if name in _WORLD: return _WORLD[name]
     raise AttribError(f"unknown zoo model {name!r}; choose one of {list(ZOO_WORLD)}")
 
+# %% ../nbs/20_zoo.ipynb #8e2d6aab
 def load_world_model(name: str, size: str = 'default', root=None, train_if_missing: bool = True) -> ZooGenerator:
     "Any `ZOO_WORLD` generator by name (trained and cached first if missing and `train_if_missing`)."
     base, seed, photos = world_spec(name)
@@ -726,18 +742,21 @@ def load_world_model(name: str, size: str = 'default', root=None, train_if_missi
     else: g = load_zoo_model(base, size, seed, root, train_if_missing, photos=photos)
     g.name = name; return g
 
+# %% ../nbs/20_zoo.ipynb #35e793da
 def world_info(name: str, size: str = 'default', root=None) -> dict:
     "The training record of a `ZOO_WORLD` model (train wall/CPU seconds, threads, final losses)."
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS: return load_json(diffusers_path(base, size, seed, root)/'attrib_train.json')
     return zoo_info(base, size, seed, root, photos)
 
+# %% ../nbs/20_zoo.ipynb #fd462c6f
 def world_cached(name: str, size: str = 'default', root=None) -> bool:
     "Whether `ZOO_WORLD` model `name` is already trained and cached."
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS: return (diffusers_path(base, size, seed, root)/'model_index.json').is_file()
     return zoo_path(base, size, seed, root, photos).exists()
 
+# %% ../nbs/20_zoo.ipynb #13238bdf
 def _train_one(name, size, root): load_world_model(name, size, root); return name
 
 def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> dict:

@@ -28,6 +28,7 @@ def l2n(f: np.ndarray) -> np.ndarray:
     "Rows scaled to unit norm (zero rows stay zero)."
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
+# %% ../../nbs/32_model_attribution.ipynb #09319078
 def auroc(pos, neg) -> float:
     "Area under the ROC curve of scores `pos` (positives) against `neg` (negatives): P(pos > neg) + P(tie) / 2."
     from scipy.stats import rankdata
@@ -51,11 +52,13 @@ def support_split(labels, n_shot: int = 10, seed: int = 0, classes=None) -> tupl
     qry = np.setdiff1d(np.flatnonzero(np.isin(y, classes)), sup)
     return sup, qry
 
+# %% ../../nbs/32_model_attribution.ipynb #e022b35d
 def centroids(feats, labels, classes) -> np.ndarray:
     "Unit-norm class centroids (len(classes), D): mean of the l2-normalised features of each class."
     f, y = _feats_labels(feats, labels)
     return l2n(np.stack([l2n(f[y == c]).mean(0) for c in classes]))
 
+# %% ../../nbs/32_model_attribution.ipynb #11355f66
 def _centre(f, center):
     return f if center is None else f - np.asarray(to_numpy(center), np.float64).reshape(1, -1)
 
@@ -96,6 +99,7 @@ def sample_pairs(labels, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray
     pairs = np.array(pos + neg, dtype=np.int64).reshape(-1, 2)
     return pairs, np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
 
+# %% ../../nbs/32_model_attribution.ipynb #2b7b20e0
 def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "Pairwise verification: ROC-AUC of cosine similarity for same- vs different-model pairs (plus the ROC curve)."
     from sklearn.metrics import roc_curve
@@ -119,6 +123,7 @@ def best_threshold(scores, same) -> tuple[float, float]:
     acc = (neg_below + pos_above) / len(s); i = int(np.argmax(acc))
     return float(cuts[i]), float(acc[i])
 
+# %% ../../nbs/32_model_attribution.ipynb #0670a762
 def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "1:1 accuracy at a threshold chosen on pairs of one half of each model's images, tested on pairs of the other half."
     f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
@@ -175,6 +180,7 @@ def oscr(correct, score_known, score_unknown) -> float:
     ccr, fpr = np.r_[0, ccr], np.r_[0, fpr]
     return float(np.sum(np.diff(fpr) * (ccr[1:] + ccr[:-1]) / 2))
 
+# %% ../../nbs/32_model_attribution.ipynb #46d1efb9
 def open_set(feats, labels, known, n_shot: int = 10, seed: int = 0, center=None) -> dict:
     "Unknown-model detection with enrolled centroids: AUROC (max cosine), closed-set accuracy on known queries, OSCR."
     f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
@@ -206,6 +212,7 @@ def auroc_pose(pos, neg) -> float:
     tpr = np.r_[1., tp / len(pos), 0.]; fpr = np.r_[1., fp / len(neg), 0.]
     return float(-np.sum(np.diff(tpr) * ((1 - fpr[1:]) + (1 - fpr[:-1])) / 2))
 
+# %% ../../nbs/32_model_attribution.ipynb #0a7751e0
 def oscr_pose(correct, score_known, score_unknown) -> float:
     """OSCR as UniversalAttribution's `compute_oscr` computes it (ascending argsort, its off-by-one, added (0,0) and
     (1,1))."""
@@ -271,6 +278,7 @@ def backbone_features(backbone, images, batch_size: int = 64, img_size: int | No
         out.append(backbone((xb - mean) / std).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
+# %% ../../nbs/32_model_attribution.ipynb #aa7a63f0
 def spectrum_features_raw(images, kind: str = 'median', batch_size: int = 512) -> torch.Tensor:
     "The no-learning baseline: flattened residual log-magnitude spectra (N, 3*H*W)."
     from attrib.images import as_images
@@ -292,6 +300,7 @@ def open_set_splits(classes, n_splits: int = 5, seed: int = 0, n_known: int | No
     while len(out) < n_splits: out.add(tuple(sorted(rng.choice(classes, k, replace=False).tolist())))
     return [np.array(c) for c in sorted(out)]
 
+# %% ../../nbs/32_model_attribution.ipynb #9a35dbff
 def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_splits: int = 5, seed: int = 0,
                     center=None) -> dict:
     "Identification, verification and open-set detection (mean over known/unknown splits) of one method's features."
@@ -312,6 +321,7 @@ def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_spli
                 n_models=int(len(np.unique(y))),
                 n_images=int(len(y)), _ident=ident, _verif=ver, _verif_acc=va, _open=opens)
 
+# %% ../../nbs/32_model_attribution.ipynb #65942108
 def evaluate_logreg(feats, labels, n_shot: int = 10, n_splits: int = 5, seed: int = 0, **kw) -> dict:
     """Cioni et al.'s baseline on the same splits: LR fitted on the known classes' `n_shot` support images,
     max-softmax unknown score (NaN if no split has 2 known classes)."""
@@ -367,6 +377,7 @@ def perturb(images, kind: str) -> torch.Tensor:
         raise DataError(f"unknown perturbation {kind!r}; expected one of {list(PERTURBATIONS)}")
     return quantize8(PERTURBATIONS[kind](as_images(images)).float())
 
+# %% ../../nbs/32_model_attribution.ipynb #a3ec2c65
 def robustness(embed_fn, images, labels, kinds=None, n_shot: int = 10, n_splits: int = 5, seed: int = 0):
     """Identification accuracy and open-set AUROC when enrolment images are clean and the rest are edited: a
     DataFrame, one row per edit."""

@@ -40,6 +40,7 @@ def fingerprint_config(**overrides) -> dict:
         raise DataError(f"real_source must be 'zoo' or 'crops', got {cfg['real_source']!r}")
     return cfg
 
+# %% ../../nbs/33_which_model.ipynb #ecdf72be
 def default_extractor_path(cfg: dict | None = None) -> Path:
     "Where `attrib fingerprint train` saves (and `attrib which-model` looks for) the extractor of a setting."
     return data_dir()/'extractors'/f"fingerprint-{stable_hash(fingerprint_config(**(cfg or {})))}.safetensors"
@@ -72,6 +73,7 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
                 train_models=train_models,
                 source=SyntheticSource(train_models, real, names=[e['name'] for e in train_entries]))
 
+# %% ../../nbs/33_which_model.ipynb #4bf9d60d
 def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) -> dict:
     from attrib.model.model_synthesis import load_synthetic_model, fingerprinted_images
     from attrib.model.model_attribution import identification, verification
@@ -144,6 +146,7 @@ def image_paths(items) -> list[Path]:
         else: raise DataError(f"{p}: file not found")
     return out
 
+# %% ../../nbs/33_which_model.ipynb #3a79e8d6
 def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
     "Images (N, 3, img_size, img_size) in [0, 1], centre-cropped, never resized; and a content key of the files."
     from attrib.images import load_image, pil_to_float_tensor
@@ -293,6 +296,7 @@ def read_truth(path) -> dict:
         raise DataError(f"{path}: expected rows 'query,source'{why}")
     return {r[0].strip(): r[1].strip() for r in rows}
 
+# %% ../../nbs/33_which_model.ipynb #2a4c5cfa
 def _truth_for(names, truth: dict, path) -> list[str]:
     out = []
     for n in names:
@@ -319,6 +323,7 @@ def confusion_figure(ev: dict, path):
     path = Path(path); save_figure(fig, path.stem, path.parent); plt.close(fig)
     return path
 
+# %% ../../nbs/33_which_model.ipynb #12cb8ee8
 def which_model(queries,                # query images or folders of them
                 enroll: dict,           # {model name: folder of its images}
                 extractor=None,         # extractor file (default: the preset's, from `attrib fingerprint train`)

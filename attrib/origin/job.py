@@ -39,6 +39,7 @@ def resolve_callable(spec: str):
     if not callable(obj): raise AttribError(f"{spec!r}: {attr!r} is not callable")
     return obj
 
+# %% ../../nbs/23_origin_job.ipynb #0f8a7e7c
 def as_generator(obj, name: str = 'generator') -> nn.Module:
     """A factory's answer as a generator: a ready one (has `latent_shape`), a dict of `GeneratorAdapter` arguments,
     or (module, latent_shape[, output_range])."""
@@ -49,6 +50,7 @@ def as_generator(obj, name: str = 'generator') -> nn.Module:
     raise AttribError(f"{name}: a generator factory must return a generator with `latent_shape`, a dict of "
                       f"GeneratorAdapter arguments or (module, latent_shape, output_range); got {type(obj).__name__}")
 
+# %% ../../nbs/23_origin_job.ipynb #284f219a
 def _load_safetensors(path: Path, factory: str | None, name: str):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -91,6 +93,7 @@ def display_path(p) -> str:
     "A path as printable UTF-8 text: bytes that are not UTF-8 (a Latin-1 file name) are shown as \\xNN escapes."
     return os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
 
+# %% ../../nbs/23_origin_job.ipynb #5ba4b2b5
 def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
     "Images of `folder` as (N, 3, img_size, img_size) floats in [0, 1], their paths, and the skipped [(path, reason)]."
     from attrib.images import list_images, load_image, pil_to_float_tensor
@@ -224,6 +227,7 @@ def output_paths(out) -> dict | None:
         if paths[k].is_dir(): raise DataError(f"--out {out}: {paths[k]} is a directory")
     return paths
 
+# %% ../../nbs/23_origin_job.ipynb #82438eaf
 def plot_origin(result: dict):
     "Scores of the inspected images against the model's own calibration scores (log10), with the decision threshold(s)."
     import matplotlib.pyplot as plt
@@ -244,6 +248,7 @@ def plot_origin(result: dict):
                  fontsize=9)
     ax.legend(fontsize=6); fig.tight_layout(); return fig
 
+# %% ../../nbs/23_origin_job.ipynb #a1a377c9
 def write_origin(result: dict, paths: dict) -> dict:
     """Write the JSON (everything), the CSV (one row per image) and the figure, each atomically; JSON first: it alone
     holds it all."""

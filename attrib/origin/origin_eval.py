@@ -44,6 +44,7 @@ def tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, fpr: float) -> float:
     f, t, _ = roc_curve(y, np.r_[neg, pos])
     return float(t[f <= fpr + 1e-12].max())
 
+# %% ../../nbs/22_origin_eval.ipynb #9b395718
 def pair_metrics(own: np.ndarray, src: np.ndarray, rule, alpha: float) -> dict:
     """Accuracy (balanced set), rule TPR/FPR, oracle TPR@FPR=alpha and ROC-AUC for belonging `own` vs non-belonging
     `src` scores."""
@@ -133,6 +134,7 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
                 with atomic_write(cache.with_name(cache.stem + '-examples.npz')) as f: np.savez_compressed(f, **arrs)
     return dict(scores=pd.concat(all_scores, ignore_index=True), examples=examples, timing=timing, params=params)
 
+# %% ../../nbs/22_origin_eval.ipynb #85ad1b5e
 def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float = 0.05, log: bool = False,
                      timing: dict | None = None) -> dict:
     """Fit `rule` on each inspected model's calibration scores; metrics per (inspected, source) pair and a per-model
@@ -162,6 +164,7 @@ def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float 
     return dict(pairs=pd.DataFrame(pairs), summary=pd.DataFrame(summary).set_index('inspected'), thresholds=thresholds,
                 rule=dict(rule=rule, alpha=alpha, log=log))
 
+# %% ../../nbs/22_origin_eval.ipynb #7e68b85a
 def evaluate_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40,
                     method: str = 'ronan',
                     rule: str = 'quantile', alpha: float = 0.05, log: bool = False, steps: int = 200, restarts: int = 3,
@@ -196,6 +199,7 @@ def plot_roc(result: dict, sources=('real', 'others')):
         ax.set_title(f"own vs {src}"); ax.legend(fontsize=7)
     fig.tight_layout(); return fig
 
+# %% ../../nbs/22_origin_eval.ipynb #636d73dd
 def plot_score_hists(result: dict):
     """Histograms of calibrated scores (log10) per inspected model: calibration, own test, real, other models; the
     rule's threshold."""
@@ -216,6 +220,7 @@ def plot_score_hists(result: dict):
         ax.set_title(k); ax.set_xlabel('log10 score')
     axs[0][0].legend(fontsize=7); fig.tight_layout(); return fig
 
+# %% ../../nbs/22_origin_eval.ipynb #5b22e306
 def plot_reconstructions(result: dict, max_models: int | None = None):
     "For each inspected model: inputs (top) and their reconstructions by the model (bottom), per source, with scores."
     import matplotlib.pyplot as plt
@@ -290,6 +295,7 @@ def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: fl
                          s_per_image=_per_image_s(cheap['timing'], k) + frac * _per_image_s(full['timing'], k)))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/22_origin_eval.ipynb #b19d0627
 def cost_table(results: dict, cascade: pd.DataFrame | None = None) -> pd.DataFrame:
     """Accuracy against seconds per image per inspected model: one row per (method, inspected) of `{method:
     evaluate_origin result}`."""
@@ -300,6 +306,7 @@ def cost_table(results: dict, cascade: pd.DataFrame | None = None) -> pd.DataFra
     t = pd.DataFrame(rows)
     return pd.concat([t, cascade], ignore_index=True) if cascade is not None and len(cascade) else t
 
+# %% ../../nbs/22_origin_eval.ipynb #65a6eef9
 def plot_cost(table: pd.DataFrame):
     "Accuracy (against real images and the worst other model) against seconds per image, one marker per method."
     import matplotlib.pyplot as plt
