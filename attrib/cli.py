@@ -120,7 +120,7 @@ ENV_HELP = """environment variables (where attrib reads and writes; defaults are
   ATTRIB_FIGURES  figures saved for the docs (default <repo>/figures)
   ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
-# %% ../nbs/99_cli.ipynb #c4200bdc
+# %% ../nbs/99_cli.ipynb #92ada766
 def _docments(fn) -> dict:
     "fn's docments (parameter -> its comment), {} when its source cannot be read (a function defined in a notebook)."
     from fastcore.docments import docments
@@ -217,18 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
                           batch_size=dict(type=_int_at_least(1)), num_workers=dict(type=_int_at_least(0)),
                           device=dict(type=_device),
                           on_error=dict(choices=['raise', 'skip'],
-                                        help='an unreadable image stops the job (raise) or is left out and listed '
-                                             '(skip)'),
-                          allow_outside_root=dict(help='read split/distractor paths that are absolute or contain .. '
-                                                       '(refused by default)'),
+                                        help='an unreadable image stops the job '
+                                             '(raise) or is left out and listed (skip)'),
+                          allow_outside_root=dict(help='read split/distractor paths that are '
+                                                       'absolute or contain .. (refused by default)'),
                           **({} if name == 'extract' else dict(out_dir=dict(
-                              flag='--out', type=_out_folder, help='folder for the CSV/JSON results (default: none '
-                                                                   'written)'))))
+                              flag='--out', type=_out_folder, help='folder for the CSV/JSON results '
+                                                                   '(default: none written)'))))
         s.set_defaults(fn=fn)
     for m in COMMAND_MODULES: importlib.import_module(m).add_commands(sub)
     return p
 
-# %% ../nbs/99_cli.ipynb #d3210ac0
+# %% ../nbs/99_cli.ipynb #ffff6a98
 def main(argv=None):
     "Entry point of the `attrib` console script: a user's error is one line (exit 1), Ctrl-C is one line (exit 130)."
     a = build_parser().parse_args(argv)

@@ -713,10 +713,10 @@ def add_commands(sub):
     from attrib.concept.ad_trainer import ADConfig
     from attrib.cli import add_function_args
     from dataclasses import fields, MISSING
-    s = sub.add_parser('index', help='embed every image under a folder into a searchable index (resumable; re-run to '
-                                     'append)')
-    add_function_args(s, _build, ['gallery', 'out'], gallery=dict(help='folder of training images (searched '
-                                                                       'recursively)'),
+    s = sub.add_parser('index', help='embed every image under a folder into a '
+                                     'searchable index (resumable; re-run to append)')
+    add_function_args(s, _build, ['gallery', 'out'], gallery=dict(help='folder of training images '
+                                                                       '(searched recursively)'),
                       out=dict(flag='--out', help='index folder (created, or updated when it exists)'))
     s.add_argument('--backbone', default=None,                            # None: the --checkpoint's own, else _build's
                    help=f"'name[:weights]', e.g. mobilenetv2, resnet18:random, dino_vitb16:/w/dino.pth "
@@ -729,12 +729,12 @@ def add_commands(sub):
     for o in ('nlist', 'm', 'nbits', 'nprobe'):
         s.add_argument(f'--{o}', type=int, default=None, help=f'IVF-PQ {o} (default: by gallery size)')
     add_function_args(s, _build, ['rebuild', 'check_content', 'shard_size', 'batch_size', 'num_workers', 'device'],
-                      rebuild=dict(help='re-create the faiss index (e.g. other --approx parameters); re-embeds '
-                                        'nothing'),
+                      rebuild=dict(help='re-create the faiss index (e.g. other '
+                                        '--approx parameters); re-embeds nothing'),
                       check_content=dict(help='also re-hash files whose size and mtime did not change'))
     s.set_defaults(fn=_cmd_index)
-    s = sub.add_parser('attribute', help='rank the indexed training images for each query image (CSV, JSON, HTML '
-                                         'report)')
+    s = sub.add_parser('attribute', help='rank the indexed training images for '
+                                         'each query image (CSV, JSON, HTML report)')
     s.add_argument('queries', nargs='+', metavar='QUERY', help='image files or folders')
     s.add_argument('--index', required=True, help='index folder from `attrib index`')
     add_function_args(s, _search, ['k'], k=dict(flag='-k'))
@@ -742,8 +742,8 @@ def add_commands(sub):
     add_function_args(s, _search, ['batch_size', 'nprobe'], nprobe=dict(type=int))
     s.add_argument('--device', default=None)
     s.set_defaults(fn=_cmd_attribute)
-    s = sub.add_parser('calibrate', help="fit AbC's calibrator (scores -> influence probabilities) for an index on an "
-                                         "AbC-format split")
+    s = sub.add_parser('calibrate', help="fit AbC's calibrator (scores -> influence "
+                                         "probabilities) for an index on an AbC-format split")
     add_function_args(s, calibrate_index, ['index'])
     g = s.add_mutually_exclusive_group()
     g.add_argument('--abc', default=None, help='AbC-format dataset root')
@@ -751,13 +751,13 @@ def add_commands(sub):
                    help='the built-in mini-AbC of this size (tiny, small, default); the output says so')
     add_function_args(s, calibrate_index, ['split', 'n_distractors'])
     s.set_defaults(fn=_cmd_calibrate)
-    s = sub.add_parser('train-ad', help='A&D fine-tuning on a folder of real and a folder of synthetic images '
-                                        '(unpaired)')
+    s = sub.add_parser('train-ad', help='A&D fine-tuning on a folder of real and '
+                                        'a folder of synthetic images (unpaired)')
     add_function_args(s, train_ad_folders, ['real_dir', 'synth_dir', 'out', 'backbone'],
                       out=dict(flag='--out', help='checkpoint folder'),
                       backbone=dict(help="'name[:weights]'"))
-    s.add_argument('--no-resume', action='store_true', help='start over instead of resuming from '
-                                                            'OUT/checkpoints/last.pt')
+    s.add_argument('--no-resume', action='store_true', help='start over instead of resuming '
+                                                            'from OUT/checkpoints/last.pt')
     add_function_args(s, train_ad_folders, ['log_every'])
     # default None: ADConfig's own (shown in the help)
     for f in fields(ADConfig):

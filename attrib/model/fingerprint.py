@@ -45,7 +45,7 @@ def residual(x: torch.Tensor, kind: str = 'median') -> torch.Tensor:
     p = p.reshape(*x.shape, 9)
     return x - (p.median(-1).values if kind == 'median' else p.mean(-1))
 
-# %% ../../nbs/31_fingerprint.ipynb #f2d0770b
+# %% ../../nbs/31_fingerprint.ipynb #77514c4f
 def spectrum(x: torch.Tensor, kind: str = 'median', eps: float = 1e-4) -> torch.Tensor:
     """Centred log-magnitude spectrum of the noise residual, per channel: log(|fftshift(fft2(residual(x)))| + eps),
     (B, C, H, W)."""
@@ -109,7 +109,7 @@ class FingerprintNet(nn.Module):
             raise WeightsError(f"{path}: weights do not fit the extractor ({str(e).splitlines()[0]})") from None
         return m.to(get_device(device)).eval()
 
-# %% ../../nbs/31_fingerprint.ipynb #1797e48a
+# %% ../../nbs/31_fingerprint.ipynb #d3070b51
 @torch.no_grad()
 def embed(model: nn.Module, images, batch_size: int = 256, device=None) -> torch.Tensor:
     "Fingerprints (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]), eval mode, on the CPU."
@@ -141,7 +141,7 @@ def content_key(*parts) -> str:
     for p in parts: add(p)
     return h.hexdigest()[:16]
 
-# %% ../../nbs/31_fingerprint.ipynb #2a3c0cdf
+# %% ../../nbs/31_fingerprint.ipynb #0e9faae6
 class SyntheticSource:
     "Classes = synthetic models; draw(c, k, g) = model c applied to k random real images (8-bit rounded)."
     def __init__(self, models, real_images, names=None):
@@ -161,7 +161,7 @@ class SyntheticSource:
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         return fingerprinted_images(self.models[c], self.real[torch.randint(len(self.real), (k,), generator=g)])
 
-# %% ../../nbs/31_fingerprint.ipynb #55f73a11
+# %% ../../nbs/31_fingerprint.ipynb #d06faa45
 class BankSource:
     "Classes = fixed image banks (one per model); draw(c, k, g) = k random images of bank c."
     def __init__(self, banks, names=None):
@@ -180,7 +180,7 @@ class BankSource:
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         b = self.banks[c]; return b[torch.randint(len(b), (k,), generator=g)]
 
-# %% ../../nbs/31_fingerprint.ipynb #cc63fa22
+# %% ../../nbs/31_fingerprint.ipynb #c04dfcef
 class PKSampler:
     "Class-balanced batches: P distinct classes (of n_classes) x K draws each, labels (P*K,), from a torch generator."
     def __init__(self, n_classes: int, P: int, K: int):
@@ -250,8 +250,8 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
             l_ce, l_tri = ce(logits.float(), y), tri(f.float(), y)
             loss = l_ce + w_triplet * l_tri
             if not torch.isfinite(loss):
-                raise AttribError(f'non-finite loss at epoch {epoch + 1}, step {step + 1} (ce {l_ce.item()}, triplet '
-                                  f'{l_tri.item()})')
+                raise AttribError(f'non-finite loss at epoch {epoch + 1}, step '
+                                  f'{step + 1} (ce {l_ce.item()}, triplet {l_tri.item()})')
             opt.zero_grad(set_to_none=True); loss.backward()
             if grad_clip: torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
             opt.step(); sched.step()
@@ -287,14 +287,14 @@ def save_extractor(net: FingerprintNet, path, info: dict | None = None) -> Path:
     with atomic_write(path) as f: f.write(save(sd))
     return path
 
-# %% ../../nbs/31_fingerprint.ipynb #6d44e643
+# %% ../../nbs/31_fingerprint.ipynb #b19a6a0c
 def extractor_info(path) -> dict:
     "The JSON written beside a saved extractor (config, training data key, metrics, ...)."
     from attrib.core import load_json
     p = _sidecar(path)
     if not p.exists():
-        raise WeightsError(f"{p}: extractor description not found (it is written beside {Path(path).name} by "
-                           "save_extractor)")
+        raise WeightsError(f"{p}: extractor description not found (it is "
+                           f"written beside {Path(path).name} by save_extractor)")
     return load_json(p)
 
 def _load_safetensors(path) -> dict:

