@@ -160,7 +160,7 @@ class ZooGenerator(nn.Module):
                               f"{tuple(getattr(z, 'shape', ()))}")
         return check_finite(z, f'{self.name} latent')
 
-    def check_images(self, x):
+    def check_image_batch(self, x):
         "Validate a batch of images (B, 3, img_size, img_size) in [0, 1]."
         return check_image_batch(x, self.img_size, self.name)
 
@@ -187,7 +187,7 @@ class ZooGenerator(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         "The encoder's latent mean for images x in [0, 1]."
         if self.encoder is None: raise AttribError(f"{self.name} ({self.family}) has no encoder")
-        return self.encoder(self.check_images(x))
+        return self.encoder(self.check_image_batch(x))
 
     @property
     def has_autoencoder(self) -> bool: return False
@@ -231,7 +231,7 @@ class VAEGenerator(ZooGenerator):
     def encoder(self): return self._mean
     @property
     def has_autoencoder(self): return True
-    def autoencode(self, x): return self.net(self._mean(self.check_images(x)))
+    def autoencode(self, x): return self.net(self._mean(self.check_image_batch(x)))
 
 # %% ../nbs/20_zoo.ipynb #1a260c20
 class VelocityMLP(nn.Module):
@@ -280,7 +280,7 @@ class FlowGenerator(ZooGenerator):
     def encoder(self): return self._encoder
     @property
     def has_autoencoder(self): return True
-    def autoencode(self, x): return self.net(self.enc(self.check_images(x))[:, :self.latent_shape[0]])
+    def autoencode(self, x): return self.net(self.enc(self.check_image_batch(x))[:, :self.latent_shape[0]])
 
 # %% ../nbs/20_zoo.ipynb #74ade5ef
 _SPEC = {   # name -> (class, kwargs)
@@ -569,7 +569,7 @@ class DiffusersGenerator(ZooGenerator):
     def has_autoencoder(self): return self.vae is not None
     def autoencode(self, x):
         if self.vae is None: return super().autoencode(x)
-        return _vae_decode(self.vae, _vae_latent(self.vae, self.check_images(x)))
+        return _vae_decode(self.vae, _vae_latent(self.vae, self.check_image_batch(x)))
 
 # %% ../nbs/20_zoo.ipynb #43eeced4
 _DIFFUSERS_CLASSES = ('AutoencoderKL', 'VQModel', 'UNet2DModel', 'DDIMScheduler', 'DDPMScheduler')
