@@ -130,14 +130,11 @@ def _docments(fn) -> dict:
 def add_function_args(p: argparse.ArgumentParser,  # the (sub-command's) parser
                       fn,                          # the library function the command calls
                       params,                      # its parameters to offer, in order
-                      # a preset: its values win over the signature's; also **kwargs options
-                      defaults: dict | None = None,
+                      defaults: dict | None = None,  # a preset: wins over the signature; also **kwargs options
                       docs=(),                     # more functions whose docments give help (where `**kwargs` go)
-                      # per parameter: `flag` and argparse keywords (type, choices, help, ...)
-                      **opts
+                      **opts                       # per parameter: `flag` and argparse keywords (type, help, ...)
                      ) -> argparse.ArgumentParser:
-    """Add to `p` one argument per parameter of `fn` in `params`, its default and help taken from the library, never
-    restated."""
+    "Add to `p` one argument per parameter of `fn` in `params`, its default and help from the library, never restated."
     import inspect
     sig, defaults, helps = inspect.signature(fn).parameters, defaults or {}, {}
     for f in (*docs, fn): helps.update(_docments(f))

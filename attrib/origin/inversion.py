@@ -212,10 +212,8 @@ def invert(gen: nn.Module,                 # the generator (a `latent_shape`, im
            lr: float = 0.05,                # Adam learning rate
            loss: str = 'mse',               # 'mse' or 'mse+perceptual' (the score is the MSE either way)
            perceptual_weight: float = 0.1,  # weight of the perceptual distance in 'mse+perceptual'
-           # 'random' (None), 'encoder' (restart 0 = the encoder mean) or a latent tensor
-           init=None,
-           # seed of the initial latents (image i gets the same ones whatever the batching)
-           seed: int = 0,
+           init=None,                       # 'random' (None), 'encoder' (restart 0: the encoder mean) or latents
+           seed: int = 0,                   # seed of the initial latents (per image, whatever the batching)
            batch_images: int = 256,         # images optimised at once
            early_stop: bool = True,         # stop an image when it no longer improves
            patience: int = 50,              # early stopping: steps without improvement

@@ -264,10 +264,8 @@ def write_origin(result: dict, paths: dict) -> dict:
 
 # %% ../../nbs/23_origin_job.ipynb #4577ea77
 def inspect_origin(folder,                                  # folder of images
-                   # a `load_generator` spec (zoo name, diffusers folder, ...) or a generator
-                   generator,
-                   # 'ronan' (inversion), 'cascade', 'latenttracer', 'aedr', 'aeroblade'
-                   method: str = ORIGIN_PRESET['method'],
+                   generator,                               # a `load_generator` spec or a generator
+                   method: str = ORIGIN_PRESET['method'],   # ronan (inversion), cascade, latenttracer, aedr, aeroblade
                    rule: str = ORIGIN_PRESET['rule'],       # the calibrated rule: 'quantile', 'grubbs' or 'kde'
                    alpha: float = ORIGIN_PRESET['alpha'],   # target false-positive rate on the model's own images
                    n_calib: int = ORIGIN_PRESET['n_calib'], # own samples the rule is calibrated on (cached)
@@ -282,8 +280,7 @@ def inspect_origin(folder,                                  # folder of images
                    on_error: str = 'raise',                 # unreadable image: stop, or skip it and report it
                    sample_steps: int | None = None,         # DDIM steps of a diffusers pipeline's calibration samples
                    calib_seed: int = 10_000,                # seed of the calibration samples
-                   # inversion settings (`invert`'s steps, restarts, lr, patience, ...)
-                   **inv_kw
+                   **inv_kw                                 # inversion settings (`invert`'s steps, restarts, ...)
                   ) -> dict:
     """Did `generator` (a spec for `load_generator`, or a generator) make the images of `folder`? Result dict; files
     under `out`."""
@@ -380,8 +377,8 @@ def add_commands(sub):
     s.add_argument('--generator', default=None, help='zoo name, diffusers folder, '
                                                      'checkpoint.safetensors or module:callable')
     add_function_args(s, inspect_origin, ['factory', 'method', 'rule', 'alpha', 'n_calib', 'steps', 'restarts', 'lr',
-                                          'patience',
-                                          'n_candidates', 'sample_steps', 'size', 'seed', 'root', 'out', 'on_error'],
+                                          'patience', 'n_candidates', 'sample_steps', 'size', 'seed', 'root', 'out',
+                                          'on_error'],
                       defaults=ORIGIN_PRESET, docs=(invert,), method=dict(choices=list(ORIGIN_METHODS)),
                       rule=dict(choices=['quantile', 'grubbs', 'kde']), sample_steps=dict(type=int),
                       size=dict(choices=list(ZOO_SIZES)), on_error=dict(choices=['raise', 'skip']))
