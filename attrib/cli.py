@@ -8,7 +8,7 @@ import argparse, ast, importlib, os, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAIN_EXPERIMENT', 'ENV_HELP', 'COMMAND_MODULES', 'build_parser', 'main']
+__all__ = ['MAIN_EXPERIMENT', 'ENV_HELP', 'COMMAND_MODULES', 'EXTRACT_WORKERS', 'add_function_args', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #1ab67ecb
 MAIN_EXPERIMENT = 'concept_attribution'
@@ -40,14 +40,16 @@ def _cmd_build(a):
     print(root)
 
 def _print_skipped(skipped, where: str):
-    "The files a job skipped as unreadable, one per line (`skipped<TAB>where<TAB>path<TAB>problem`), and a count on stderr."
+    """The files a job skipped as unreadable, one per line (`skipped<TAB>where<TAB>path<TAB>problem`), and a count on
+    stderr."""
     for s in skipped: print('skipped\t' + '\t'.join(str(v) for v in (s.values() if isinstance(s, dict) else s)))
     if skipped: print(f'attrib: {len(skipped)} unreadable image(s) skipped ({where})', file=sys.stderr)
 
 def _cmd_extract(a):
     from attrib.features import run_extract
     skipped = {}
-    out = run_extract(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir, batch_size=a.batch_size,
+    out = run_extract(a.root, a.backbone, splits=a.splits, img_size=a.img_size, cache_dir=a.cache_dir,
+                      batch_size=a.batch_size,
                       num_workers=a.num_workers, device=a.device, amp=a.amp, on_error=a.on_error,
                       allow_outside_root=a.allow_outside_root, skipped=skipped)
     for k, v in out.items(): print(f'{k}\t{v}')
@@ -59,11 +61,13 @@ def _cmd_evaluate(a):
                          batch_size=a.batch_size, num_workers=a.num_workers, device=a.device, on_error=a.on_error,
                          allow_outside_root=a.allow_outside_root)
     print(table.to_string())
-    if a.on_error == 'skip': _print_skipped(table.attrs.get('skipped', []), 'their queries are left out: n_skipped_queries')
+    if a.on_error == 'skip':
+        _print_skipped(table.attrs.get('skipped', []), 'their queries are left out: n_skipped_queries')
 
 # %% ../nbs/99_cli.ipynb #6beb5932
 class _Parser(argparse.ArgumentParser):
-    "argparse with its usage errors as one line, `attrib: error: ...` (exit status 2), like every other error of the command."
+    """argparse with its usage errors as one line, `attrib: error: ...` (exit status 2), like every other error of
+    the command."""
     def error(self, message):
         cmd = self.prog.split(' ', 1)[1] + ': ' if ' ' in self.prog else ''
         self.exit(2, f'attrib: error: {cmd}{message} (see {self.prog} --help)\n')
@@ -88,18 +92,22 @@ def _device(s: str) -> str:
 def _mini_abc_size(s: str) -> str:
     "An argparse type: a mini-AbC size the library defines (`attrib.concept.mini_abc.MINI_ABC_SIZES`)."
     from attrib.concept.mini_abc import MINI_ABC_SIZES
-    if s not in MINI_ABC_SIZES: raise argparse.ArgumentTypeError(f"unknown size {s!r}; choose from {list(MINI_ABC_SIZES)}")
+    if s not in MINI_ABC_SIZES:
+        raise argparse.ArgumentTypeError(f"unknown size {s!r}; choose from {list(MINI_ABC_SIZES)}")
     return s
 
 def _folder(s: str, write: bool = True) -> str:
     "An argparse type: a folder, not a file; to `write` to, also not under a file and writable (or creatable) there."
     p = Path(s).expanduser()
     if p.exists() and not p.is_dir(): raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
-    if not write: return s                                      # a missing dataset is the job's error, with what it expected
+    if not write:
+        return s                                      # a missing dataset is the job's error, with what it expected
     q = p
-    while not q.exists() and q != q.parent: q = q.parent          # the nearest existing folder above it will hold what is made
+    while not q.exists() and q != q.parent:
+        q = q.parent          # the nearest existing folder above it will hold what is made
     if not q.is_dir(): raise argparse.ArgumentTypeError(f"{p}: cannot make a folder there ({q} is a file)")
-    if not os.access(q, os.W_OK | os.X_OK): raise argparse.ArgumentTypeError(f"{p}: cannot write there ({q} is not writable)")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{p}: cannot write there ({q} is not writable)")
     return s
 
 def _out_folder(s: str) -> str: "An argparse type: a folder results can be written to."; return _folder(s)
@@ -112,54 +120,119 @@ ENV_HELP = """environment variables (where attrib reads and writes; defaults are
   ATTRIB_FIGURES  figures saved for the docs (default <repo>/figures)
   ATTRIB_PROGRESS set to 0 to hide progress bars; HF_HUB_OFFLINE=1 never tries the network"""
 
+# %% ../nbs/99_cli.ipynb #92ada766
+def _docments(fn) -> dict:
+    "fn's docments (parameter -> its comment), {} when its source cannot be read (a function defined in a notebook)."
+    from fastcore.docments import docments
+    try: return {k: v for k, v in docments(fn).items() if v and k != 'return'}
+    except (OSError, TypeError): return {}
+
+def add_function_args(p: argparse.ArgumentParser,  # the (sub-command's) parser
+                      fn,                          # the library function the command calls
+                      params,                      # its parameters to offer, in order
+                      defaults: dict | None = None,  # a preset: wins over the signature; also **kwargs options
+                      docs=(),                     # more functions whose docments give help (where `**kwargs` go)
+                      **opts                       # per parameter: `flag` and argparse keywords (type, help, ...)
+                     ) -> argparse.ArgumentParser:
+    "Add to `p` one argument per parameter of `fn` in `params`, its default and help from the library, never restated."
+    import inspect
+    sig, defaults, helps = inspect.signature(fn).parameters, defaults or {}, {}
+    for f in (*docs, fn): helps.update(_docments(f))
+    unknown = set(opts) - set(params)
+    if unknown: raise ValueError(f"options for parameters not offered: {sorted(unknown)}")
+    for name in params:
+        kw = dict(opts.get(name, {})); flag = kw.pop('flag', None)
+        if 'default' in kw:
+            raise ValueError(f"{name}: its default comes from {fn.__name__} or the preset, not from the CLI")
+        if name in defaults: dflt = defaults[name]
+        elif name in sig: dflt = sig[name].default
+        else: raise ValueError(f"{fn.__name__} has no parameter {name!r} (and the preset no such key)")
+        kw.setdefault('help', helps.get(name))
+        if flag is None and dflt is inspect.Parameter.empty or flag is not None and not flag.startswith('-'):
+            p.add_argument(flag or name, **kw); continue                     # positional
+        if dflt is inspect.Parameter.empty: kw['required'] = True
+        elif isinstance(dflt, bool) and 'type' not in kw:
+            if dflt: raise ValueError(f"{name}: a True default needs its own --no-... option")
+            kw.update(action='store_true', default=False)
+        else:
+            kw['default'] = dflt
+            if 'type' not in kw and type(dflt) in (int, float) and 'nargs' not in kw: kw['type'] = type(dflt)
+        p.add_argument(flag or '--' + name.replace('_', '-'), **kw)
+    return p
+
 # %% ../nbs/99_cli.ipynb #f0b98550
-COMMAND_MODULES = ['attrib.concept.abc_release', 'attrib.concept.index', 'attrib.model.which', 'attrib.origin.job']   # modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+# modules whose `add_commands(sub)` adds their own sub-commands (one per subpackage job)
+COMMAND_MODULES = ['attrib.concept.abc_release', 'attrib.concept.index', 'attrib.model.which', 'attrib.origin.job']
+
+# `attrib extract` reads images in the main process unless told (run_extract's own default is 4 workers)
+EXTRACT_WORKERS = 0
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `attrib` argument parser (one sub-command per job)."
+    """The `attrib` argument parser (one sub-command per job; options and defaults from the library functions'
+    signatures)."""
+    from attrib.experiments import run_experiment
+    from attrib.concept.mini_abc import build_mini_abc
+    from attrib.features import run_extract
+    from attrib.concept.abc_eval import run_evaluate
     p = _Parser(prog='attrib', description='Synthetic image attribution: which concepts, did this model, which model.',
                 epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
     def exp_args(s):
         s.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='notebook parameter (repeatable)')
-        s.add_argument('--out', type=_out_folder, help='run directory (default $ATTRIB_RUNS/<name>/<time>)')
-        s.add_argument('--log', action='store_true', help='stream the notebook output instead of a progress bar')
-        s.add_argument('--preset', default=None, help="a named parameter set of attrib.experiments.PRESETS, e.g. 'gpu'")
-    s = sub.add_parser('main', help=f'run the main experiment ({MAIN_EXPERIMENT}) on the built-in data'); exp_args(s); s.set_defaults(fn=_cmd_main)
-    s = sub.add_parser('run', help='run an experiment notebook with parameters'); s.add_argument('name'); exp_args(s); s.set_defaults(fn=_cmd_run)
+        add_function_args(s, run_experiment, ['out_dir', 'log_output', 'preset'],
+                          out_dir=dict(flag='--out', type=_out_folder, help='run directory (default '
+                                                                            '$ATTRIB_RUNS/<name>/<time>)'),
+                          log_output=dict(flag='--log', help='stream the notebook output instead of a progress bar'),
+                          preset=dict(help="a named parameter set of attrib.experiments.PRESETS, e.g. 'gpu'"))
+    s = sub.add_parser('main', help=f'run the main experiment ({MAIN_EXPERIMENT}) on the built-in data')
+    exp_args(s); s.set_defaults(fn=_cmd_main)
+    s = sub.add_parser('run', help='run an experiment notebook with parameters')
+    add_function_args(s, run_experiment, ['name'], name=dict(help=None)); exp_args(s); s.set_defaults(fn=_cmd_run)
     s = sub.add_parser('experiments', help='list experiment notebooks'); s.set_defaults(fn=_cmd_list)
     env = dict(epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s = sub.add_parser('build-mini-abc', help='build (or find) the built-in mini-AbC benchmark', **env)
-    s.add_argument('--size', type=_mini_abc_size, default='default'); s.add_argument('--seed', type=_int_at_least(0), default=0)
-    s.add_argument('--root', type=_out_folder, default=None, help='where to build it (default $ATTRIB_DATA/mini_abc_<size>[_s<seed>])')
-    s.add_argument('--force', action='store_true'); s.add_argument('--quiet', action='store_true')
-    s.add_argument('--threads', type=_int_at_least(1), default=None)
+    add_function_args(s, build_mini_abc, ['size', 'seed', 'root', 'force'], size=dict(type=_mini_abc_size),
+                      seed=dict(type=_int_at_least(0)),
+                      root=dict(type=_out_folder, help='where to build it (default '
+                                                       '$ATTRIB_DATA/mini_abc_<size>[_s<seed>])'))
+    # the CLI reports progress: build_mini_abc(verbose=True)
+    s.add_argument('--quiet', action='store_true')
+    add_function_args(s, build_mini_abc, ['threads'], threads=dict(type=_int_at_least(1)))
     s.set_defaults(fn=_cmd_build)
-    for name, fn, hlp in (('extract', _cmd_extract, 'cache features of an AbC-layout dataset'),
-                          ('evaluate', _cmd_evaluate, 'AbC protocol on a backbone\'s raw features')):
+    for name, fn, job, hlp in (('extract', _cmd_extract, run_extract, 'cache features of an AbC-layout dataset'),
+                               ('evaluate', _cmd_evaluate, run_evaluate, 'AbC protocol on a backbone\'s raw features')):
         s = sub.add_parser(name, help=hlp, **env)
-        s.add_argument('root', type=_dataset_folder, help='dataset root (the folder holding dataset/json/ and the images)')
-        s.add_argument('backbone', help="'name[:weights]', e.g. mobilenetv2 or dino_vitb16:/path/w.pth")
-        s.add_argument('--splits', nargs='+', default=None); s.add_argument('--img-size', type=_int_at_least(8), default=None)
-        s.add_argument('--cache-dir', type=_out_folder, default=None, help='feature cache folder (default $ATTRIB_DATA/features)')
-        s.add_argument('--batch-size', type=_int_at_least(1), default=64)
-        s.add_argument('--num-workers', type=_int_at_least(0), default=0); s.add_argument('--device', type=_device, default=None)
-        s.add_argument('--on-error', choices=['raise', 'skip'], default='raise',
-                       help='an unreadable image stops the job (raise) or is left out and listed (skip)')
-        s.add_argument('--allow-outside-root', action='store_true',
-                       help='read split/distractor paths that are absolute or contain .. (refused by default)')
-        if name == 'extract': s.add_argument('--amp', action='store_true')
-        else: s.add_argument('--out', type=_out_folder, default=None, help='folder for the CSV/JSON results (default: none written)')
+        add_function_args(s, job, ['data_root', 'backbone', 'splits', 'img_size', 'cache_dir', 'batch_size',
+                                   'num_workers', 'device',
+                                   'on_error', 'allow_outside_root'] + (['amp'] if name == 'extract' else ['out_dir']),
+                          defaults={'num_workers': EXTRACT_WORKERS} if name == 'extract' else None,
+                          data_root=dict(flag='root', type=_dataset_folder,
+                                         help='dataset root (the folder holding dataset/json/ and the images)'),
+                          backbone=dict(help="'name[:weights]', e.g. mobilenetv2 or dino_vitb16:/path/w.pth"),
+                          splits=dict(nargs='+'), img_size=dict(type=_int_at_least(8)),
+                          cache_dir=dict(type=_out_folder, help='feature cache folder (default $ATTRIB_DATA/features)'),
+                          batch_size=dict(type=_int_at_least(1)), num_workers=dict(type=_int_at_least(0)),
+                          device=dict(type=_device),
+                          on_error=dict(choices=['raise', 'skip'],
+                                        help='an unreadable image stops the job '
+                                             '(raise) or is left out and listed (skip)'),
+                          allow_outside_root=dict(help='read split/distractor paths that are '
+                                                       'absolute or contain .. (refused by default)'),
+                          **({} if name == 'extract' else dict(out_dir=dict(
+                              flag='--out', type=_out_folder, help='folder for the CSV/JSON results '
+                                                                   '(default: none written)'))))
         s.set_defaults(fn=fn)
     for m in COMMAND_MODULES: importlib.import_module(m).add_commands(sub)
     return p
 
+# %% ../nbs/99_cli.ipynb #ffff6a98
 def main(argv=None):
     "Entry point of the `attrib` console script: a user's error is one line (exit 1), Ctrl-C is one line (exit 130)."
     a = build_parser().parse_args(argv)
     try: a.fn(a)
     except KeyboardInterrupt:
-        sys.unraisablehook = lambda u: None   # a data loader cut off mid-start complains from its __del__: not the user's news
+        # a data loader cut off mid-start complains from its __del__: not the user's news
+        sys.unraisablehook = lambda u: None
         sys.exit(_interrupted())
     except Exception as e:
         from attrib.core import AttribError
@@ -168,5 +241,6 @@ def main(argv=None):
         raise
 
 def _interrupted():
-    print('attrib: interrupted (finished results and checkpoints are kept; re-run the same command to resume)', file=sys.stderr)
+    print('attrib: interrupted (finished results and checkpoints are kept; re-run the same command to resume)',
+          file=sys.stderr)
     return 130

@@ -12,26 +12,32 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .core import DataError
+from .core import DataError, check_finite, to_numpy
 
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_ASPECT', 'ON_ERROR', 'check_aspect', 'load_image',
-           'pil_to_float_tensor', 'ImagePathsDataset', 'collate_skip', 'check_images', 'list_images']
+           'pil_to_float_tensor', 'ImagePathsDataset', 'collate_skip', 'check_images', 'list_images',
+           'images_to_tensor', 'tensor_to_images', 'check_image_batch', 'as_images', 'quantize8']
 
 # %% ../nbs/10_images.ipynb #583cefc8
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.bmp', '.tif', '.tiff', '.webp', '.gif')
 DEFAULT_MAX_PIXELS = 64_000_000   # 8000 x 8000; PIL's own guard is 89.5M (warning) / 179M (error)
-DEFAULT_MAX_ASPECT = 100          # long side / short side; panoramas are ~10, a 1 x 20000 strip is a bomb for any resize
-_BLOCK = 1 << 22                  # pixels per block when rescaling 16/32-bit images (bounds the float64 temporary to 32 MB)
+# long side / short side; panoramas are ~10, a 1 x 20000 strip is a bomb for any resize
+DEFAULT_MAX_ASPECT = 100
+# pixels per block when rescaling 16/32-bit images (bounds the float64 temporary to 32 MB)
+_BLOCK = 1 << 22
 
 def check_aspect(size: tuple[int, int], max_aspect: float | None = DEFAULT_MAX_ASPECT, where: str = 'image'):
-    "Raise `DataError` naming `where` when `size` (w, h) is more than `max_aspect` times longer than wide (or the reverse)."
+    """Raise `DataError` naming `where` when `size` (w, h) is more than `max_aspect` times longer than wide (or the
+    reverse)."""
     w, h = size
     if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
-        raise DataError(f"{where}: {w} x {h} has aspect ratio {max(w, h) / min(w, h):,.0f}:1, over max_aspect={max_aspect} "
-                        "(refused: resizing it for a backbone would take unbounded memory; raise max_aspect to allow it)")
+        raise DataError(f"{where}: {w} x {h} has aspect ratio {max(w, h) / min(w, h):,.0f}:1, over "
+                        f"max_aspect={max_aspect} (refused: resizing it for a backbone would take unbounded memory; "
+                        "raise max_aspect to allow it)")
     return size
 
+# %% ../nbs/10_images.ipynb #f29e0780
 def _to_rgb(im: Image.Image) -> Image.Image:
     "Any PIL mode as 8-bit RGB; transparency composited on white, 16/32-bit rescaled."
     mode = im.mode
@@ -39,7 +45,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         src = np.asarray(im); mx = np.nanmax(src) if src.size else 0
         out = np.empty(src.shape, np.uint8)
         rows = max(1, _BLOCK // max(1, src.shape[1]))
-        for r in range(0, src.shape[0], rows):   # float64 in row blocks: the temporary stays small whatever the image size
+        # float64 in row blocks: the temporary stays small whatever the image size
+        for r in range(0, src.shape[0], rows):
             a = src[r:r + rows].astype(np.float64)
             if mode == 'F': a = a * 255 if mx <= 1 else a
             elif mode.startswith('I;16') or mx > 255: a = a / 257.0 if mx <= 65535 else a * 255.0 / mx
@@ -54,27 +61,33 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_size: int | None = None, max_aspect: float | None = DEFAULT_MAX_ASPECT) -> Image.Image:
-    "Open `path` as an RGB `PIL.Image`, converting odd modes and sizes; raise `DataError` naming the file when it cannot."
+    """Open `path` as an RGB `PIL.Image`, converting odd modes and sizes; raise `DataError` naming the file when it
+    cannot."""
     path = Path(path)
-    if not path.is_file(): raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
     with open(path, 'rb') as f, warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # our own max_pixels check decides
         try: im = Image.open(f)
-        except Image.DecompressionBombError as e: raise DataError(f"{path}: image too large, refused as a possible decompression bomb ({e})") from None
-        except UnidentifiedImageError: raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{path}: image too large, refused as a possible decompression bomb ({e})") from None
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
         except OSError as e: raise DataError(f"{path}: truncated or corrupt image, cannot open it ({e})") from None
         w, h = im.size
         if w < 1 or h < 1: raise DataError(f"{path}: empty image ({w} x {h})")
         check_aspect((w, h), max_aspect, str(path))
         if max_pixels is not None and w * h > max_pixels:
-            if im.format == 'JPEG':   # decode at 1/2, 1/4 or 1/8 scale straight from the DCT: never allocates the full image
+            # decode at 1/2, 1/4 or 1/8 scale straight from the DCT: never allocates the full image
+            if im.format == 'JPEG':
                 s = int(np.ceil(np.sqrt(w * h / max_pixels)))
                 im.draft('RGB', (max(1, w // s), max(1, h // s)))
             if im.size[0] * im.size[1] > max_pixels:
                 raise DataError(f"{path}: {w} x {h} = {w*h:,} pixels exceeds max_pixels={max_pixels:,} "
                                 "(refused as a possible decompression bomb; raise max_pixels to allow it)")
         try: im.seek(0); im.load()
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:   # PIL reports truncation as OSError
+        # PIL reports truncation as OSError
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: truncated or corrupt image data ({e})") from None
     try: im = ImageOps.exif_transpose(im)
     except Exception: pass   # a broken EXIF block never makes an image unusable
@@ -83,8 +96,8 @@ def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | No
         s = min_size / min(im.size)
         up = (max(min_size, round(im.size[0] * s)), max(min_size, round(im.size[1] * s)))
         if max_pixels is not None and up[0] * up[1] > max_pixels:
-            raise DataError(f"{path}: upscaling {im.size[0]} x {im.size[1]} to min_size={min_size} would make {up[0] * up[1]:,} "
-                            f"pixels, over max_pixels={max_pixels:,}")
+            raise DataError(f"{path}: upscaling {im.size[0]} x {im.size[1]} to min_size={min_size} would make "
+                            f"{up[0] * up[1]:,} pixels, over max_pixels={max_pixels:,}")
         im = im.resize(up, Image.BICUBIC)
     if max_size is not None and max(im.size) > max_size:
         s = max_size / max(im.size)
@@ -98,6 +111,7 @@ def pil_to_float_tensor(im: Image.Image) -> torch.Tensor:
     "An RGB PIL image as a float tensor 3 x H x W in [0, 1]."
     return torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
 
+# %% ../nbs/10_images.ipynb #0c44ed83
 class ImagePathsDataset(torch.utils.data.Dataset):
     "Images from `paths` (relative to `root` when given) as `(transform(img), index)`, with a policy for bad files."
     def __init__(self, paths: Sequence[str | Path], root: str | Path | None = None, transform: Callable | None = None,
@@ -110,7 +124,8 @@ class ImagePathsDataset(torch.utils.data.Dataset):
         self.bad: list[tuple[str, str]] = []
 
     def __len__(self): return len(self.paths)
-    def full_path(self, i: int) -> Path: return self.root/self.paths[i] if self.root is not None else Path(self.paths[i])
+    def full_path(self, i: int) -> Path:
+        return self.root/self.paths[i] if self.root is not None else Path(self.paths[i])
 
     def __getitem__(self, i: int):
         i = int(i)
@@ -126,11 +141,13 @@ class ImagePathsDataset(torch.utils.data.Dataset):
             return None
         return x, i
 
-    def loader(self, batch_size: int = 64, num_workers: int = 0, shuffle: bool = False, **kw) -> torch.utils.data.DataLoader:
+    def loader(self, batch_size: int = 64, num_workers: int = 0, shuffle: bool = False,
+               **kw) -> torch.utils.data.DataLoader:
         "A `DataLoader` whose batches are `(images, indices)` with bad items dropped (`collate_skip`)."
         return torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
                                            collate_fn=collate_skip, **kw)
 
+# %% ../nbs/10_images.ipynb #fb0befea
 def collate_skip(batch):
     "Collate `(tensor, index)` items, dropping `None` (skipped bad files); `None` if the whole batch was bad."
     batch = [b for b in batch if b is not None]
@@ -151,9 +168,53 @@ def check_images(paths: Sequence[str | Path], root: str | Path | None = None, mi
             bad.append((str(p), msg[len(prefix):] if msg.startswith(prefix) else msg))
     return bad
 
+# %% ../nbs/10_images.ipynb #8a86b0a2
 def list_images(folder: str | Path, extensions: Sequence[str] = IMG_EXTENSIONS) -> list[Path]:
     "Image files under `folder` (recursively, by extension, case-insensitive), sorted by their path."
     folder = Path(folder)
     if not folder.is_dir(): raise DataError(f"{folder}: image folder not found")
     ext = {e.lower() for e in extensions}
     return sorted(p for p in folder.rglob('*') if p.suffix.lower() in ext and p.is_file())
+
+# %% ../nbs/10_images.ipynb #8ffeee25
+def images_to_tensor(a: np.ndarray, name: str = 'images') -> torch.Tensor:
+    "uint8 N x H x W x 3 (numpy or tensor) -> float tensor N x 3 x H x W in [0, 1]."
+    a = to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+        raise DataError(f"{name}: expected uint8 N x H x W x 3 images, got {a.dtype} {a.shape}")
+    a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()
+    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)
+
+# %% ../nbs/10_images.ipynb #2301fde6
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    "float tensor N x 3 x H x W in [0, 1] -> uint8 N x H x W x 3 (rounded)."
+    return (x.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+# %% ../nbs/10_images.ipynb #fff67998
+def check_image_batch(x, img_size: int | None = None, name: str = 'images') -> torch.Tensor:
+    "Raise a clear error unless x is a finite float tensor (B, 3, H, W) in [0, 1] (and H = W = img_size if given)."
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a torch tensor (B, 3, H, W) in [0, 1], got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3 or (img_size is not None and tuple(x.shape[2:]) != (img_size, img_size)):
+        want = f"(B, 3, {img_size}, {img_size})" if img_size else "(B, 3, H, W)"
+        raise DataError(f"{name}: images must have shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"{name}: images must be float in [0, 1], got {x.dtype} (use images_to_tensor for uint8)")
+    check_finite(x, name)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise DataError(f"{name}: image values must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
+    return x
+
+# %% ../nbs/10_images.ipynb #884e02c1
+def as_images(x, name: str = 'images') -> torch.Tensor:
+    "uint8 N x H x W x 3 (numpy or tensor) or float (B, 3, H, W) in [0, 1] -> float32 tensor (B, 3, H, W) in [0, 1]."
+    if isinstance(x, np.ndarray) or (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
+        return images_to_tensor(x, name)
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a uint8 array or a float tensor, got {type(x).__name__}")
+    return check_image_batch(x, None, name).float()
+
+# %% ../nbs/10_images.ipynb #b3bc7d8c
+def quantize8(x: torch.Tensor) -> torch.Tensor:
+    "Clip images to [0, 1] and round them to the 256 levels of an 8-bit file (as saving a PNG would)."
+    return (x.clamp(0, 1) * 255).round() / 255

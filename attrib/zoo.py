@@ -14,17 +14,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (AttribError, DataError, WeightsError, seed_everything, get_rng_state, set_rng_state, data_dir,
-                         atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress, to_numpy)
+                         atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress)
+from .train import restart_from_checkpoint, torch_threads
+from .images import images_to_tensor, tensor_to_images, check_image_batch
 from .sources import all_photos, resize
 
 # %% auto #0
 __all__ = ['ZOO_NAMES', 'ZOO_SIZES', 'TEST_FRACTION', 'CROP_SCALE', 'PHOTO_SUBSETS', 'UPSAMPLINGS', 'VAE_SIGMA',
-           'ZOO_TRAIN_THREADS', 'DIFFUSERS_KINDS', 'DIFFUSERS_SIZES', 'ZOO_WORLD', 'zoo_real_images',
-           'images_to_tensor', 'tensor_to_images', 'up_block', 'ConvDecoder', 'ConvEncoder', 'ZooGenerator',
-           'check_images', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator', 'zoo_config',
-           'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model', 'load_zoo_model', 'zoo_info',
-           'train_zoo', 'weights_digest', 'DiffusersGenerator', 'load_diffusers_generator', 'diffusers_path',
-           'train_diffusers_model', 'world_spec', 'load_world_model', 'world_info', 'world_cached', 'train_world']
+           'ZOO_TRAIN_THREADS', 'DIFFUSERS_KINDS', 'DIFFUSERS_SIZES', 'ZOO_WORLD', 'zoo_real_images', 'up_block',
+           'ConvDecoder', 'ConvEncoder', 'ZooGenerator', 'GANGenerator', 'VAEGenerator', 'VelocityMLP', 'FlowGenerator',
+           'zoo_config', 'build_zoo_model', 'discriminator', 'zoo_root', 'zoo_path', 'train_zoo_model',
+           'load_zoo_model', 'zoo_info', 'train_zoo', 'weights_digest', 'DiffusersGenerator',
+           'load_diffusers_generator', 'diffusers_path', 'train_diffusers_model', 'world_spec', 'load_world_model',
+           'world_info', 'world_cached', 'train_world']
 
 # %% ../nbs/20_zoo.ipynb #f5989dc2
 ZOO_NAMES = ('dcgan', 'vae', 'sngan', 'wgangp', 'flow')
@@ -64,29 +66,21 @@ def _region_crops(n, size, seed, split, subset='all'):
 @lru_cache(maxsize=8)
 def _real(split, size, photos='all'):
     cfg = _check_size(size)
-    a = _region_crops(cfg['n_train'] if split == 'train' else cfg['n_test'], cfg['img_size'], seed=1234, split=split, subset=photos)
+    a = _region_crops(cfg['n_train'] if split == 'train' else cfg['n_test'], cfg['img_size'], seed=1234, split=split,
+                      subset=photos)
     a.setflags(write=False)
     return a
 
-def zoo_real_images(split: str = 'train', n: int | None = None, size: str = 'default', photos: str = 'all') -> np.ndarray:
-    "The real images the zoo learns from (`split='train'`) or holds out (`'test'`): uint8, N x H x W x 3 (`photos`: all, a or b)."
+def zoo_real_images(split: str = 'train', n: int | None = None, size: str = 'default',
+                    photos: str = 'all') -> np.ndarray:
+    """The real images the zoo learns from (`split='train'`) or holds out (`'test'`): uint8, N x H x W x 3 (`photos`:
+    all, a or b)."""
     if split not in ('train', 'test'): raise AttribError(f"split must be 'train' or 'test', got {split!r}")
     a = _real(split, size, photos)
     if n is not None:
         if not 0 <= n <= len(a): raise AttribError(f"asked for n={n} {split} images, the '{size}' zoo has {len(a)}")
         a = a[:n]
     return a
-
-def images_to_tensor(a: np.ndarray, name: str = 'images') -> torch.Tensor:
-    "uint8 N x H x W x 3 (numpy or tensor) -> float tensor N x 3 x H x W in [0, 1]."
-    a = to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a)
-    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3: raise DataError(f"{name}: expected uint8 N x H x W x 3 images, got {a.dtype} {a.shape}")
-    a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()
-    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    "float tensor N x 3 x H x W in [0, 1] -> uint8 N x H x W x 3 (rounded)."
-    return (x.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 # %% ../nbs/20_zoo.ipynb #fa522fb0
 UPSAMPLINGS = ('transposed', 'transposed2', 'nearest', 'bilinear', 'pixelshuffle')
@@ -105,11 +99,13 @@ def up_block(cin: int, cout: int, kind: str, norm: str = 'bn', act: str = 'relu'
     if kind == 'transposed': up = [nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
     elif kind == 'transposed2': up = [nn.ConvTranspose2d(cin, cout, 2, 2)]
     elif kind == 'nearest': up = [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(cin, cout, 3, 1, 1)]
-    elif kind == 'bilinear': up = [nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False), nn.Conv2d(cin, cout, 3, 1, 1)]
+    elif kind == 'bilinear':
+        up = [nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False), nn.Conv2d(cin, cout, 3, 1, 1)]
     elif kind == 'pixelshuffle': up = [nn.Conv2d(cin, 4 * cout, 3, 1, 1), nn.PixelShuffle(2)]
     else: raise AttribError(f'unknown upsampling {kind!r}; choose one of {UPSAMPLINGS}')
     return nn.Sequential(*up, _norm(norm, cout), _act(act))
 
+# %% ../nbs/20_zoo.ipynb #91c418c1
 def _n_up(img_size):
     n = math.log2(img_size / 4)
     if img_size < 8 or n != int(n): raise AttribError(f'img_size must be 4 * 2**k >= 8, got {img_size}')
@@ -131,6 +127,7 @@ class ConvDecoder(nn.Module):
         y = self.to_rgb(self.ups(h))
         return torch.tanh(y) if self.out == 'tanh' else torch.sigmoid(y)
 
+# %% ../nbs/20_zoo.ipynb #cf4a751b
 class ConvEncoder(nn.Module):
     "Image in [0, 1] -> `n_out` features: conv3, `log2(img_size/4)` stride-2 conv4 blocks, linear."
     def __init__(self, img_size, width, n_out, norm='none', act='lrelu', spectral=False):
@@ -145,24 +142,27 @@ class ConvEncoder(nn.Module):
 
 # %% ../nbs/20_zoo.ipynb #3a99178f
 class ZooGenerator(nn.Module):
-    "A zoo generator: `forward(z)` maps latents (B, *latent_shape) to images in [0, 1] (B, 3, H, W), differentiably in z."
+    """A zoo generator: `forward(z)` maps latents (B, *latent_shape) to images in [0, 1] (B, 3, H, W), differentiably
+    in z."""
     family: str = ''
     upsampling: str = ''
     def __init__(self, name: str, latent_shape: tuple, img_size: int, config: dict):
         super().__init__()
-        self.name, self.latent_shape, self.img_size, self.config = name, tuple(latent_shape), int(img_size), dict(config)
+        self.name, self.latent_shape = name, tuple(latent_shape)
+        self.img_size, self.config = int(img_size), dict(config)
 
     @property
     def device(self) -> torch.device: return next(self.parameters()).device
 
     def check_latent(self, z):
         if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != self.latent_shape:
-            raise AttribError(f"{self.name}: latent must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(getattr(z, 'shape', ()))}")
+            raise AttribError(f"{self.name}: latent must have shape (B, {', '.join(map(str, self.latent_shape))}), got "
+                              f"{tuple(getattr(z, 'shape', ()))}")
         return check_finite(z, f'{self.name} latent')
 
-    def check_images(self, x):
+    def check_image_batch(self, x):
         "Validate a batch of images (B, 3, img_size, img_size) in [0, 1]."
-        return check_images(x, self.img_size, self.name)
+        return check_image_batch(x, self.img_size, self.name)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         "n latents from the model's prior N(0, I), drawn on the CPU (device-independent), moved to the model's device."
@@ -170,10 +170,13 @@ class ZooGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-        "n images (n, 3, H, W) in [0, 1] from latents seeded by `seed` (eval mode; the same seed gives the same images)."
+        """n images (n, 3, H, W) in [0, 1] from latents seeded by `seed` (eval mode; the same seed gives the same
+        images)."""
         z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
         was = self.training; self.eval()
-        try: return torch.cat([self(z[i:i + batch_size]) for i in range(0, n, batch_size)]) if n else z.new_zeros(0, 3, self.img_size, self.img_size)
+        try:
+            if not n: return z.new_zeros(0, 3, self.img_size, self.img_size)
+            return torch.cat([self(z[i:i + batch_size]) for i in range(0, n, batch_size)])
         finally: self.train(was)
 
     @property
@@ -184,7 +187,7 @@ class ZooGenerator(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         "The encoder's latent mean for images x in [0, 1]."
         if self.encoder is None: raise AttribError(f"{self.name} ({self.family}) has no encoder")
-        return self.encoder(self.check_images(x))
+        return self.encoder(self.check_image_batch(x))
 
     @property
     def has_autoencoder(self) -> bool: return False
@@ -193,18 +196,9 @@ class ZooGenerator(nn.Module):
         "Reconstruction of x through the model's image autoencoder (decoder(encoder mean)); AEDR's building block."
         raise AttribError(f"{self.name} ({self.family}) has no image autoencoder")
 
-    def extra_repr(self): return f"name={self.name!r}, family={self.family!r}, upsampling={self.upsampling!r}, latent_shape={self.latent_shape}, img_size={self.img_size}"
-
-def check_images(x, img_size: int | None = None, name: str = 'images') -> torch.Tensor:
-    "Raise a clear error unless x is a finite float tensor (B, 3, H, W) with values in [0, 1] (and H = W = img_size if given)."
-    if not isinstance(x, torch.Tensor): raise DataError(f"{name}: expected a torch tensor (B, 3, H, W) in [0, 1], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3 or (img_size is not None and tuple(x.shape[2:]) != (img_size, img_size)):
-        want = f"(B, 3, {img_size}, {img_size})" if img_size else "(B, 3, H, W)"
-        raise DataError(f"{name}: images must have shape {want}, got {tuple(x.shape)}")
-    if not x.is_floating_point(): raise DataError(f"{name}: images must be float in [0, 1], got {x.dtype} (use images_to_tensor for uint8)")
-    check_finite(x, name)
-    if x.numel() and (x.min() < 0 or x.max() > 1): raise DataError(f"{name}: image values must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
-    return x
+    def extra_repr(self):
+        return (f"name={self.name!r}, family={self.family!r}, upsampling={self.upsampling!r}, "
+                f"latent_shape={self.latent_shape}, img_size={self.img_size}")
 
 # %% ../nbs/20_zoo.ipynb #e59f4e5c
 class GANGenerator(ZooGenerator):
@@ -216,6 +210,7 @@ class GANGenerator(ZooGenerator):
         self.net = ConvDecoder(nz, img_size, width, upsampling, norm, act, out='tanh')
     def forward(self, z): return (self.net(self.check_latent(z)) + 1) / 2
 
+# %% ../nbs/20_zoo.ipynb #a5117edb
 class _MeanHead(nn.Module):
     "Encoder output (mu, logvar) -> mu. Holds the encoder in a list so its weights are registered once (in the VAE)."
     def __init__(self, enc, nz): super().__init__(); self._enc, self.nz = [enc], nz
@@ -236,8 +231,9 @@ class VAEGenerator(ZooGenerator):
     def encoder(self): return self._mean
     @property
     def has_autoencoder(self): return True
-    def autoencode(self, x): return self.net(self._mean(self.check_images(x)))
+    def autoencode(self, x): return self.net(self._mean(self.check_image_batch(x)))
 
+# %% ../nbs/20_zoo.ipynb #1a260c20
 class VelocityMLP(nn.Module):
     "Rectified-flow velocity v(x_t, t) for latent vectors: an MLP on [x_t, Fourier features of t]."
     def __init__(self, d, hidden=256, n_freq=4):
@@ -249,15 +245,18 @@ class VelocityMLP(nn.Module):
         t = t.reshape(-1, 1).expand(len(x), 1).to(x)
         return self.net(torch.cat([x, t, torch.sin(t * self.freqs), torch.cos(t * self.freqs)], 1))
 
+# %% ../nbs/20_zoo.ipynb #5159cc51
 class _FlowEncoder(nn.Module):
-    "Image -> AE latent mean -> normalised -> reverse Euler ODE to t=0: an approximate inverse of the sampler (DDIM-inversion style)."
+    """Image -> AE latent mean -> normalised -> reverse Euler ODE to t=0: an approximate inverse of the sampler
+    (DDIM-inversion style)."""
     def __init__(self, g): super().__init__(); self.g = [g]   # list: do not register the parent as a child (no cycle)
     def forward(self, x):
         g = self.g[0]; h = (g.enc(x)[:, :g.latent_shape[0]] - g.lat_mean) / g.lat_std
         return g.integrate(h, reverse=True)
 
 class FlowGenerator(ZooGenerator):
-    "Latent flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023) in a small autoencoder's latent space, LDM-style."
+    """Latent flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023) in a small autoencoder's latent
+    space, LDM-style."""
     family = 'flow'
     def __init__(self, name, nz, img_size, width, upsampling='transposed2', n_steps=8, config=None):
         super().__init__(name, (nz,), img_size, config or {})
@@ -281,7 +280,7 @@ class FlowGenerator(ZooGenerator):
     def encoder(self): return self._encoder
     @property
     def has_autoencoder(self): return True
-    def autoencode(self, x): return self.net(self.enc(self.check_images(x))[:, :self.latent_shape[0]])
+    def autoencode(self, x): return self.net(self.enc(self.check_image_batch(x))[:, :self.latent_shape[0]])
 
 # %% ../nbs/20_zoo.ipynb #74ade5ef
 _SPEC = {   # name -> (class, kwargs)
@@ -299,14 +298,17 @@ def _check_name(name):
 def zoo_config(name: str, size: str = 'default') -> dict:
     "The architecture and training configuration of zoo model `name` at `size`."
     _check_name(name); s = _check_size(size); cls, kw = _SPEC[name]
-    return dict(name=name, size=size, img_size=s['img_size'], width=s['width'], nz=s['latent'][name], steps=s['steps'][name],
+    return dict(name=name, size=size, img_size=s['img_size'], width=s['width'], nz=s['latent'][name],
+                steps=s['steps'][name],
                 batch=s['batch'], **kw)
 
+# %% ../nbs/20_zoo.ipynb #e36e71e3
 def build_zoo_model(name: str, size: str = 'default') -> ZooGenerator:
     "An untrained zoo generator (architecture only)."
     c = zoo_config(name, size); cls, kw = _SPEC[name]
     return cls(name, c['nz'], c['img_size'], c['width'], config=c, **kw)
 
+# %% ../nbs/20_zoo.ipynb #f91691e5
 def discriminator(name: str, size: str = 'default') -> nn.Module:
     "The critic a GAN of the zoo trains against: BN (dcgan), spectral norm (sngan) or no norm (wgangp)."
     c = zoo_config(name, size)
@@ -320,11 +322,13 @@ def _flip(x):
     m = torch.rand(len(x), 1, 1, 1) < 0.5
     return torch.where(m, x.flip(-1), x)
 
-def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str) -> list:
-    "Run `step_fn(step) -> loss dict` n_steps times with checkpoint/resume; returns the loss log."
-    start, log = 0, []
-    if ckpt is not None and ckpt.exists():
-        st = load_checkpoint(ckpt)
+def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str,
+              config: dict) -> list:
+    """Run `step_fn(step) -> loss dict` n_steps times, checkpointing to `ckpt` and resuming from it; returns the loss
+    log."""
+    config = {**config, 'phase': desc, 'n_steps': int(n_steps)}     # every option of the run; another one is refused
+    st, start, log = restart_from_checkpoint(ckpt, config), 0, []
+    if st is not None:
         for k, m in modules.items(): m.load_state_dict(st['modules'][k])
         for k, o in opts.items(): o.load_state_dict(st['opts'][k])
         start, log = st['step'], [dict(zip(st['log_keys'], r)) for r in st['log'].tolist()] if len(st['log']) else []
@@ -334,7 +338,8 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
         log.append({k: float(v) for k, v in step_fn(step).items()})
         if ckpt is not None and ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < n_steps:
             keys = list(log[0])
-            save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()}, 'opts': {k: o.state_dict() for k, o in opts.items()},
+            save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()},
+                             'opts': {k: o.state_dict() for k, o in opts.items()}, 'config': config,
                              'step': step + 1, 'rng': get_rng_state(), 'log_keys': keys,
                              'log': torch.tensor([[r[k] for k in keys] for r in log], dtype=torch.float64)}, ckpt)
     return log
@@ -368,7 +373,8 @@ def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
         lg = F.softplus(-out).mean() if name == 'dcgan' else -out.mean()
         oG.zero_grad(set_to_none=True); lg.backward(); oG.step()
         return {'d': ld.item(), 'g': lg.item()}
-    return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}')
+    return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}',
+                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis})
 
 VAE_SIGMA = 0.2   # decoder std of the zoo VAE: 0.1 gave sharp reconstructions but saturated prior samples (prior holes)
 
@@ -384,14 +390,17 @@ def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, param
         loss = (rec + beta * _kl(mu, lv)).mean() / x[0].numel()
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return {'loss': loss.item(), 'mse': ((g.net(mu) - x) ** 2).mean().item() if i % 50 == 0 else float('nan')}
-    return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}')
+    return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}',
+                     {**c, 'beta': beta, 'sigma': sigma})
 
 def _train_flow(g, name, data, c, ckpt, ckpt_every):
     ae_steps, fl_steps = c['steps']
-    log = _train_vae(g, name + '-ae', data, c, None if ckpt is None else ckpt.with_suffix('.ae.pt'), ckpt_every, ae_steps, beta=1e-3,
+    log = _train_vae(g, name + '-ae', data, c, None if ckpt is None else ckpt.with_suffix('.ae.pt'), ckpt_every,
+                     ae_steps, beta=1e-3,
                      params=list(g.net.parameters()) + list(g.enc.parameters()))
     g.eval()
-    with torch.no_grad(): lat = torch.cat([g.enc(data[i:i + 512])[:, :g.latent_shape[0]] for i in range(0, len(data), 512)])
+    with torch.no_grad():
+        lat = torch.cat([g.enc(data[i:i + 512])[:, :g.latent_shape[0]] for i in range(0, len(data), 512)])
     g.lat_mean.copy_(lat.mean(0)); g.lat_std.copy_(lat.std(0).clamp_min(1e-4))
     lat = (lat - g.lat_mean) / g.lat_std
     opt = torch.optim.Adam(g.velocity.parameters(), 1e-3)
@@ -400,31 +409,35 @@ def _train_flow(g, name, data, c, ckpt, ckpt_every):
         loss = ((g.velocity((1 - t) * z + t * x1, t) - (x1 - z)) ** 2).mean()
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return {'flow': loss.item()}
-    return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps, None if ckpt is None else ckpt.with_suffix('.flow.pt'),
-                           ckpt_every, f'{name}-flow')
+    return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps,
+                           None if ckpt is None else ckpt.with_suffix('.flow.pt'),
+                           ckpt_every, f'{name}-flow', c)
 
 # %% ../nbs/20_zoo.ipynb #34567a58
 def zoo_root(root=None) -> Path:
     "The zoo cache folder (`data/zoo` unless given)."
     return Path(root) if root is not None else data_dir()/'zoo'
 
+# %% ../nbs/20_zoo.ipynb #0fbb0c4d
 def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> Path:
     "Where zoo model `name` (size, seed, trained on `photos`) is cached."
     _check_name(name); _check_size(size)
     if photos not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {photos!r}")
     return zoo_root(root)/(f'{name}-{size}-s{int(seed)}' + ('' if photos == 'all' else f'-p{photos}') + '.safetensors')
 
+# %% ../nbs/20_zoo.ipynb #bc23de30
 def _save(g: ZooGenerator, path: Path, meta: dict):
     from safetensors.torch import save
     sd = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
     with atomic_write(path) as f: f.write(save(sd, metadata={'name': g.name}))
     save_json(meta, path.with_suffix('.json'))
 
-ZOO_TRAIN_THREADS = 1   # torch CPU threads while a zoo model trains: the weights are then the same whatever the caller's setting
+# torch CPU threads while a zoo model trains: the weights are then the same whatever the caller's setting
+ZOO_TRAIN_THREADS = 1
 
-def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250, photos: str = 'all') -> ZooGenerator:
+def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, ckpt_every: int = 250,
+                    photos: str = 'all') -> ZooGenerator:
     "Train zoo model `name` from `seed` on the zoo's real training images, cache it, and return it (eval mode)."
-    from attrib.train import torch_threads
     with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
 
 def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
@@ -434,17 +447,21 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
     ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
     t0, c0 = time.perf_counter(), time.process_time()
-    if g.family == 'gan': log = _train_gan(g, name, size, data, c, ckpt, ckpt_every)
-    elif g.family == 'vae': log = _train_vae(g, name, data, c, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
-    else: log = _train_flow(g, name, data, c, ckpt, ckpt_every)
+    run = {**c, 'seed': int(seed), 'photos': photos}                  # what the checkpoint must have been made with
+    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every)
+    elif g.family == 'vae':
+        log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
+    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
-    _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu, 'threads': torch.get_num_threads(),
+    _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu,
+                    'threads': torch.get_num_threads(),
                     'final_losses': last, 'n_log': len(log), 'torch': torch.__version__})
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g
 
+# %% ../nbs/20_zoo.ipynb #e384e03d
 def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, train_if_missing: bool = True,
                    photos: str = 'all') -> ZooGenerator:
     "Zoo model `name` (eval mode) from the cache, training and caching it first if missing and `train_if_missing`."
@@ -459,13 +476,16 @@ def load_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, t
     try: sd = load_file(str(path))
     except Exception as e: raise WeightsError(f"{path}: cannot read zoo weights ({type(e).__name__}: {e})") from None
     try: g.load_state_dict(sd)
-    except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit {name!r} at size {size!r} ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit {name!r} at size {size!r} ({str(e).splitlines()[0]})") from None
     return g.eval()
 
+# %% ../nbs/20_zoo.ipynb #ee46f421
 def zoo_info(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> dict:
     "The JSON written beside a cached model: config, seed, train wall/CPU seconds, final losses."
     return load_json(zoo_path(name, size, seed, root, photos).with_suffix('.json'))
 
+# %% ../nbs/20_zoo.ipynb #6158d6a3
 def train_zoo(names=None, size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> dict:
     "Train (or load from the cache) every zoo model in `names`; returns {name: ZooGenerator}."
     names = list(ZOO_NAMES if names is None else names)
@@ -481,7 +501,8 @@ def train_zoo(names=None, size: str = 'default', seed: int = 0, root=None, retra
 DIFFUSERS_KINDS = ('ldm', 'ldmvq', 'ddim')   # latent diffusion on a KL / a vector-quantised autoencoder; pixel DDIM
 DIFFUSERS_SIZES = {
     'default': dict(img_size=32, ae_blocks=(16, 32), unet_blocks=(32, 64), latent_channels=4, batch=32, ae_steps=800,
-                    unet_steps=(1500, 1500), n_sample_steps=10, ddim_blocks=(16, 32, 32), n_codes=256),   # training time: not measured
+                    # training time: not measured
+                    unet_steps=(1500, 1500), n_sample_steps=10, ddim_blocks=(16, 32, 32), n_codes=256),
     'tiny': dict(img_size=16, ae_blocks=(8, 16), unet_blocks=(16, 32), latent_channels=4, batch=32, ae_steps=20,
                  unet_steps=(20, 20), n_sample_steps=4, ddim_blocks=(8, 16), n_codes=32),
 }
@@ -492,9 +513,11 @@ def weights_digest(module: nn.Module) -> str:
     h = hashlib.sha1()
     for k, v in sorted(module.state_dict().items()):
         t = v.detach().cpu().contiguous()
-        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+# %% ../nbs/20_zoo.ipynb #9fc03acc
 def _vae_latent(vae, x):
     "Scaled latent mean of images x in [0, 1] (AutoencoderKL: latent_dist.mean; VQModel: pre-quantisation latents)."
     e = vae.encode(2 * x - 1)
@@ -504,7 +527,8 @@ def _vae_latent(vae, x):
 def _vae_decode(vae, z): return (vae.decode(z / vae.config.scaling_factor).sample + 1) / 2
 
 class DiffusersGenerator(ZooGenerator):
-    "A diffusers model as a zoo generator: a VAE alone, a latent-diffusion pipeline (VAE + UNet + DDIM) or a pixel DDIM pipeline."
+    """A diffusers model as a zoo generator: a VAE alone, a latent-diffusion pipeline (VAE + UNet + DDIM) or a pixel
+    DDIM pipeline."""
     family = 'diffusers'
     def __init__(self, name, vae=None, unet=None, scheduler=None, n_sample_steps: int = 20, config=None):
         if vae is None and unet is None: raise AttribError(f"{name}: a diffusers generator needs a VAE or a UNet")
@@ -516,7 +540,8 @@ class DiffusersGenerator(ZooGenerator):
         super().__init__(name, lat, img, config or {})
         self.vae, self.unet, self.scheduler, self.n_sample_steps = vae, unet, scheduler, int(n_sample_steps)
         vq = 'vq' if type(vae).__name__ == 'VQModel' else ''
-        self.upsampling = 'diffusers-' + (f'ldm{vq}' if vae is not None and unet is not None else f'vae{vq}' if vae is not None else 'ddim')
+        self.upsampling = 'diffusers-' + (f'ldm{vq}' if vae is not None and unet is not None
+                                          else f'vae{vq}' if vae is not None else 'ddim')
         for m in (vae, unet):
             if m is not None: m.eval().requires_grad_(False)
     def ddim(self, x):
@@ -533,8 +558,10 @@ class DiffusersGenerator(ZooGenerator):
         "n images in [0, 1] from the full pipeline (VAE alone: decoded prior latents), seeded; clamped to [0, 1]."
         if self.vae is None or self.unet is None: return super().sample(n, seed, batch_size).clamp(0, 1)
         g = torch.Generator().manual_seed(int(seed))
-        z = torch.randn((n, int(self.unet.config.in_channels), *[int(self.unet.config.sample_size)] * 2), generator=g).to(self.device)
-        return torch.cat([_vae_decode(self.vae, self.ddim(z[i:i + batch_size])).clamp(0, 1) for i in range(0, n, batch_size)]) \
+        z = torch.randn((n, int(self.unet.config.in_channels), *[int(self.unet.config.sample_size)] * 2),
+                        generator=g).to(self.device)
+        return torch.cat([_vae_decode(self.vae,
+                                      self.ddim(z[i:i + batch_size])).clamp(0, 1) for i in range(0, n, batch_size)]) \
             if n else z.new_zeros(0, 3, self.img_size, self.img_size)
     @property
     def encoder(self): return None if self.vae is None else (lambda x: _vae_latent(self.vae, x))
@@ -542,120 +569,156 @@ class DiffusersGenerator(ZooGenerator):
     def has_autoencoder(self): return self.vae is not None
     def autoencode(self, x):
         if self.vae is None: return super().autoencode(x)
-        return _vae_decode(self.vae, _vae_latent(self.vae, self.check_images(x)))
+        return _vae_decode(self.vae, _vae_latent(self.vae, self.check_image_batch(x)))
 
+# %% ../nbs/20_zoo.ipynb #43eeced4
 _DIFFUSERS_CLASSES = ('AutoencoderKL', 'VQModel', 'UNet2DModel', 'DDIMScheduler', 'DDPMScheduler')
 
 def _load_component(folder: Path, cls_name: str, subfolder=None):
     import diffusers
-    if cls_name not in _DIFFUSERS_CLASSES: raise WeightsError(f"{folder}: component class {cls_name!r} is not supported (one of {_DIFFUSERS_CLASSES})")
+    if cls_name not in _DIFFUSERS_CLASSES:
+        raise WeightsError(f"{folder}: component class {cls_name!r} is not supported (one of {_DIFFUSERS_CLASSES})")
     cls = getattr(diffusers, cls_name)
     try:
         if cls_name.endswith('Scheduler'): return cls.from_pretrained(folder, subfolder=subfolder)
         return cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
-    except Exception as e: raise WeightsError(f"{folder}: cannot load {cls_name} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:
+        msg = str(e).splitlines()[0][:200]
+        raise WeightsError(f"{folder}: cannot load {cls_name} ({type(e).__name__}: {msg})") from None
 
 def load_diffusers_generator(folder, n_sample_steps: int | None = None) -> DiffusersGenerator:
-    "A `save_pretrained` folder as a generator: a pipeline (`model_index.json`: vae or vqvae, unet, scheduler) or a bare VAE; DDIM steps default 50 (the zoo's: as trained)."
+    """A `save_pretrained` folder as a generator: a pipeline (`model_index.json`: vae or vqvae, unet, scheduler) or a
+    bare VAE; DDIM steps default 50 (the zoo's: as trained)."""
     folder = Path(folder)
     if (folder/'model_index.json').is_file():
         idx = load_json(folder/'model_index.json'); comp = {}
         for k in ('vae', 'vqvae', 'unet', 'scheduler'):
             v = idx.get(k)
-            if isinstance(v, list) and len(v) == 2 and v[1] is not None: comp['vae' if k == 'vqvae' else k] = _load_component(folder, v[1], k)
-        if 'unet' in comp and 'scheduler' not in comp: raise WeightsError(f"{folder}: a pipeline with a UNet needs a scheduler")
+            if isinstance(v, list) and len(v) == 2 and v[1] is not None:
+                comp['vae' if k == 'vqvae' else k] = _load_component(folder, v[1], k)
+        if 'unet' in comp and 'scheduler' not in comp:
+            raise WeightsError(f"{folder}: a pipeline with a UNet needs a scheduler")
         info = load_json(folder/'attrib_train.json') if (folder/'attrib_train.json').is_file() else {}
         steps = n_sample_steps or info.get('n_sample_steps', 50)
         return DiffusersGenerator(folder.name, comp.get('vae'), comp.get('unet'), comp.get('scheduler'), steps,
                                   config={'folder': str(folder), 'class': idx.get('_class_name')}).eval()
     if (folder/'config.json').is_file():
         cls = load_json(folder/'config.json').get('_class_name')
-        if cls not in ('AutoencoderKL', 'VQModel'): raise WeightsError(f"{folder}: a bare diffusers model must be an AutoencoderKL or VQModel, got {cls!r}")
-        return DiffusersGenerator(folder.name, vae=_load_component(folder, cls), config={'folder': str(folder), 'class': cls}).eval()
+        if cls not in ('AutoencoderKL', 'VQModel'):
+            raise WeightsError(f"{folder}: a bare diffusers model must be an AutoencoderKL or VQModel, got {cls!r}")
+        return DiffusersGenerator(folder.name, vae=_load_component(folder, cls),
+                                  config={'folder': str(folder), 'class': cls}).eval()
     raise WeightsError(f"{folder}: not a diffusers folder (no model_index.json or config.json)")
 
 # %% ../nbs/20_zoo.ipynb #6f088e41
 def diffusers_path(kind: str, size: str = 'default', seed: int = 0, root=None) -> Path:
     "Where the diffusers zoo model `kind` ('ldm' or 'ddim') is saved: a `save_pretrained` pipeline folder."
-    if kind not in DIFFUSERS_KINDS: raise AttribError(f"unknown diffusers zoo model {kind!r}; choose one of {list(DIFFUSERS_KINDS)}")
-    if size not in DIFFUSERS_SIZES: raise AttribError(f"unknown zoo size {size!r}; choose one of {list(DIFFUSERS_SIZES)}")
+    if kind not in DIFFUSERS_KINDS:
+        raise AttribError(f"unknown diffusers zoo model {kind!r}; choose one of {list(DIFFUSERS_KINDS)}")
+    if size not in DIFFUSERS_SIZES:
+        raise AttribError(f"unknown zoo size {size!r}; choose one of {list(DIFFUSERS_SIZES)}")
     return zoo_root(root)/f'{kind}-{size}-s{int(seed)}'
 
+# %% ../nbs/20_zoo.ipynb #d19ead2f
 def _ddpm_loss(unet, sched, x0):
     "DDPM noise-prediction loss (Ho et al. 2020) at uniform random timesteps."
     t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
     return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
 
-def _train_diffusers(kind, size, seed, folder, data):
+def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
     from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
     c = DIFFUSERS_SIZES[size]; seed_everything(seed); B = c['batch']; get = _batches(data, B); log = {}
+    run = {**c, 'kind': kind, 'size': size, 'seed': int(seed)}          # what a checkpoint must have been made with
+    ck = lambda phase: None if ckpt is None else ckpt.with_suffix(f'.{phase}.pt')
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False)
     down, up = lambda n: ('DownBlock2D',) * n, lambda n: ('UpBlock2D',) * n
     comps = {'scheduler': sched}
     if kind in ('ldm', 'ldmvq'):
         nb = len(c['ae_blocks'])
-        arch = dict(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * nb, up_block_types=('UpDecoderBlock2D',) * nb,
+        arch = dict(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * nb,
+                    up_block_types=('UpDecoderBlock2D',) * nb,
                     block_out_channels=c['ae_blocks'], layers_per_block=1, latent_channels=c['latent_channels'],
                     norm_num_groups=min(8, c['ae_blocks'][0]), sample_size=c['img_size'])
-        vae = AutoencoderKL(**arch) if kind == 'ldm' else VQModel(**arch, num_vq_embeddings=c['n_codes'], vq_embed_dim=c['latent_channels'])
+        vae = AutoencoderKL(**arch) if kind == 'ldm' else VQModel(**arch, num_vq_embeddings=c['n_codes'],
+                                                                  vq_embed_dim=c['latent_channels'])
         opt = torch.optim.Adam(vae.parameters(), 1e-3)
         def ae_step(i):
             x = 2 * get() - 1
             if kind == 'ldm':
-                d = vae.encode(x).latent_dist; rec = ((vae.decode(d.sample()).sample - x) ** 2).mean(); loss = rec + 1e-5 * d.kl().mean()
-            else:                                             # VQ: straight-through codes, codebook + commitment loss inside decode
-                o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean(); loss = rec + o.commit_loss.mean()
+                d = vae.encode(x).latent_dist; rec = ((vae.decode(d.sample()).sample - x) ** 2).mean()
+                loss = rec + 1e-5 * d.kl().mean()
+            # VQ: straight-through codes, codebook + commitment loss inside decode
+            else:
+                o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean()
+                loss = rec + o.commit_loss.mean()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'rec': rec.item()}
-        log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], None, 0, f'{kind}-ae')[-1]
+        log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], ck('ae'), ckpt_every, f'{kind}-ae',
+                              run)[-1]
         vae.eval()
-        with torch.no_grad(): lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor for i in range(0, len(data), 256)])
+        with torch.no_grad():
+            lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor
+                             for i in range(0, len(data), 256)])
         vae.register_to_config(scaling_factor=float(1 / lat.std()))
-        train, ch, side, steps, blocks = lat * vae.config.scaling_factor, c['latent_channels'], lat.shape[-1], c['unet_steps'][0], c['unet_blocks']
+        train, ch, side = lat * vae.config.scaling_factor, c['latent_channels'], lat.shape[-1]
+        steps, blocks = c['unet_steps'][0], c['unet_blocks']
         comps['vqvae'] = vae              # diffusers' LDMPipeline names its autoencoder 'vqvae'
     else:
         train, ch, side, steps, blocks = 2 * data - 1, 3, c['img_size'], c['unet_steps'][1], c['ddim_blocks']
     unet = UNet2DModel(sample_size=side, in_channels=ch, out_channels=ch, block_out_channels=blocks, layers_per_block=1,
-                       down_block_types=down(len(blocks)), up_block_types=up(len(blocks)), norm_num_groups=min(8, blocks[0]))
+                       down_block_types=down(len(blocks)), up_block_types=up(len(blocks)),
+                       norm_num_groups=min(8, blocks[0]))
     opt = torch.optim.Adam(unet.parameters(), 2e-4 if kind == 'ddim' else 1e-3)
     def unet_step(i):
         x0 = train[torch.randint(len(train), (B,))]
         if kind == 'ddim': x0 = 2 * _flip((x0 + 1) / 2) - 1
-        loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'eps': loss.item()}
-    log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, None, 0, f'{kind}-unet')[-1]
+        loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return {'eps': loss.item()}
+    log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, ck('unet'), ckpt_every, f'{kind}-unet',
+                            run)[-1]
     comps['unet'] = unet.eval()
     return comps, log
 
-def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False) -> Path:
-    "Train diffusers zoo model `kind` ('ldm' or 'ddim') on the zoo's photo crops and save it as a pipeline folder (cached)."
+def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 0, root=None, retrain: bool = False,
+                          ckpt_every: int = 250) -> Path:
+    """Train diffusers zoo model `kind` ('ldm', 'ldmvq' or 'ddim') on the zoo's photo crops; save it as a pipeline
+    folder (cached)."""
     import json, shutil, tempfile, diffusers
-    from attrib.train import torch_threads
     folder = diffusers_path(kind, size, seed, root)
     if (folder/'model_index.json').is_file() and not retrain: return folder
     data = images_to_tensor(zoo_real_images('train', size=size if size in ZOO_SIZES else 'default'))
     t0, c0 = time.perf_counter(), time.process_time()
-    with torch_threads(ZOO_TRAIN_THREADS): comps, log = _train_diffusers(kind, size, seed, folder, data)
+    ckpt = zoo_root(root)/'.ckpt'/folder.name                     # <name>.ae.pt / <name>.unet.pt while it trains
+    with torch_threads(ZOO_TRAIN_THREADS):
+        comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
-    try:                                                          # write beside, then move into place: never half a folder
+    # write beside, then move into place: never half a folder
+    try:
         for k, m in comps.items(): m.save_pretrained(tmp/k)
-        idx = {'_class_name': 'DDIMPipeline' if kind == 'ddim' else 'LDMPipeline', '_diffusers_version': diffusers.__version__,
+        idx = {'_class_name': 'DDIMPipeline' if kind == 'ddim' else 'LDMPipeline',
+               '_diffusers_version': diffusers.__version__,
                'unet': ['diffusers', 'UNet2DModel'], 'scheduler': ['diffusers', 'DDIMScheduler']}
         if kind != 'ddim': idx['vqvae'] = ['diffusers', type(comps['vqvae']).__name__]
         (tmp/'model_index.json').write_text(json.dumps(idx, indent=2))
-        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0, 'train_cpu_s': time.process_time() - c0,
+        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0,
+                   'train_cpu_s': time.process_time() - c0,
                    'threads': ZOO_TRAIN_THREADS, 'final_losses': log,
-                   'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__, 'diffusers': diffusers.__version__},
+                   'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__,
+                   'diffusers': diffusers.__version__},
                   tmp/'attrib_train.json')
         if folder.exists():                                        # retrain: delete only a folder this function wrote
-            if not (folder/'attrib_train.json').is_file(): raise AttribError(f"{folder} exists and was not written by train_diffusers_model; move it away")
+            if not (folder/'attrib_train.json').is_file():
+                raise AttribError(f"{folder} exists and was not written by train_diffusers_model; move it away")
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
+    for phase in ('ae', 'unet'): ckpt.with_suffix(f'.{phase}.pt').unlink(missing_ok=True)   # the run's own checkpoints
     return folder
 
 # %% ../nbs/20_zoo.ipynb #85966e86
-_WORLD = {'dcgan-s1': ('dcgan', 1, 'all'), 'wgangp-s1': ('wgangp', 1, 'all'), 'vae-pa': ('vae', 0, 'a'), 'vae-pb': ('vae', 0, 'b')}
+_WORLD = {'dcgan-s1': ('dcgan', 1, 'all'), 'wgangp-s1': ('wgangp', 1, 'all'), 'vae-pa': ('vae', 0, 'a'),
+          'vae-pb': ('vae', 0, 'b')}
 ZOO_WORLD = ZOO_NAMES + tuple(_WORLD) + DIFFUSERS_KINDS
 
 def world_spec(name: str) -> tuple:
@@ -664,42 +727,51 @@ def world_spec(name: str) -> tuple:
     if name in _WORLD: return _WORLD[name]
     raise AttribError(f"unknown zoo model {name!r}; choose one of {list(ZOO_WORLD)}")
 
+# %% ../nbs/20_zoo.ipynb #8e2d6aab
 def load_world_model(name: str, size: str = 'default', root=None, train_if_missing: bool = True) -> ZooGenerator:
     "Any `ZOO_WORLD` generator by name (trained and cached first if missing and `train_if_missing`)."
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS:
         f = diffusers_path(base, size, seed, root)
         if not (f/'model_index.json').is_file():
-            if not train_if_missing: raise WeightsError(f"zoo model {name!r} (size={size!r}) is not saved at {f}; run attrib train-zoo --names {name} --size {size}")
+            if not train_if_missing:
+                raise WeightsError(f"zoo model {name!r} (size={size!r}) is not saved at {f}; run attrib train-zoo "
+                                   f"--names {name} --size {size}")
             train_diffusers_model(base, size, seed, root)
         g = load_diffusers_generator(f)
     else: g = load_zoo_model(base, size, seed, root, train_if_missing, photos=photos)
     g.name = name; return g
 
+# %% ../nbs/20_zoo.ipynb #35e793da
 def world_info(name: str, size: str = 'default', root=None) -> dict:
     "The training record of a `ZOO_WORLD` model (train wall/CPU seconds, threads, final losses)."
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS: return load_json(diffusers_path(base, size, seed, root)/'attrib_train.json')
     return zoo_info(base, size, seed, root, photos)
 
+# %% ../nbs/20_zoo.ipynb #fd462c6f
 def world_cached(name: str, size: str = 'default', root=None) -> bool:
     "Whether `ZOO_WORLD` model `name` is already trained and cached."
     base, seed, photos = world_spec(name)
     if base in DIFFUSERS_KINDS: return (diffusers_path(base, size, seed, root)/'model_index.json').is_file()
     return zoo_path(base, size, seed, root, photos).exists()
 
+# %% ../nbs/20_zoo.ipynb #13238bdf
 def _train_one(name, size, root): load_world_model(name, size, root); return name
 
 def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> dict:
-    "Train (or load) `ZOO_WORLD` models (default all), `jobs` at a time in separate processes; returns {name: generator}."
+    """Train (or load) `ZOO_WORLD` models (default all), `jobs` at a time in separate processes; returns {name:
+    generator}."""
     names = list(ZOO_WORLD if names is None else names)
     for n in names: world_spec(n)
     if jobs < 1: raise AttribError(f"jobs must be >= 1, got {jobs}")
     missing = [n for n in names if not world_cached(n, size, root)]
-    if jobs > 1 and len(missing) > 1:       # each model trains with ZOO_TRAIN_THREADS threads: the same weights as in one process
+    # each model trains with ZOO_TRAIN_THREADS threads: the same weights as in one process
+    if jobs > 1 and len(missing) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        import attrib.zoo as module                      # by module path: spawned workers import it (also from a notebook)
+        # by module path: spawned workers import it (also from a notebook)
+        import attrib.zoo as module
         with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=mp.get_context('spawn')) as ex:
             list(ex.map(module._train_one, missing, [size] * len(missing), [root] * len(missing)))
     return {n: load_world_model(n, size, root) for n in names}

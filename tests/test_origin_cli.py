@@ -16,7 +16,8 @@ FAST = ['--steps', '4', '--restarts', '1', '--n-candidates', '0', '--n-calib', '
 
 @pytest.fixture(scope='module')
 def zoo(tmp_path_factory):
-    from attrib.zoo import train_diffusers_model, load_diffusers_generator, zoo_real_images, tensor_to_images
+    from attrib.images import tensor_to_images
+    from attrib.zoo import train_diffusers_model, load_diffusers_generator, zoo_real_images
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('zoo')
     ldm, ddim = train_diffusers_model('ldm', 'tiny', root=root), train_diffusers_model('ddim', 'tiny', root=root)

@@ -711,43 +711,55 @@ def _cmd_train_ad(a):
 def add_commands(sub):
     "Add the `index`, `attribute`, `calibrate` and `train-ad` sub-commands to the `attrib` parser's subparsers `sub`."
     from attrib.concept.ad_trainer import ADConfig
+    from attrib.cli import add_function_args
     from dataclasses import fields, MISSING
-    bd, sd = _defaults(_build), _defaults(_search)
-    s = sub.add_parser('index', help='embed every image under a folder into a searchable index (resumable; re-run to append)')
-    s.add_argument('gallery', help='folder of training images (searched recursively)')
-    s.add_argument('--out', required=True, help='index folder (created, or updated when it exists)')
-    s.add_argument('--backbone', default=None, help=f"'name[:weights]', e.g. mobilenetv2, resnet18:random, dino_vitb16:/w/dino.pth "
-                   f"(default {bd['backbone']}, or the --checkpoint's own)")
-    s.add_argument('--checkpoint', default=None, help='an A&D checkpoint (file or `attrib train-ad` output folder) to embed with')
-    s.add_argument('--img-size', type=int, default=bd['img_size']); s.add_argument('--dtype', choices=DTYPES, default=bd['dtype'])
+    s = sub.add_parser('index', help='embed every image under a folder into a '
+                                     'searchable index (resumable; re-run to append)')
+    add_function_args(s, _build, ['gallery', 'out'], gallery=dict(help='folder of training images '
+                                                                       '(searched recursively)'),
+                      out=dict(flag='--out', help='index folder (created, or updated when it exists)'))
+    s.add_argument('--backbone', default=None,                            # None: the --checkpoint's own, else _build's
+                   help=f"'name[:weights]', e.g. mobilenetv2, resnet18:random, dino_vitb16:/w/dino.pth "
+                        f"(default {_defaults(_build)['backbone']}, or the --checkpoint's own)")
+    add_function_args(s, _build, ['checkpoint', 'img_size', 'dtype'], img_size=dict(type=int),
+                      dtype=dict(choices=DTYPES),
+                      checkpoint=dict(help='an A&D checkpoint (file or `attrib train-ad` output folder) to embed with'))
     s.add_argument('--approx', nargs='?', const='ivfpq', choices=[k for k in FAISS_KINDS if k != 'exact'], default=None,
                    help='approximate index (ivfpq when given alone, or hnsw) with exact rescoring of its candidates')
-    for o in ('nlist', 'm', 'nbits', 'nprobe'): s.add_argument(f'--{o}', type=int, default=None, help=f'IVF-PQ {o} (default: by gallery size)')
-    s.add_argument('--rebuild', action='store_true', help='re-create the faiss index (e.g. other --approx parameters); re-embeds nothing')
-    s.add_argument('--check-content', action='store_true', help='also re-hash files whose size and mtime did not change')
-    s.add_argument('--shard-size', type=int, default=bd['shard_size']); s.add_argument('--batch-size', type=int, default=bd['batch_size'])
-    s.add_argument('--num-workers', type=int, default=bd['num_workers']); s.add_argument('--device', default=bd['device'])
+    for o in ('nlist', 'm', 'nbits', 'nprobe'):
+        s.add_argument(f'--{o}', type=int, default=None, help=f'IVF-PQ {o} (default: by gallery size)')
+    add_function_args(s, _build, ['rebuild', 'check_content', 'shard_size', 'batch_size', 'num_workers', 'device'],
+                      rebuild=dict(help='re-create the faiss index (e.g. other '
+                                        '--approx parameters); re-embeds nothing'),
+                      check_content=dict(help='also re-hash files whose size and mtime did not change'))
     s.set_defaults(fn=_cmd_index)
-    s = sub.add_parser('attribute', help='rank the indexed training images for each query image (CSV, JSON, HTML report)')
+    s = sub.add_parser('attribute', help='rank the indexed training images for '
+                                         'each query image (CSV, JSON, HTML report)')
     s.add_argument('queries', nargs='+', metavar='QUERY', help='image files or folders')
     s.add_argument('--index', required=True, help='index folder from `attrib index`')
-    s.add_argument('-k', type=int, default=sd['k']); s.add_argument('--out', default=None, help='output folder (default runs/attribute/<time>)')
-    s.add_argument('--batch-size', type=int, default=sd['batch_size']); s.add_argument('--nprobe', type=int, default=sd['nprobe'])
+    add_function_args(s, _search, ['k'], k=dict(flag='-k'))
+    s.add_argument('--out', default=None, help='output folder (default runs/attribute/<time>)')
+    add_function_args(s, _search, ['batch_size', 'nprobe'], nprobe=dict(type=int))
     s.add_argument('--device', default=None)
     s.set_defaults(fn=_cmd_attribute)
-    cd = _defaults(calibrate_index)
-    s = sub.add_parser('calibrate', help="fit AbC's calibrator (scores -> influence probabilities) for an index on an AbC-format split")
-    s.add_argument('index'); g = s.add_mutually_exclusive_group()
-    g.add_argument('--abc', default=None, help='AbC-format dataset root'); g.add_argument('--builtin', default=None, metavar='SIZE',
+    s = sub.add_parser('calibrate', help="fit AbC's calibrator (scores -> influence "
+                                         "probabilities) for an index on an AbC-format split")
+    add_function_args(s, calibrate_index, ['index'])
+    g = s.add_mutually_exclusive_group()
+    g.add_argument('--abc', default=None, help='AbC-format dataset root')
+    g.add_argument('--builtin', default=None, metavar='SIZE',
                    help='the built-in mini-AbC of this size (tiny, small, default); the output says so')
-    s.add_argument('--split', default=cd['split']); s.add_argument('--n-distractors', type=int, default=cd['n_distractors'])
+    add_function_args(s, calibrate_index, ['split', 'n_distractors'])
     s.set_defaults(fn=_cmd_calibrate)
-    td = _defaults(train_ad_folders)
-    s = sub.add_parser('train-ad', help='A&D fine-tuning on a folder of real and a folder of synthetic images (unpaired)')
-    s.add_argument('real_dir'); s.add_argument('synth_dir'); s.add_argument('--out', required=True, help='checkpoint folder')
-    s.add_argument('--backbone', default=td['backbone'], help="'name[:weights]'")
-    s.add_argument('--no-resume', action='store_true', help='start over instead of resuming from OUT/checkpoints/last.pt')
-    s.add_argument('--log-every', type=int, default=td['log_every'])
+    s = sub.add_parser('train-ad', help='A&D fine-tuning on a folder of real and '
+                                        'a folder of synthetic images (unpaired)')
+    add_function_args(s, train_ad_folders, ['real_dir', 'synth_dir', 'out', 'backbone'],
+                      out=dict(flag='--out', help='checkpoint folder'),
+                      backbone=dict(help="'name[:weights]'"))
+    s.add_argument('--no-resume', action='store_true', help='start over instead of resuming '
+                                                            'from OUT/checkpoints/last.pt')
+    add_function_args(s, train_ad_folders, ['log_every'])
+    # default None: ADConfig's own (shown in the help)
     for f in fields(ADConfig):
         if f.name in ('backbone', 'weights'): continue
         dflt = f.default if f.default is not MISSING else f.default_factory()

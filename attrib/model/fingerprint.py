@@ -12,11 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import (AttribError, DataError, WeightsError, get_device, seed_everything, get_rng_state, set_rng_state,
+from ..core import (AttribError, DataError, WeightsError, get_device, seed_everything, get_rng_state,
+                         set_rng_state,
                          save_checkpoint, load_checkpoint, save_json, check_finite, progress, stable_hash)
-from ..train import Timer, cosine
+from ..train import Timer, cosine, restart_from_checkpoint
 from ..dist import is_dist, is_main, rank, world_size, all_reduce_mean, barrier
-from .model_synthesis import as_images, fingerprinted_images, quantize
+from ..images import as_images
+from .model_synthesis import fingerprinted_images
 
 # %% auto #0
 __all__ = ['RESIDUALS', 'residual', 'spectrum', 'FingerprintNet', 'embed', 'content_key', 'SyntheticSource', 'BankSource',
@@ -26,13 +28,16 @@ __all__ = ['RESIDUALS', 'residual', 'spectrum', 'FingerprintNet', 'embed', 'cont
 RESIDUALS = ('median', 'highpass', 'none')
 
 def _check_batch(x, name='images'):
-    if not isinstance(x, torch.Tensor) or x.ndim != 4: raise DataError(f"{name}: expected a tensor (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise DataError(f"{name}: expected a tensor (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
     if not x.is_floating_point(): raise DataError(f"{name}: expected float values, got {x.dtype}")
-    if x.shape[-1] < 3 or x.shape[-2] < 3: raise DataError(f"{name}: images must be at least 3 x 3, got {tuple(x.shape[-2:])}")
+    if x.shape[-1] < 3 or x.shape[-2] < 3:
+        raise DataError(f"{name}: images must be at least 3 x 3, got {tuple(x.shape[-2:])}")
     return check_finite(x, name)
 
 def residual(x: torch.Tensor, kind: str = 'median') -> torch.Tensor:
-    "Noise residual of images (B, C, H, W): x minus its 3x3 median (`'median'`), minus its 3x3 mean (`'highpass'`), or x (`'none'`); reflect padding."
+    """Noise residual of images (B, C, H, W): x minus its 3x3 median (`'median'`), minus its 3x3 mean (`'highpass'`),
+    or x (`'none'`); reflect padding."""
     if kind not in RESIDUALS: raise DataError(f"unknown residual kind {kind!r}; expected one of {list(RESIDUALS)}")
     x = _check_batch(x)
     if kind == 'none': return x
@@ -40,30 +45,37 @@ def residual(x: torch.Tensor, kind: str = 'median') -> torch.Tensor:
     p = p.reshape(*x.shape, 9)
     return x - (p.median(-1).values if kind == 'median' else p.mean(-1))
 
+# %% ../../nbs/31_fingerprint.ipynb #77514c4f
 def spectrum(x: torch.Tensor, kind: str = 'median', eps: float = 1e-4) -> torch.Tensor:
-    "Centred log-magnitude spectrum of the noise residual, per channel: log(|fftshift(fft2(residual(x)))| + eps), (B, C, H, W)."
+    """Centred log-magnitude spectrum of the noise residual, per channel: log(|fftshift(fft2(residual(x)))| + eps),
+    (B, C, H, W)."""
     r = residual(x, kind).float()
     return torch.log(torch.fft.fftshift(torch.fft.fft2(r), dim=(-2, -1)).abs() + eps)
 
 # %% ../../nbs/31_fingerprint.ipynb #cffe1f6f
 class FingerprintNet(nn.Module):
     "Residual spectrum -> timm CNN -> fingerprint (pooled features) and class logits (Yang et al. 2023 extractor)."
-    def __init__(self, n_classes: int = 0, arch: str = 'resnet18', width: float = 0.5, img_size: int = 32, stem_stride: int = 2,
+    def __init__(self, n_classes: int = 0, arch: str = 'resnet18', width: float = 0.5, img_size: int = 32,
+                 stem_stride: int = 2,
                  residual_kind: str = 'median', eps: float = 1e-4):
         super().__init__()
         os.environ.setdefault('HF_HUB_OFFLINE', '1')
         import timm
-        if residual_kind not in RESIDUALS: raise DataError(f"unknown residual kind {residual_kind!r}; expected one of {list(RESIDUALS)}")
+        if residual_kind not in RESIDUALS:
+            raise DataError(f"unknown residual kind {residual_kind!r}; expected one of {list(RESIDUALS)}")
         if n_classes < 0 or width <= 0: raise DataError(f"need n_classes >= 0 and width > 0, got {n_classes}, {width}")
-        self.config = dict(n_classes=int(n_classes), arch=arch, width=float(width), img_size=int(img_size), stem_stride=int(stem_stride),
+        self.config = dict(n_classes=int(n_classes), arch=arch, width=float(width), img_size=int(img_size),
+                           stem_stride=int(stem_stride),
                            residual_kind=residual_kind, eps=float(eps))
         kw = {}
         if width != 1:
-            if not arch.startswith(('resnet', 'resnext', 'seresnet')): raise DataError(f"width != 1 is only supported for timm ResNets, not {arch!r}")
+            if not arch.startswith(('resnet', 'resnext', 'seresnet')):
+                raise DataError(f"width != 1 is only supported for timm ResNets, not {arch!r}")
             kw['channels'] = tuple(max(8, int(round(c * width))) for c in (64, 128, 256, 512))
         try: body = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=3, **kw)
         except Exception as e: raise DataError(f"cannot build timm model {arch!r}: {e}") from None
-        if img_size <= 64 and isinstance(getattr(body, 'conv1', None), nn.Conv2d):   # small inputs: 3x3 stem, no max-pool
+        # small inputs: 3x3 stem, no max-pool
+        if img_size <= 64 and isinstance(getattr(body, 'conv1', None), nn.Conv2d):
             body.conv1 = nn.Conv2d(3, body.conv1.out_channels, 3, stem_stride, 1, bias=False)
             if hasattr(body, 'maxpool'): body.maxpool = nn.Identity()
         self.input_norm = nn.BatchNorm2d(3)
@@ -84,16 +96,20 @@ class FingerprintNet(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device=None) -> 'FingerprintNet':
-        "A trained extractor (eval mode) from `save_extractor`'s safetensors + JSON, a `train_fingerprint` checkpoint or a `{'config', 'model'}` dict."
+        """A trained extractor (eval mode) from `save_extractor`'s safetensors + JSON, a `train_fingerprint`
+        checkpoint or a `{'config', 'model'}` dict."""
         if str(path).endswith('.safetensors'): ck = _load_safetensors(path)
         else: ck = load_checkpoint(path)
-        if 'config' not in ck or 'model' not in ck: raise WeightsError(f"{path}: not a fingerprint checkpoint (needs 'config' and 'model')")
-        try: m = cls(**ck['config'])
+        if 'config' not in ck or 'model' not in ck:
+            raise WeightsError(f"{path}: not a fingerprint checkpoint (needs 'config' and 'model')")
+        try: m = cls(**ck.get('net_config', ck['config']))   # a `last.pt` keeps the net's config beside the run's
         except TypeError as e: raise WeightsError(f"{path}: not a fingerprint extractor config ({e})") from None
         try: m.load_state_dict(ck['model'])
-        except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit the extractor ({str(e).splitlines()[0]})") from None
+        except RuntimeError as e:
+            raise WeightsError(f"{path}: weights do not fit the extractor ({str(e).splitlines()[0]})") from None
         return m.to(get_device(device)).eval()
 
+# %% ../../nbs/31_fingerprint.ipynb #d3070b51
 @torch.no_grad()
 def embed(model: nn.Module, images, batch_size: int = 256, device=None) -> torch.Tensor:
     "Fingerprints (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]), eval mode, on the CPU."
@@ -108,7 +124,8 @@ def embed(model: nn.Module, images, batch_size: int = 256, device=None) -> torch
 
 # %% ../../nbs/31_fingerprint.ipynb #6b75ab79
 def content_key(*parts) -> str:
-    "A short sha1 of tensors, arrays, state dicts, lists of them and plain values: bytes, dtypes and shapes (same content, same key)."
+    """A short sha1 of tensors, arrays, state dicts, lists of them and plain values: bytes, dtypes and shapes (same
+    content, same key)."""
     import hashlib
     h = hashlib.sha1()
     def add(o):
@@ -124,13 +141,15 @@ def content_key(*parts) -> str:
     for p in parts: add(p)
     return h.hexdigest()[:16]
 
+# %% ../../nbs/31_fingerprint.ipynb #0e9faae6
 class SyntheticSource:
     "Classes = synthetic models; draw(c, k, g) = model c applied to k random real images (8-bit rounded)."
     def __init__(self, models, real_images, names=None):
         self.models, self.real = list(models), as_images(real_images, 'real_images')
         if not self.models: raise DataError('SyntheticSource needs at least one model')
         if len(self.real) == 0: raise DataError('SyntheticSource needs real images')
-        self.names = list(names) if names is not None else [getattr(getattr(m, 'arch', None), 'name', f'model{i}') for i, m in enumerate(self.models)]
+        self.names = list(names) if names is not None else [getattr(getattr(m, 'arch', None), 'name',
+                                                                    f'model{i}') for i, m in enumerate(self.models)]
     def __len__(self): return len(self.models)
     @property
     def img_size(self): return self.real.shape[-1]
@@ -142,11 +161,13 @@ class SyntheticSource:
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         return fingerprinted_images(self.models[c], self.real[torch.randint(len(self.real), (k,), generator=g)])
 
+# %% ../../nbs/31_fingerprint.ipynb #d06faa45
 class BankSource:
     "Classes = fixed image banks (one per model); draw(c, k, g) = k random images of bank c."
     def __init__(self, banks, names=None):
         self.banks = [as_images(b, f'bank {i}') for i, b in enumerate(banks)]
-        if not self.banks or any(len(b) == 0 for b in self.banks): raise DataError('BankSource needs at least one non-empty bank')
+        if not self.banks or any(len(b) == 0 for b in self.banks):
+            raise DataError('BankSource needs at least one non-empty bank')
         self.names = list(names) if names is not None else [f'model{i}' for i in range(len(self.banks))]
     def __len__(self): return len(self.banks)
     @property
@@ -159,10 +180,13 @@ class BankSource:
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
         b = self.banks[c]; return b[torch.randint(len(b), (k,), generator=g)]
 
+# %% ../../nbs/31_fingerprint.ipynb #c04dfcef
 class PKSampler:
     "Class-balanced batches: P distinct classes (of n_classes) x K draws each, labels (P*K,), from a torch generator."
     def __init__(self, n_classes: int, P: int, K: int):
-        if n_classes < 2 or K < 2 or P < 2: raise DataError(f"the triplet loss needs P >= 2 classes and K >= 2 images each (n_classes >= 2), got P={P}, K={K}, n_classes={n_classes}")
+        if n_classes < 2 or K < 2 or P < 2:
+            raise DataError("the triplet loss needs P >= 2 classes and K >= 2 images each (n_classes >= 2), got "
+                            f"P={P}, K={K}, n_classes={n_classes}")
         self.n, self.P, self.K = n_classes, min(P, n_classes), K
     def classes(self, g: torch.Generator) -> torch.Tensor:
         return torch.randperm(self.n, generator=g)[:self.P]
@@ -175,33 +199,39 @@ class PKSampler:
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(stable_hash('fp-batches', seed, epoch, rank()), 16) % 2 ** 63)
 
-def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 100, P: int = 16, K: int = 4, lr: float = 1e-4,
-                      weight_decay: float = 0.01, w_triplet: float = 1.0, margin: float = 0.3, arch: str = 'resnet18', width: float = 0.5,
-                      stem_stride: int = 2, residual_kind: str = 'median', seed: int = 0, device=None, amp: bool = False,
-                      grad_clip: float = 1.0, resume: bool = True, on_epoch_end=None) -> tuple[FingerprintNet, list[dict]]:
-    """Train a `FingerprintNet` on the classes of `source` (Yang et al. 2023: CE + batch-hard triplet, AdamW); checkpoint every
-    epoch into `out_dir` and resume from it. Returns (model in eval mode, per-epoch history)."""
+def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 100, P: int = 16, K: int = 4,
+                      lr: float = 1e-4,
+                      weight_decay: float = 0.01, w_triplet: float = 1.0, margin: float = 0.3, arch: str = 'resnet18',
+                      width: float = 0.5,
+                      stem_stride: int = 2, residual_kind: str = 'median', seed: int = 0, device=None,
+                      amp: bool = False,
+                      grad_clip: float = 1.0, resume: bool = True,
+                      on_epoch_end=None) -> tuple[FingerprintNet, list[dict]]:
+    """Train a `FingerprintNet` on the classes of `source` (Yang et al. 2023: CE + batch-hard triplet, AdamW);
+    checkpoint every epoch into `out_dir` and resume from it. Returns (model in eval mode, per-epoch history)."""
     from attrib.losses import BatchHardTripletLoss
     out_dir = Path(out_dir); last, final = out_dir/'last.pt', out_dir/'final.pt'
-    if epochs < 1 or steps_per_epoch < 1: raise DataError(f'need epochs >= 1 and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}')
+    if epochs < 1 or steps_per_epoch < 1:
+        raise DataError(f'need epochs >= 1 and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}')
     sampler = PKSampler(len(source), P, K)
     dev = get_device(device)
-    if is_dist() and dev.type == 'cuda': dev = torch.device('cuda', torch.cuda.current_device())   # this rank's GPU (init_distributed set it)
+    if is_dist() and dev.type == 'cuda':
+        dev = torch.device('cuda', torch.cuda.current_device())   # this rank's GPU (init_distributed set it)
     seed_everything(seed)
     net = FingerprintNet(len(source), arch, width, source.img_size, stem_stride, residual_kind).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s / total, 1.0, 0.1))
     ce, tri = nn.CrossEntropyLoss(), BatchHardTripletLoss(margin=margin)
-    run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr), weight_decay=float(weight_decay),
-               w_triplet=float(w_triplet), margin=float(margin), grad_clip=float(grad_clip or 0), seed=int(seed), amp=bool(amp),
-               data=getattr(source, 'key', None))
+    run = dict(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), P=int(P), K=int(K), lr=float(lr),
+               weight_decay=float(weight_decay), w_triplet=float(w_triplet), margin=float(margin),
+               grad_clip=float(grad_clip or 0),
+               seed=int(seed), amp=bool(amp), data=getattr(source, 'key', None))
+    # every option (the net's: arch, width, stem_stride, residual_kind) + the data
+    config = {**net.config, **run}
     start, history = 0, []
-    if resume and last.exists():
-        ck = load_checkpoint(last, map_location=dev)
-        old = {**ck.get('config', {}), **ck.get('run', {})}; new = {**net.config, **run}
-        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        if diff: raise AttribError(f"{last} belongs to another run (saved vs asked: {diff}); use another out_dir or resume=False")
+    ck = restart_from_checkpoint(last if resume else None, config, map_location=dev)
+    if ck is not None:
         net.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
         start, history = int(ck['epoch']), list(ck['history'])
         set_rng_state(ck['rng'])
@@ -219,17 +249,22 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
                 logits, f = model(x)
             l_ce, l_tri = ce(logits.float(), y), tri(f.float(), y)
             loss = l_ce + w_triplet * l_tri
-            if not torch.isfinite(loss): raise AttribError(f'non-finite loss at epoch {epoch + 1}, step {step + 1} (ce {l_ce.item()}, triplet {l_tri.item()})')
+            if not torch.isfinite(loss):
+                raise AttribError(f'non-finite loss at epoch {epoch + 1}, step '
+                                  f'{step + 1} (ce {l_ce.item()}, triplet {l_tri.item()})')
             opt.zero_grad(set_to_none=True); loss.backward()
             if grad_clip: torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
             opt.step(); sched.step()
-            sums['ce'] += l_ce.item(); sums['triplet'] += l_tri.item(); sums['acc'] += (logits.argmax(1) == y).float().mean().item()
+            sums['ce'] += l_ce.item(); sums['triplet'] += l_tri.item()
+            sums['acc'] += (logits.argmax(1) == y).float().mean().item()
         rec = {k: float(all_reduce_mean(torch.tensor(v / steps_per_epoch))) for k, v in sums.items()}
         rec.update(epoch=epoch + 1, lr=float(sched.get_last_lr()[0]), seconds=time.perf_counter() - t0)
         history.append(rec)
         if is_main():
-            save_checkpoint({'model': net.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'epoch': epoch + 1,
-                             'history': history, 'rng': get_rng_state(), 'config': net.config, 'run': run}, last)
+            save_checkpoint({'model': net.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
+                             'epoch': epoch + 1,
+                             'history': history, 'rng': get_rng_state(), 'config': config, 'net_config': net.config},
+                             last)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, rec)
     if is_main() and (not final.exists() or start < epochs):
@@ -240,7 +275,8 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
 def _sidecar(path) -> Path: return Path(path).with_suffix('.json')
 
 def save_extractor(net: FingerprintNet, path, info: dict | None = None) -> Path:
-    "Write `net`'s weights to `path` (.safetensors) and its config plus `info` to the `.json` beside it, both atomically."
+    """Write `net`'s weights to `path` (.safetensors) and its config plus `info` to the `.json` beside it, both
+    atomically."""
     from safetensors.torch import save
     from attrib.core import atomic_write
     path = Path(path)
@@ -251,11 +287,14 @@ def save_extractor(net: FingerprintNet, path, info: dict | None = None) -> Path:
     with atomic_write(path) as f: f.write(save(sd))
     return path
 
+# %% ../../nbs/31_fingerprint.ipynb #b19a6a0c
 def extractor_info(path) -> dict:
     "The JSON written beside a saved extractor (config, training data key, metrics, ...)."
     from attrib.core import load_json
     p = _sidecar(path)
-    if not p.exists(): raise WeightsError(f"{p}: extractor description not found (it is written beside {Path(path).name} by save_extractor)")
+    if not p.exists():
+        raise WeightsError(f"{p}: extractor description not found (it is "
+                           f"written beside {Path(path).name} by save_extractor)")
     return load_json(p)
 
 def _load_safetensors(path) -> dict:
@@ -263,5 +302,6 @@ def _load_safetensors(path) -> dict:
     if not Path(path).exists(): raise WeightsError(f"{path}: extractor not found")
     info = extractor_info(path)
     try: sd = load_file(str(path))
-    except Exception as e: raise WeightsError(f"{path}: cannot read extractor weights ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot read extractor weights ({type(e).__name__}: {e})") from None
     return {'config': info.get('config'), 'model': sd} if 'config' in info else {}

@@ -28,11 +28,13 @@ def l2n(f: np.ndarray) -> np.ndarray:
     "Rows scaled to unit norm (zero rows stay zero)."
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
+# %% ../../nbs/32_model_attribution.ipynb #09319078
 def auroc(pos, neg) -> float:
     "Area under the ROC curve of scores `pos` (positives) against `neg` (negatives): P(pos > neg) + P(tie) / 2."
     from scipy.stats import rankdata
     pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
-    if len(pos) == 0 or len(neg) == 0: raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
     check_finite(pos, 'positive scores'); check_finite(neg, 'negative scores')
     r = rankdata(np.concatenate([pos, neg]))
     return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
@@ -50,16 +52,19 @@ def support_split(labels, n_shot: int = 10, seed: int = 0, classes=None) -> tupl
     qry = np.setdiff1d(np.flatnonzero(np.isin(y, classes)), sup)
     return sup, qry
 
+# %% ../../nbs/32_model_attribution.ipynb #e022b35d
 def centroids(feats, labels, classes) -> np.ndarray:
     "Unit-norm class centroids (len(classes), D): mean of the l2-normalised features of each class."
     f, y = _feats_labels(feats, labels)
     return l2n(np.stack([l2n(f[y == c]).mean(0) for c in classes]))
 
+# %% ../../nbs/32_model_attribution.ipynb #11355f66
 def _centre(f, center):
     return f if center is None else f - np.asarray(to_numpy(center), np.float64).reshape(1, -1)
 
 def identification(feats, labels, n_shot: int = 10, seed: int = 0, center=None) -> dict:
-    "Few-shot identification by nearest centroid (cosine): accuracy, macro-F1, confusion matrix, predictions of the query images."
+    """Few-shot identification by nearest centroid (cosine): accuracy, macro-F1, confusion matrix, predictions of the
+    query images."""
     from sklearn.metrics import confusion_matrix
     f, y = _feats_labels(feats, labels); f = _centre(f, center)
     classes = np.unique(y)
@@ -81,7 +86,8 @@ def sample_pairs(labels, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray
     "(pairs (M, 2), same (M,)): n_pairs // 2 same-class and n_pairs // 2 different-class pairs of distinct indices."
     y = np.asarray(to_numpy(labels)); rng = np.random.default_rng(seed)
     if len(np.unique(y)) < 2: raise DataError('verification needs at least 2 classes')
-    if np.bincount(np.unique(y, return_inverse=True)[1]).max() < 2: raise DataError('verification needs a class with at least 2 images')
+    if np.bincount(np.unique(y, return_inverse=True)[1]).max() < 2:
+        raise DataError('verification needs a class with at least 2 images')
     half, pos, neg = n_pairs // 2, [], []
     while len(pos) < half or len(neg) < half:
         i, j = rng.integers(len(y), size=(2, 4 * n_pairs + 8))
@@ -93,6 +99,7 @@ def sample_pairs(labels, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray
     pairs = np.array(pos + neg, dtype=np.int64).reshape(-1, 2)
     return pairs, np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
 
+# %% ../../nbs/32_model_attribution.ipynb #2b7b20e0
 def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "Pairwise verification: ROC-AUC of cosine similarity for same- vs different-model pairs (plus the ROC curve)."
     from sklearn.metrics import roc_curve
@@ -104,9 +111,11 @@ def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None)
 
 # %% ../../nbs/32_model_attribution.ipynb #c9f8fa79
 def best_threshold(scores, same) -> tuple[float, float]:
-    "(threshold, accuracy): the cut `score >= t` that maximises accuracy on these pairs (midpoints of distinct scores; lowest on ties)."
+    """(threshold, accuracy): the cut `score >= t` that maximises accuracy on these pairs (midpoints of distinct
+    scores; lowest on ties)."""
     s = np.asarray(scores, np.float64); same = np.asarray(same, bool)
-    if len(s) == 0 or len(s) != len(same): raise DataError(f"need one same/different flag per score, got {len(s)} scores and {len(same)} flags")
+    if len(s) == 0 or len(s) != len(same):
+        raise DataError(f"need one same/different flag per score, got {len(s)} scores and {len(same)} flags")
     u = np.unique(s); cuts = np.r_[u[0] - 1, (u[1:] + u[:-1]) / 2, u[-1] + 1]
     o = np.argsort(s); ss, yy = s[o], same[o]
     below = np.searchsorted(ss, cuts, side='left')                      # pairs with score < cut: called different
@@ -114,6 +123,7 @@ def best_threshold(scores, same) -> tuple[float, float]:
     acc = (neg_below + pos_above) / len(s); i = int(np.argmax(acc))
     return float(cuts[i]), float(acc[i])
 
+# %% ../../nbs/32_model_attribution.ipynb #0670a762
 def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "1:1 accuracy at a threshold chosen on pairs of one half of each model's images, tested on pairs of the other half."
     f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
@@ -131,7 +141,8 @@ def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, cen
 
 # %% ../../nbs/32_model_attribution.ipynb #94b2f084
 def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: int = 0) -> dict:
-    "Verification where every negative pair holds two different models of the same group (e.g. architecture): AUC and split-threshold accuracy."
+    """Verification where every negative pair holds two different models of the same group (e.g. architecture): AUC
+    and split-threshold accuracy."""
     f, y = _feats_labels(feats, labels); f = l2n(f); g = np.asarray(to_numpy(groups))
     if len(g) != len(y): raise DataError(f"groups must be (N,) with N = {len(y)}, got {len(g)}")
     ok = np.array([len(np.unique(y[g == v])) >= 2 for v in g])
@@ -159,20 +170,25 @@ def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: in
 # %% ../../nbs/32_model_attribution.ipynb #6c88cb06
 def oscr(correct, score_known, score_unknown) -> float:
     "OSCR: area under CCR(t) vs FPR(t) as the threshold t sweeps all scores (correct: bool per known sample)."
-    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64); su = np.asarray(score_unknown, np.float64)
-    if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0: raise DataError('oscr needs known scores (with correctness) and unknown scores')
+    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64)
+    su = np.asarray(score_unknown, np.float64)
+    if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0:
+        raise DataError('oscr needs known scores (with correctness) and unknown scores')
     ts = np.unique(np.r_[sk, su])[::-1]                      # thresholds, high to low; accept score >= t
     ccr = np.array([(correct & (sk >= t)).sum() for t in ts]) / len(sk)
     fpr = np.array([(su >= t).sum() for t in ts]) / len(su)
     ccr, fpr = np.r_[0, ccr], np.r_[0, fpr]
     return float(np.sum(np.diff(fpr) * (ccr[1:] + ccr[:-1]) / 2))
 
+# %% ../../nbs/32_model_attribution.ipynb #46d1efb9
 def open_set(feats, labels, known, n_shot: int = 10, seed: int = 0, center=None) -> dict:
     "Unknown-model detection with enrolled centroids: AUROC (max cosine), closed-set accuracy on known queries, OSCR."
     f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
     known = np.asarray(sorted(set(np.asarray(known).tolist())))
     unknown = np.setdiff1d(np.unique(y), known)
-    if len(known) < 1 or len(unknown) < 1: raise DataError(f"open set needs known and unknown classes, got known={known.tolist()}, unknown={unknown.tolist()}")
+    if len(known) < 1 or len(unknown) < 1:
+        raise DataError(f"open set needs known and unknown classes, got known={known.tolist()}, "
+                        f"unknown={unknown.tolist()}")
     if not np.isin(known, y).all(): raise DataError(f"known classes {np.setdiff1d(known, y).tolist()} have no images")
     sup, qry = support_split(y, n_shot, seed, classes=known)
     C = centroids(f[sup], y[sup], known)
@@ -184,9 +200,11 @@ def open_set(feats, labels, known, n_shot: int = 10, seed: int = 0, center=None)
 
 # %% ../../nbs/32_model_attribution.ipynb #15a9e009
 def auroc_pose(pos, neg) -> float:
-    "AUROC as POSE / UniversalAttribution compute it (`get_curve_online` + `metric_ood`): ties count against the method."
+    """AUROC as POSE / UniversalAttribution compute it (`get_curve_online` + `metric_ood`): ties count against the
+    method."""
     pos, neg = np.sort(np.asarray(pos, np.float64).ravel()), np.sort(np.asarray(neg, np.float64).ravel())
-    if len(pos) == 0 or len(neg) == 0: raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
     check_finite(pos, 'positive scores'); check_finite(neg, 'negative scores')
     v = np.r_[pos, neg]; is_neg = np.r_[np.zeros(len(pos), bool), np.ones(len(neg), bool)]
     order = np.lexsort((is_neg, v))                          # ascending; on a tie the known (positive) one first
@@ -194,10 +212,14 @@ def auroc_pose(pos, neg) -> float:
     tpr = np.r_[1., tp / len(pos), 0.]; fpr = np.r_[1., fp / len(neg), 0.]
     return float(-np.sum(np.diff(tpr) * ((1 - fpr[1:]) + (1 - fpr[:-1])) / 2))
 
+# %% ../../nbs/32_model_attribution.ipynb #0a7751e0
 def oscr_pose(correct, score_known, score_unknown) -> float:
-    "OSCR as UniversalAttribution's `compute_oscr` computes it (ascending argsort, its off-by-one, added (0,0) and (1,1))."
-    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64); su = np.asarray(score_unknown, np.float64)
-    if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0: raise DataError('oscr needs known scores (with correctness) and unknown scores')
+    """OSCR as UniversalAttribution's `compute_oscr` computes it (ascending argsort, its off-by-one, added (0,0) and
+    (1,1))."""
+    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64)
+    su = np.asarray(score_unknown, np.float64)
+    if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0:
+        raise DataError('oscr needs known scores (with correctness) and unknown scores')
     pred = np.r_[sk, su]; n = len(pred)
     k_t = np.r_[correct.astype(float), np.zeros(len(su))]; u_t = np.r_[np.zeros(len(sk)), np.ones(len(su))]
     idx = pred.argsort(); sk_t, su_t = k_t[idx], u_t[idx]
@@ -210,16 +232,20 @@ def oscr_pose(correct, score_known, score_unknown) -> float:
     return float(sum((roc[j][0] - roc[j + 1][0]) * (roc[j][1] + roc[j + 1][1]) / 2 for j in range(n + 1)))
 
 # %% ../../nbs/32_model_attribution.ipynb #c2020b12
-def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01, 0.1, 1.0, 10.0, 100.0), val_fraction: float = 0.3,
+def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
+                    val_fraction: float = 0.3,
                     seed: int = 0, max_iter: int = 2000) -> dict:
-    "Multinomial logistic regression on known classes, C chosen on a validation split without unknowns; unknowns by max softmax."
+    """Multinomial logistic regression on known classes, C chosen on a validation split without unknowns; unknowns by
+    max softmax."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
-    Xtr, ytr = _feats_labels(train_feats, train_labels, 'train features'); Xte, yte = _feats_labels(test_feats, test_labels, 'test features')
+    Xtr, ytr = _feats_labels(train_feats, train_labels, 'train features')
+    Xte, yte = _feats_labels(test_feats, test_labels, 'test features')
     known = np.unique(ytr)
     if len(known) < 2: raise DataError('logistic regression needs at least 2 known classes')
-    if Xte.shape[1] != Xtr.shape[1]: raise DataError(f"train and test features differ in size: {Xtr.shape[1]} vs {Xte.shape[1]}")
+    if Xte.shape[1] != Xtr.shape[1]:
+        raise DataError(f"train and test features differ in size: {Xtr.shape[1]} vs {Xte.shape[1]}")
     fit = lambda X, y, C: LogisticRegression(C=C, max_iter=max_iter).fit(X, y)
     a, b, ya, yb = train_test_split(Xtr, ytr, test_size=val_fraction, stratify=ytr, random_state=seed)
     sc = StandardScaler().fit(a)
@@ -232,59 +258,73 @@ def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01
     out = dict(C=best, val_accuracy=val, closed_accuracy=float((pred[is_known] == yte[is_known]).mean()), known=known,
                score_known=score[is_known], score_unknown=score[~is_known])
     if (~is_known).any():
-        out.update(auroc=auroc(score[is_known], score[~is_known]), oscr=oscr(pred[is_known] == yte[is_known], score[is_known], score[~is_known]))
+        out.update(auroc=auroc(score[is_known], score[~is_known]), oscr=oscr(pred[is_known] == yte[is_known],
+                                                                             score[is_known], score[~is_known]))
     return out
 
 # %% ../../nbs/32_model_attribution.ipynb #8533900d
 @torch.no_grad()
 def backbone_features(backbone, images, batch_size: int = 64, img_size: int | None = None, device=None) -> torch.Tensor:
-    "Features (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]) from an `attrib.backbones.Backbone`."
-    from attrib.model.model_synthesis import as_images
+    """Features (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]) from an
+    `attrib.backbones.Backbone`."""
+    from attrib.images import as_images
     x = as_images(images); size = img_size or backbone.img_size
     dev = get_device(device) if device is not None else next(backbone.parameters()).device
-    mean = torch.tensor(backbone.pre.mean, device=dev).view(1, 3, 1, 1); std = torch.tensor(backbone.pre.std, device=dev).view(1, 3, 1, 1)
+    mean = torch.tensor(backbone.pre.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.pre.std, device=dev).view(1, 3, 1, 1)
     backbone.eval(); out = []
     for i in range(0, len(x), batch_size):
         xb = F.interpolate(x[i:i + batch_size].to(dev), size=(size, size), mode='bilinear', align_corners=False)
         out.append(backbone((xb - mean) / std).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
+# %% ../../nbs/32_model_attribution.ipynb #aa7a63f0
 def spectrum_features_raw(images, kind: str = 'median', batch_size: int = 512) -> torch.Tensor:
     "The no-learning baseline: flattened residual log-magnitude spectra (N, 3*H*W)."
-    from attrib.model.model_synthesis import as_images
+    from attrib.images import as_images
     from attrib.model.fingerprint import spectrum
     x = as_images(images)
-    return torch.cat([spectrum(x[i:i + batch_size], kind).flatten(1) for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, 0)
+    return torch.cat([spectrum(x[i:i + batch_size],
+                               kind).flatten(1) for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, 0)
 
 # %% ../../nbs/32_model_attribution.ipynb #07d7b12d
 def open_set_splits(classes, n_splits: int = 5, seed: int = 0, n_known: int | None = None) -> list[np.ndarray]:
     "`n_splits` distinct random choices of known classes (default half, rounded up) among `classes`."
     import itertools, math
     classes = np.unique(np.asarray(classes)); k = n_known or (len(classes) + 1) // 2
-    if not 1 <= k < len(classes): raise DataError(f"cannot split {len(classes)} classes into {k} known and some unknown")
+    if not 1 <= k < len(classes):
+        raise DataError(f"cannot split {len(classes)} classes into {k} known and some unknown")
     rng = np.random.default_rng(seed)
     if math.comb(len(classes), k) <= n_splits: return [np.array(c) for c in itertools.combinations(classes, k)]
     out = set()
     while len(out) < n_splits: out.add(tuple(sorted(rng.choice(classes, k, replace=False).tolist())))
     return [np.array(c) for c in sorted(out)]
 
-def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_splits: int = 5, seed: int = 0, center=None) -> dict:
+# %% ../../nbs/32_model_attribution.ipynb #9a35dbff
+def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_splits: int = 5, seed: int = 0,
+                    center=None) -> dict:
     "Identification, verification and open-set detection (mean over known/unknown splits) of one method's features."
     f, y = _feats_labels(feats, labels)
     ident = identification(f, y, n_shot, seed, center); ver = verification(f, y, n_pairs, seed, center)
     splits = open_set_splits(y, n_splits, seed)
     opens = [open_set(f, y, k, n_shot, seed, center) for k in splits]
     va = verification_accuracy(f, y, n_pairs, seed, center)
-    pose = [(auroc_pose(o['score_known'], o['score_unknown']), oscr_pose(o['correct'], o['score_known'], o['score_unknown'])) for o in opens]
+    pose = [(auroc_pose(o['score_known'], o['score_unknown']), oscr_pose(o['correct'], o['score_known'],
+                                                                         o['score_unknown'])) for o in opens]
     return dict(identification_acc=ident['accuracy'], identification_f1=ident['macro_f1'], verification_auc=ver['auc'],
                 verification_acc=va['accuracy'], verification_acc_test_threshold=va['accuracy_test_threshold'],
-                open_set_auroc=float(np.mean([o['auroc'] for o in opens])), open_set_oscr=float(np.mean([o['oscr'] for o in opens])),
-                open_set_auroc_pose=float(np.mean([p[0] for p in pose])), open_set_oscr_pose=float(np.mean([p[1] for p in pose])),
-                open_set_closed_acc=float(np.mean([o['closed_accuracy'] for o in opens])), n_models=int(len(np.unique(y))),
+                open_set_auroc=float(np.mean([o['auroc'] for o in opens])),
+                open_set_oscr=float(np.mean([o['oscr'] for o in opens])),
+                open_set_auroc_pose=float(np.mean([p[0] for p in pose])),
+                open_set_oscr_pose=float(np.mean([p[1] for p in pose])),
+                open_set_closed_acc=float(np.mean([o['closed_accuracy'] for o in opens])),
+                n_models=int(len(np.unique(y))),
                 n_images=int(len(y)), _ident=ident, _verif=ver, _verif_acc=va, _open=opens)
 
+# %% ../../nbs/32_model_attribution.ipynb #65942108
 def evaluate_logreg(feats, labels, n_shot: int = 10, n_splits: int = 5, seed: int = 0, **kw) -> dict:
-    "Cioni et al.'s baseline on the same splits: LR fitted on the known classes' `n_shot` support images, max-softmax unknown score (NaN if no split has 2 known classes)."
+    """Cioni et al.'s baseline on the same splits: LR fitted on the known classes' `n_shot` support images,
+    max-softmax unknown score (NaN if no split has 2 known classes)."""
     f, y = _feats_labels(feats, labels)
     res = []
     for known in open_set_splits(y, n_splits, seed):
@@ -292,8 +332,10 @@ def evaluate_logreg(feats, labels, n_shot: int = 10, n_splits: int = 5, seed: in
         sup, qry = support_split(y, n_shot, seed, classes=known)
         test = np.r_[qry, np.flatnonzero(~np.isin(y, known))]
         res.append(logreg_open_set(f[sup], y[sup], f[test], y[test], seed=seed, **kw))
-    if not res: return dict(open_set_auroc=float('nan'), open_set_oscr=float('nan'), open_set_closed_acc=float('nan'), C=[])
-    return dict(open_set_auroc=float(np.mean([r['auroc'] for r in res])), open_set_oscr=float(np.mean([r['oscr'] for r in res])),
+    if not res:
+        return dict(open_set_auroc=float('nan'), open_set_oscr=float('nan'), open_set_closed_acc=float('nan'), C=[])
+    return dict(open_set_auroc=float(np.mean([r['auroc'] for r in res])),
+                open_set_oscr=float(np.mean([r['oscr'] for r in res])),
                 open_set_closed_acc=float(np.mean([r['closed_accuracy'] for r in res])), C=[r['C'] for r in res])
 
 # %% ../../nbs/32_model_attribution.ipynb #7efe3ed7
@@ -308,7 +350,8 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 def _resize_back(x, s):
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode='bilinear', antialias=True, align_corners=False)
+    small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode='bilinear', antialias=True,
+                          align_corners=False)
     return F.interpolate(small, size=(h, w), mode='bilinear', align_corners=False)
 
 def _centre_crop(x, frac, resize_back=True):
@@ -329,14 +372,17 @@ PERTURBATIONS = {
 
 def perturb(images, kind: str) -> torch.Tensor:
     "Images (N, 3, H, W) in [0, 1] after one of `PERTURBATIONS`, rounded to 8 bits."
-    from attrib.model.model_synthesis import as_images, quantize
-    if kind not in PERTURBATIONS: raise DataError(f"unknown perturbation {kind!r}; expected one of {list(PERTURBATIONS)}")
-    return quantize(PERTURBATIONS[kind](as_images(images)).float())
+    from attrib.images import as_images, quantize8
+    if kind not in PERTURBATIONS:
+        raise DataError(f"unknown perturbation {kind!r}; expected one of {list(PERTURBATIONS)}")
+    return quantize8(PERTURBATIONS[kind](as_images(images)).float())
 
+# %% ../../nbs/32_model_attribution.ipynb #a3ec2c65
 def robustness(embed_fn, images, labels, kinds=None, n_shot: int = 10, n_splits: int = 5, seed: int = 0):
-    "Identification accuracy and open-set AUROC when enrolment images are clean and the rest are edited: a DataFrame, one row per edit."
+    """Identification accuracy and open-set AUROC when enrolment images are clean and the rest are edited: a
+    DataFrame, one row per edit."""
     import pandas as pd
-    from attrib.model.model_synthesis import as_images
+    from attrib.images import as_images
     x = as_images(images); y = np.asarray(to_numpy(labels))
     if len(x) != len(y): raise DataError(f"{len(x)} images but {len(y)} labels")
     classes = np.unique(y); sup, qry = support_split(y, n_shot, seed)

@@ -13,15 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import (AttribError, DataError, WeightsError, get_device, data_dir, save_json, load_json, save_checkpoint,
+from ..core import (AttribError, DataError, WeightsError, get_device, data_dir, save_json, load_json,
+                         save_checkpoint,
                          load_checkpoint, check_finite, progress, stable_hash, to_numpy)
-from ..zoo import images_to_tensor, check_images
+from ..images import as_images, quantize8
+from ..train import restart_from_checkpoint
 
 # %% auto #0
-__all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model', 'as_images',
-           'quantize', 'train_synthetic_model', 'synth_root', 'synthesize_models', 'load_synthetic_model',
-           'load_synthetic_models', 'fingerprinted_images', 'spectrum_features', 'gaussian_stats', 'frechet_distance',
-           'ffd', 'diversity']
+__all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model',
+           'train_synthetic_model', 'synth_root', 'synthesize_models', 'load_synthetic_model', 'load_synthetic_models',
+           'fingerprinted_images', 'spectrum_features', 'gaussian_stats', 'frechet_distance', 'ffd', 'diversity']
 
 # %% ../../nbs/30_model_synthesis.ipynb #324000af
 FACTORS = {
@@ -68,7 +69,8 @@ class Arch:
             return cls(**a)
         if isinstance(a, str) and len(a) == 6 and a.isdigit():
             idx = [int(c) for c in a]
-            if any(i >= len(v) for i, v in zip(idx, FACTORS.values())): raise DataError(f"architecture code {a!r} is out of range")
+            if any(i >= len(v) for i, v in zip(idx, FACTORS.values())):
+                raise DataError(f"architecture code {a!r} is out of range")
             return cls(*[v[i] for i, v in zip(idx, FACTORS.values())])
         if isinstance(a, str):
             p = a.split('-')
@@ -77,8 +79,10 @@ class Arch:
             return cls(int(p[0][1:]), int(p[1][1:]), *p[2:])
         raise DataError(f"cannot make an architecture of {type(a).__name__}")
 
+# %% ../../nbs/30_model_synthesis.ipynb #676d5414
 def architecture_grid(**fixed) -> list[Arch]:
-    "Every architecture of the grid (288), optionally with some factors fixed: `architecture_grid(upsampling='nearest')`."
+    """Every architecture of the grid (288), optionally with some factors fixed:
+    `architecture_grid(upsampling='nearest')`."""
     for k, v in fixed.items():
         if k not in FACTORS: raise DataError(f"unknown architecture factor {k!r}; expected one of {list(FACTORS)}")
         if v not in FACTORS[k]: raise DataError(f"unknown {k} {v!r}; expected one of {list(FACTORS[k])}")
@@ -103,11 +107,13 @@ def _decoder_layer(arch: Arch, cin: int, cout: int, up: bool, is_output: bool, n
         if norm_on_output or not is_output: mods.append(_norm(arch.norm, cout))
         mods.append(_act(arch.activation))
     else:
-        mods = [_norm(arch.norm, cin), _act(arch.activation)] + ([_up(arch.upsampling, cin)] if up else []) + [nn.Conv2d(cin, cout, 3, padding=1)]
+        mods = ([_norm(arch.norm, cin), _act(arch.activation)] + ([_up(arch.upsampling, cin)] if up else [])
+                + [nn.Conv2d(cin, cout, 3, padding=1)])
     return nn.Sequential(*[m for m in mods if not isinstance(m, nn.Identity)])
 
 class SynthAE(nn.Module):
-    "A synthesized generative model (Yang et al. 2023): shallow autoencoder, images in [0, 1] (B, 3, H, W) -> same shape."
+    """A synthesized generative model (Yang et al. 2023): shallow autoencoder, images in [0, 1] (B, 3, H, W) -> same
+    shape."""
     def __init__(self, arch, channels: int = 16, norm_on_output: bool = False):
         super().__init__()
         self.arch, self.channels, self.norm_on_output = Arch.parse(arch), int(channels), bool(norm_on_output)
@@ -120,44 +126,40 @@ class SynthAE(nn.Module):
             co = 3 if i == 0 else self.channels * 2 ** (i - 1)
             for l in range(a.layers):
                 last = l == a.layers - 1
-                dec.append(_decoder_layer(a, cin, co if last else cin, up=l == 0, is_output=i == 0 and last, norm_on_output=self.norm_on_output))
+                dec.append(_decoder_layer(a, cin, co if last else cin, up=l == 0, is_output=i == 0 and last,
+                                          norm_on_output=self.norm_on_output))
                 cin = co if last else cin
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2 ** self.arch.block_num
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % f or x.shape[3] % f:
-            raise DataError(f"{self.arch.name}: input must be (B, 3, H, W) with H and W divisible by {f}, got {tuple(x.shape)}")
+            raise DataError(f"{self.arch.name}: input must be (B, 3, H, W) with "
+                            f"H and W divisible by {f}, got {tuple(x.shape)}")
         return self.decoder(self.encoder(x))
 
     def extra_repr(self): return f'arch={self.arch.name}, channels={self.channels}'
 
+# %% ../../nbs/30_model_synthesis.ipynb #9717f7df
 def model_seed(arch, seed: int) -> int:
     "The torch seed of synthetic model (arch, seed): distinct for every pair, stable across machines."
     return int(stable_hash('synth', Arch.parse(arch).name, int(seed)), 16) % 2 ** 31
 
+# %% ../../nbs/30_model_synthesis.ipynb #04570bf2
 def build_synthetic_model(arch, seed: int = 0, channels: int = 16, norm_on_output: bool = False) -> SynthAE:
     "An untrained synthetic model with weights seeded by (arch, seed); the global random state is left untouched."
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise DataError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative int, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_seed(arch, seed))
         return SynthAE(arch, channels, norm_on_output)
 
-# %% ../../nbs/30_model_synthesis.ipynb #ea3c3494
-def as_images(x, name: str = 'images') -> torch.Tensor:
-    "uint8 N x H x W x 3 (numpy or tensor) or float (B, 3, H, W) in [0, 1] -> float32 tensor (B, 3, H, W) in [0, 1]."
-    if isinstance(x, np.ndarray) or (isinstance(x, torch.Tensor) and x.dtype == torch.uint8): return images_to_tensor(x, name)
-    if not isinstance(x, torch.Tensor): raise DataError(f"{name}: expected a uint8 array or a float tensor, got {type(x).__name__}")
-    return check_images(x, None, name).float()
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    "Clip to [0, 1] and round to 8-bit levels, as saving a PNG would."
-    return torch.round(x.clamp(0, 1) * 255) / 255
-
 # %% ../../nbs/30_model_synthesis.ipynb #966ddbee
-def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: float = 1e-2, batch_size: int = 16, seed: int = 0,
+def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: float = 1e-2, batch_size: int = 16,
+                          seed: int = 0,
                           device=None) -> float:
-    "Train `model` to reconstruct `real_images` for `steps` Adam steps (in place, ends in eval mode); returns the last batch MSE."
+    """Train `model` to reconstruct `real_images` for `steps` Adam steps (in place, ends in eval mode); returns the
+    last batch MSE."""
     x = as_images(real_images, 'real_images')
     if len(x) == 0: raise DataError('real_images is empty')
     if steps < 0 or batch_size < 1: raise DataError(f'need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}')
@@ -174,16 +176,20 @@ def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: floa
     model.eval()
     return float(loss.item())
 
+# %% ../../nbs/30_model_synthesis.ipynb #4f59f323
 def synth_root(root=None) -> Path:
     "The synthetic-model cache (`data/synth_models` unless given)."
     return Path(root) if root is not None else data_dir()/'synth_models'
 
+# %% ../../nbs/30_model_synthesis.ipynb #df10cd37
 def _images_key(x: torch.Tensor) -> str:
     import hashlib
     return hashlib.sha1(torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy().tobytes()).hexdigest()[:12]
 
-def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None, root=None, channels: int = 16, lr: float = 1e-2,
-                      batch_size: int = 16, device=None, retrain: bool = False, n_real: int = 2048, img_size: int = 32) -> list[dict]:
+def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None, root=None, channels: int = 16,
+                      lr: float = 1e-2,
+                      batch_size: int = 16, device=None, retrain: bool = False, n_real: int = 2048,
+                      img_size: int = 32) -> list[dict]:
     """Train (or load from the cache) synthetic model (arch, seed) for every arch in `archs` (default all 288) and seed;
     returns the index: one dict per model (name, arch, seed, path, loss, psnr, train_s, cached). Real images default to
     `n_real` random crops of the bundled photos (`attrib.sources.random_crops`, seed 0)."""
@@ -194,62 +200,74 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
         real_images = random_crops(n_real, img_size, seed=0)[0]
     x = as_images(real_images, 'real_images')
     n_val = min(64, len(x) // 8); xtr, xval = x[n_val:], x[:n_val]
-    cfg = dict(channels=int(channels), steps=int(steps), lr=float(lr), batch_size=int(batch_size), images=_images_key(x))
+    cfg = dict(channels=int(channels), steps=int(steps), lr=float(lr), batch_size=int(batch_size),
+               images=_images_key(x))
     key = stable_hash(cfg); root = synth_root(root); index = []
     for arch, seed in progress([(a, s) for a in archs for s in seeds], desc='synthesize models'):
-        path = root/arch.name/f's{seed}.pt'; meta = None
-        if path.exists() and not retrain:
-            try:
-                ck = load_checkpoint(path); meta = ck['meta'] if ck['meta']['key'] == key else None
-            except (DataError, WeightsError, KeyError): meta = None
+        # run: every option of the model
+        path, run = root/key/arch.name/f's{seed}.pt', dict(arch=arch.name, seed=seed, **cfg)
+        ck = None if retrain else restart_from_checkpoint(path, run)
+        meta = None if ck is None else ck['meta']
         if meta is None:
             m = build_synthetic_model(arch, seed, channels)
             t0 = time.perf_counter()
             loss = train_synthetic_model(m, xtr, steps, lr, batch_size, seed, device)
-            with torch.no_grad(): mse = F.mse_loss(fingerprinted_images(m, xval), xval).item() if n_val else float('nan')
+            with torch.no_grad():
+                mse = F.mse_loss(fingerprinted_images(m, xval), xval).item() if n_val else float('nan')
             meta = dict(name=f'{arch.name}-s{seed}', arch=arch.name, seed=seed, key=key, **cfg, loss=loss,
                         psnr=float(10 * np.log10(1 / max(mse, 1e-12))), train_s=time.perf_counter() - t0)
-            save_checkpoint({'state_dict': {k: v.cpu() for k, v in m.state_dict().items()}, 'meta': meta}, path)
+            save_checkpoint({'state_dict': {k: v.cpu() for k, v in m.state_dict().items()}, 'meta': meta,
+                             'config': run}, path)
             cached = False
         else: cached = True
         index.append({**meta, 'path': str(path), 'cached': cached})
     save_json(index, root/f'index-{key}.json')
     return index
 
+# %% ../../nbs/30_model_synthesis.ipynb #866bb8e2
 def load_synthetic_model(entry, device=None) -> SynthAE:
     "A trained synthetic model (eval mode) from an index entry (dict) or a checkpoint path."
     path = Path(entry['path'] if isinstance(entry, dict) else entry)
     ck = load_checkpoint(path); meta = ck.get('meta', {})
     m = SynthAE(meta.get('arch', 'b1-l1-post-bilinear-none-none'), meta.get('channels', 16))
     try: m.load_state_dict(ck['state_dict'])
-    except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit {meta.get('arch')} ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit {meta.get('arch')} ({str(e).splitlines()[0]})") from None
     return m.to(get_device(device)).eval()
 
+# %% ../../nbs/30_model_synthesis.ipynb #68d7bed1
 def load_synthetic_models(index, device=None) -> list[SynthAE]:
     "Every model of an index, in order."
     return [load_synthetic_model(e, device) for e in index]
 
+# %% ../../nbs/30_model_synthesis.ipynb #97499a89
 @torch.no_grad()
-def fingerprinted_images(model: nn.Module, real_images, batch_size: int = 256, quantize_output: bool = True) -> torch.Tensor:
-    "Real images passed through a (synthetic) model: float (N, 3, H, W) in [0, 1], 8-bit rounded unless `quantize_output=False`."
+def fingerprinted_images(model: nn.Module, real_images, batch_size: int = 256,
+                         quantize_output: bool = True) -> torch.Tensor:
+    """Real images passed through a (synthetic) model: float (N, 3, H, W) in [0, 1], 8-bit rounded unless
+    `quantize_output=False`."""
     x = as_images(real_images, 'real_images')
     was = model.training; model.eval()
     try:
         dev = next(model.parameters()).device
-        out = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]) if len(x) else x.clone()
+        out = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]) \
+            if len(x) else x.clone()
     finally: model.train(was)
-    return quantize(out) if quantize_output else out.clamp(0, 1)
+    return quantize8(out) if quantize_output else out.clamp(0, 1)
 
 # %% ../../nbs/30_model_synthesis.ipynb #76f71089
 def spectrum_features(spectra, bins: int = 8) -> np.ndarray:
-    "Spectra (N, C, H, W) -> features (N, bins*bins): channel mean, average-pooled into bins x bins cells. 2-D input passes through."
+    """Spectra (N, C, H, W) -> features (N, bins*bins): channel mean, average-pooled into bins x bins cells. 2-D
+    input passes through."""
     s = torch.as_tensor(to_numpy(spectra), dtype=torch.float64)
     if s.ndim == 2: return check_finite(s.numpy(), 'spectra')
     if s.ndim != 4: raise DataError(f"spectra must be (N, C, H, W) or features (N, D), got shape {tuple(s.shape)}")
     check_finite(s, 'spectra')
-    if s.shape[-1] < bins or s.shape[-2] < bins: raise DataError(f"spectra of size {tuple(s.shape[-2:])} cannot be pooled into {bins} x {bins} bins")
+    if s.shape[-1] < bins or s.shape[-2] < bins:
+        raise DataError(f"spectra of size {tuple(s.shape[-2:])} cannot be pooled into {bins} x {bins} bins")
     return F.adaptive_avg_pool2d(s.mean(1, keepdim=True), bins).flatten(1).numpy()
 
+# %% ../../nbs/30_model_synthesis.ipynb #78703bc7
 def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     w, V = np.linalg.eigh((S + S.T) / 2)
     return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
@@ -260,21 +278,25 @@ def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or len(f) < 2: raise DataError(f"need at least 2 feature vectors (N, D), got shape {f.shape}")
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
+# %% ../../nbs/30_model_synthesis.ipynb #547d2ced
 def frechet_distance(mu1, S1, mu2, S2) -> float:
     "Fréchet distance between N(mu1, S1) and N(mu2, S2) (symmetric-eigendecomposition form)."
     r = _psd_sqrt(S1)
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(r @ S2 @ r), 0, None)).sum()
     return float(max(((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * tr_sqrt, 0.0))
 
+# %% ../../nbs/30_model_synthesis.ipynb #a4872b8b
 def ffd(spectra_a, spectra_b, bins: int = 8) -> float:
-    "Fréchet distance between the spectral features of two sets of images (FFD, Yang et al. 2023; form inferred, see above)."
+    """Fréchet distance between the spectral features of two sets of images (FFD, Yang et al. 2023; form inferred,
+    see above)."""
     fa, fb = spectrum_features(spectra_a, bins), spectrum_features(spectra_b, bins)
     if fa.shape[1] != fb.shape[1]: raise DataError(f"feature sizes differ: {fa.shape[1]} vs {fb.shape[1]}")
     return frechet_distance(*gaussian_stats(fa), *gaussian_stats(fb))
 
 # %% ../../nbs/30_model_synthesis.ipynb #e7e0e1ce
 def diversity(spectra_per_model, bins: int = 8) -> float:
-    "Mean pairwise Euclidean distance between the mean spectral features of >= 2 models (list or dict of (N, ...) arrays)."
+    """Mean pairwise Euclidean distance between the mean spectral features of >= 2 models (list or dict of (N, ...)
+    arrays)."""
     groups = list(spectra_per_model.values()) if isinstance(spectra_per_model, dict) else list(spectra_per_model)
     if len(groups) < 2: raise DataError(f"diversity needs at least 2 models, got {len(groups)}")
     means = np.stack([spectrum_features(g, bins).mean(0) for g in groups])

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import (AttribError, DataError, WeightsError, data_dir, runs_dir, stable_hash, save_json, atomic_write, get_device, to_numpy, progress)
+from ..core import (AttribError, DataError, WeightsError, data_dir, runs_dir, stable_hash, save_json, atomic_write,
+                         get_device, to_numpy, progress)
 from ..train import Timer
-from .fingerprint import FingerprintNet, embed, content_key, train_fingerprint, save_extractor, extractor_info, SyntheticSource
+from .fingerprint import (FingerprintNet, embed, content_key, train_fingerprint, save_extractor,
+                                      extractor_info, SyntheticSource)
 
 # %% auto #0
 __all__ = ['FINGERPRINT_PRESET', 'UNKNOWN', 'fingerprint_config', 'default_extractor_path', 'synthesized_training_set',
@@ -21,9 +23,11 @@ __all__ = ['FINGERPRINT_PRESET', 'UNKNOWN', 'fingerprint_config', 'default_extra
 
 # %% ../../nbs/33_which_model.ipynb #11ef5fe3
 FINGERPRINT_PRESET = dict(
-    seeds=(0,), n_archs=None, holdout_archs=29, synth_steps=60, synth_channels=16,   # synthesized models (paper: 20 seeds)
+    # synthesized models (paper: 20 seeds)
+    seeds=(0,), n_archs=None, holdout_archs=29, synth_steps=60, synth_channels=16,
     real_source='zoo', zoo_size='default', n_real_train=2000,                         # real images they fingerprint
-    epochs=6, steps_per_epoch=150, P=16, K=4, lr=2e-3, arch='resnet18', width=0.5,    # extractor (paper: resnet50, 40 epochs, lr 1e-4)
+    # extractor (paper: resnet50, 40 epochs, lr 1e-4)
+    epochs=6, steps_per_epoch=150, P=16, K=4, lr=2e-3, arch='resnet18', width=0.5,
     residual_kind='median', seed=0)
 
 def fingerprint_config(**overrides) -> dict:
@@ -32,35 +36,44 @@ def fingerprint_config(**overrides) -> dict:
     if bad: raise DataError(f"unknown fingerprint setting(s) {bad}; known: {sorted(FINGERPRINT_PRESET)}")
     cfg = {**FINGERPRINT_PRESET, **{k: v for k, v in overrides.items() if v is not None}}
     cfg['seeds'] = [int(s) for s in ([cfg['seeds']] if isinstance(cfg['seeds'], (int, np.integer)) else cfg['seeds'])]
-    if cfg['real_source'] not in ('zoo', 'crops'): raise DataError(f"real_source must be 'zoo' or 'crops', got {cfg['real_source']!r}")
+    if cfg['real_source'] not in ('zoo', 'crops'):
+        raise DataError(f"real_source must be 'zoo' or 'crops', got {cfg['real_source']!r}")
     return cfg
 
+# %% ../../nbs/33_which_model.ipynb #7d5082d2
 def default_extractor_path(cfg: dict | None = None) -> Path:
     "Where `attrib fingerprint train` saves (and `attrib which-model` looks for) the extractor of a setting."
     return data_dir()/'extractors'/f"fingerprint-{stable_hash(fingerprint_config(**(cfg or {})))}.safetensors"
 
 # %% ../../nbs/33_which_model.ipynb #766b42e5
 def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=None) -> dict:
-    "The synthesized models of a setting (cached), split into training / held-out architectures: a dict with the source and entries."
+    """The synthesized models of a setting (cached), split into training / held-out architectures: a dict with the
+    source and entries."""
     from attrib.model.model_synthesis import ARCH_GRID, synthesize_models, load_synthetic_model
     from attrib.zoo import zoo_config, zoo_real_images, ZOO_NAMES
     from attrib.sources import random_crops
     c = fingerprint_config(**(cfg or {})); seed = c['seed']
     img_size = zoo_config(ZOO_NAMES[0], c['zoo_size'])['img_size']
     rng = np.random.default_rng(seed)
-    archs = list(ARCH_GRID) if c['n_archs'] is None else [ARCH_GRID[i] for i in sorted(rng.choice(len(ARCH_GRID), c['n_archs'], replace=False))]
-    if not 0 <= c['holdout_archs'] <= len(archs) - 2: raise DataError(f"holdout_archs={c['holdout_archs']} leaves fewer than 2 of {len(archs)} architectures to train on")
+    archs = list(ARCH_GRID) if c['n_archs'] is None else \
+        [ARCH_GRID[i] for i in sorted(rng.choice(len(ARCH_GRID), c['n_archs'], replace=False))]
+    if not 0 <= c['holdout_archs'] <= len(archs) - 2:
+        raise DataError(f"holdout_archs={c['holdout_archs']} leaves fewer "
+                        f"than 2 of {len(archs)} architectures to train on")
     perm = np.random.default_rng(seed + 1).permutation(len(archs))
     held_archs = [archs[i] for i in sorted(perm[:c['holdout_archs']])]
-    index = synthesize_models(archs, seeds=c['seeds'], steps=c['synth_steps'], root=synth_root, channels=c['synth_channels'], img_size=img_size, device=device)
+    index = synthesize_models(archs, seeds=c['seeds'], steps=c['synth_steps'], root=synth_root,
+                              channels=c['synth_channels'], img_size=img_size, device=device)
     held = {a.name for a in held_archs}
     train_entries = [e for e in index if e['arch'] not in held]; held_entries = [e for e in index if e['arch'] in held]
     if c['real_source'] == 'zoo': real = zoo_real_images('train', c['n_real_train'], size=c['zoo_size'])
     else: real = random_crops(c['n_real_train'], img_size, seed=seed + 101)[0]
     train_models = [load_synthetic_model(e, device) for e in train_entries]
-    return dict(config=c, img_size=img_size, index=index, train_entries=train_entries, held_entries=held_entries, train_models=train_models,
+    return dict(config=c, img_size=img_size, index=index, train_entries=train_entries, held_entries=held_entries,
+                train_models=train_models,
                 source=SyntheticSource(train_models, real, names=[e['name'] for e in train_entries]))
 
+# %% ../../nbs/33_which_model.ipynb #bf908abd
 def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) -> dict:
     from attrib.model.model_synthesis import load_synthetic_model, fingerprinted_images
     from attrib.model.model_attribution import identification, verification
@@ -70,13 +83,25 @@ def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) ->
     X = torch.cat([fingerprinted_images(load_synthetic_model(e, device), real) for e in data['held_entries']])
     y = np.repeat(np.arange(len(data['held_entries'])), n_per_model)
     f = embed(net, X).numpy(); fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    spread = float(fn.std(0).mean())                        # 0 when every image gets the same fingerprint (a collapsed run)
-    return dict(heldout_feature_spread=spread, collapsed=spread < 1e-6, heldout_identification_acc=identification(f, y, n_shot, seed)['accuracy'], heldout_verification_auc=verification(f, y, 1000, seed)['auc'],
+    # 0 when every image gets the same fingerprint (a collapsed run)
+    spread = float(fn.std(0).mean())
+    return dict(heldout_feature_spread=spread, collapsed=spread < 1e-6,
+                heldout_identification_acc=identification(f, y, n_shot, seed)['accuracy'],
+                heldout_verification_auc=verification(f, y, 1000, seed)['auc'],
                 heldout_models=len(data['held_entries']), heldout_images_per_model=n_per_model, heldout_n_shot=n_shot)
 
-def train_extractor(cfg: dict | None = None, out=None, synth_root=None, ckpt_dir=None, device=None, amp: bool = False,
-                    retrain: bool = False, data: dict | None = None) -> tuple[FingerprintNet, dict, dict]:
-    "Train (or load) the extractor of a setting and save it as safetensors + JSON at `out`; returns (net, info, training set)."
+def train_extractor(cfg: dict | None = None,    # changes to FINGERPRINT_PRESET
+                    # extractor file (.safetensors; default data/extractors/fingerprint-<setting>.safetensors)
+                    out=None,
+                    synth_root=None,            # cache of synthetic models (default data/synth_models)
+                    ckpt_dir=None,              # training checkpoints (default: OUT with the suffix .ckpt)
+                    device=None,                # where to train (default: the best available)
+                    amp: bool = False,          # bfloat16 autocast on CUDA
+                    retrain: bool = False,      # train again even if `out` holds this setting's extractor
+                    data: dict | None = None    # a `synthesized_training_set` of this setting, already built
+                   ) -> tuple[FingerprintNet, dict, dict]:
+    """Train (or load) the extractor of a setting and save it as safetensors + JSON at `out`; returns (net, info,
+    training set)."""
     c = fingerprint_config(**(cfg or {}))
     out = Path(out) if out is not None else default_extractor_path(c)
     if out.suffix != '.safetensors': raise DataError(f"{out}: the extractor is saved as a .safetensors file")
@@ -85,23 +110,30 @@ def train_extractor(cfg: dict | None = None, out=None, synth_root=None, ckpt_dir
     key = data['source'].key
     if out.exists() and not retrain:
         info = extractor_info(out)
-        if info.get('preset') == c and info.get('data') == key: return FingerprintNet.from_checkpoint(out, device), info, data
-        raise AttribError(f"{out} holds an extractor of another setting or data (saved {info.get('preset')}, data {info.get('data')}); "
-                          f"use another --out or retrain")
+        if info.get('preset') == c and info.get('data') == key:
+            return FingerprintNet.from_checkpoint(out, device), info, data
+        raise AttribError(f"{out} holds an extractor of another setting or data (saved {info.get('preset')}, data "
+                          f"{info.get('data')}); use another --out or retrain")
     with Timer() as t:
-        net, hist = train_fingerprint(data['source'], ckpt_dir or out.with_suffix('.ckpt'), epochs=c['epochs'], steps_per_epoch=c['steps_per_epoch'],
-                                      P=c['P'], K=c['K'], lr=c['lr'], arch=c['arch'], width=c['width'], residual_kind=c['residual_kind'],
+        net, hist = train_fingerprint(data['source'], ckpt_dir or out.with_suffix('.ckpt'), epochs=c['epochs'],
+                                      steps_per_epoch=c['steps_per_epoch'],
+                                      P=c['P'], K=c['K'], lr=c['lr'], arch=c['arch'], width=c['width'],
+                                      residual_kind=c['residual_kind'],
                                       seed=c['seed'], device=device, amp=amp)
-    metrics = {**{f'train_{k}': hist[-1][k] for k in ('ce', 'triplet', 'acc')}, **_held_out_check(net, data, seed=c['seed'], device=device)}
-    info = dict(preset=c, data=key, n_classes=len(data['source']), train_models=[e['name'] for e in data['train_entries']],
+    metrics = {**{f'train_{k}': hist[-1][k] for k in ('ce', 'triplet', 'acc')},
+               **_held_out_check(net, data, seed=c['seed'], device=device)}
+    info = dict(preset=c, data=key, n_classes=len(data['source']),
+                train_models=[e['name'] for e in data['train_entries']],
                 heldout_archs=sorted({e['arch'] for e in data['held_entries']}), history=hist, metrics=metrics,
-                train_s=float(sum(h['seconds'] for h in hist)), wall_s=t.s, torch=torch.__version__, threads=torch.get_num_threads())
+                train_s=float(sum(h['seconds'] for h in hist)), wall_s=t.s, torch=torch.__version__,
+                threads=torch.get_num_threads())
     save_extractor(net, out, info)
     return net, info, data
 
 # %% ../../nbs/33_which_model.ipynb #a505c8a4
 def image_paths(items) -> list[Path]:
-    "Image files of a list of files and folders (a folder: every image below it, sorted); `DataError` naming a missing one."
+    """Image files of a list of files and folders (a folder: every image below it, sorted); `DataError` naming a
+    missing one."""
     from attrib.images import list_images
     out = []
     for it in ([items] if isinstance(items, (str, Path)) else items):
@@ -114,6 +146,7 @@ def image_paths(items) -> list[Path]:
         else: raise DataError(f"{p}: file not found")
     return out
 
+# %% ../../nbs/33_which_model.ipynb #37ef356d
 def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
     "Images (N, 3, img_size, img_size) in [0, 1], centre-cropped, never resized; and a content key of the files."
     from attrib.images import load_image, pil_to_float_tensor
@@ -121,7 +154,9 @@ def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
     for p in paths:
         p = Path(p); im = load_image(p, min_size=None)
         w, h = im.size
-        if min(w, h) < img_size: raise DataError(f"{p}: {w} x {h} is smaller than the extractor's {img_size} x {img_size} input (images are not upscaled)")
+        if min(w, h) < img_size:
+            raise DataError(f"{p}: {w} x {h} is smaller than the extractor's "
+                            f"{img_size} x {img_size} input (images are not upscaled)")
         l, t = (w - img_size) // 2, (h - img_size) // 2
         ims.append(pil_to_float_tensor(im.crop((l, t, l + img_size, t + img_size)))); parts += [p.name, p.read_bytes()]
     return (torch.stack(ims) if ims else torch.zeros(0, 3, img_size, img_size)), content_key(parts)
@@ -130,10 +165,12 @@ def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
 UNKNOWN = 'unknown'
 
 class ModelAttributor:
-    "Name the model behind an image among enrolled models, or `unknown` below a leave-one-out threshold at false-positive rate `fpr`."
+    """Name the model behind an image among enrolled models, or `unknown` below a leave-one-out threshold at
+    false-positive rate `fpr`."""
     def __init__(self, extractor, fpr: float = 0.05, cache_dir=None, batch_size: int = 256, device=None):
         if not 0 <= fpr < 1: raise DataError(f"fpr must be in [0, 1), got {fpr}")
-        self.net = FingerprintNet.from_checkpoint(extractor, device) if isinstance(extractor, (str, Path)) else extractor.eval()
+        self.net = FingerprintNet.from_checkpoint(extractor,
+                                                  device) if isinstance(extractor, (str, Path)) else extractor.eval()
         self.source = str(extractor) if isinstance(extractor, (str, Path)) else None
         self.fpr, self.batch_size = float(fpr), int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()/'which_model'/'features'
@@ -142,7 +179,8 @@ class ModelAttributor:
         self.feats, self.info, self.threshold, self.calibration = {}, {}, None, None
 
     def features(self, images) -> tuple[np.ndarray, list[str], bool]:
-        "l2-normalised fingerprints (N, D) of a folder / files / tensor, their names, and whether they came from the cache."
+        """l2-normalised fingerprints (N, D) of a folder / files / tensor, their names, and whether they came from
+        the cache."""
         from safetensors.torch import save, load_file
         if isinstance(images, (str, Path, list, tuple)) and not isinstance(images, torch.Tensor):
             paths = image_paths(images); x, k = folder_images(paths, self.img_size); names = [str(p) for p in paths]
@@ -165,14 +203,17 @@ class ModelAttributor:
         f, names, cached = self.features(images)
         what = images if isinstance(images, (str, Path)) else f'{len(f)} image(s)'
         if len(f) < 2: raise DataError(f"{what}: model {name!r} needs at least 2 enrolment images, got {len(f)}")
-        self.feats[name] = f; self.info[name] = dict(n_images=len(f), cached=cached, source=str(images) if isinstance(images, (str, Path)) else None)
+        self.feats[name] = f
+        self.info[name] = dict(n_images=len(f), cached=cached,
+                               source=str(images) if isinstance(images, (str, Path)) else None)
         self.threshold = None
         return self
 
     def enroll_features(self, name: str, feats) -> 'ModelAttributor':
         "Enrol model `name` from fingerprints (N, D) already computed (they are l2-normalised here)."
         f = np.asarray(to_numpy(feats), np.float64)
-        if f.ndim != 2 or len(f) < 2: raise DataError(f"model {name!r}: features must be (N >= 2, D), got shape {f.shape}")
+        if f.ndim != 2 or len(f) < 2:
+            raise DataError(f"model {name!r}: features must be (N >= 2, D), got shape {f.shape}")
         self.feats[str(name)] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         self.info[str(name)] = dict(n_images=len(f), cached=False, source=None); self.threshold = None
         return self
@@ -186,7 +227,8 @@ class ModelAttributor:
         return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
 
     def calibrate(self) -> float:
-        "Set the threshold from leave-one-out scores of the enrolment images (at most a share `fpr` below it); returns it."
+        """Set the threshold from leave-one-out scores of the enrolment images (at most a share `fpr` below it);
+        returns it."""
         if not self.feats: raise DataError('enrol at least one model before calibrating')
         C = self.centroids(); scores, correct = [], []
         for c, f in enumerate(self.feats.values()):
@@ -211,7 +253,8 @@ class ModelAttributor:
         if self.threshold is None: self.calibrate()
         f = np.asarray(to_numpy(feats), np.float64); f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         names = list(names) if names is not None else [f'#{i}' for i in range(len(f))]
-        S = f @ self.centroids().T; order = np.argsort(-S, axis=1, kind='stable'); m = np.array(self.models, dtype=object)
+        S = f @ self.centroids().T; order = np.argsort(-S, axis=1, kind='stable')
+        m = np.array(self.models, dtype=object)
         score = S[np.arange(len(S)), order[:, 0]]
         two = S.shape[1] > 1
         return dict(names=names, nearest=m[order[:, 0]].tolist(), score=score,
@@ -220,18 +263,22 @@ class ModelAttributor:
                     answer=np.where(score >= self.threshold, m[order[:, 0]], UNKNOWN).tolist())
 
     def evaluate(self, pred: dict, truth) -> dict:
-        "Accuracy, macro-F1, AUROC (enrolled vs not, tie-aware) and the confusion matrix of `pred` against true sources (one per query)."
+        """Accuracy, macro-F1, AUROC (enrolled vs not, tie-aware) and the confusion matrix of `pred` against true
+        sources (one per query)."""
         from sklearn.metrics import confusion_matrix, f1_score
         from attrib.model.model_attribution import auroc
         truth = [str(t) for t in truth]
-        if len(truth) != len(pred['answer']): raise DataError(f"{len(truth)} true sources for {len(pred['answer'])} queries")
+        if len(truth) != len(pred['answer']):
+            raise DataError(f"{len(truth)} true sources for {len(pred['answer'])} queries")
         true = [t if t in self.feats else UNKNOWN for t in truth]
         labels = self.models + [UNKNOWN]
         known = np.array([t != UNKNOWN for t in true]); s = np.asarray(pred['score'])
         au = auroc(s[known], s[~known]) if known.any() and (~known).any() else float('nan')
         return dict(accuracy=float(np.mean([a == t for a, t in zip(pred['answer'], true)])),
-                    macro_f1=float(f1_score(true, pred['answer'], labels=sorted(set(true) | set(pred['answer'])), average='macro', zero_division=0)),
-                    auroc=au, n_queries=len(true), n_known=int(known.sum()), n_unknown=int((~known).sum()), labels=labels,
+                    macro_f1=float(f1_score(true, pred['answer'], labels=sorted(set(true) | set(pred['answer'])),
+                                            average='macro', zero_division=0)),
+                    auroc=au, n_queries=len(true), n_known=int(known.sum()), n_unknown=int((~known).sum()),
+                    labels=labels,
                     confusion=confusion_matrix(true, pred['answer'], labels=labels))
 
 # %% ../../nbs/33_which_model.ipynb #7486a2ab
@@ -244,9 +291,12 @@ def read_truth(path) -> dict:
     except (UnicodeDecodeError, csv.Error) as e: raise DataError(f"{path}: not a readable CSV ({e})") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ['query', 'source']: rows = rows[1:]
     bad = [i for i, r in enumerate(rows) if len(r) < 2 or not r[0].strip() or not r[1].strip()]
-    if bad or not rows: raise DataError(f"{path}: expected rows 'query,source'" + (f" (row {bad[0] + 1} is not)" if bad else ' (no rows)'))
+    if bad or not rows:
+        why = f" (row {bad[0] + 1} is not)" if bad else ' (no rows)'
+        raise DataError(f"{path}: expected rows 'query,source'{why}")
     return {r[0].strip(): r[1].strip() for r in rows}
 
+# %% ../../nbs/33_which_model.ipynb #2252f333
 def _truth_for(names, truth: dict, path) -> list[str]:
     out = []
     for n in names:
@@ -264,7 +314,8 @@ def confusion_figure(ev: dict, path):
     cm = ev['confusion'].astype(float); cm = cm / np.maximum(cm.sum(1, keepdims=True), 1); L = ev['labels']
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(L), 1 + 0.6 * len(L)))
     ax.imshow(cm, cmap='Blues', vmin=0, vmax=1)
-    ax.set_xticks(range(len(L))); ax.set_xticklabels(L, rotation=90, fontsize=7); ax.set_yticks(range(len(L))); ax.set_yticklabels(L, fontsize=7)
+    ax.set_xticks(range(len(L))); ax.set_xticklabels(L, rotation=90, fontsize=7); ax.set_yticks(range(len(L)))
+    ax.set_yticklabels(L, fontsize=7)
     for i in range(len(L)):
         for j in range(len(L)): ax.text(j, i, f'{cm[i, j]:.2f}', ha='center', va='center', fontsize=6)
     ax.set_xlabel('answer'); ax.set_ylabel('true source')
@@ -272,26 +323,41 @@ def confusion_figure(ev: dict, path):
     path = Path(path); save_figure(fig, path.stem, path.parent); plt.close(fig)
     return path
 
-def which_model(queries, enroll: dict, extractor=None, out=None, fpr: float = 0.05, truth=None, cache_dir=None, device=None) -> dict:
-    "Enrol `enroll` ({name: folder}), answer every query image (files or folders), write the CSV/JSON (and metrics with `truth`) to `out`."
+# %% ../../nbs/33_which_model.ipynb #15f6d59f
+def which_model(queries,                # query images or folders of them
+                enroll: dict,           # {model name: folder of its images}
+                extractor=None,         # extractor file (default: the preset's, from `attrib fingerprint train`)
+                out=None,               # folder for predictions.csv/json (default runs/which_model/<time>)
+                fpr: float = 0.05,      # share of enrolment images allowed to be called unknown (leave-one-out)
+                truth=None,             # CSV of query,source: also accuracy, macro-F1, AUROC, confusion matrix
+                cache_dir=None,         # fingerprint cache of the enrolment images
+                device=None             # where to embed (default: the best available)
+               ) -> dict:
+    """Enrol `enroll` ({name: folder}), answer every query image (files or folders), write the CSV/JSON (and metrics
+    with `truth`) to `out`."""
     import pandas as pd
     if not enroll: raise DataError('enrol at least one model (--enroll NAME=DIR)')
     extractor = Path(extractor) if extractor is not None else default_extractor_path()
-    if not extractor.exists(): raise WeightsError(f"{extractor}: extractor not found; train it with `attrib fingerprint train` (or pass --extractor)")
+    if not extractor.exists():
+        raise WeightsError(f"{extractor}: extractor not found; train it with "
+                           "`attrib fingerprint train` (or pass --extractor)")
     out = Path(out) if out is not None else runs_dir()/'which_model'/time.strftime('%Y%m%d-%H%M%S')
     truth_map = read_truth(truth) if truth is not None else None
     att = ModelAttributor(extractor, fpr=fpr, cache_dir=cache_dir, device=device)
     for name, folder in enroll.items(): att.enroll(name, folder)
     att.calibrate()
     p = att.predict(list(queries))
-    df = pd.DataFrame(dict(query=p['names'], answer=p['answer'], nearest=p['nearest'], score=p['score'], runner_up=p['runner_up'],
+    df = pd.DataFrame(dict(query=p['names'], answer=p['answer'], nearest=p['nearest'], score=p['score'],
+                           runner_up=p['runner_up'],
                            runner_up_score=p['runner_up_score'], threshold=att.threshold))
     res = dict(extractor=str(extractor), extractor_key=att.key, fpr=fpr, threshold=att.threshold, models=att.info,
-               calibration={k: v for k, v in att.calibration.items() if k != 'loo_scores'}, predictions=df.to_dict('records'))
+               calibration={k: v for k, v in att.calibration.items() if k != 'loo_scores'},
+               predictions=df.to_dict('records'))
     if truth_map is not None:
         df['truth'] = _truth_for(p['names'], truth_map, truth)
         ev = att.evaluate(p, df['truth'])
-        res['metrics'] = {k: v for k, v in ev.items() if k != 'confusion'}; res['metrics']['confusion'] = ev['confusion'].tolist()
+        res['metrics'] = {k: v for k, v in ev.items() if k != 'confusion'}
+        res['metrics']['confusion'] = ev['confusion'].tolist()
         save_json(res['metrics'], out/'metrics.json'); confusion_figure(ev, out/'confusion_matrix.png')
     with atomic_write(out/'predictions.csv', 'w') as f: df.to_csv(f, index=False)
     save_json(res, out/'predictions.json')
@@ -307,7 +373,8 @@ def _cmd_fingerprint_train(a):
     print(f"{out}\t{info['n_classes']} synthetic models, {info['train_s']:.0f} s of training\t" +
           ', '.join(f'{k} {v:.3f}' for k, v in info['metrics'].items() if isinstance(v, float)))
     if info['metrics'].get('collapsed'):
-        print('warning: every held-out image gets the same fingerprint (training collapsed); try a lower lr (-p lr ...)', file=sys.stderr)
+        print('warning: every held-out image gets the same fingerprint '
+              '(training collapsed); try a lower lr (-p lr ...)', file=sys.stderr)
 
 def _enroll_arg(s: str):
     import argparse
@@ -321,25 +388,27 @@ def _cmd_which_model(a):
     r = which_model(a.queries, enroll, a.extractor, a.out, a.fpr, a.truth, device=a.device)
     print(r['table'][['query', 'answer', 'score', 'nearest']].to_string(index=False))
     m = r.get('metrics')
-    if m: print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUROC {m['auroc']:.3f}  ({m['n_known']} known, {m['n_unknown']} unknown)")
+    if m:
+        print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUROC {m['auroc']:.3f}  ({m['n_known']} "
+              f"known, {m['n_unknown']} unknown)")
     print(f"threshold {r['threshold']:.4f} (false-positive rate {a.fpr} on the enrolment images); wrote {r['out']}")
 
 def add_commands(sub):
-    "Add `fingerprint train` and `which-model` to the `attrib` sub-command parser."
-    import inspect
+    """Add `fingerprint train` and `which-model` to the `attrib` sub-command parser (defaults and help from the
+    functions)."""
+    from attrib.cli import add_function_args
     s = sub.add_parser('fingerprint', help='the fingerprint extractor of model attribution')
     fs = s.add_subparsers(dest='fp_cmd', required=True)
-    t = fs.add_parser('train', help='train the extractor on synthesized models (preset: attrib.model.which.FINGERPRINT_PRESET)')
-    t.add_argument('--out', default=None, help='extractor file (.safetensors; default data/extractors/fingerprint-<setting>.safetensors)')
-    t.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='change one preset setting (repeatable)')
-    t.add_argument('--synth-root', default=None, help='cache of synthetic models (default data/synth_models)')
-    t.add_argument('--device', default=None); t.set_defaults(fn=_cmd_fingerprint_train)
-    d = inspect.signature(which_model).parameters
+    t = fs.add_parser('train', help='train the extractor on synthesized models (preset: '
+                                    'attrib.model.which.FINGERPRINT_PRESET)')
+    add_function_args(t, train_extractor, ['out'])
+    t.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'),
+                   help='change one preset setting (repeatable)')
+    add_function_args(t, train_extractor, ['synth_root', 'device'], device=dict(help=None))
+    t.set_defaults(fn=_cmd_fingerprint_train)
     w = sub.add_parser('which-model', help='which known model made these images (or unknown)?')
-    w.add_argument('queries', nargs='+', help='query images or folders of them')
-    w.add_argument('--enroll', action='append', type=_enroll_arg, required=True, metavar='NAME=DIR', help='a known model and a folder of its images (repeatable)')
-    w.add_argument('--extractor', default=None, help='extractor file (default: the preset\'s, from `attrib fingerprint train`)')
-    w.add_argument('--fpr', type=float, default=d['fpr'].default, help='share of enrolment images allowed to be called unknown (leave-one-out)')
-    w.add_argument('--truth', default=None, help='CSV of query,source: also accuracy, macro-F1, AUROC, confusion matrix')
-    w.add_argument('--out', default=None, help='folder for predictions.csv/json (default runs/which_model/<time>)')
-    w.add_argument('--device', default=None); w.set_defaults(fn=_cmd_which_model)
+    add_function_args(w, which_model, ['queries'], queries=dict(nargs='+'))
+    w.add_argument('--enroll', action='append', type=_enroll_arg, required=True, metavar='NAME=DIR',
+                   help='a known model and a folder of its images (repeatable)')
+    add_function_args(w, which_model, ['extractor', 'fpr', 'truth', 'out', 'device'], device=dict(help=None))
+    w.set_defaults(fn=_cmd_which_model)

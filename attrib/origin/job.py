@@ -12,10 +12,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir, stable_hash
-from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root, weights_digest,
+from ..core import (AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir,
+                         stable_hash)
+from ..images import quantize8
+from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root,
+                        weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo, train_world)
-from .inversion import GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide, _check_generator
+from .inversion import (GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide,
+                                     _check_generator)
 
 # %% auto #0
 __all__ = ['ORIGIN_METHODS', 'CASCADE', 'RULE_FPR', 'resolve_callable', 'as_generator', 'load_generator', 'display_path',
@@ -35,32 +39,41 @@ def resolve_callable(spec: str):
     if not callable(obj): raise AttribError(f"{spec!r}: {attr!r} is not callable")
     return obj
 
+# %% ../../nbs/23_origin_job.ipynb #3a3e908e
 def as_generator(obj, name: str = 'generator') -> nn.Module:
-    "A factory's answer as a generator: a ready one (has `latent_shape`), a dict of `GeneratorAdapter` arguments, or (module, latent_shape[, output_range])."
+    """A factory's answer as a generator: a ready one (has `latent_shape`), a dict of `GeneratorAdapter` arguments,
+    or (module, latent_shape[, output_range])."""
     if isinstance(obj, nn.Module) and hasattr(obj, 'latent_shape'): return obj
     if isinstance(obj, dict): return GeneratorAdapter(**{'name': name, **obj})
-    if isinstance(obj, tuple) and len(obj) in (2, 3) and isinstance(obj[0], nn.Module): return GeneratorAdapter(*obj, name=name)
-    raise AttribError(f"{name}: a generator factory must return a generator with `latent_shape`, a dict of GeneratorAdapter "
-                      f"arguments or (module, latent_shape, output_range); got {type(obj).__name__}")
+    if isinstance(obj, tuple) and len(obj) in (2, 3) and isinstance(obj[0], nn.Module):
+        return GeneratorAdapter(*obj, name=name)
+    raise AttribError(f"{name}: a generator factory must return a generator with `latent_shape`, a dict of "
+                      f"GeneratorAdapter arguments or (module, latent_shape, output_range); got {type(obj).__name__}")
 
+# %% ../../nbs/23_origin_job.ipynb #c195695c
 def _load_safetensors(path: Path, factory: str | None, name: str):
     from safetensors import safe_open
     from safetensors.torch import load_file
     try:
         with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
         sd = load_file(str(path))
-    except Exception as e: raise WeightsError(f"{path}: cannot read safetensors weights ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot read safetensors weights ({type(e).__name__}: {e})") from None
     factory = factory or meta.get('attrib_factory')
-    if not factory: raise AttribError(f"{path}: a checkpoint needs a factory: pass --factory module:callable (or store 'attrib_factory' in its metadata)")
+    if not factory:
+        raise AttribError(f"{path}: a checkpoint needs a factory: pass --factory module:callable (or store "
+                          "'attrib_factory' in its metadata)")
     gen = as_generator(resolve_callable(factory)(), name)
     target = gen.module if isinstance(gen, GeneratorAdapter) else gen
     try: target.load_state_dict(sd)
-    except RuntimeError as e: raise WeightsError(f"{path}: weights do not fit {factory} ({str(e).splitlines()[0][:200]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit {factory} ({str(e).splitlines()[0][:200]})") from None
     return gen
 
 def load_generator(spec: str, factory: str | None = None, size: str = 'default', seed: int = 0, root=None,
                    sample_steps: int | None = None) -> nn.Module:
-    "The generator `spec` names: a zoo model, a diffusers folder, a `.safetensors` checkpoint (+ factory) or `module:callable`."
+    """The generator `spec` names: a zoo model, a diffusers folder, a `.safetensors` checkpoint (+ factory) or
+    `module:callable`."""
     spec = str(spec); p = Path(spec)
     if spec in ZOO_NAMES: return load_zoo_model(spec, size, seed, root, train_if_missing=False)
     if spec in ZOO_WORLD:
@@ -80,6 +93,7 @@ def display_path(p) -> str:
     "A path as printable UTF-8 text: bytes that are not UTF-8 (a Latin-1 file name) are shown as \\xNN escapes."
     return os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
 
+# %% ../../nbs/23_origin_job.ipynb #dc57d91b
 def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
     "Images of `folder` as (N, 3, img_size, img_size) floats in [0, 1], their paths, and the skipped [(path, reason)]."
     from attrib.images import list_images, load_image, pil_to_float_tensor
@@ -90,32 +104,41 @@ def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
     for p in list_images(folder):
         try: ims.append(pil_to_float_tensor(load_image(p).resize((img_size, img_size)))); paths.append(p)
         except (DataError, OSError) as e:
-            if on_error == 'raise': raise DataError(f"{display_path(e)} (use --on-error skip to go on without it)") from None
+            if on_error == 'raise':
+                raise DataError(f"{display_path(e)} (use --on-error skip to go on without it)") from None
             skipped.append((display_path(p), display_path(e)))
-    if not ims: raise DataError(f"{folder}: no readable images found" + (f" ({len(skipped)} skipped)" if skipped else ''))
+    if not ims:
+        raise DataError(f"{folder}: no readable images found" + (f" ({len(skipped)} skipped)" if skipped else ''))
     return torch.stack(ims), paths, skipped
 
 # %% ../../nbs/23_origin_job.ipynb #e48514b4
 ORIGIN_METHODS = METHODS + ('cascade',)
-CASCADE = dict(cheap_steps=50, accept_q=0.5)   # cascade: short best-of-K inversion when no autoencoder; accept below this own quantile
+# cascade: short best-of-K inversion when no autoencoder; accept below this own quantile
+CASCADE = dict(cheap_steps=50, accept_q=0.5)
 
-RULE_FPR = {'quantile': "split-conformal quantile of the model's own calibration scores: an image the model made is flagged "
-                        "with probability <= alpha (exchangeable calibration samples)",
-            'grubbs': "one-sided Grubbs test against the calibration scores: per-image FPR alpha / (n_calib + 1) if they are normal",
-            'kde': "(1 - alpha) quantile of a Gaussian KDE of the calibration scores: FPR about alpha (no finite-sample guarantee)"}
+RULE_FPR = {'quantile': "split-conformal quantile of the model's own calibration scores: an image the model made is "
+                        "flagged with probability <= alpha (exchangeable calibration samples)",
+            'grubbs': "one-sided Grubbs test against the calibration scores: "
+                      "per-image FPR alpha / (n_calib + 1) if they are normal",
+            'kde': "(1 - alpha) quantile of a Gaussian KDE of the calibration "
+                   "scores: FPR about alpha (no finite-sample guarantee)"}
 
-def _quantize8(x): return (x.clamp(0, 1) * 255).round() / 255
 
 class OriginInspector:
     "Did `gen` make these images? Calibrates on gen's own (8-bit quantised) samples, cached by the weights' content."
     def __init__(self, gen: nn.Module, method: str = ORIGIN_PRESET['method'], rule: str = ORIGIN_PRESET['rule'],
-                 alpha: float = ORIGIN_PRESET['alpha'], n_calib: int = ORIGIN_PRESET['n_calib'], calib_seed: int = 10_000,
-                 cache_dir=None, cheap_steps: int = CASCADE['cheap_steps'], accept_q: float = CASCADE['accept_q'], **inv_kw):
+                 alpha: float = ORIGIN_PRESET['alpha'], n_calib: int = ORIGIN_PRESET['n_calib'],
+                 calib_seed: int = 10_000,
+                 cache_dir=None, cheap_steps: int = CASCADE['cheap_steps'], accept_q: float = CASCADE['accept_q'],
+                 **inv_kw):
         _check_generator(gen)
-        if method not in ORIGIN_METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(ORIGIN_METHODS)}")
-        if not hasattr(gen, 'sample'): raise AttribError(f"{getattr(gen, 'name', 'generator')}: calibration needs gen.sample(n, seed)")
+        if method not in ORIGIN_METHODS:
+            raise AttribError(f"unknown method {method!r}; choose one of {list(ORIGIN_METHODS)}")
+        if not hasattr(gen, 'sample'):
+            raise AttribError(f"{getattr(gen, 'name', 'generator')}: calibration needs gen.sample(n, seed)")
         if n_calib < 3: raise AttribError(f"n_calib must be >= 3, got {n_calib}")
-        self.gen, self.method, self.rule_name, self.alpha, self.n_calib, self.calib_seed = gen, method, rule, float(alpha), int(n_calib), int(calib_seed)
+        self.gen, self.method, self.rule_name, self.alpha = gen, method, rule, float(alpha)
+        self.n_calib, self.calib_seed = int(n_calib), int(calib_seed)
         kw = {k: ORIGIN_PRESET[k] for k in ('steps', 'restarts', 'lr', 'patience', 'n_candidates')}
         self.inv_kw = {**kw, **inv_kw}
         self.cheap_steps, self.accept_q = int(cheap_steps), float(accept_q)
@@ -126,7 +149,8 @@ class OriginInspector:
     def _stages(self) -> dict:
         "{stage: (method, kwargs)}: one stage, or the cascade's 'cheap' and 'full' stages."
         if self.method in ('aedr', 'aeroblade'): return {'full': (self.method, {})}
-        if self.method == 'latenttracer': return {'full': ('latenttracer', {k: v for k, v in self.inv_kw.items() if k in ('lr', 'patience')})}
+        if self.method == 'latenttracer':
+            return {'full': ('latenttracer', {k: v for k, v in self.inv_kw.items() if k in ('lr', 'patience')})}
         if self.method == 'ronan': return {'full': ('ronan', self.inv_kw)}
         cheap = ('aedr', {}) if getattr(self.gen, 'has_autoencoder', False) else \
                 ('ronan', {**self.inv_kw, 'steps': self.cheap_steps, 'restarts': 1})
@@ -137,20 +161,24 @@ class OriginInspector:
         return origin_scores(self.gen, x, m, **kw)['score']
 
     def fit(self) -> 'OriginInspector':
-        "Calibration scores of `n_calib` fresh samples of the model per stage (read from the cache when the same weights were seen)."
+        """Calibration scores of `n_calib` fresh samples of the model per stage (read from the cache when the same
+        weights were seen)."""
         self.calib, self.rules, self.calib_s = {}, {}, 0.0
-        a = self.alpha / len(self._stages())                                  # union bound over the stages' false alarms
+        # union bound over the stages' false alarms
+        a = self.alpha / len(self._stages())
         for st, (m, kw) in self._stages().items():
             g = self.gen   # what else shapes its samples: class, input shape, sampler steps, output range
-            key = stable_hash(self.digest, type(g).__name__, g.latent_shape, getattr(g, 'n_sample_steps', None), getattr(g, 'range', None),
+            key = stable_hash(self.digest, type(g).__name__, g.latent_shape, getattr(g, 'n_sample_steps', None),
+                              getattr(g, 'range', None),
                               m, kw, self.n_calib, self.calib_seed, 'q8')
             f = self.cache_dir/f'{key}.json'
             if f.is_file(): s = np.asarray(load_json(f)['scores'], float)
             else:
                 t0 = time.perf_counter()
-                x = _quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
+                x = quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
                 s = np.asarray(self._score(st, x), float); self.calib_s += time.perf_counter() - t0
-                save_json({'scores': s, 'method': m, 'params': kw, 'n_calib': self.n_calib, 'calib_seed': self.calib_seed,
+                save_json({'scores': s, 'method': m, 'params': kw, 'n_calib': self.n_calib,
+                           'calib_seed': self.calib_seed,
                            'weights_sha1': self.digest, 'generator': getattr(self.gen, 'name', '')}, f)
             self.calib[st] = s; self.rules[st] = make_rule(self.rule_name, a).fit(s)
         return self
@@ -159,7 +187,8 @@ class OriginInspector:
     def fpr_statement(self) -> str:
         "What the decision rule guarantees about false alarms on the model's own images."
         k = len(self._stages()); s = RULE_FPR[self.rule_name]
-        return s if k == 1 else f"each of the {k} stages at alpha/{k} ({s}); the cascade's FPR <= alpha by the union bound"
+        if k == 1: return s
+        return f"each of the {k} stages at alpha/{k} ({s}); the cascade's FPR <= alpha by the union bound"
 
     def predict(self, images: torch.Tensor) -> pd.DataFrame:
         "Per image: score, threshold, stage that decided, made_by_model (False = flagged as not made by the model)."
@@ -169,20 +198,25 @@ class OriginInspector:
             s = np.asarray(self._score('full', images), float)
             return pd.DataFrame(dict(score=s, threshold=full.threshold, stage='full', made_by_model=~full.predict(s)))
         c = np.asarray(self._score('cheap', images), float)
-        d = cascade_decide(c, self.calib['cheap'], lambda idx: self._score('full', images[torch.as_tensor(idx)]), self.calib['full'],
+        d = cascade_decide(c, self.calib['cheap'], lambda idx: self._score('full', images[torch.as_tensor(idx)]),
+                           self.calib['full'],
                            self.rule_name, self.alpha, self.accept_q)
-        return pd.DataFrame(dict(score=d['score'], threshold=d['threshold'], stage=d['stage'], made_by_model=~d['flag']))
+        return pd.DataFrame(dict(score=d['score'], threshold=d['threshold'], stage=d['stage'],
+                                 made_by_model=~d['flag']))
 
 # %% ../../nbs/23_origin_job.ipynb #275dced3
 def output_paths(out) -> dict | None:
-    "Where `--out` puts the results: `X.csv` -> X.csv / X.json / X.png, otherwise a folder with origin.csv / .json / .png."
+    """Where `--out` puts the results: `X.csv` -> X.csv / X.json / X.png, otherwise a folder with origin.csv / .json
+    / .png."""
     if out is None: return None
     out = Path(out)
     if out.suffix.lower() == '.csv':
-        if out.is_dir(): raise DataError(f"--out {out}: is a directory; give a folder without .csv or another file name")
+        if out.is_dir():
+            raise DataError(f"--out {out}: is a directory; give a folder without .csv or another file name")
         paths = dict(csv=out, json=out.with_suffix('.json'), png=out.with_suffix('.png'))
     else:
-        if out.exists() and not out.is_dir(): raise DataError(f"--out {out}: exists and is not a folder (a CSV name must end in .csv)")
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out}: exists and is not a folder (a CSV name must end in .csv)")
         paths = dict(csv=out/'origin.csv', json=out/'origin.json', png=out/'origin.png')
     d = paths['csv'].parent
     try:
@@ -193,25 +227,31 @@ def output_paths(out) -> dict | None:
         if paths[k].is_dir(): raise DataError(f"--out {out}: {paths[k]} is a directory")
     return paths
 
+# %% ../../nbs/23_origin_job.ipynb #8ab7b038
 def plot_origin(result: dict):
     "Scores of the inspected images against the model's own calibration scores (log10), with the decision threshold(s)."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.4)); lg = lambda s: np.log10(np.maximum(np.asarray(s, float), 1e-12))
     cal = result['calibration']; t = pd.DataFrame(result['rows'])
     for i, (st, c) in enumerate(cal.items()):
-        ax.hist(lg(c['scores']), bins=20, alpha=0.45, color=f'C{i}', label=f"calibration ({st}: {len(c['scores'])} own samples)")
-        if np.isfinite(c['threshold']): ax.axvline(lg(c['threshold']), color=f'C{i}', ls='--', lw=1.2, label=f'threshold ({st})')
+        ax.hist(lg(c['scores']), bins=20, alpha=0.45, color=f'C{i}', label=f"calibration ({st}: "
+                                                                           f"{len(c['scores'])} own samples)")
+        if np.isfinite(c['threshold']):
+            ax.axvline(lg(c['threshold']), color=f'C{i}', ls='--', lw=1.2, label=f'threshold ({st})')
     if len(t):
         y = ax.get_ylim()[1] * 0.05
         for made, col, lab in ((True, 'g', 'inspected: made by model'), (False, 'r', 'inspected: flagged')):
             s = t.score[t.made_by_model == made]
             if len(s): ax.plot(lg(s), np.full(len(s), y), '|', color=col, ms=14, mew=1.5, label=lab)
     ax.set_xlabel('log10 score (low = reproduced by the model)'); ax.set_ylabel('count')
-    ax.set_title(f"{result['generator']} / {result['method']}: {result['n_flagged']} of {result['n_images']} flagged", fontsize=9)
+    ax.set_title(f"{result['generator']} / {result['method']}: {result['n_flagged']} of {result['n_images']} flagged",
+                 fontsize=9)
     ax.legend(fontsize=6); fig.tight_layout(); return fig
 
+# %% ../../nbs/23_origin_job.ipynb #f1a1ce2a
 def write_origin(result: dict, paths: dict) -> dict:
-    "Write the JSON (everything), the CSV (one row per image) and the figure, each atomically; JSON first: it alone holds it all."
+    """Write the JSON (everything), the CSV (one row per image) and the figure, each atomically; JSON first: it alone
+    holds it all."""
     save_json(result, paths['json'])
     with atomic_write(paths['csv'], 'w') as f: pd.DataFrame(result['rows']).to_csv(f, index=False)
     import matplotlib; matplotlib.use('Agg')
@@ -223,30 +263,53 @@ def write_origin(result: dict, paths: dict) -> dict:
     return paths
 
 # %% ../../nbs/23_origin_job.ipynb #4577ea77
-def inspect_origin(folder, generator, method: str = ORIGIN_PRESET['method'], rule: str = ORIGIN_PRESET['rule'],
-                   alpha: float = ORIGIN_PRESET['alpha'], n_calib: int = ORIGIN_PRESET['n_calib'], factory: str | None = None,
-                   size: str = 'default', seed: int = 0, root=None, out=None, on_error: str = 'raise', sample_steps: int | None = None,
-                   calib_seed: int = 10_000, **inv_kw) -> dict:
-    "Did `generator` (a spec for `load_generator`, or a generator) make the images of `folder`? Result dict; files under `out`."
-    paths = output_paths(out)                                              # a bad --out fails now, not after the compute
-    gen = generator if isinstance(generator, nn.Module) else load_generator(generator, factory, size, seed, root, sample_steps)
+def inspect_origin(folder,                                  # folder of images
+                   generator,                               # a `load_generator` spec or a generator
+                   method: str = ORIGIN_PRESET['method'],   # ronan (inversion), cascade, latenttracer, aedr, aeroblade
+                   rule: str = ORIGIN_PRESET['rule'],       # the calibrated rule: 'quantile', 'grubbs' or 'kde'
+                   alpha: float = ORIGIN_PRESET['alpha'],   # target false-positive rate on the model's own images
+                   n_calib: int = ORIGIN_PRESET['n_calib'], # own samples the rule is calibrated on (cached)
+                   # module:callable building the generator a .safetensors checkpoint fits
+                   factory: str | None = None,
+                   size: str = 'default',                   # zoo size (for a zoo model)
+                   seed: int = 0,                           # zoo training seed (for a zoo model)
+                   # zoo folder (default $ATTRIB_DATA/zoo); calibration cache in ROOT/origin_calib
+                   root=None,
+                   # results: X.csv (+ X.json, X.png) or a folder (origin.csv/.json/.png)
+                   out=None,
+                   on_error: str = 'raise',                 # unreadable image: stop, or skip it and report it
+                   sample_steps: int | None = None,         # DDIM steps of a diffusers pipeline's calibration samples
+                   calib_seed: int = 10_000,                # seed of the calibration samples
+                   **inv_kw                                 # inversion settings (`invert`'s steps, restarts, ...)
+                  ) -> dict:
+    """Did `generator` (a spec for `load_generator`, or a generator) make the images of `folder`? Result dict; files
+    under `out`."""
+    # a bad --out fails now, not after the compute
+    paths = output_paths(out)
+    gen = generator if isinstance(generator, nn.Module) else load_generator(generator, factory, size, seed, root,
+                                                                            sample_steps)
     x, files, skipped = load_folder(folder, gen.img_size, on_error)
-    ins = OriginInspector(gen, method, rule, alpha, n_calib, calib_seed, cache_dir=None if root is None else zoo_root(root)/'origin_calib', **inv_kw)
+    ins = OriginInspector(gen, method, rule, alpha, n_calib, calib_seed,
+                          cache_dir=None if root is None else zoo_root(root)/'origin_calib', **inv_kw)
     t0 = time.perf_counter(); ins.fit(); t1 = time.perf_counter(); tab = ins.predict(x); t2 = time.perf_counter()
     tab.insert(0, 'path', [display_path(p) for p in files])
     name = generator if isinstance(generator, str) else getattr(gen, 'name', type(gen).__name__)
     res = dict(generator=display_path(name), folder=display_path(folder), weights_sha1=ins.digest, method=method,
-               rule=dict(name=rule, alpha=alpha, fpr_control=ins.fpr_statement), params=dict(n_calib=n_calib, calib_seed=calib_seed,
-               **({} if method in ('aedr', 'aeroblade') else ins.inv_kw), **({'cheap_steps': ins.cheap_steps, 'accept_q': ins.accept_q} if method == 'cascade' else {})),
+               rule=dict(name=rule, alpha=alpha, fpr_control=ins.fpr_statement),
+               params=dict(n_calib=n_calib, calib_seed=calib_seed,
+               **({} if method in ('aedr', 'aeroblade') else ins.inv_kw),
+               **({'cheap_steps': ins.cheap_steps, 'accept_q': ins.accept_q} if method == 'cascade' else {})),
                calibration={st: dict(scores=ins.calib[st], threshold=ins.rules[st].threshold) for st in ins.calib},
                rows=tab.to_dict('records'), skipped=[dict(path=p, error=e) for p, e in skipped],
                n_images=len(tab), n_flagged=int((~tab.made_by_model).sum()), n_skipped=len(skipped),
-               timing=dict(calibration_s=t1 - t0, inspect_s=t2 - t1, s_per_image=(t2 - t1) / max(1, len(tab)), calibration_cached=ins.calib_s == 0))
+               timing=dict(calibration_s=t1 - t0, inspect_s=t2 - t1, s_per_image=(t2 - t1) / max(1, len(tab)),
+                           calibration_cached=ins.calib_s == 0))
     if paths is not None:
         try: write_origin(res, paths)
         except OSError as e:                                               # keep the finished result somewhere
             keep = runs_dir()/'origin-unsaved'/f'origin-{time.strftime("%Y%m%d-%H%M%S")}.json'; save_json(res, keep)
-            raise DataError(f"cannot write the results to {paths['csv'].parent} ({e}); they are kept in {keep}") from None
+            raise DataError(f"cannot write the results to {paths['csv'].parent} "
+                            f"({e}); they are kept in {keep}") from None
         res['files'] = {k: str(v) for k, v in paths.items()}
     return res
 
@@ -255,62 +318,69 @@ def _cmd_train_zoo(a):
     names = list(ZOO_WORLD) if a.names == ['world'] else (a.names or list(ZOO_NAMES))
     bad = [n for n in names if n not in ZOO_WORLD]
     if bad: raise AttribError(f"unknown zoo model(s) {bad}; choose from {list(ZOO_WORLD)} (or 'world': all of them)")
-    if a.seed and any(n not in ZOO_NAMES for n in names): raise AttribError(f"--seed applies to the {list(ZOO_NAMES)} models only")
+    if a.seed and any(n not in ZOO_NAMES for n in names):
+        raise AttribError(f"--seed applies to the {list(ZOO_NAMES)} models only")
     if a.jobs < 1: raise AttribError(f"--jobs must be >= 1, got {a.jobs}")
-    zoo = train_zoo(names, size=a.size, seed=a.seed, root=a.root) if a.seed else train_world(names, a.size, a.root, a.jobs)
+    zoo = train_zoo(names, size=a.size, seed=a.seed,
+                    root=a.root) if a.seed else train_world(names, a.size, a.root, a.jobs)
     for k, g in zoo.items():
         info = zoo_info(k, a.size, a.seed, a.root) if a.seed else world_info(k, a.size, a.root)
         print(f"{k}\t{g.family}\t{g.img_size}px\ttrained in {info.get('train_wall_s', float('nan')):.0f} s")
 
 def _cmd_origin(a):
-    if len(a.target) == 2: spec, folder = a.target                            # the older form: attrib origin MODEL FOLDER
+    if len(a.target) == 2:
+        spec, folder = a.target                            # the older form: attrib origin MODEL FOLDER
     elif len(a.target) == 1 and a.generator: spec, folder = a.generator, a.target[0]
     else: raise AttribError("usage: attrib origin FOLDER --generator SPEC (or attrib origin ZOO_MODEL FOLDER)")
-    kw = {} if a.method in ('aedr', 'aeroblade') else dict(steps=a.steps, restarts=a.restarts, lr=a.lr, patience=a.patience, n_candidates=a.n_candidates)
+    kw = {} if a.method in ('aedr', 'aeroblade') else dict(steps=a.steps, restarts=a.restarts, lr=a.lr,
+                                                           patience=a.patience, n_candidates=a.n_candidates)
     if a.threads is not None:
         if a.threads < 1: raise AttribError(f"--threads must be >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)
-    r = inspect_origin(folder, spec, a.method, a.rule, a.alpha, a.n_calib, a.factory, a.size, a.seed, a.root, a.out, a.on_error,
+    r = inspect_origin(folder, spec, a.method, a.rule, a.alpha, a.n_calib, a.factory, a.size, a.seed, a.root, a.out,
+                       a.on_error,
                        a.sample_steps, **kw)
     t = pd.DataFrame(r['rows'])
     print(t.to_string(index=False))
     for s in r['skipped']: print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
     print(f"{r['n_images'] - r['n_flagged']} of {r['n_images']} images attributed to {r['generator']}"
-          + (f" ({r['n_skipped']} unreadable, skipped)" if r['n_skipped'] else '') + f"; false alarms: {r['rule']['fpr_control']}")
+          + (f" ({r['n_skipped']} unreadable, skipped)" if r['n_skipped'] else '')
+          + f"; false alarms: {r['rule']['fpr_control']}")
     if 'files' in r: print(f"wrote {r['files']['csv']}, {r['files']['json']}, {r['files']['png']}")
 
 def add_commands(sub):
     "The `train-zoo` and `origin` sub-commands (defaults from `ORIGIN_PRESET` and the library's signatures)."
-    s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
-    s.add_argument('--names', nargs='+', default=None, help=f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; 'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")
-    s.add_argument('--size', default='default', choices=list(ZOO_SIZES))
-    s.add_argument('--seed', type=int, default=0, help='training seed of the ZOO_NAMES models (the others fix their own)')
-    s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo)')
-    s.add_argument('--jobs', type=int, default=1, help='models trained at once in separate processes (1 thread each; same weights)')
-    s.set_defaults(fn=_cmd_train_zoo)
-    P = ORIGIN_PRESET
     import argparse
-    s = sub.add_parser('origin', help='did this generator make these images?', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description='attrib origin FOLDER --generator SPEC: SPEC is a zoo model name, a diffusers folder (pipeline or '
-                                   'AutoencoderKL), a .safetensors checkpoint (with --factory) or module:callable. Defaults: '
-                                   'attrib.origin.inversion.ORIGIN_PRESET, the settings behind the reported accuracies.',
-                       epilog='Where things go: $ATTRIB_DATA (default <repo>/data) holds the zoo (zoo/) and the calibration cache '
-                              '(origin_calib/); --root moves both. A result that cannot be written is kept in $ATTRIB_RUNS/origin-unsaved/.')
+    from attrib.cli import add_function_args
+    from attrib.origin.inversion import invert
+    s = sub.add_parser('train-zoo', help='train (or load) the generator zoo')
+    add_function_args(s, train_world, ['names', 'size'], names=dict(nargs='+', help=(
+        f"zoo models (default the {len(ZOO_NAMES)} of ZOO_NAMES; "
+        f"'world' or any of ZOO_WORLD: {', '.join(ZOO_WORLD)})")),
+                      size=dict(choices=list(ZOO_SIZES), help=None))
+    add_function_args(s, train_zoo, ['seed', 'root'], seed=dict(help='training seed of the ZOO_NAMES '
+                                                                     'models (the others fix their own)'),
+                      root=dict(help='zoo folder (default $ATTRIB_DATA/zoo)'))
+    add_function_args(s, train_world, ['jobs'], jobs=dict(help='models trained at once in separate '
+                                                               'processes (1 thread each; same weights)'))
+    s.set_defaults(fn=_cmd_train_zoo)
+    s = sub.add_parser('origin', help='did this generator make these images?',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description='attrib origin FOLDER --generator SPEC: SPEC is a zoo model name, a diffusers '
+                                   'folder (pipeline or AutoencoderKL), a .safetensors checkpoint (with --factory) or '
+                                   'module:callable. Defaults: attrib.origin.inversion.ORIGIN_PRESET, the settings '
+                                   'behind the reported accuracies.',
+                       epilog='Where things go: $ATTRIB_DATA (default <repo>/data) holds the zoo (zoo/) and the '
+                              'calibration cache (origin_calib/); --root moves both. A result that cannot be written '
+                              'is kept in $ATTRIB_RUNS/origin-unsaved/.')
     s.add_argument('target', nargs='+', metavar='FOLDER', help='folder of images (older form: ZOO_MODEL FOLDER)')
-    s.add_argument('--generator', default=None, help='zoo name, diffusers folder, checkpoint.safetensors or module:callable')
-    s.add_argument('--factory', default=None, help='module:callable building the generator a .safetensors checkpoint fits')
-    s.add_argument('--method', default=P['method'], choices=list(ORIGIN_METHODS)); s.add_argument('--rule', default=P['rule'], choices=['quantile', 'grubbs', 'kde'])
-    s.add_argument('--alpha', type=float, default=P['alpha'], help='target false-positive rate on the model\'s own images')
-    s.add_argument('--n-calib', type=int, default=P['n_calib'], help='own samples the rule is calibrated on (cached)')
-    s.add_argument('--steps', type=int, default=P['steps'], help='Adam steps of the inversion')
-    s.add_argument('--restarts', type=int, default=P['restarts'], help='restarts per image')
-    s.add_argument('--lr', type=float, default=P['lr'], help='Adam learning rate')
-    s.add_argument('--patience', type=int, default=P['patience'], help='early stopping: steps without improvement')
-    s.add_argument('--n-candidates', type=int, default=P['n_candidates'], help='best-of-K prior latents the restarts start from')
-    s.add_argument('--sample-steps', type=int, default=None, help='DDIM steps of a diffusers pipeline\'s calibration samples')
-    s.add_argument('--size', default='default', choices=list(ZOO_SIZES)); s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--root', default=None, help='zoo folder (default $ATTRIB_DATA/zoo); calibration cache in ROOT/origin_calib')
-    s.add_argument('--out', default=None, help='results: X.csv (+ X.json, X.png) or a folder (origin.csv/.json/.png)')
-    s.add_argument('--on-error', default='raise', choices=['raise', 'skip'], help='unreadable image: stop, or skip it and report it')
+    s.add_argument('--generator', default=None, help='zoo name, diffusers folder, '
+                                                     'checkpoint.safetensors or module:callable')
+    add_function_args(s, inspect_origin, ['factory', 'method', 'rule', 'alpha', 'n_calib', 'steps', 'restarts', 'lr',
+                                          'patience', 'n_candidates', 'sample_steps', 'size', 'seed', 'root', 'out',
+                                          'on_error'],
+                      defaults=ORIGIN_PRESET, docs=(invert,), method=dict(choices=list(ORIGIN_METHODS)),
+                      rule=dict(choices=['quantile', 'grubbs', 'kde']), sample_steps=dict(type=int),
+                      size=dict(choices=list(ZOO_SIZES)), on_error=dict(choices=['raise', 'skip']))
     s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     s.set_defaults(fn=_cmd_origin)

@@ -13,22 +13,20 @@ import torch
 
 from ..core import AttribError, stable_hash, save_json, load_json, atomic_write, get_device
 from ..train import Timer
-from ..zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images, images_to_tensor, tensor_to_images
+from ..images import images_to_tensor, tensor_to_images, quantize8
+from ..zoo import ZOO_NAMES, load_world_model, weights_digest, zoo_real_images
 from .inversion import origin_scores, make_rule, cascade_decide, METHODS
 
 # %% auto #0
-__all__ = ['CALIB_SEED', 'TEST_SEED', 'PERTURBATIONS', 'quantize8', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics',
-           'score_origin', 'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists',
-           'plot_reconstructions', 'perturb', 'summarize_cascade', 'cost_table', 'plot_cost']
+__all__ = ['CALIB_SEED', 'TEST_SEED', 'PERTURBATIONS', 'origin_image_sets', 'tpr_at_fpr', 'pair_metrics', 'score_origin',
+           'summarize_origin', 'evaluate_origin', 'plot_roc', 'plot_score_hists', 'plot_reconstructions', 'perturb',
+           'summarize_cascade', 'cost_table', 'plot_cost']
 
 # %% ../../nbs/22_origin_eval.ipynb #fbe5d2eb
 CALIB_SEED, TEST_SEED = 40_000, 50_000
 
-def quantize8(x: torch.Tensor) -> torch.Tensor:
-    "Round images in [0, 1] to the 256 levels of an 8-bit file."
-    return (x.clamp(0, 1) * 255).round() / 255
-
-def origin_image_sets(zoo: dict, n: int = 40, n_calib: int = 40, seed: int = 0, size: str = 'default', quantize: bool = True) -> dict:
+def origin_image_sets(zoo: dict, n: int = 40, n_calib: int = 40, seed: int = 0, size: str = 'default',
+                      quantize: bool = True) -> dict:
     "{'calib': {name: images}, 'test': {name: images, 'real': images}}: float tensors (on the CPU) in [0, 1]."
     q = quantize8 if quantize else (lambda x: x)
     calib = {k: q(g.sample(n_calib, seed=CALIB_SEED + seed).cpu()) for k, g in zoo.items()}
@@ -46,14 +44,18 @@ def tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, fpr: float) -> float:
     f, t, _ = roc_curve(y, np.r_[neg, pos])
     return float(t[f <= fpr + 1e-12].max())
 
+# %% ../../nbs/22_origin_eval.ipynb #9b395718
 def pair_metrics(own: np.ndarray, src: np.ndarray, rule, alpha: float) -> dict:
-    "Accuracy (balanced set), rule TPR/FPR, oracle TPR@FPR=alpha and ROC-AUC for belonging `own` vs non-belonging `src` scores."
+    """Accuracy (balanced set), rule TPR/FPR, oracle TPR@FPR=alpha and ROC-AUC for belonging `own` vs non-belonging
+    `src` scores."""
     from sklearn.metrics import roc_auc_score
     own, src = np.asarray(own, float), np.asarray(src, float)
     fo, fs = rule.predict(own), rule.predict(src)
     tpr, fpr = float(fs.mean()), float(fo.mean())
-    return dict(acc=float(((~fo).sum() + fs.sum()) / (len(own) + len(src))), bal_acc=(tpr + 1 - fpr) / 2, tpr=tpr, fpr=fpr,
-                tpr_at_alpha=tpr_at_fpr(own, src, alpha), auc=float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(src))], np.r_[own, src])))
+    return dict(acc=float(((~fo).sum() + fs.sum()) / (len(own) + len(src))), bal_acc=(tpr + 1 - fpr) / 2, tpr=tpr,
+                fpr=fpr,
+                tpr_at_alpha=tpr_at_fpr(own, src, alpha),
+                auc=float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(src))], np.r_[own, src])))
 
 # %% ../../nbs/22_origin_eval.ipynb #2b790b57
 def _supports(g, method):
@@ -63,20 +65,27 @@ def _supports(g, method):
 
 def _weights_digest(zoo: dict) -> str: return stable_hash([weights_digest(g) for g in zoo.values()])
 
-def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40, method: str = 'ronan',
-                 steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None, quantize: bool = True,
+def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40,
+                 method: str = 'ronan',
+                 steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None,
+                 quantize: bool = True,
                  channels_last: bool = True, n_examples: int = 2, inspect=None, perturbation=None, **inv_kw) -> dict:
-    "Score every image set under every inspected zoo model: {'scores' (long DataFrame), 'examples', 'timing', 'params'}."
+    """Score every image set under every inspected zoo model: {'scores' (long DataFrame), 'examples', 'timing',
+    'params'}."""
     if method not in METHODS: raise AttribError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     names = list(ZOO_NAMES if names is None else names)
     dev = get_device(device)
-    zoo = {k: load_world_model(k, size, root).to(dev) for k in names}     # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
+    # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
+    zoo = {k: load_world_model(k, size, root).to(dev) for k in names}
     digest = _weights_digest(zoo)
-    if channels_last and dev.type == 'cpu': zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
+    if channels_last and dev.type == 'cpu':
+        zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
     inspected = [k for k in (inspect or names) if _supports(zoo[k], method)]
     if not inspected: raise AttribError(f"no zoo model among {names} supports method {method!r}")
     sets = origin_image_sets(zoo, n, n_calib, seed, size, quantize)
-    if perturbation: sets['test'] = {k: perturb(v, *perturbation, seed=seed) for k, v in sets['test'].items()}   # calibration stays clean
+    if perturbation:
+        # calibration stays clean
+        sets['test'] = {k: perturb(v, *perturbation, seed=seed) for k, v in sets['test'].items()}
     kw = {} if method in ('aedr', 'aeroblade') else dict(steps=steps, restarts=restarts, lr=lr, seed=seed, **inv_kw)
     params = dict(names=names, size=size, seed=seed, n=n, n_calib=n_calib, method=method, quantize=quantize, inv=kw,
                   **({'perturbation': tuple(perturbation)} if perturbation else {}))
@@ -85,7 +94,8 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     all_scores, examples, timing = [], {}, {}
     for k in inspected:
         g = zoo[k]
-        srcs = [('calib', k, sets['calib'][k]), ('test', k, sets['test'][k]), ('test', 'real', sets['test']['real'])] + \
+        srcs = [('calib', k, sets['calib'][k]), ('test', k, sets['test'][k]), ('test', 'real',
+                                                                               sets['test']['real'])] + \
                [('test', o, sets['test'][o]) for o in names if o != k]
         cache = score_dir/f'{method}-{k}.csv' if score_dir is not None else None
         if cache is not None and cache.exists() and load_json(cache.with_suffix('.json')).get('key') == key:
@@ -93,7 +103,8 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
             exf = cache.with_name(cache.stem + '-examples.npz')
             if exf.exists():
                 z = np.load(exf, allow_pickle=False)
-                examples[k] = [(str(z[f'src{i}']), z[f'in{i}'], z[f'rec{i}'], z[f'score{i}']) for i in range(int(z['n']))]
+                examples[k] = [(str(z[f'src{i}']), z[f'in{i}'], z[f'rec{i}'],
+                                z[f'score{i}']) for i in range(int(z['n']))]
         else:
             x = torch.cat([s[2] for s in srcs])
             t0, c0 = time.perf_counter(), time.process_time()
@@ -113,16 +124,21 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
             ex = []
             for sp, src, s in srcs[1:]:
                 idx = df.index[(df.split == sp) & (df.source == src)][:n_examples].to_numpy()
-                ex += [(src, tensor_to_images(s[:n_examples]), tensor_to_images(rec[torch.as_tensor(np.array(idx))]), df.score.to_numpy()[idx])]
+                ex += [(src, tensor_to_images(s[:n_examples]), tensor_to_images(rec[torch.as_tensor(np.array(idx))]),
+                        df.score.to_numpy()[idx])]
             examples[k] = ex
             if cache is not None:
                 arrs = {'n': np.array(len(ex))}
-                for i, (src, a, b, v) in enumerate(ex): arrs.update({f'src{i}': np.array(src), f'in{i}': a, f'rec{i}': b, f'score{i}': v})
+                for i, (src, a, b, v) in enumerate(ex):
+                    arrs.update({f'src{i}': np.array(src), f'in{i}': a, f'rec{i}': b, f'score{i}': v})
                 with atomic_write(cache.with_name(cache.stem + '-examples.npz')) as f: np.savez_compressed(f, **arrs)
     return dict(scores=pd.concat(all_scores, ignore_index=True), examples=examples, timing=timing, params=params)
 
-def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float = 0.05, log: bool = False, timing: dict | None = None) -> dict:
-    "Fit `rule` on each inspected model's calibration scores; metrics per (inspected, source) pair and a per-model summary."
+# %% ../../nbs/22_origin_eval.ipynb #85ad1b5e
+def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float = 0.05, log: bool = False,
+                     timing: dict | None = None) -> dict:
+    """Fit `rule` on each inspected model's calibration scores; metrics per (inspected, source) pair and a per-model
+    summary."""
     pairs, summary, thresholds = [], [], {}
     for k, df in scores.groupby('inspected', sort=False):
         rl = make_rule(rule, alpha, log).fit(df.score[df.split == 'calib'].to_numpy())
@@ -130,25 +146,36 @@ def summarize_origin(scores: pd.DataFrame, rule: str = 'quantile', alpha: float 
         test = df[df.split == 'test']
         own = test.score[test.source == k].to_numpy()
         srcs = ['real'] + [o for o in test.source.unique() if o not in (k, 'real')]
-        pk = [dict(inspected=k, source=src, **pair_metrics(own, test.score[test.source == src].to_numpy(), rl, alpha)) for src in srcs]
+        pk = [dict(inspected=k, source=src, **pair_metrics(own, test.score[test.source == src].to_numpy(), rl,
+                                                           alpha)) for src in srcs]
         pairs += pk
         oth = test.score[~test.source.isin([k, 'real'])].to_numpy()
         po = pair_metrics(own, oth, rl, alpha) if len(oth) else {}
         t = (timing or {}).get(k, {})
         summary.append(dict(inspected=k, rule=rule, alpha=alpha, log=log, threshold=rl.threshold, fpr_own=pk[0]['fpr'],
-                            acc_real=pk[0]['acc'], tpr_real=pk[0]['tpr'], tpr_at_alpha_real=pk[0]['tpr_at_alpha'], auc_real=pk[0]['auc'],
-                            acc_others_min=min([p['acc'] for p in pk[1:]], default=np.nan), acc_others_mean=np.mean([p['acc'] for p in pk[1:]]) if pk[1:] else np.nan,
-                            tpr_others=po.get('tpr', np.nan), tpr_at_alpha_others=po.get('tpr_at_alpha', np.nan), auc_others=po.get('auc', np.nan),
-                            auc_others_min=min([p['auc'] for p in pk[1:]], default=np.nan), wall_s=t.get('wall_s', np.nan), cpu_s=t.get('cpu_s', np.nan)))
+                            acc_real=pk[0]['acc'], tpr_real=pk[0]['tpr'], tpr_at_alpha_real=pk[0]['tpr_at_alpha'],
+                            auc_real=pk[0]['auc'],
+                            acc_others_min=min([p['acc'] for p in pk[1:]], default=np.nan),
+                            acc_others_mean=np.mean([p['acc'] for p in pk[1:]]) if pk[1:] else np.nan,
+                            tpr_others=po.get('tpr', np.nan), tpr_at_alpha_others=po.get('tpr_at_alpha', np.nan),
+                            auc_others=po.get('auc', np.nan),
+                            auc_others_min=min([p['auc'] for p in pk[1:]], default=np.nan),
+                            wall_s=t.get('wall_s', np.nan), cpu_s=t.get('cpu_s', np.nan)))
     return dict(pairs=pd.DataFrame(pairs), summary=pd.DataFrame(summary).set_index('inspected'), thresholds=thresholds,
                 rule=dict(rule=rule, alpha=alpha, log=log))
 
-def evaluate_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40, method: str = 'ronan',
-                    rule: str = 'quantile', alpha: float = 0.05, log: bool = False, steps: int = 200, restarts: int = 3, lr: float = 0.05,
-                    root=None, device=None, out_dir=None, quantize: bool = True, channels_last: bool = True, n_examples: int = 2,
+# %% ../../nbs/22_origin_eval.ipynb #7e68b85a
+def evaluate_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40,
+                    method: str = 'ronan',
+                    rule: str = 'quantile', alpha: float = 0.05, log: bool = False, steps: int = 200, restarts: int = 3,
+                    lr: float = 0.05,
+                    root=None, device=None, out_dir=None, quantize: bool = True, channels_last: bool = True,
+                    n_examples: int = 2,
                     inspect=None, perturbation=None, **inv_kw) -> dict:
-    "Origin attribution on the zoo (`score_origin` + `summarize_origin`): {'pairs', 'summary', 'scores', 'examples', 'thresholds', 'timing', 'params'}."
-    sc = score_origin(names, size, seed, n, n_calib, method, steps, restarts, lr, root, device, out_dir, quantize, channels_last, n_examples, inspect,
+    """Origin attribution on the zoo (`score_origin` + `summarize_origin`): {'pairs', 'summary', 'scores',
+    'examples', 'thresholds', 'timing', 'params'}."""
+    sc = score_origin(names, size, seed, n, n_calib, method, steps, restarts, lr, root, device, out_dir, quantize,
+                      channels_last, n_examples, inspect,
                       perturbation, **inv_kw)
     sm = summarize_origin(sc['scores'], rule, alpha, log, sc['timing'])
     return {**sc, **sm, 'params': {**sc['params'], 'rule': rule, 'alpha': alpha, 'log': log}}
@@ -163,29 +190,37 @@ def plot_roc(result: dict, sources=('real', 'others')):
     for ax, src in zip(axs[0], sources):
         for k in ins:
             d = sc[(sc.inspected == k) & (sc.split == 'test')]
-            own = d.score[d.source == k]; neg = d.score[d.source == 'real'] if src == 'real' else d.score[(d.source != k) & (d.source != 'real')]
+            own = d.score[d.source == k]
+            neg = d.score[d.source == 'real'] if src == 'real' else d.score[(d.source != k) & (d.source != 'real')]
             f, t, _ = roc_curve(np.r_[np.zeros(len(own)), np.ones(len(neg))], np.r_[own, neg])
-            ax.plot(f, t, label=f"{k} (AUC {result['summary'].loc[k, 'auc_real' if src == 'real' else 'auc_others']:.3f})")
+            ax.plot(f, t, label=f"{k} (AUC "
+                                f"{result['summary'].loc[k, 'auc_real' if src == 'real' else 'auc_others']:.3f})")
         ax.plot([0, 1], [0, 1], 'k:', lw=0.8); ax.set_xlabel('FPR (own samples flagged)'); ax.set_ylabel('TPR')
         ax.set_title(f"own vs {src}"); ax.legend(fontsize=7)
     fig.tight_layout(); return fig
 
+# %% ../../nbs/22_origin_eval.ipynb #636d73dd
 def plot_score_hists(result: dict):
-    "Histograms of calibrated scores (log10) per inspected model: calibration, own test, real, other models; the rule's threshold."
+    """Histograms of calibrated scores (log10) per inspected model: calibration, own test, real, other models; the
+    rule's threshold."""
     import matplotlib.pyplot as plt
     sc = result['scores']; ins = list(result['summary'].index)
     fig, axs = plt.subplots(1, len(ins), figsize=(3.6 * len(ins), 3.2), squeeze=False)
     for ax, k in zip(axs[0], ins):
         d = sc[sc.inspected == k]; lg = lambda s: np.log10(np.maximum(s, 1e-12))
-        groups = [('calib (own)', d.score[d.split == 'calib']), ('own test', d.score[(d.split == 'test') & (d.source == k)]),
-                  ('real', d.score[d.source == 'real']), ('other models', d.score[(d.split == 'test') & (d.source != k) & (d.source != 'real')])]
+        groups = [('calib (own)', d.score[d.split == 'calib']), ('own test',
+                                                                 d.score[(d.split == 'test') & (d.source == k)]),
+                  ('real', d.score[d.source == 'real']),
+                  ('other models', d.score[(d.split == 'test') & (d.source != k) & (d.source != 'real')])]
         allv = lg(d.score.to_numpy()); bins = np.linspace(allv.min(), allv.max() + 1e-9, 30)
         for lab, s in groups: ax.hist(lg(s.to_numpy()), bins=bins, alpha=0.5, label=lab)
         t = result['thresholds'][k]
-        if np.isfinite(t): ax.axvline(t / np.log(10) if result['rule']['log'] else np.log10(max(t, 1e-12)), color='k', ls='--', lw=1)
+        if np.isfinite(t):
+            ax.axvline(t / np.log(10) if result['rule']['log'] else np.log10(max(t, 1e-12)), color='k', ls='--', lw=1)
         ax.set_title(k); ax.set_xlabel('log10 score')
     axs[0][0].legend(fontsize=7); fig.tight_layout(); return fig
 
+# %% ../../nbs/22_origin_eval.ipynb #5b22e306
 def plot_reconstructions(result: dict, max_models: int | None = None):
     "For each inspected model: inputs (top) and their reconstructions by the model (bottom), per source, with scores."
     import matplotlib.pyplot as plt
@@ -207,7 +242,8 @@ def plot_reconstructions(result: dict, max_models: int | None = None):
 PERTURBATIONS = (('jpeg', 95), ('jpeg', 75), ('jpeg', 50), ('resize', 0.5), ('crop', 0.9), ('noise', 2 / 255))
 
 def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Tensor:
-    "Images (n, 3, H, W) in [0, 1] after JPEG at quality `level`, a resize by `level` and back, a centre crop or noise; 8-bit."
+    """Images (n, 3, H, W) in [0, 1] after JPEG at quality `level`, a resize by `level` and back, a centre crop or
+    noise; 8-bit."""
     import torch.nn.functional as F
     H, W = x.shape[-2:]
     if kind == 'none': y = x
@@ -216,15 +252,18 @@ def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Te
         from PIL import Image
         out = []
         for a in tensor_to_images(x):
-            b = io.BytesIO(); Image.fromarray(a).save(b, 'JPEG', quality=int(level)); b.seek(0); out.append(np.asarray(Image.open(b).convert('RGB')))
+            b = io.BytesIO(); Image.fromarray(a).save(b, 'JPEG', quality=int(level)); b.seek(0)
+            out.append(np.asarray(Image.open(b).convert('RGB')))
         y = images_to_tensor(np.stack(out)) if out else x
     elif kind == 'resize':
         s = (max(1, round(H * level)), max(1, round(W * level)))
-        y = F.interpolate(F.interpolate(x, size=s, mode='bilinear', antialias=True, align_corners=False), size=(H, W), mode='bilinear', align_corners=False)
+        y = F.interpolate(F.interpolate(x, size=s, mode='bilinear', antialias=True, align_corners=False), size=(H, W),
+                          mode='bilinear', align_corners=False)
     elif kind == 'crop':
         h, w = max(1, round(H * level)), max(1, round(W * level)); t, l = (H - h) // 2, (W - w) // 2
         y = F.interpolate(x[..., t:t + h, l:l + w], size=(H, W), mode='bilinear', align_corners=False)
-    elif kind == 'noise': y = x + float(level) * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
+    elif kind == 'noise':
+        y = x + float(level) * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
     else: raise AttribError(f"unknown perturbation {kind!r}; choose none, jpeg, resize, crop or noise")
     return quantize8(y.clamp(0, 1))
 
@@ -232,18 +271,23 @@ def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Te
 def _per_image_s(timing: dict, k: str) -> float:
     t = (timing or {}).get(k, {}); return t.get('wall_s', np.nan) / max(1, t.get('n_images', 1))
 
-def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: float = 0.05, accept_q: float = 0.5) -> pd.DataFrame:
-    "Per inspected model: the cascade's accuracies, FPR, fraction sent to the full test and s/image, from two `score_origin` results."
+def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: float = 0.05,
+                      accept_q: float = 0.5) -> pd.DataFrame:
+    """Per inspected model: the cascade's accuracies, FPR, fraction sent to the full test and s/image, from two
+    `score_origin` results."""
     rows = []
     for k, fd in full['scores'].groupby('inspected', sort=False):
         cd = cheap['scores'][cheap['scores'].inspected == k]
         if not len(cd): continue
-        m = fd.merge(cd[['split', 'source', 'idx', 'score']], on=['split', 'source', 'idx'], suffixes=('', '_cheap'), validate='one_to_one')
+        m = fd.merge(cd[['split', 'source', 'idx', 'score']], on=['split', 'source', 'idx'], suffixes=('', '_cheap'),
+                     validate='one_to_one')
         cal, te = m[m.split == 'calib'], m[m.split == 'test'].reset_index(drop=True)
         fs = te.score.to_numpy()
-        d = cascade_decide(te.score_cheap.to_numpy(), cal.score_cheap.to_numpy(), lambda i: fs[i], cal.score.to_numpy(), rule, alpha, accept_q)
+        d = cascade_decide(te.score_cheap.to_numpy(), cal.score_cheap.to_numpy(), lambda i: fs[i], cal.score.to_numpy(),
+                           rule, alpha, accept_q)
         fl = pd.Series(d['flag']); own = (te.source == k).to_numpy()
-        acc = {src: float(((~fl[own]).sum() + fl[(te.source == src).to_numpy()].sum()) / (own.sum() + (te.source == src).sum()))
+        acc = {src: float(((~fl[own]).sum() + fl[(te.source == src).to_numpy()].sum())
+                          / (own.sum() + (te.source == src).sum()))
                for src in te.source.unique() if src != k}
         frac = float((d['stage'] == 'full').mean())
         rows.append(dict(inspected=k, method='cascade', fpr_own=float(fl[own].mean()), acc_real=acc.get('real', np.nan),
@@ -251,13 +295,18 @@ def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: fl
                          s_per_image=_per_image_s(cheap['timing'], k) + frac * _per_image_s(full['timing'], k)))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/22_origin_eval.ipynb #b19d0627
 def cost_table(results: dict, cascade: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Accuracy against seconds per image per inspected model: one row per (method, inspected) of `{method: evaluate_origin result}`."
-    rows = [dict(inspected=k, method=name, fpr_own=r.fpr_own, acc_real=r.acc_real, acc_others_min=r.acc_others_min, frac_full=np.nan,
-                 s_per_image=_per_image_s(res['timing'], k)) for name, res in results.items() for k, r in res['summary'].iterrows()]
+    """Accuracy against seconds per image per inspected model: one row per (method, inspected) of `{method:
+    evaluate_origin result}`."""
+    rows = [dict(inspected=k, method=name, fpr_own=r.fpr_own, acc_real=r.acc_real, acc_others_min=r.acc_others_min,
+                 frac_full=np.nan,
+                 s_per_image=_per_image_s(res['timing'], k)) for name, res in results.items() for k,
+                 r in res['summary'].iterrows()]
     t = pd.DataFrame(rows)
     return pd.concat([t, cascade], ignore_index=True) if cascade is not None and len(cascade) else t
 
+# %% ../../nbs/22_origin_eval.ipynb #65a6eef9
 def plot_cost(table: pd.DataFrame):
     "Accuracy (against real images and the worst other model) against seconds per image, one marker per method."
     import matplotlib.pyplot as plt
@@ -265,5 +314,6 @@ def plot_cost(table: pd.DataFrame):
     for ax, col in zip(axs, ('acc_real', 'acc_others_min')):
         for i, (m, d) in enumerate(table.groupby('method', sort=False)):
             ax.scatter(d.s_per_image, d[col], label=m, color=f'C{i}', s=18)
-        ax.set_xscale('log'); ax.set_xlabel('seconds per image per inspected model'); ax.set_ylabel(col); ax.grid(alpha=0.3)
+        ax.set_xscale('log'); ax.set_xlabel('seconds per image per inspected model'); ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
     axs[0].legend(fontsize=7); fig.tight_layout(); return fig
