@@ -25,9 +25,9 @@ def timed(fn):
 
 
 def bench_model(name, size, n, steps, restarts, lr, seed, channels_last):
-    from attrib.zoo import load_zoo_model, zoo_real_images, images_to_tensor
+    from attrib.zoo import load_zoo_model, zoo_real_images
+    from attrib.images import images_to_tensor, quantize8
     from attrib.origin.inversion import invert, invert_loop
-    from attrib.origin.origin_eval import quantize8
     g = load_zoo_model(name, size, train_if_missing=(size == 'tiny'))
     if channels_last: g = g.to(memory_format=torch.channels_last)
     own = quantize8(g.sample(n - n // 2, seed=123))

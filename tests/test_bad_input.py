@@ -156,7 +156,7 @@ def test_on_error_skip(ds, tmp_path):
 
 def test_ctrl_c_leaves_nothing_half_written(tmp_path):
     "Item 8, Ctrl-C: exit 130 with one line, no temporary or partial file left; the same command then finishes."
-    ds = make_dataset(tmp_path/"abc", n_distr=200)
+    ds = make_dataset(tmp_path/"abc", n_distr=1000)   # long enough that the signal lands mid-extraction on a loaded machine
     c = tmp_path/'cache'
     env = {**os.environ, 'ATTRIB_DATA': str(tmp_path/'data'), 'OMP_NUM_THREADS': '1', 'ATTRIB_PROGRESS': '0'}
     cmd = [sys.executable, '-c', 'from attrib.cli import main; main()', 'extract', str(ds), *BB, '--cache-dir', str(c),
