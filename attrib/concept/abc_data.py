@@ -243,6 +243,14 @@ def train_images_unpaired(ds: AbCDataset, split: str = 'train_all', seed: int = 
     random.Random(f'{seed}-real').shuffle(real); random.Random(f'{seed}-synth').shuffle(synth)
     return {'real': real, 'synth': synth}
 
-def train_pairs(ds: AbCDataset, split: str = 'train_all') -> list[tuple[str, str]]:
-    "Every (synthetic path, exemplar path) pair of `split`: supervised baselines only (the unsupervised method may not read them)."
-    return [(s, e) for m in ds.load_split(split) for ps in m.synth.values() for s in ps for e in m.exemplar]
+# %% ../../nbs/11_abc_data.ipynb #b2c3d4e5
+def train_pairs(ds: AbCDataset, split: str = 'train_all') -> dict:
+    """Every (synthetic, exemplar) pair of `split` with its model index: dict(synth=[paths], exemplar=[paths], model=int64 array).
+    Supervised baselines only (the unsupervised method may not read them)."""
+    s, e, m = [], [], []
+    for i, mod in enumerate(ds.load_split(split)):
+        for ps in mod.synth.values():
+            for p in ps:
+                for q in mod.exemplar: s.append(p); e.append(q); m.append(i)
+    if not s: raise DataError(f"split {split!r} has no (synthetic, exemplar) pairs")
+    return dict(synth=s, exemplar=e, model=np.asarray(m, dtype=np.int64))

@@ -19,15 +19,8 @@ __all__ = ['abc_pairs', 'AbCHeads', 'train_abc_heads', 'pair_loss', 'Calibrator'
            'calibration_metrics', 'CCAOracle']
 
 # %% ../../nbs/18_abc_supervised.ipynb #64a88c12
-def abc_pairs(ds, split: str = 'train_all') -> dict:
-    "Every (synthetic, exemplar) pair of `split` with its model index: dict(synth=[paths], exemplar=[paths], model=int array). Supervised baselines only."
-    s, e, m = [], [], []
-    for i, mod in enumerate(ds.load_split(split)):
-        for ps in mod.synth.values():
-            for p in ps:
-                for q in mod.exemplar: s.append(p); e.append(q); m.append(i)
-    if not s: raise DataError(f"split {split!r} has no (synthetic, exemplar) pairs")
-    return dict(synth=s, exemplar=e, model=np.asarray(m, dtype=np.int64))
+from .abc_data import train_pairs
+abc_pairs = train_pairs   # the former name of `attrib.concept.abc_data.train_pairs` (one implementation, two names)
 
 # %% ../../nbs/18_abc_supervised.ipynb #cd179dfc
 class AbCHeads(nn.Module):

@@ -4,556 +4,95 @@
 
 # %% ../../nbs/12_mini_abc.ipynb #9c6490da
 from __future__ import annotations
-import colorsys, hashlib, json, math, shutil, sys, time
+import hashlib, shutil, sys, time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from ..train import torch_threads
-import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage as ndi
 
-from ..core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress, save_checkpoint, save_json,
-                         stable_hash)
+from ..core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress,
+                         save_checkpoint, save_json, stable_hash)
+from ..train import torch_threads
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 from .benchmark_card import NEAR_DUP, thumb_descriptor
+from .mini_abc_render import (IMG, MEDIA, OBJECT_FAMILIES, OBJECT_FAMILIES_UNSEEN, STYLE_OPS,
+                                            STYLE_OPS_UNSEEN, Sources, apply_medium, apply_style, box_iou, crop_box,
+                                            get_sources, hue_shift, jitter_style, random_style, render_content,
+                                            render_view, to_u8)
+from .mini_abc_generator import (IMG2IMG, MiniGenerator, _f, gray, invert_styles, prompt_text,
+                                               render_object_pixels, render_object_prompts, render_style_prompts,
+                                               sample_prompt, train_generator)
 
 # %% auto #0
-__all__ = ['IMG', 'OBJECT_FAMILIES_SEEN', 'OBJECT_FAMILIES_UNSEEN', 'STYLE_OPS_SEEN', 'STYLE_OPS_UNSEEN', 'MEDIA',
-           'OBJECT_FAMILIES', 'STYLE_OPS', 'MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'SHAPES', 'TEXTURES', 'VIEW_IOU',
-           'MIX', 'IMG2IMG', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN',
-           'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'lum', 'to_u8', 'random_palette', 'shape_mask',
-           'render_shape', 'render_emblem', 'render_digit', 'render_face', 'crop_box', 'box_iou', 'render_crop',
-           'Sources', 'get_sources', 'render_content', 'render_view', 'random_style', 'apply_style', 'jitter_style',
-           'hue_shift', 'apply_medium', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'train_generator',
-           'invert_objects', 'invert_styles', 'sample_prompt', 'prompt_text', 'warp_latent', 'render_object_prompts',
-           'render_style_prompts', 'render_object_pixels', 'photo_groups', 'plan_mini_abc', 'colour_twin',
-           'redraw_distractor', 'load_plan', 'load_mini_generator', 'source_id', 'image_sources', 'content_hash',
-           'mini_abc_root', 'build_mini_abc', 'contact_sheet']
+__all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN',
+           'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'photo_groups',
+           'plan_mini_abc', 'colour_twin', 'redraw_distractor', 'load_plan', 'load_mini_generator', 'source_id',
+           'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
-IMG = 64
-OBJECT_FAMILIES_SEEN, OBJECT_FAMILIES_UNSEEN = ('photo', 'shape', 'digit'), ('face', 'emblem')
-STYLE_OPS_SEEN, STYLE_OPS_UNSEEN = ('poster', 'halftone', 'hatch', 'mosaic'), ('glass', 'neon')
-MEDIA = ('sketch', 'painting', 'grayscale', 'sepia', 'pastel')
-OBJECT_FAMILIES, STYLE_OPS = OBJECT_FAMILIES_SEEN + OBJECT_FAMILIES_UNSEEN, STYLE_OPS_SEEN + STYLE_OPS_UNSEEN
 MINI_ABC_VERSION = 5   # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
-        n_distractors=400, palette_negatives=2, colour_twins=2, base=dict(photo=40, shape=24, digit=24, face=10, emblem=12), n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
+        n_distractors=400, palette_negatives=2, colour_twins=2,
+        base=dict(photo=40, shape=24, digit=24, face=10, emblem=12),
+        n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
         models={'test_seen_object': dict(photo=2, shape=2, digit=2), 'test_unseen_object': dict(face=2, emblem=2),
-                'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1), 'test_unseen_style': dict(glass=1, neon=1),
-                'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1), 'val': dict(photo=1, shape=1, poster=1)},
+                'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1),
+                'test_unseen_style': dict(glass=1, neon=1),
+                'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1),
+                'val': dict(photo=1, shape=1, poster=1)},
         n_synth=dict(test=3, train=2, val=2), n_style_exemplars=3, gen_steps=150, gen_batch=16, inv_steps=20),
     'small': dict(
-        n_distractors=4000, palette_negatives=8, colour_twins=8, base=dict(photo=400, shape=200, digit=200, face=80, emblem=100), n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
+        n_distractors=4000, palette_negatives=8, colour_twins=8,
+        base=dict(photo=400, shape=200, digit=200, face=80, emblem=100),
+        n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
         models={'test_seen_object': dict(photo=10, shape=10, digit=10), 'test_unseen_object': dict(face=8, emblem=8),
-                'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4), 'test_unseen_style': dict(glass=5, neon=5),
+                'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4),
+                'test_unseen_style': dict(glass=5, neon=5),
                 'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
                 'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3)},
         n_synth=dict(test=8, train=6, val=6), n_style_exemplars=4, gen_steps=600, gen_batch=32, inv_steps=30),
     'default': dict(
-        n_distractors=20_000, palette_negatives=16, colour_twins=16, base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240), n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
+        n_distractors=20_000, palette_negatives=16, colour_twins=16,
+        base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240),
+        n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
         models={'test_seen_object': dict(photo=30, shape=30, digit=30), 'test_unseen_object': dict(face=20, emblem=20),
-                'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10), 'test_unseen_style': dict(glass=15, neon=15),
+                'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10),
+                'test_unseen_style': dict(glass=15, neon=15),
                 'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
                 'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10)},
         n_synth=dict(test=10, train=8, val=8), n_style_exemplars=4, gen_steps=1500, gen_batch=32, inv_steps=40),
 }
 
-def _role(split: str) -> str: return 'train' if split.startswith('train') else 'val' if split.startswith('val') else 'test'
-
-# %% ../../nbs/12_mini_abc.ipynb #c7eb8ba8
-def _hsv(h, s, v) -> np.ndarray: return np.array(colorsys.hsv_to_rgb(h % 1, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), np.float32)
-_LUM = np.array([.299, .587, .114], np.float32)
-def lum(img: np.ndarray) -> np.ndarray: "Luminance of an H x W x 3 float image."; return img @ _LUM
-def to_u8(a: np.ndarray) -> np.ndarray: "Float [0, 1] image as uint8."; return (np.clip(a, 0, 1) * 255 + .5).astype(np.uint8)
-
-def random_palette(rng: np.random.Generator, k: int = 4) -> np.ndarray:
-    "k colours around a base hue (analogous, complementary or triad scheme), spread in value: k x 3 float32."
-    base, scheme = rng.random(), int(rng.integers(3))
-    offs = {0: [0, .08, -.08, .16, -.16], 1: [0, .5, .04, .54, -.04], 2: [0, 1 / 3, 2 / 3, .05, .38]}[scheme]
-    vals = np.linspace(rng.uniform(.15, .35), rng.uniform(.8, 1), k); rng.shuffle(vals)
-    return np.stack([_hsv(base + offs[i % 5] + rng.normal(0, .02), rng.uniform(.35, 1), vals[i]) for i in range(k)])
-
-def _grid(ss: int = 2):
-    t = ((np.arange(IMG * ss) + .5) / (IMG * ss) * 2 - 1).astype(np.float32)
-    return np.meshgrid(t, t, indexing='xy')
-
-def _down(a: np.ndarray, ss: int = 2) -> np.ndarray:
-    h, w = a.shape[:2]
-    return a.reshape(h // ss, ss, w // ss, ss, *a.shape[2:]).mean((1, 3)).astype(np.float32)
-
-SHAPES = ('circle', 'ellipse', 'square', 'diamond', 'triangle', 'pentagon', 'hexagon', 'star', 'heart', 'cross', 'ring', 'crescent', 'flower', 'arrow')
-TEXTURES = ('solid', 'stripes', 'checker', 'dots', 'radial', 'linear', 'noise', 'rings')
-
-def shape_mask(kind: str, u: np.ndarray, v: np.ndarray, p: float = .5) -> np.ndarray:
-    "Boolean mask of a unit-sized shape on coordinates (u, v) in [-1, 1]; `p` in [0, 1] varies its proportions."
-    r, phi = np.hypot(u, v), np.arctan2(v, u)
-    if kind == 'circle': return r < .8
-    if kind == 'ellipse': return (u / .9) ** 2 + (v / (.45 + .3 * p)) ** 2 < 1
-    if kind == 'square': return np.maximum(abs(u), abs(v)) < .7
-    if kind == 'diamond': return abs(u) + abs(v) < .9
-    if kind in ('triangle', 'pentagon', 'hexagon'):
-        n = {'triangle': 3, 'pentagon': 5, 'hexagon': 6}[kind]
-        ang = np.arange(n) * 2 * np.pi / n - np.pi / 2
-        return np.max([u * np.cos(a) + v * np.sin(a) for a in ang], 0) < .8 * np.cos(np.pi / n) * (1.15 if n == 3 else 1)
-    if kind == 'star': n = 5 + int(p * 3); return r < .85 * (.5 + .5 * np.abs(np.cos(n * (phi + np.pi / 2) / 2)) ** 2)
-    if kind == 'heart': x, y = u * 1.25, -v * 1.25 + .25; return (x ** 2 + y ** 2 - 1) ** 3 - x ** 2 * y ** 3 < 0
-    if kind == 'cross': w = .2 + .1 * p; return ((abs(u) < w) & (abs(v) < .8)) | ((abs(v) < w) & (abs(u) < .8))
-    if kind == 'ring': return (r < .85) & (r > .45 + .15 * p)
-    if kind == 'crescent': return (r < .8) & (np.hypot(u - .35 - .15 * p, v + .1) > .65)
-    if kind == 'flower': n = 4 + int(p * 4); return r < .85 * (.55 + .45 * np.abs(np.cos(n * phi / 2)))
-    if kind == 'arrow': return ((abs(v) < .18) & (u > -.8) & (u < .2)) | ((u >= .2) & (u < .8) & (abs(v) < .6 * (.8 - u) / .6))
-    raise ValueError(f'unknown shape {kind!r}; known: {SHAPES}')
-
-def _texture(kind, u, v, c1, c2, p, rng):
-    if kind == 'solid': t = np.zeros_like(u)
-    elif kind == 'stripes': a = p * np.pi; t = (np.sin((u * np.cos(a) + v * np.sin(a)) * (6 + 10 * p)) > 0).astype(np.float32)
-    elif kind == 'checker': k = 3 + 4 * p; t = ((np.floor(u * k) + np.floor(v * k)) % 2).astype(np.float32)
-    elif kind == 'dots': k = 3 + 4 * p; t = (np.hypot((u * k) % 1 - .5, (v * k) % 1 - .5) < .3).astype(np.float32)
-    elif kind == 'radial': t = np.clip(np.hypot(u, v), 0, 1)
-    elif kind == 'linear': a = p * 2 * np.pi; t = np.clip((u * np.cos(a) + v * np.sin(a)) * .5 + .5, 0, 1)
-    elif kind == 'noise': t = np.clip(np.asarray(Image.fromarray(rng.random((5, 5)).astype(np.float32)).resize(u.shape[::-1], Image.BICUBIC)), 0, 1)
-    elif kind == 'rings': t = (np.sin(np.hypot(u, v) * (8 + 10 * p)) > 0).astype(np.float32)
-    else: raise ValueError(f'unknown texture {kind!r}')
-    return c1 * (1 - t[..., None]) + c2 * t[..., None]
-
-def render_shape(rng: np.random.Generator):
-    "A procedural object (shape x texture x palette, rotated and placed) on a plain background: rgb, alpha."
-    pal = random_palette(rng, 3)
-    shape, tex = SHAPES[rng.integers(len(SHAPES))], TEXTURES[rng.integers(len(TEXTURES))]
-    p, pt, rot, sc = rng.random(), rng.random(), rng.uniform(-np.pi, np.pi), rng.uniform(.6, .95)
-    dx, dy = rng.uniform(-.12, .12, 2)
-    bg = _hsv(rng.random(), rng.uniform(0, .4), rng.uniform(.05, .3) if rng.random() < .5 else rng.uniform(.75, 1))
-    X, Y = _grid(); c, s = np.cos(rot), np.sin(rot)
-    u, v = ((X - dx) * c + (Y - dy) * s) / sc, (-(X - dx) * s + (Y - dy) * c) / sc
-    m = shape_mask(shape, u, v, p).astype(np.float32)
-    img = _texture(tex, u, v, pal[0], pal[1], pt, rng) * m[..., None] + bg * (1 - m[..., None])
-    return _down(img), _down(m)
-
-def render_emblem(rng: np.random.Generator):
-    "A badge: an outer shape with a border and an inner symbol, on a plain background: rgb, alpha."
-    pal = random_palette(rng, 4)
-    outer = ('circle', 'hexagon', 'square', 'diamond', 'pentagon')[rng.integers(5)]
-    inner = ('star', 'cross', 'heart', 'triangle', 'flower', 'arrow', 'crescent')[rng.integers(7)]
-    sc, rot, pi = rng.uniform(.75, .95), rng.uniform(-.4, .4), rng.random()
-    bg = _hsv(rng.random(), rng.uniform(0, .3), .12 if rng.random() < .5 else .92)
-    X, Y = _grid(); c, s = np.cos(rot), np.sin(rot); u, v = (X * c + Y * s) / sc, (-X * s + Y * c) / sc
-    mo, mb, mi = shape_mask(outer, u, v), shape_mask(outer, u / .82, v / .82), shape_mask(inner, u / .5, v / .5, pi)
-    img = np.where(mo[..., None], pal[0], bg); img = np.where(mb[..., None], pal[1], img); img = np.where(mi[..., None], pal[2], img)
-    return _down(img.astype(np.float32)), _down(mo.astype(np.float32))
-
-def _resize_f(a: np.ndarray, size: int = IMG) -> np.ndarray:
-    return np.asarray(Image.fromarray(to_u8(a)).resize((size, size), Image.BICUBIC)).astype(np.float32) / 255
-
-def render_digit(digit: np.ndarray, rng: np.random.Generator):
-    "An MNIST digit (28 x 28, uint8 gray or RGB) as a coloured stroke on a contrasting background: rgb, alpha."
-    g = (digit[..., 0] if digit.ndim == 3 else digit).astype(np.float32) / 255
-    if rng.random() < .5: g = ndi.grey_dilation(g, size=2)
-    g = _resize_f(np.pad(g, int(rng.integers(4, 10))))
-    pal = random_palette(rng, 3)
-    fg = pal[0] if pal[0] @ _LUM > .5 else pal[2]
-    bg = _hsv(rng.random(), rng.uniform(0, .5), .15 if fg @ _LUM > .5 else .9)
-    if rng.random() < .4: t = np.linspace(0, 1, IMG, dtype=np.float32)[:, None, None]; fg = fg * (1 - t) + pal[1] * t
-    return (fg * g[..., None] + bg * (1 - g[..., None])).astype(np.float32), g.astype(np.float32)
-
-def render_face(face: np.ndarray, rng: np.random.Generator):
-    "An LFW face (25 x 25 gray) upscaled and duotone-tinted (mostly skin tones): rgb, alpha (all ones)."
-    g = _resize_f((face[..., 0] if face.ndim == 3 else face).astype(np.float32) / (255 if face.dtype == np.uint8 else 1))
-    h = rng.uniform(.02, .12) if rng.random() < .7 else rng.random()
-    dark, light = _hsv(h, rng.uniform(.2, .6), rng.uniform(.05, .25)), _hsv(h + rng.normal(0, .03), rng.uniform(.1, .4), rng.uniform(.85, 1))
-    return (dark * (1 - g[..., None]) + light * g[..., None]).astype(np.float32), np.ones((IMG, IMG), np.float32)
-
-def crop_box(shape, rng: np.random.Generator, scale=(.22, .5)) -> tuple[int, int, int]:
-    "A random square crop (y, x, side) of an image of `shape`; side = `scale` x its short side."
-    H, W = shape[:2]; side = max(8, int(min(H, W) * rng.uniform(*scale)))
-    return int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1)), side
-
-def box_iou(a, b) -> float:
-    "Intersection over union of two square boxes (y, x, side)."
-    (y1, x1, s1), (y2, x2, s2) = a, b
-    inter = max(0, min(y1 + s1, y2 + s2) - max(y1, y2)) * max(0, min(x1 + s1, x2 + s2) - max(x1, x2))
-    return inter / (s1 * s1 + s2 * s2 - inter)
-
-_DISC = np.clip((.95 - np.hypot(*_grid(1))) / .2, 0, 1).astype(np.float32)   # a soft disc: the "object" of a photo crop
-
-def render_crop(photo: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
-    "A square crop of a uint8 photo, resized to 64 x 64: rgb, alpha (a soft centred disc, so a crop can be set into a new context)."
-    y, x, s = box
-    return _resize_f(photo[y:y + s, x:x + s].astype(np.float32) / 255), _DISC
-
-# %% ../../nbs/12_mini_abc.ipynb #3c3be392
-class Sources:
-    "The real images mini-AbC draws from: photographs by name, MNIST digits, LFW faces (the 100 faces, not the non-faces)."
-    def __init__(self):
-        from attrib.sources import all_photos, mnist_digits, lfw_faces
-        self.photos = all_photos(); self.photo_names = sorted(self.photos)
-        self.mnist = mnist_digits()[0]; self.faces = lfw_faces()[:100]
-
-_SOURCES = None
-def get_sources() -> Sources:
-    global _SOURCES
-    if _SOURCES is None: _SOURCES = Sources()
-    return _SOURCES
-
-def render_content(spec: dict, src: Sources | None = None) -> tuple[np.ndarray, np.ndarray]:
-    "The (rgb, alpha) image a content spec describes (family in photo/shape/digit/face/emblem)."
-    rng = np.random.default_rng(spec['seed']); fam = spec['family']
-    if fam == 'shape': return render_shape(rng)
-    if fam == 'emblem': return render_emblem(rng)
-    src = src or get_sources()
-    if fam == 'photo': return render_crop(src.photos[spec['photo']], spec['box'])
-    if fam == 'digit': return render_digit(src.mnist[spec['index']], rng)
-    if fam == 'face': return render_face(src.faces[spec['index']], rng)
-    raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
-
-VIEW_IOU = .35   # a new view of a photo concept overlaps its exemplar crop by at least this
-
-def render_view(spec: dict, rng: np.random.Generator, src: Sources | None = None) -> np.ndarray:
-    """Another view of an object concept, as a customized model renders it: a photo concept seen through another crop of its photograph that
-    overlaps the exemplar (IoU >= VIEW_IOU, 0.75-1.3x its size), a digit with new colours and stroke, a face with a new tint; a procedural
-    concept (shape, emblem) as it is (its pose, context and colours change in the prompt)."""
-    src = src or get_sources(); fam = spec['family']
-    if fam == 'photo':
-        y, x, s = spec['box']; H, W = src.photos[spec['photo']].shape[:2]; box = (y, x, s)
-        for _ in range(100):
-            s2 = min(int(s * rng.uniform(.75, 1.3)), H, W)
-            b = (int(np.clip(y + rng.normal(0, .2) * s, 0, H - s2)), int(np.clip(x + rng.normal(0, .2) * s, 0, W - s2)), s2)
-            if box_iou(box, b) >= VIEW_IOU: box = b; break
-        return render_crop(src.photos[spec['photo']], box)[0]
-    if fam == 'digit': return render_digit(src.mnist[spec['index']], rng)[0]
-    if fam == 'face': return render_face(src.faces[spec['index']], rng)[0]
-    if fam in ('shape', 'emblem'): return render_content(spec, src)[0]
-    raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
-
-# %% ../../nbs/12_mini_abc.ipynb #a0142459
-def random_style(op: str, rng: np.random.Generator) -> dict:
-    "Random parameters (palette included) of style operator `op`."
-    if op not in STYLE_OPS: raise ValueError(f'unknown style operator {op!r}; known: {STYLE_OPS}')
-    p = dict(op=op, palette=np.round(random_palette(rng, 5), 4).tolist(), seed=int(rng.integers(2**31)))
-    if op == 'poster': p.update(levels=int(rng.integers(3, 6)), edge=float(rng.uniform(.3, 1)))
-    if op == 'halftone': p.update(cell=int(rng.integers(3, 6)), angle=float(rng.uniform(0, np.pi / 2)))
-    if op == 'hatch': p.update(spacing=float(rng.uniform(2.5, 5)), angle=float(rng.uniform(0, np.pi)))
-    if op == 'mosaic': p.update(block=int(rng.integers(3, 7)), grout=float(rng.uniform(0, .5)))
-    if op == 'glass': p.update(cells=int(rng.integers(40, 140)), border=float(rng.uniform(0, .25)))
-    if op == 'neon': p.update(width=float(rng.uniform(.6, 1.6)), glow=float(rng.uniform(1, 3)))
-    return p
-
-def _sorted_pal(pal): return pal[np.argsort(pal @ _LUM)]
-
-def _pal_map(l, pal):
-    "Map luminance in [0, 1] piecewise-linearly onto a palette sorted dark to light."
-    pal = _sorted_pal(pal); x = np.clip(l, 0, 1) * (len(pal) - 1)
-    i = np.clip(np.floor(x).astype(int), 0, len(pal) - 2); f = (x - i)[..., None]
-    return pal[i] * (1 - f) + pal[i + 1] * f
-
-def _edges(img): l = lum(img); return np.hypot(ndi.sobel(l, 0), ndi.sobel(l, 1))
-
-def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
-    "Render a float RGB image in style `st` (see `random_style`)."
-    pal, op = np.asarray(st['palette'], np.float32), st['op']
-    l = lum(img); lo, hi = np.percentile(l, 2), np.percentile(l, 98); l = np.clip((l - lo) / max(hi - lo, 1e-3), 0, 1)
-    yy, xx = np.mgrid[0:IMG, 0:IMG].astype(np.float32)
-    if op == 'poster':
-        k = st['levels']; out = _pal_map(np.floor(l * k * .999) / (k - 1), pal)
-        e = np.clip(_edges(img) * 2 * st['edge'], 0, 1)[..., None]; out = out * (1 - e) + .05 * e
-    elif op == 'halftone':
-        a, c = st['angle'], st['cell']; u, v = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
-        lb = ndi.uniform_filter(l, c); dot = np.hypot((u / c) % 1 - .5, (v / c) % 1 - .5) < .72 * np.sqrt(1 - lb)
-        p2 = _sorted_pal(pal); out = np.where(dot[..., None], p2[0] * (1 - lb[..., None]) + p2[1] * lb[..., None], p2[-1])
-    elif op == 'hatch':
-        a, sp = st['angle'], st['spacing']
-        w1 = ((xx * np.cos(a) + yy * np.sin(a)) / sp) % 1; w2 = ((xx * np.cos(a + 1.3) + yy * np.sin(a + 1.3)) / sp) % 1
-        ink = ((w1 < (1 - l) * .8) | ((l < .35) & (w2 < (.35 - l) * 2))).astype(np.float32)[..., None]
-        p2 = _sorted_pal(pal); out = p2[0] * ink + p2[-1] * (1 - ink)
-    elif op == 'mosaic':
-        b = st['block']; n = IMG // b
-        small = np.asarray(Image.fromarray(to_u8(img)).resize((n, n), Image.BOX)).astype(np.float32) / 255
-        d = ((small[:, :, None] - pal[None, None]) ** 2).sum(-1) + 3 * (lum(small)[..., None] - (pal @ _LUM)[None, None]) ** 2
-        out = np.asarray(Image.fromarray(to_u8(pal[d.argmin(-1)])).resize((IMG, IMG), Image.NEAREST)).astype(np.float32) / 255
-        out = np.where((((xx % (IMG / n)) < 1) | ((yy % (IMG / n)) < 1))[..., None], out * (1 - st['grout']), out)
-    elif op == 'glass':
-        r = np.random.default_rng(st['seed']); n = st['cells']; pts = r.random((n, 2)).astype(np.float32) * IMG
-        lab = ((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2).argmin(-1)
-        with np.errstate(all='ignore'): mean = np.nan_to_num(np.stack([ndi.mean(img[..., k], lab, np.arange(n)) for k in range(3)], -1)).astype(np.float32)
-        ml = lum(mean); cell = _pal_map((ml - ml.min()) / max(np.ptp(ml), 1e-3), pal) * .6 + mean * .4
-        out = cell[lab]; border = (ndi.maximum_filter(lab, 2) != ndi.minimum_filter(lab, 2))[..., None]
-        out = np.where(border, out * st['border'], out)
-    elif op == 'neon':
-        e = _edges(ndi.gaussian_filter(img, (st['width'], st['width'], 0))); e = np.clip(e / max(e.max(), 1e-3) * 1.6, 0, 1)
-        glow = ndi.gaussian_filter(e, st['glow']); p2 = _sorted_pal(pal)[::-1]
-        out = p2[-1] * .35 * (1 - glow[..., None]) + _pal_map(l, p2[:3][::-1]) * np.clip(e + glow, 0, 1)[..., None] * 1.2
-    else: raise ValueError(f'unknown style operator {op!r}')
-    return np.clip(out, 0, 1).astype(np.float32)
-
-def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1, palette_sd: float = .12) -> dict:
-    """A style as an imperfectly customized model renders it on new content: continuous parameters perturbed by `amount` (relative), the
-    palette's colours by `palette_sd` (a style's colours vary with what it paints; its texture is what stays), a new random seed."""
-    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette']) + rng.normal(0, palette_sd, (len(st['palette']), 3)), 0, 1), 4).tolist(),
-               seed=int(rng.integers(2**31)))
-    for k, v in st.items():
-        if isinstance(v, float): out[k] = float(v * (1 + rng.normal(0, amount)))
-    return out
-
-def hue_shift(img: np.ndarray, h: float) -> np.ndarray:
-    "Rotate the hue of a float RGB image by `h` turns (saturation and value kept)."
-    from skimage.color import rgb2hsv, hsv2rgb
-    hsv = rgb2hsv(np.clip(img, 0, 1)); hsv[..., 0] = (hsv[..., 0] + h) % 1
-    return hsv2rgb(hsv).astype(np.float32)
-
-_PAPER = np.clip(ndi.gaussian_filter(np.random.default_rng(123).random((IMG, IMG)).astype(np.float32), .7) * .25 + .8, 0, 1)
-
-def apply_medium(img: np.ndarray, m: str) -> np.ndarray:
-    "Render a float RGB image in medium `m` (sketch, painting, grayscale, sepia, pastel)."
-    if m == 'grayscale': out = np.repeat(lum(img)[..., None], 3, -1)
-    elif m == 'sepia':
-        M = np.array([[.393, .769, .189], [.349, .686, .168], [.272, .534, .131]], np.float32)
-        yy, xx = np.mgrid[-1:1:IMG * 1j, -1:1:IMG * 1j]; out = np.clip(img @ M.T, 0, 1) * (1 - .175 * (xx ** 2 + yy ** 2))[..., None]
-    elif m == 'sketch':
-        e = _edges(ndi.gaussian_filter(img, (.6, .6, 0))); e = np.clip(e / max(np.percentile(e, 97), 1e-3), 0, 1)
-        out = np.repeat((np.clip(1 - .85 * e - .25 * (1 - lum(img)), 0, 1) * _PAPER)[..., None], 3, -1) * np.array([1, .98, .93], np.float32)
-    elif m == 'painting':
-        sm = ndi.median_filter(img, size=(5, 5, 1)); l = lum(sm)[..., None]; sat = np.clip(l + (sm - l) * 1.6, 0, 1)
-        out = (np.round(sat * 6) / 6 * .5 + sat * .5) * (.85 + .3 * (_PAPER[..., None] - .8))
-    elif m == 'pastel': b = ndi.gaussian_filter(img, (1.2, 1.2, 0)); l = lum(b)[..., None]; out = (l + (b - l) * .6) * .55 + .45
-    else: raise ValueError(f'unknown medium {m!r}; known: {MEDIA}')
-    return np.clip(out, 0, 1).astype(np.float32)
-
-# %% ../../nbs/12_mini_abc.ipynb #44a74ab3
-_BINS = torch.linspace(1 / 16, 15 / 16, 8)
-
-def gray(x: torch.Tensor) -> torch.Tensor:
-    "Luminance of RGB images (B x 3 x H x W), repeated on 3 channels."
-    return (x * torch.tensor([.299, .587, .114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
-
-def tone(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
-    "Images low-passed (separable Gaussian, reflect padding): a printed screen or hatching becomes the tone it prints."
-    r = int(math.ceil(2 * sigma)); k = torch.exp(-torch.arange(-r, r + 1.) ** 2 / (2 * sigma ** 2)); k = (k / k.sum()).to(x.dtype)
-    C = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode='reflect'), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode='reflect'), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-
-class MiniGenerator(nn.Module):
-    "Conditional latent autoencoder: `enc` (image -> 8x16x16 latent), `dec` (latent + token -> RGBA), prompt `tokens`, `style_enc`."
-    def __init__(self, cz: int = 8, ds: int = 32, ch: int = 64, n_tokens: int = 1 + len(MEDIA)):
-        super().__init__()
-        self.cz, self.ds = cz, ds
-        self.e1, self.e2 = nn.Conv2d(3, ch // 2, 4, 2, 1), nn.Conv2d(ch // 2, ch, 4, 2, 1)
-        self.e3, self.e4 = nn.Conv2d(ch, ch, 3, 1, 1), nn.Conv2d(ch, cz, 1)
-        self.s1, self.s2 = nn.Conv2d(3, ch // 2, 4, 2, 1), nn.Conv2d(ch // 2, ch, 4, 2, 1)
-        self.s_fc = nn.Sequential(nn.Linear(2 * (3 + ch // 2 + ch) + 4 * len(_BINS), 128), nn.LeakyReLU(.2), nn.Linear(128, ds))
-        self.d1, self.d2, self.d3 = nn.Conv2d(cz, ch, 3, 1, 1), nn.Conv2d(ch, ch, 3, 1, 1), nn.Conv2d(ch, ch // 2, 3, 1, 1)
-        self.d_out = nn.Conv2d(ch // 2, 16, 3, 1, 1)
-        self.f1, self.f2, self.f3 = nn.Linear(ds, 2 * ch), nn.Linear(ds, 2 * ch), nn.Linear(ds, ch)
-        for f in (self.f1, self.f2, self.f3): nn.init.zeros_(f.weight); nn.init.zeros_(f.bias)
-        self.tokens = nn.Parameter(torch.randn(n_tokens, ds) * .5)
-        self.register_buffer('z_std', torch.ones(()))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        "RGB images (B x 3 x 64 x 64 in [0, 1]) -> latents (B x cz x 16 x 16)."
-        h = F.leaky_relu(self.e1(x * 2 - 1), .2); h = F.leaky_relu(self.e2(h), .2); h = F.leaky_relu(self.e3(h), .2)
-        return self.e4(h)
-
-    def style(self, x: torch.Tensor) -> torch.Tensor:
-        "Per-image style tokens (B x ds) from layout-free statistics: feature means/stds and the mean colour per luminance bin."
-        xs = x * 2 - 1; h1 = F.leaky_relu(self.s1(xs), .2); h2 = F.leaky_relu(self.s2(h1), .2)
-        w = torch.exp(-((gray(x)[:, :1] - _BINS.view(1, -1, 1, 1)) * 8) ** 2 / 2)      # soft luminance bins: B x 8 x H x W
-        occ = w.mean((2, 3)); col = torch.einsum('bkhw,bchw->bkc', w, x) / (w.sum((2, 3))[..., None] + 1e-3)
-        return self.s_fc(torch.cat([t for h in (xs, h1, h2) for t in (h.mean((2, 3)), h.std((2, 3)))] + [occ, col.flatten(1)], 1))
-
-    @staticmethod
-    def _film(h, f, c):
-        g, b = f(c).chunk(2, 1); return F.leaky_relu(h * (1 + g[..., None, None]) + b[..., None, None], .2)
-
-    def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        "Latents + tokens (B x ds) -> RGBA images (B x 4 x 64 x 64, alpha last)."
-        h = self._film(self.d1(z), self.f1, c); h = self._film(self.d2(h), self.f2, c) + h
-        h = self._film(self.d3(F.interpolate(h, scale_factor=2, mode='nearest')), self.f3, c)
-        return torch.sigmoid(F.pixel_shuffle(self.d_out(h), 2))
-
-    def token(self, name: str, n: int = 1) -> torch.Tensor:
-        "The learned token of a prompt word ('photo' or a medium), repeated n times."
-        i = 0 if name == 'photo' else 1 + MEDIA.index(name)
-        return self.tokens[i:i + 1].expand(n, -1)
-
-def image_loss(y: torch.Tensor, t: torch.Tensor, w_alpha: float = .5) -> torch.Tensor:
-    "L1 on RGB (+ `w_alpha` x L1 on alpha when both have it) plus L1 on image gradients (sharper than plain L1)."
-    l = (y[:, :3] - t[:, :3]).abs().mean()
-    if w_alpha and y.shape[1] == 4 and t.shape[1] == 4: l = l + w_alpha * (y[:, 3:] - t[:, 3:]).abs().mean()
-    dy, dx = (lambda a: a[:, :3, 1:] - a[:, :3, :-1]), (lambda a: a[..., 1:] - a[..., :-1])
-    return l + .5 * ((dy(y) - dy(t)).abs().mean() + (dx(y[:, :3]) - dx(t[:, :3])).abs().mean())
-
-# %% ../../nbs/12_mini_abc.ipynb #f82d144b
-def _t(a: np.ndarray) -> torch.Tensor: return torch.from_numpy(np.ascontiguousarray(a))
-
-MIX = (.3, .25, .25, .2)   # reconstruction, medium, style of a plain content, re-style of a styled image's luminance
-
-def _batch(pool: dict, bs: int, g: torch.Generator, gen: MiniGenerator, mix=MIX):
-    "One mixed training batch: (encoder input, conditioning token, target RGBA)."
-    rgba, N = pool['rgba'], len(pool['rgba'])
-    f = lambda a: _t(a).float().div(255).permute(0, 3, 1, 2)
-    kind = torch.multinomial(torch.tensor(mix), bs, True, generator=g)
-    ci = torch.randint(N, (bs,), generator=g).numpy()
-    inp, tgt = f(rgba[ci][..., :3]), f(rgba[ci])
-    cond = gen.token('photo', bs).clone()
-    b = (kind == 1).numpy()
-    if b.any():
-        mid = _t(pool['medium_id'][ci[b]]).long()
-        cond[torch.from_numpy(b)] = gen.tokens[1 + mid]
-        tgt[torch.from_numpy(b)] = torch.cat([f(pool['medium'][ci[b]]), tgt[torch.from_numpy(b), 3:]], 1)
-    S, K = pool['styled_ids'].shape
-    idx = (kind >= 2).nonzero()[:, 0]
-    if len(idx):
-        sj = torch.randint(S, (len(idx),), generator=g).numpy(); k1 = torch.randint(K, (len(idx),), generator=g).numpy()
-        k2 = (k1 + 1 + torch.randint(K - 1, (len(idx),), generator=g).numpy()) % K
-        ids, styled = pool['styled_ids'][sj, k1], f(pool['styled'][sj, k1])
-        plain = (kind[idx] == 2)[:, None, None, None]
-        inp[idx] = gray(torch.where(plain, f(rgba[ids][..., :3]), styled))
-        tgt[idx] = torch.cat([tone(styled), f(rgba[ids][..., 3:])], 1)   # the style's tones: a texture's phase is not learnable here
-        cond[idx] = gen.style(f(pool['styled'][sj, k2]))
-    return inp, cond, tgt
-
-def train_generator(pool: dict, steps: int, batch_size: int = 32, seed: int = 0, lr: float = 3e-3, noise: float = .1,
-                    ckpt: str | Path | None = None, ckpt_every: int = 100, log=None, mix=MIX, stop_at: int | None = None) -> tuple[MiniGenerator, list[float]]:
-    "Train a `MiniGenerator` on `pool` for `steps` (resuming from `ckpt` if it exists); returns it and the loss per step."
-    torch.manual_seed(seed)
-    gen = MiniGenerator()
-    opt = torch.optim.Adam(gen.parameters(), lr, betas=(.5, .99))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 2), pct_start=.1)
-    g = torch.Generator().manual_seed(seed); start, losses = 0, []
-    if ckpt is not None and Path(ckpt).exists():
-        st = load_checkpoint(ckpt)
-        gen.load_state_dict(st['gen']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-        g.set_state(st['g']); start, losses = int(st['step']), list(st['losses'])
-    gen.train()
-    for step in range(start, steps if stop_at is None else min(steps, stop_at)):   # stop_at: end early, as if killed (tests resumption)
-        inp, cond, tgt = _batch(pool, batch_size, g, gen, mix)
-        z = gen.encode(inp)
-        out = gen.decode(z + noise * torch.randn(z.shape, generator=g), cond)
-        loss = image_loss(out, tgt) + 1e-3 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-        losses.append(loss.item())
-        if log and (step % 50 == 0 or step == steps - 1): log(f'generator step {step + 1}/{steps} loss {loss.item():.4f}')
-        if ckpt is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
-            save_checkpoint(dict(gen=gen.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), g=g.get_state(), step=step + 1, losses=losses), ckpt)
-    gen.eval()
-    with torch.no_grad():   # the latent scale, so that sampling noise is relative to it
-        x = _t(pool['rgba'][:256, ..., :3]).float().div(255).permute(0, 3, 1, 2)
-        gen.z_std.fill_(float(gen.encode(x).std()))
-    return gen, losses
-
-# %% ../../nbs/12_mini_abc.ipynb #7f3f6a42
-def invert_objects(gen: MiniGenerator, x: torch.Tensor, steps: int, lr: float = .05) -> torch.Tensor:
-    "Latents z* of exemplars `x` (B x 3 x 64 x 64): encoder init + `steps` Adam steps on the photo-token reconstruction."
-    with torch.no_grad(): z0 = gen.encode(x)
-    z = z0.clone().requires_grad_(True); opt = torch.optim.Adam([z], lr)
-    tok = gen.token('photo', len(x)).detach()
-    for _ in range(steps):
-        loss = image_loss(gen.decode(z, tok), x, w_alpha=0); opt.zero_grad(); loss.backward(); opt.step()
-    return z.detach()
-
-def invert_styles(gen: MiniGenerator, groups: list[torch.Tensor], steps: int, lr: float = .05) -> torch.Tensor:
-    "A style token per group of exemplars (textual inversion with the generator frozen): G x ds."
-    with torch.no_grad():
-        x = torch.cat(groups); gid = torch.cat([torch.full((len(t),), i) for i, t in enumerate(groups)])
-        z, xt = gen.encode(gray(x)), tone(x); s0 = torch.stack([gen.style(t).mean(0) for t in groups])
-    s = s0.clone().requires_grad_(True); opt = torch.optim.Adam([s], lr)
-    for _ in range(steps):
-        loss = image_loss(gen.decode(z, s[gid]), xt, w_alpha=0); opt.zero_grad(); loss.backward(); opt.step()
-    return s.detach()
-
-def sample_prompt(kind: str, rng: np.random.Generator, n_contexts: int, n_vocab: dict) -> dict:
-    "A random prompt for synth type `kind` ('object_gpt', 'object_media', 'style_gpt', 'style_object')."
-    if kind == 'object_gpt':   # v4: most prompts set the concept into a new context, smaller, and a third recolour it
-        p = dict(angle=float(rng.uniform(-20, 20)) if rng.random() < .6 else 0., flip=bool(rng.random() < .3), zoom=float(rng.uniform(.75, 1.1)),
-                 dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
-        if rng.random() < .7: p['context'] = int(rng.integers(n_contexts))
-        if rng.random() < .5: p['hue'] = float(rng.uniform(.2, .8))
-        return p
-    if kind == 'object_media':
-        return dict(medium=MEDIA[int(rng.integers(len(MEDIA)))], angle=float(rng.uniform(-12, 12)), flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.85, 1.15)), dx=0., dy=0.)
-    if kind == 'style_gpt':
-        return dict(content=('scene', int(rng.integers(n_vocab['scene']))), angle=float(rng.uniform(-10, 10)), flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.9, 1.25)), dx=0., dy=0.)
-    if kind == 'style_object':
-        return dict(content=('object', int(rng.integers(n_vocab['object']))), angle=float(rng.uniform(-30, 30)), flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.7, 1.1)), dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
-    raise ValueError(f'unknown prompt kind {kind!r}')
-
-def prompt_text(p: dict) -> str:
-    "A readable form of a prompt."
-    what = f"a {p['medium']} of V*" if 'medium' in p else f"a {p['content'][0]} #{p['content'][1]} in the style of V*" if 'content' in p else 'V*'
-    where = f" on context {p['context']}" if 'context' in p else ''
-    if 'hue' in p: where += f" in other colours (hue {p['hue']:+.2f})"
-    return f"{what}{where}, rotated {p['angle']:.0f} deg{', flipped' if p['flip'] else ''}, zoom {p['zoom']:.2f}"
-
-def warp_latent(z: torch.Tensor, prompts: list[dict], padding: str = 'zeros') -> torch.Tensor:
-    "Rotate / flip / zoom / shift latents (B x C x h x w) by each prompt's pose (a spatial transformer in latent space)."
-    th = []
-    for p in prompts:
-        a = math.radians(p['angle']); s = 1 / p['zoom']; fx = -1. if p['flip'] else 1.
-        th.append([[s * math.cos(a) * fx, -s * math.sin(a), -p['dx'] * s], [s * math.sin(a) * fx, s * math.cos(a), -p['dy'] * s]])
-    grid = F.affine_grid(torch.tensor(th, dtype=z.dtype), list(z.shape), align_corners=False)
-    return F.grid_sample(z, grid, mode='bilinear', padding_mode=padding, align_corners=False)
-
-@torch.no_grad()
-def render_object_prompts(gen: MiniGenerator, z: torch.Tensor, prompts: list[dict], z_ctx: torch.Tensor, noise: float, g: torch.Generator) -> torch.Tensor:
-    "Images of one object concept (latents z: 1 or B x C x h x w, one per prompt: its views) under object prompts (context or medium): B x 3 x 64 x 64."
-    n = len(prompts); zz = z.expand(n, -1, -1, -1)
-    alpha = F.avg_pool2d(gen.decode(z, gen.token('photo', len(z)))[:, 3:], 4).expand(n, -1, -1, -1)
-    zz = torch.cat([warp_latent(zz[i:i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)])
-    ctx = [i for i, p in enumerate(prompts) if 'context' in p]
-    if ctx:   # the concept (with its decoded alpha) composited over the context's latent
-        aw = warp_latent(alpha[ctx], [prompts[i] for i in ctx])
-        zz[ctx] = aw * zz[ctx] + (1 - aw) * z_ctx[[prompts[i]['context'] for i in ctx]]
-    tok = torch.cat([gen.token(p.get('medium', 'photo')) for p in prompts])
-    zz = zz + noise * gen.z_std * torch.randn(zz.shape, generator=g)
-    return gen.decode(zz, tok)[:, :3]
-
-@torch.no_grad()
-def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict], z_vocab: dict, noise: float, g: torch.Generator) -> torch.Tensor:
-    "Images of new contents in one style token (s: ds) under style prompts: B x 3 x 64 x 64."
-    zz = torch.cat([z_vocab[p['content'][0]][p['content'][1]][None] for p in prompts])
-    zz = warp_latent(zz, prompts, 'border')
-    zz = zz + noise * gen.z_std * torch.randn(zz.shape, generator=g)
-    return gen.decode(zz, s[None].expand(len(prompts), -1))[:, :3]
-
-IMG2IMG = .5   # weight of the generator's rendering in an object query; the rest is the prompt applied to the view's pixels
-
-@torch.no_grad()
-def render_object_pixels(views: torch.Tensor, alpha: torch.Tensor, prompts: list[dict], ctx: torch.Tensor) -> torch.Tensor:
-    """The prompts applied to the views' pixels (B x 3 x 64 x 64): the same pose warp, the concept composited with `alpha` over the context
-    image, the medium rendered; blended with the generator's rendering (`IMG2IMG`), an img2img-like sample that keeps the view's structure."""
-    out = torch.cat([warp_latent(views[i:i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)])
-    for i, p in enumerate(prompts):
-        if 'context' in p:
-            aw = warp_latent(alpha[i:i + 1], [p]); out[i] = (aw * out[i:i + 1] + (1 - aw) * ctx[p['context']][None])[0]
-        if 'medium' in p: out[i] = torch.from_numpy(apply_medium(out[i].permute(1, 2, 0).numpy(), p['medium'])).permute(2, 0, 1)
-    return out.clamp(0, 1)
+def _role(split: str) -> str:
+    return 'train' if split.startswith('train') else 'val' if split.startswith('val') else 'test'
 
 # %% ../../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = .3
-PHOTO_ROLES = dict(test=8, val=5)   # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
+
+# photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
+PHOTO_ROLES = dict(test=8, val=5)
 
 def _rng(seed: int, *tags) -> np.random.Generator:
     return np.random.default_rng([int(seed)] + [int(stable_hash(str(t), n=8), 16) for t in tags])
 
 def photo_groups(names, seed: int = 0, roles: dict = PHOTO_ROLES) -> dict:
-    "The photographs of each role ('test', 'val', 'other'), drawn from `seed`: a test exemplar's photograph appears nowhere else."
+    """The photographs of each role ('test', 'val', 'other'), drawn from `seed`: a test exemplar's photograph appears
+    nowhere else."""
     names = sorted(names); perm = [names[i] for i in _rng(seed, 'photo_groups').permutation(len(names))]
-    if sum(roles.values()) >= len(names): raise DataError(f'{len(names)} photographs cannot be split into {roles} plus the rest')
+    if sum(roles.values()) >= len(names):
+        raise DataError(f'{len(names)} photographs cannot be split into {roles} plus the rest')
     out, i = {}, 0
     for r, n in roles.items(): out[r] = sorted(perm[i:i + n]); i += n
     out['other'] = sorted(perm[i:]); return out
 
+# %% ../../nbs/12_mini_abc.ipynb #72c8dd98
 class _PhotoBoxes:
-    "Photo crops by role: each role has its own photographs, and exemplar crops of one photograph overlap each other by IoU <= IOU_MAX."
+    """Photo crops by role: each role has its own photographs, and exemplar crops of one photograph overlap each other
+    by IoU <= IOU_MAX."""
     def __init__(self, src: Sources, seed: int):
         self.src, self.groups, self.ex = src, photo_groups(src.photo_names, seed), {n: [] for n in src.photo_names}
     def _ok(self, name, box): return all(box_iou(box, b) <= IOU_MAX for b in self.ex[name])
@@ -564,16 +103,21 @@ class _PhotoBoxes:
             if self._ok(name, box):
                 if exemplar: self.ex[name].append(box)
                 return dict(family='photo', seed=int(rng.integers(2**31)), photo=name, box=list(box))
-        raise DataError(f'cannot place a {role} photo crop clear of the exemplar crops: too many photo exemplars for its photographs')
+        raise DataError(f'cannot place a {role} photo crop clear of the exemplar crops: '
+                        'too many photo exemplars for its photographs')
 
+# %% ../../nbs/12_mini_abc.ipynb #8de1c743
 class _Pools:
-    "Draws content specs per family, keeping exemplar digits and faces (of object and style exemplars) out of every other use."
+    """Draws content specs per family, keeping exemplar digits and faces (of object and style exemplars) out of every
+    other use."""
     def __init__(self, src: Sources, seed: int, n_ex_digits: int, n_ex_faces: int):
         r = _rng(seed, 'pools')
         self.boxes = _PhotoBoxes(src, seed)
         self.digit_perm, self.face_perm = r.permutation(len(src.mnist)), r.permutation(len(src.faces))
-        if n_ex_faces >= len(src.faces): raise DataError(f'{n_ex_faces} face exemplars asked for, but only {len(src.faces)} LFW faces exist')
-        if n_ex_digits >= len(src.mnist): raise DataError(f'{n_ex_digits} digit exemplars asked for, but only {len(src.mnist)} exist')
+        if n_ex_faces >= len(src.faces):
+            raise DataError(f'{n_ex_faces} face exemplars asked for, but only {len(src.faces)} LFW faces exist')
+        if n_ex_digits >= len(src.mnist):
+            raise DataError(f'{n_ex_digits} digit exemplars asked for, but only {len(src.mnist)} exist')
         self.n_dx, self.n_fx, self.i_dx, self.i_fx = n_ex_digits, n_ex_faces, 0, 0
 
     def spec(self, fam: str, rng, exemplar: bool = False, role: str = 'other') -> dict:
@@ -590,8 +134,12 @@ class _Pools:
             return dict(family='face', seed=seed, index=int(i))
         raise DataError(f'unknown family {fam!r}')
 
+# %% ../../nbs/12_mini_abc.ipynb #bf97e520
 DISTRACTOR_MIX = dict(photo=.40, shape=.12, digit=.06, face=.03, emblem=.09, styled=.08, medium=.22)
-STYLE_CONTENT_SEEN = ('photo', 'shape', 'digit')                  # style exemplars' contents (v5: photos too, like artworks)
+
+# style exemplars' contents (v5: photos too, like artworks)
+STYLE_CONTENT_SEEN = ('photo', 'shape', 'digit')
+
 STYLE_CONTENT_UNSEEN = ('photo', 'shape', 'digit', 'emblem')
 
 def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
@@ -602,20 +150,25 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     count = lambda fam: sum(n for sp, fams in splits.items() for f, n in fams.items() if f == fam)
     pools = _Pools(src, seed, count('digit') + nst * sum(count(op) for op in STYLE_OPS), count('face'))
     models, counters = {}, {}
-    for split in sorted(splits):   # exemplars first: they claim their crops, digits and faces before anything else is drawn
+    # exemplars first: they claim their crops, digits and faces before anything else is drawn
+    for split in sorted(splits):
         role, out = _role(split), []
         for fam, n in splits[split].items():
             for _ in range(n):
                 k = counters[fam] = counters.get(fam, -1) + 1
                 cid, r = f'{fam}_{k:04d}', _rng(seed, 'model', fam, k)
                 if fam in OBJECT_FAMILIES:
-                    if role != 'test' and fam in OBJECT_FAMILIES_UNSEEN: raise DataError(f'unseen family {fam!r} may only be used in test splits')
-                    out.append(dict(class_id=cid, family=fam, centric='object', exemplars=[pools.spec(fam, r, exemplar=True, role=role)], style=None))
+                    if role != 'test' and fam in OBJECT_FAMILIES_UNSEEN:
+                        raise DataError(f'unseen family {fam!r} may only be used in test splits')
+                    out.append(dict(class_id=cid, family=fam, centric='object',
+                                    exemplars=[pools.spec(fam, r, exemplar=True, role=role)], style=None))
                 elif fam in STYLE_OPS:
-                    if role != 'test' and fam in STYLE_OPS_UNSEEN: raise DataError(f'unseen style {fam!r} may only be used in test splits')
+                    if role != 'test' and fam in STYLE_OPS_UNSEEN:
+                        raise DataError(f'unseen style {fam!r} may only be used in test splits')
                     fams = STYLE_CONTENT_UNSEEN if split == 'test_unseen_style' else STYLE_CONTENT_SEEN
                     ex = [pools.spec(fams[int(r.integers(len(fams)))], r, exemplar=True, role=role) for _ in range(nst)]
-                    out.append(dict(class_id=cid, family=fam, centric='style', exemplars=ex, style=random_style(fam, r)))
+                    out.append(dict(class_id=cid, family=fam, centric='style', exemplars=ex,
+                                    style=random_style(fam, r)))
                 else: raise DataError(f'unknown family or style {fam!r} in split {split!r}')
         models[split] = out
     rb = _rng(seed, 'base')
@@ -623,7 +176,8 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     base_medium = rb.integers(len(MEDIA), size=len(base)).tolist()
     base_styles = [random_style(op, rb) for op in STYLE_OPS for _ in range(cfg['n_base_styles'])]
     styled_ids = np.stack([rb.choice(len(base), cfg['style_refs'], replace=False) for _ in base_styles]).tolist()
-    photo_ids = [i for i, s in enumerate(base) if s['family'] == 'photo']; other_ids = [i for i, s in enumerate(base) if s['family'] != 'photo']
+    photo_ids = [i for i, s in enumerate(base) if s['family'] == 'photo']
+    other_ids = [i for i, s in enumerate(base) if s['family'] != 'photo']
     contexts = rb.choice(photo_ids, min(cfg['n_contexts'], len(photo_ids)), replace=False).tolist()
     vocab = dict(scene=rb.choice(photo_ids, min(cfg['n_vocab'], len(photo_ids)), replace=False).tolist(),
                  object=rb.choice(other_ids, min(cfg['n_vocab'], len(other_ids)), replace=False).tolist())
@@ -631,14 +185,17 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     rd = _rng(seed, 'distractors'); dis = [dict(base=i) for i in range(len(base))]
     dis += [dict(base=i, base_style=j) for j in range(len(base_styles)) for i in styled_ids[j]]
     dis += [dict(base=i, medium=MEDIA[base_medium[i]]) for i in range(len(base))]
-    for split in sorted(models):   # hard negatives on purpose: each style model's palette on other contents in another style operator
+    # hard negatives on purpose: each style model's palette on other contents in another style operator
+    for split in sorted(models):
         for m in models[split]:
             if m['centric'] != 'style': continue
             for _ in range(cfg['palette_negatives']):
                 op = [o for o in STYLE_OPS if o != m['family']][int(rd.integers(len(STYLE_OPS) - 1))]
                 c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
-                dis.append(dict(content=c, style={**random_style(op, rd), 'palette': m['style']['palette']}, hard_negative='palette'))
-        for m in models[split]:   # ... and each object model's colours on other contents (LAION's density in colour space, at 20k)
+                dis.append(dict(content=c, style={**random_style(op, rd), 'palette': m['style']['palette']},
+                                hard_negative='palette'))
+        # ... and each object model's colours on other contents (LAION's density in colour space, at 20k)
+        for m in models[split]:
             if m['centric'] != 'object' or _role(split) == 'train': continue
             for _ in range(cfg['colour_twins']):
                 fam = OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))]
@@ -649,16 +206,20 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
         if k in OBJECT_FAMILIES: dis.append(dict(content=pools.spec(k, rd)))
         else:
             c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
-            dis.append(dict(content=c, style=random_style(STYLE_OPS[int(rd.integers(len(STYLE_OPS)))], rd)) if k == 'styled'
+            dis.append(dict(content=c, style=random_style(STYLE_OPS[int(rd.integers(len(STYLE_OPS)))], rd))
+                       if k == 'styled'
                        else dict(content=c, medium=MEDIA[int(rd.integers(len(MEDIA)))]))
     return dict(models=models, base=base, base_medium=base_medium, base_styles=base_styles, styled_ids=styled_ids,
                 contexts=contexts, vocab=vocab, distractors=dis[:cfg['n_distractors']], photo_groups=pools.boxes.groups)
 
 # %% ../../nbs/12_mini_abc.ipynb #3bdf5fa7
 STAGES = ('real', 'generator', 'synth', 'json')
+
 NOISE = dict(object=.1, style=.15)   # sampling noise, x the latent scale
+
 SYNTH_TYPES = dict(object=('gpt', 'media'), style=('gpt', 'object'))
 
+# %% ../../nbs/12_mini_abc.ipynb #70bcb8e3
 def _save_png(a: np.ndarray, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(a if a.dtype == np.uint8 else to_u8(a)).save(path, compress_level=6)
@@ -666,14 +227,20 @@ def _save_png(a: np.ndarray, path: Path):
 def _read_rgb(path: Path) -> np.ndarray: return np.asarray(Image.open(path).convert('RGB'))
 
 def _exemplar_path(m: dict, k: int) -> str: return f"dataset/exemplar/{m['family']}/images/{m['class_id']}/{k}.png"
-def _synth_path(m: dict, t: str, k: int) -> str: return f"dataset/synth/{m['family']}/{t}/{m['class_id']}/samples/{k:05d}.png"
+
+def _synth_path(m: dict, t: str, k: int) -> str:
+    return f"dataset/synth/{m['family']}/{t}/{m['class_id']}/samples/{k:05d}.png"
+
 def _distractor_path(i: int) -> str: return f"dataset/laion_subset/{i // 1000:03d}/{i:06d}.png"
 
+# %% ../../nbs/12_mini_abc.ipynb #ba9c678a
 def colour_twin(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    "Image `rgb` with the colour distribution of `ref` (per-channel histogram matching): other content, the same colour statistics."
+    """Image `rgb` with the colour distribution of `ref` (per-channel histogram matching): other content, the same
+    colour statistics."""
     from skimage.exposure import match_histograms
     return np.clip(match_histograms(rgb, ref, channel_axis=-1), 0, 1).astype(np.float32)
 
+# %% ../../nbs/12_mini_abc.ipynb #2d37de81
 def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log):
     ex_rgb = {}
     for split, ms in plan['models'].items():
@@ -685,16 +252,19 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log)
     base = [render_content(s, src) for s in plan['base']]
     rgba = np.stack([np.dstack([to_u8(r), to_u8(a)]) for r, a in base])
     medium = np.stack([to_u8(apply_medium(r, MEDIA[i])) for (r, _), i in zip(base, plan['base_medium'])])
-    styled = np.stack([[to_u8(apply_style(base[i][0], st)) for i in ids] for st, ids in zip(plan['base_styles'], plan['styled_ids'])])
+    styled = np.stack([[to_u8(apply_style(base[i][0], st)) for i in ids]
+                       for st, ids in zip(plan['base_styles'], plan['styled_ids'])])
     with atomic_write(root/'build'/'pool.npz') as f:
         np.savez(f, rgba=rgba, medium=medium, medium_id=np.asarray(plan['base_medium'], np.int64), styled=styled,
                  styled_ids=np.asarray(plan['styled_ids'], np.int64))
-    T = thumb_descriptor([_read_rgb(root/_exemplar_path(m, k)) for sp, ms in plan['models'].items() if _role(sp) == 'test'
+    T = thumb_descriptor([_read_rgb(root/_exemplar_path(m, k))
+                          for sp, ms in plan['models'].items() if _role(sp) == 'test'
                           for m in ms for k in range(len(m['exemplars']))])
     paths, redrawn = [], {}
     for i, d in enumerate((progress(plan['distractors'], desc='distractors') if log else plan['distractors'])):
         a, attempt = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb)), 0
-        while len(T) and (thumb_descriptor(a[None]) @ T.T).max() > NEAR_DUP:   # a near-duplicate of a test exemplar: draw again
+        # a near-duplicate of a test exemplar: draw again
+        while len(T) and (thumb_descriptor(a[None]) @ T.T).max() > NEAR_DUP:
             if attempt == 20: raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
             d = redrawn[i] = redraw_distractor(d, plan, _rng(seed, 'redraw', i, attempt)); attempt += 1
             a = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb))
@@ -702,8 +272,10 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log)
     save_json({str(i): d for i, d in redrawn.items()}, root/'build'/'redrawn.json')
     write_distractor_list(root, paths)
 
+# %% ../../nbs/12_mini_abc.ipynb #33df56d4
 def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, ex_rgb) -> np.ndarray:
-    "The image of distractor `d`: a base-pool image (plain, restyled, in a medium) or a fresh content (styled, in a medium, a colour twin)."
+    """The image of distractor `d`: a base-pool image (plain, restyled, in a medium) or a fresh content (styled, in a
+    medium, a colour twin)."""
     if 'base' in d:
         if 'base_style' in d: j = d['base_style']; return styled[j, plan['styled_ids'][j].index(d['base'])]
         return medium[d['base']] if 'medium' in d else rgba[d['base'], ..., :3]
@@ -711,31 +283,38 @@ def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, 
     a = apply_style(rgb, d['style']) if 'style' in d else apply_medium(rgb, d['medium']) if 'medium' in d else rgb
     return colour_twin(a, ex_rgb[d['colour_of']]) if 'colour_of' in d else a
 
+# %% ../../nbs/12_mini_abc.ipynb #85cf3a6b
 def redraw_distractor(d: dict, plan: dict, rng: np.random.Generator) -> dict:
-    """A distractor in place of `d` (whose image was a near-duplicate of a test exemplar): a fresh procedural content (shape or emblem,
-    new seed) under `d`'s style or medium and colour-twin target, marked `redrawn`."""
-    out = dict(content=dict(family=('shape', 'emblem')[int(rng.integers(2))], seed=int(rng.integers(2**31))), redrawn=True)
+    """A distractor in place of `d` (whose image was a near-duplicate of a test exemplar): a fresh procedural content
+    (shape or emblem, new seed) under `d`'s style or medium and colour-twin target, marked `redrawn`."""
+    out = dict(content=dict(family=('shape', 'emblem')[int(rng.integers(2))], seed=int(rng.integers(2**31))),
+               redrawn=True)
     if 'base_style' in d: out['style'] = plan['base_styles'][d['base_style']]
     out.update({k: d[k] for k in ('style', 'medium', 'colour_of', 'hard_negative') if k in d})
     return out
 
+# %% ../../nbs/12_mini_abc.ipynb #5b331999
 def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> dict:
     "The plan of a build, with the distractors its `real` stage redrew (recorded in `build/redrawn.json`) in place."
     plan = plan_mini_abc(cfg, seed, src); f = Path(root)/'build'/'redrawn.json'
     for i, d in (load_json(f).items() if f.is_file() else ()): plan['distractors'][int(i)] = d
     return plan
 
+# %% ../../nbs/12_mini_abc.ipynb #5f013c82
 def _stage_generator(root: Path, cfg: dict, seed: int, log):
     pool = dict(np.load(root/'build'/'pool.npz'))
-    gen, losses = train_generator(pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed, ckpt=root/'build'/'generator_ckpt.pt', log=log)
+    gen, losses = train_generator(pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed,
+                                  ckpt=root/'build'/'generator_ckpt.pt', log=log)
     save_checkpoint(dict(gen=gen.state_dict(), losses=losses), root/'build'/'generator.pt')
 
+# %% ../../nbs/12_mini_abc.ipynb #759f1b43
 def load_mini_generator(root: str | Path) -> MiniGenerator:
     "The trained generator of a mini-AbC build (after its `generator` stage)."
-    gen = MiniGenerator(); gen.load_state_dict(load_checkpoint(Path(root)/'build'/'generator.pt')['gen']); return gen.eval()
+    gen = MiniGenerator()
+    gen.load_state_dict(load_checkpoint(Path(root)/'build'/'generator.pt')['gen'])
+    return gen.eval()
 
-def _f(a: np.ndarray) -> torch.Tensor: return _t(a).float().div(255).permute(0, 3, 1, 2)
-
+# %% ../../nbs/12_mini_abc.ipynb #9b01f7cc
 def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources | None = None):
     gen = load_mini_generator(root); pool = dict(np.load(root/'build'/'pool.npz'))
     for p in gen.parameters(): p.requires_grad_(False)
@@ -751,42 +330,55 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources
     for m in (progress(allm, desc='sampling') if log else allm):
         split = next(s for s, ms in plan['models'].items() if m in ms)
         n = cfg['n_synth'][_role(split)]
-        r, g = _rng(seed, 'prompts', m['class_id']), torch.Generator().manual_seed(int(stable_hash(seed, m['class_id'], n=8), 16))
+        r = _rng(seed, 'prompts', m['class_id'])
+        g = torch.Generator().manual_seed(int(stable_hash(seed, m['class_id'], n=8), 16))
         prompts[m['class_id']] = {}
         for t in SYNTH_TYPES[m['centric']]:
             ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
             if m['centric'] == 'object':   # each prompt renders a new view of the concept, encoded by the generator
                 views = np.stack([render_view(m['exemplars'][0], r, src) for _ in ps])
                 xv = _f(to_u8(views))
-                with torch.no_grad(): z_views = gen.encode(xv); a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
+                with torch.no_grad():
+                    z_views = gen.encode(xv)
+                    a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
                 imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + \
                     (1 - IMG2IMG) * render_object_pixels(xv, a_views, ps, x_ctx)
             else: imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
             for k, (im, p) in enumerate(zip(imgs, ps)):
                 a = im.permute(1, 2, 0).numpy()
                 if 'hue' in p: a = hue_shift(a, p['hue'])                                   # "... in other colours"
-                if m['centric'] == 'style': a = apply_style(a, jitter_style(m['style'], r))   # the style's texture, as customized
+                # the style's texture, as customized
+                if m['centric'] == 'style':
+                    a = apply_style(a, jitter_style(m['style'], r))
                 _save_png(to_u8(a), root/_synth_path(m, t, k))
-                if 'context' in p: srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['contexts'][p['context']]])]
-                elif 'content' in p: srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['vocab'][p['content'][0]][p['content'][1]]])]
+                if 'context' in p:
+                    srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['contexts'][p['context']]])]
+                elif 'content' in p:
+                    vocab_i = plan['vocab'][p['content'][0]][p['content'][1]]
+                    srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][vocab_i])]
             prompts[m['class_id']][t] = [prompt_text(p) for p in ps]
     save_json(prompts, root/'dataset'/'meta'/'prompts.json')
     save_json(image_sources(plan, cfg, srcs_of), root/'dataset'/'meta'/'sources.json')
 
+# %% ../../nbs/12_mini_abc.ipynb #65505ac4
 def source_id(spec: dict) -> str:
-    "The identity of a content's source: its photograph (any crop of it), its MNIST / LFW index, or its procedural seed."
+    """The identity of a content's source: its photograph (any crop of it), its MNIST / LFW index, or its procedural
+    seed."""
     fam = spec['family']
     return f"{fam}:{spec[{'photo': 'photo', 'digit': 'index', 'face': 'index'}.get(fam, 'seed')]}"
 
+# %% ../../nbs/12_mini_abc.ipynb #e3a707d6
 def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dict:
-    """Per image path: the source ids it is made of (`sources`), its role and split, and `hard_negative` (why it is close on
-    purpose: 'context' / 'vocab' for base images that queries are composed on, 'palette' for a style model's palette on another style)."""
+    """Per image path: the source ids it is made of (`sources`), its role and split, and `hard_negative` (why it is
+    close on purpose: 'context' / 'vocab' for base images that queries are composed on, 'palette' for a style model's
+    palette on another style)."""
     out, extra = {}, synth_extra or {}
     for split, ms in plan['models'].items():
         n = cfg['n_synth'][_role(split)]
         for m in ms:
             ids = [source_id(s) for s in m['exemplars']]
-            for k in range(len(m['exemplars'])): out[_exemplar_path(m, k)] = dict(sources=[ids[k]], role='exemplar', split=split)
+            for k in range(len(m['exemplars'])):
+                out[_exemplar_path(m, k)] = dict(sources=[ids[k]], role='exemplar', split=split)
             for t in SYNTH_TYPES[m['centric']]:
                 for k in range(n):
                     p = _synth_path(m, t, k); out[p] = dict(sources=ids + extra.get(p, []), role='synth', split=split)
@@ -800,6 +392,7 @@ def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dic
         out[_distractor_path(i)] = e
     return out
 
+# %% ../../nbs/12_mini_abc.ipynb #93c38b33
 def _stage_json(root: Path, plan: dict, cfg: dict):
     def model(m, split):
         n = cfg['n_synth'][_role(split)]
@@ -812,9 +405,12 @@ def _stage_json(root: Path, plan: dict, cfg: dict):
         if split == 'train_all': out['train_object'] = [model(m, split) for m in ms if m['centric'] == 'object']
     for split, models in out.items():
         if models: write_abc_split(root, split, models)
-    save_json({m['class_id']: {**m, 'split': s} for s, ms in plan['models'].items() for m in ms}, root/'dataset'/'meta'/'concepts.json')
-    return {s: dict(n_models=len(v), n_exemplars=sum(len(m.exemplar) for m in v), n_synth=sum(m.n_synth for m in v)) for s, v in out.items() if v}
+    save_json({m['class_id']: {**m, 'split': s} for s, ms in plan['models'].items() for m in ms},
+              root/'dataset'/'meta'/'concepts.json')
+    return {s: dict(n_models=len(v), n_exemplars=sum(len(m.exemplar) for m in v), n_synth=sum(m.n_synth for m in v))
+            for s, v in out.items() if v}
 
+# %% ../../nbs/12_mini_abc.ipynb #8cce8914
 @contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -825,11 +421,14 @@ def _lock(path: Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+# %% ../../nbs/12_mini_abc.ipynb #3c464110
 MARKER = 'build/mini_abc_builder.json'   # written first into an empty folder: what proves the folder is this builder's
+
 _OWN = ('dataset', 'build', 'manifest.json', 'card.json', 'card.md')  # all the builder (and its card) write at its top
 
 def _owned(root: Path) -> bool:
-    "Whether `root` is provably a mini-AbC build: its marker names this builder (v4+), or a v3 build with nothing but the builder's entries."
+    """Whether `root` is provably a mini-AbC build: its marker names this builder (v4+), or a v3 build with nothing but
+    the builder's entries."""
     try:
         if (root/MARKER).is_file(): return load_json(root/MARKER).get('builder') == 'attrib.concept.mini_abc'
         legacy = load_json(root/'build'/'stages.json') if (root/'build'/'stages.json').is_file() else {}
@@ -837,48 +436,61 @@ def _owned(root: Path) -> bool:
     return 'key' in legacy and {p.name for p in root.iterdir()} <= set(_OWN)
 
 def _clear(root: Path):
-    "Delete a (partial) mini-AbC build: only the entries the builder writes, and only where its marker proves it wrote them."
+    """Delete a (partial) mini-AbC build: only the entries the builder writes, and only where its marker proves it wrote
+    them."""
     if not root.exists() or not any(root.iterdir()): return
     if not _owned(root):
-        raise DataError(f"{root}: not empty and not a mini-AbC build (no {MARKER}); refusing to write into or delete it")
+        raise DataError(f"{root}: not empty and not a mini-AbC build (no {MARKER}); "
+                        "refusing to write into or delete it")
     for name in _OWN:
         p = root/name
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../../nbs/12_mini_abc.ipynb #3c556a25
 def _build_key(cfg: dict, seed: int) -> str: return stable_hash(MINI_ABC_VERSION, cfg, seed, n=16)
 
 def _sha1(p: Path) -> str: return hashlib.sha1(p.read_bytes()).hexdigest()
 
 def content_hash(root: str | Path) -> str:
-    "SHA-256 over every file under `root/dataset` (sorted relative paths and their bytes): the identity of a build's content."
+    """SHA-256 over every file under `root/dataset` (sorted relative paths and their bytes): the identity of a build's
+    content."""
     root, h = Path(root), hashlib.sha256()
     for p in sorted((Path(root)/'dataset').rglob('*')):
-        if p.is_file(): h.update(p.relative_to(root).as_posix().encode() + b'\0' + hashlib.sha256(p.read_bytes()).digest())
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b'\0' + hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
 
+# %% ../../nbs/12_mini_abc.ipynb #e2f99b2a
 def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
     "The default folder of a mini-AbC build: `data_dir()/mini_abc_<size>[_s<seed>]`."
     return data_dir()/(f'mini_abc_{size}' + (f'_s{seed}' if seed else ''))
 
+# %% ../../nbs/12_mini_abc.ipynb #b3988b52
 BUILD_THREADS = 1   # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
 
-def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: int = 0, force: bool = False, verbose: bool = False,
+def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: int = 0, force: bool = False,
+                   verbose: bool = False,
                    threads: int | None = None) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
     if threads not in (None, BUILD_THREADS):
-        raise AttribError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread (its bytes must not depend on it)')
+        raise AttribError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread '
+                          '(its bytes must not depend on it)')
     with torch_threads(BUILD_THREADS): return _build(root, size, seed, force, verbose)
 
+# %% ../../nbs/12_mini_abc.ipynb #5dcf019d
 def _build(root, size, seed, force, verbose) -> Path:
     if size not in MINI_ABC_SIZES: raise ValueError(f'unknown size {size!r}; known: {list(MINI_ABC_SIZES)}')
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f'seed must be a non-negative int, got {seed!r}')
     cfg, seed = MINI_ABC_SIZES[size], int(seed)
     root = Path(root) if root is not None else mini_abc_root(size, seed)
     key, log = _build_key(cfg, seed), (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
     man = root/'manifest.json'
     def complete():
-        try: return man.exists() and (root/MARKER).is_file() and load_json(man).get('key') == key and load_json(man).get('complete')
+        try:
+            return (man.exists() and (root/MARKER).is_file() and load_json(man).get('key') == key
+                    and load_json(man).get('complete'))
         except DataError: return False
     if not force and complete(): return root
     with _lock(root.parent/f'.{root.name}.lock'):
@@ -886,10 +498,14 @@ def _build(root, size, seed, force, verbose) -> Path:
         if force: _clear(root)
         stages_file = root/'build'/'stages.json'
         stages = load_json(stages_file) if stages_file.exists() else {}
-        if stages.get('key') != key or not (root/MARKER).is_file():   # another size/seed/version (or nothing) here: start clean
-            if not force: _clear(root)                                  # (force cleared it above, after proving it ours)
+        # another size/seed/version (or nothing) here: start clean
+        if stages.get('key') != key or not (root/MARKER).is_file():
+            # (force cleared it above, after proving it ours)
+            if not force:
+                _clear(root)
             stages = {'key': key}
-            save_json(dict(builder='attrib.concept.mini_abc', key=key), root/MARKER)   # the proof of ownership, before anything else
+            # the proof of ownership, before anything else
+            save_json(dict(builder='attrib.concept.mini_abc', key=key), root/MARKER)
             save_json(stages, stages_file)
         src, plan, counts = get_sources(), None, None
         for stage in STAGES:
@@ -905,19 +521,24 @@ def _build(root, size, seed, force, verbose) -> Path:
             save_json(stages, stages_file)
         if counts is None: counts = {s: AbCDataset(root).split_info(s) for s in AbCDataset(root).split_names()}
         jsons = sorted((root/'dataset'/'json').glob('*.json'))
-        save_json(dict(name='mini-AbC', version=MINI_ABC_VERSION, size=size, seed=seed, key=key, complete=True, params=cfg,
-                       splits={s: {k: v for k, v in c.items() if k in ('n_models', 'n_exemplars', 'n_synth')} for s, c in counts.items()},
+        save_json(dict(name='mini-AbC', version=MINI_ABC_VERSION, size=size, seed=seed, key=key, complete=True,
+                       params=cfg,
+                       splits={s: {k: v for k, v in c.items() if k in ('n_models', 'n_exemplars', 'n_synth')}
+                               for s, c in counts.items()},
                        n_distractors=len(plan['distractors']) if plan else len(AbCDataset(root).distractor_paths()),
                        stages={k: v for k, v in stages.items() if k != 'key'},
                        build_wall_s=round(sum(v['wall_s'] for k, v in stages.items() if k != 'key'), 1),
                        build_cpu_s=round(sum(v['cpu_s'] for k, v in stages.items() if k != 'key'), 1),
                        torch_threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
-                       sha1={p.name: _sha1(p) for p in jsons + [root/'dataset'/'laion_subset.txt']}, content_hash=content_hash(root)), man)
+                       sha1={p.name: _sha1(p) for p in jsons + [root/'dataset'/'laion_subset.txt']},
+                       content_hash=content_hash(root)), man)
     return root
 
 # %% ../../nbs/12_mini_abc.ipynb #0b9839b0
-def contact_sheet(root: str | Path, splits: list[str] | None = None, n_models: int = 2, n_synth: int = 5, scale: int = 2) -> Image.Image:
-    "A grid image: per model of each split, its exemplars (green frame) then `n_synth` synthetic images of each type (a gap between types)."
+def contact_sheet(root: str | Path, splits: list[str] | None = None, n_models: int = 2, n_synth: int = 5,
+                  scale: int = 2) -> Image.Image:
+    """A grid image: per model of each split, its exemplars (green frame) then `n_synth` synthetic images of each type
+    (a gap between types)."""
     ds = AbCDataset(root); splits = splits or [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     tile, gap = IMG + 4, 8
     rows = []
@@ -928,7 +549,8 @@ def contact_sheet(root: str | Path, splits: list[str] | None = None, n_models: i
             ex += [np.full((tile, tile, 3), 255, np.uint8)] * (4 - len(ex))
             parts = [np.concatenate(ex, 1)]
             for t, ps in m.synth.items():
-                ims = [np.pad(_read_rgb(ds.path(p)), ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in ps[:n_synth]]
+                ims = [np.pad(_read_rgb(ds.path(p)), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                       for p in ps[:n_synth]]
                 ims += [np.full((tile, tile, 3), 255, np.uint8)] * (n_synth - len(ims))
                 parts += [np.full((tile, gap, 3), 255, np.uint8), np.concatenate(ims, 1)]
             rows.append(np.concatenate(parts, 1))
