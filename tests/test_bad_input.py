@@ -156,11 +156,14 @@ def test_on_error_skip(ds, tmp_path):
 
 def test_ctrl_c_leaves_nothing_half_written(tmp_path):
     "Item 8, Ctrl-C: exit 130 with one line, no temporary or partial file left; the same command then finishes."
-    ds = make_dataset(tmp_path/"abc", n_distr=1000)   # long enough that the signal lands mid-extraction on a loaded machine
+    ds = make_dataset(tmp_path/"abc", n_distr=600)
     c = tmp_path/'cache'
     env = {**os.environ, 'ATTRIB_DATA': str(tmp_path/'data'), 'OMP_NUM_THREADS': '1', 'ATTRIB_PROGRESS': '0'}
-    cmd = [sys.executable, '-c', 'from attrib.cli import main; main()', 'extract', str(ds), *BB, '--cache-dir', str(c),
-           '--batch-size', '2']   # (with loader workers, a signal that lands while they fork can be lost inside CPython)
+    # 96 px and batches of 2: seconds of work after the first shard appears, so the signal lands mid-extraction even on a
+    # loaded machine (at 32 px the rest took well under a second and the job could finish first); no loader workers (a signal
+    # that lands while they fork can be lost inside CPython)
+    cmd = [sys.executable, '-c', 'from attrib.cli import main; main()', 'extract', str(ds), 'resnet18:random',
+           '--img-size', '96', '--cache-dir', str(c), '--batch-size', '2']
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     t0 = time.time()
     while not list(c.rglob('shard_*.pt')) and time.time() - t0 < 120 and p.poll() is None: time.sleep(0.05)
