@@ -164,7 +164,10 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path):
     # that lands while they fork can be lost inside CPython)
     cmd = [sys.executable, '-c', 'from attrib.cli import main; main()', 'extract', str(ds), 'resnet18:random',
            '--img-size', '96', '--cache-dir', str(c), '--batch-size', '2']
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT's default action restored in the child: a job started in the background (nohup, `&` in a script: how CI may run us)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the signal would do nothing
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not list(c.rglob('shard_*.pt')) and time.time() - t0 < 120 and p.poll() is None: time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)                               # as a terminal's Ctrl-C does: to the whole process group
