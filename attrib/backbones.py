@@ -15,10 +15,11 @@ from .core import AttribError, WeightsError, get_device, data_dir
 from .images import check_aspect
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'HALF_MEAN', 'HALF_STD', 'BACKBONES', 'Preprocess',
-           'BackboneSpec', 'list_backbones', 'backbone_spec', 'weights_dir', 'hub_reachable', 'read_state_dict',
-           'is_mocov3_state_dict', 'convert_mocov3_state_dict', 'Stage', 'Backbone', 'load_weights_strict',
-           'create_backbone', 'parse_backbone', 'backbone_from_string']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'HALF_MEAN', 'HALF_STD', 'BACKBONES',
+           'CHANNELS_LAST_FAMILIES', 'Preprocess', 'BackboneSpec', 'list_backbones', 'backbone_spec', 'weights_dir',
+           'hub_reachable', 'read_state_dict', 'is_mocov3_state_dict', 'convert_mocov3_state_dict', 'Stage',
+           'to_memory_format', 'Backbone', 'load_weights_strict', 'create_backbone', 'parse_backbone',
+           'backbone_from_string']
 
 # %% ../nbs/13_backbones.ipynb #8c07592f
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -250,6 +251,12 @@ def _mobilenetv2_stages(m) -> list[Stage]:
 
 _STAGES = {'vit': _vit_stages, 'resnet': _resnet_stages, 'mobilenetv2': _mobilenetv2_stages}
 
+CHANNELS_LAST_FAMILIES = ('mobilenetv2',)   # faster channels-last on the CPU: benchmarks/bench_memory_format.py
+
+def to_memory_format(x: torch.Tensor, family: str) -> torch.Tensor:
+    "Images `x` in the memory format `family`'s convolutions run fastest in (channels-last for `CHANNELS_LAST_FAMILIES`)."
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and family in CHANNELS_LAST_FAMILIES else x
+
 class Backbone(nn.Module):
     "A feature extractor: `forward(x) -> (B, embed_dim)` (CLS token for ViTs, pooled for CNNs), its preprocessing and trainable stages."
     def __init__(self, spec: BackboneSpec, model: nn.Module, embed_dim: int, pre: Preprocess, weights_id: str):
@@ -276,7 +283,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3: raise AttribError(f"{self.name}: expected images B x 3 x H x W, got {tuple(x.shape)}")
-        return self.model(x)
+        return self.model(to_memory_format(x, self.spec.family))
 
     def blocks(self) -> list[Stage]:
         "The trainable stages, from input to output."

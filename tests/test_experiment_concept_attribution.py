@@ -103,7 +103,7 @@ def test_metrics_json(run_dir):
     assert m['params']['selection_metric'] == 'mAP' and m['params']['infomax_on'] == 'backbone'
     # every choice is recorded with the val numbers it was made on, and is their argmax
     sel = mm['selections']
-    assert {'A&D setting and λ', 'align-only setting', 'CCA k', 'whitening k'} <= set(sel) and any(k.startswith('AbC heads epoch') for k in sel)
+    assert {'A&D setting and λ', 'align-only setting', 'CCA ridge, k', 'whitening k'} <= set(sel) and any(k.startswith('AbC heads epoch') for k in sel)
     for name, r in sel.items():
         best = max(r['val'], key=lambda c: c['score'])
         assert r['chosen'] == best['candidate'] or math.isclose(next(c['score'] for c in r['val'] if c['candidate'] == r['chosen']), best['score']), name
@@ -116,6 +116,7 @@ def test_metrics_json(run_dir):
     assert set(map(int, tau['per_seed'])) == set(TINY['seeds']) and (math.isnan(tau['mean']) or -1 <= tau['mean'] <= 1)
     assert set(map(float, mm['lambda_sweep_val'])) == set(TINY['lambda_sweep'])
     assert mm['cca_k_selected'] in TINY['cca_k'] and mm['whiten_k_selected'] in TINY['whiten_k']
+    assert mm['cca_ridge_selected'] in m['params']['cca_ridge'] and len(mm['cca_val_map']) == len(m['params']['cca_ridge']) * len(TINY['cca_k'])
     assert set(map(int, mm['whiten_val_map'])) == set(TINY['whiten_k'])
     for cmp in ('A&D vs raw', 'A&D vs align-only', 'A&D vs PCA whitening', 'A&D vs AbC supervised'):
         for metric in ('R@5', 'mAP'):

@@ -15,12 +15,8 @@ import torch.nn.functional as F
 from ..core import AttribError, DataError, check_finite, to_numpy
 
 # %% auto #0
-__all__ = ['abc_pairs', 'AbCHeads', 'train_abc_heads', 'pair_loss', 'Calibrator', 'calibration_candidates', 'fit_calibrator',
+__all__ = ['AbCHeads', 'train_abc_heads', 'pair_loss', 'Calibrator', 'calibration_candidates', 'fit_calibrator',
            'calibration_metrics', 'CCAOracle']
-
-# %% ../../nbs/18_abc_supervised.ipynb #64a88c12
-from .abc_data import train_pairs
-abc_pairs = train_pairs   # the former name of `attrib.concept.abc_data.train_pairs` (one implementation, two names)
 
 # %% ../../nbs/18_abc_supervised.ipynb #cd179dfc
 class AbCHeads(nn.Module):

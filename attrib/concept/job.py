@@ -325,15 +325,18 @@ def fit_and_select(name: str, fit: Callable, values: Sequence, ds, raw: dict, va
     _, sf, rf = fit(sel.best)
     return sel, evaluate_splits(ds, raw, eval_splits, synth_fn=sf, real_fn=rf, ks=ks)
 
-def cca_oracle(ds, raw: dict, pairs: dict, k: Sequence[int], ridge: float, val_split: str, eval_splits: Sequence[str],
-               metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:
-    "Linear CCA on the train pairs' raw features, its number of directions chosen on val among `k`."
+def cca_oracle(ds, raw: dict, pairs: dict, k: Sequence[int], ridge: float | Sequence[float], val_split: str,
+               eval_splits: Sequence[str], metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:
+    "Linear CCA on the train pairs' raw features; its (ridge, number of directions) chosen on val among `ridge` x `k`."
     from attrib.concept.abc_supervised import CCAOracle
     Fs, Fx = select_features(raw, pairs['synth']), select_features(raw, pairs['exemplar'])
-    def fit(kk):
-        o = CCAOracle.fit(Fs, Fx, k=kk, ridge=ridge)
-        return o.k, (lambda x: torch.as_tensor(o.synth(x))), (lambda y: torch.as_tensor(o.real(y)))
-    return fit_and_select('CCA k', fit, k, ds, raw, val_split, eval_splits, metric, ks)
+    ridges = [float(r) for r in (ridge if isinstance(ridge, Sequence) else [ridge])]
+    fitted = {r: CCAOracle.fit(Fs, Fx, ridge=r) for r in ridges}   # all directions once per ridge; k only truncates
+    def fit(rk):
+        o = replace(fitted[rk[0]], k=min(int(rk[1]), fitted[rk[0]].k))
+        return (rk[0], o.k), (lambda x: torch.as_tensor(o.synth(x))), (lambda y: torch.as_tensor(o.real(y)))
+    grid = list(dict.fromkeys(fit(rk)[0] for rk in itertools.product(ridges, k)))
+    return fit_and_select('CCA ridge, k', fit, grid, ds, raw, val_split, eval_splits, metric, ks)
 
 def pca_whitening(ds, raw: dict, train_paths: Sequence[str], k: Sequence[int], ridge: float, val_split: str,
                   eval_splits: Sequence[str], metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:

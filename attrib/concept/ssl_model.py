@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import AttribError, DataError, progress
+from ..backbones import to_memory_format
 from ..dist import is_dist, world_size, rank, all_gather_cat
 
 # %% auto #0
@@ -46,8 +47,11 @@ def _model_sequence(family: str, m: nn.Module) -> tuple[list[nn.Module], list[in
     raise AttribError(f"split_backbone: unknown backbone family {family!r}")
 
 class BackbonePart(nn.Sequential):
-    "A contiguous part of a backbone's forward (a `nn.Sequential` of its pieces); an empty part is the identity."
+    """A contiguous part of a backbone's forward (a `nn.Sequential` of its pieces); an empty part is the identity.
+    Inputs take the memory format of the backbone's `family`, as `Backbone.forward` (float rounding apart, a speed choice)."""
+    family: str = ''
     def forward(self, x):
+        x = to_memory_format(x, self.family)
         for mod in self: x = mod(x)
         return x
 
@@ -62,7 +66,9 @@ def split_backbone(backbone, n_trainable: int | str = 1, model: nn.Module | None
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= L:
         raise AttribError(f"n_trainable must be 'all' or an int in [0, {L}] for {backbone.name}, got {n_trainable!r}")
     cut = starts[L - n] if n > 0 else len(seq) - 1
-    return BackbonePart(*seq[:cut]), BackbonePart(*seq[cut:])
+    trunk, tail = BackbonePart(*seq[:cut]), BackbonePart(*seq[cut:])
+    trunk.family = tail.family = backbone.spec.family
+    return trunk, tail
 
 # %% ../../nbs/16_ssl_model.ipynb #2179e608
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 3, last_bn: bool = True) -> nn.Sequential:
