@@ -20,39 +20,66 @@ __all__ = ['AbCHeads', 'train_abc_heads', 'pair_loss', 'Calibrator', 'calibratio
 
 # %% ../../nbs/18_abc_supervised.ipynb #cd179dfc
 class AbCHeads(nn.Module):
-    "AbC's supervised tuning (Wang et al., ICCV 2023): identity-initialised linear heads for real and synthetic features, outputs l2-normalised."
+    """AbC's supervised tuning (Wang et al., ICCV 2023): identity-initialised linear heads for real and synthetic
+    features, outputs l2-normalised."""
+
     def __init__(self, dim: int):
         super().__init__()
-        if dim < 1: raise ValueError(f"dim must be >= 1, got {dim}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim = dim
         self.real, self.synth = nn.Linear(dim, dim), nn.Linear(dim, dim)
         for lin in (self.real, self.synth):
-            with torch.no_grad(): lin.weight.copy_(torch.eye(dim)); lin.bias.zero_()
+            with torch.no_grad():
+                lin.weight.copy_(torch.eye(dim))
+                lin.bias.zero_()
 
     def embed_real(self, x: torch.Tensor) -> torch.Tensor:
         "Real (exemplar / distractor) features -> tuned, l2-normalised embedding."
         return F.normalize(self.real(x.to(self.real.weight.dtype)), dim=-1)
+
     def embed_synth(self, x: torch.Tensor) -> torch.Tensor:
         "Synthetic (query) features -> tuned, l2-normalised embedding."
         return F.normalize(self.synth(x.to(self.synth.weight.dtype)), dim=-1)
 
+
 @torch.no_grad()
 def _batched(fn, x, bs=8192):
     x = torch.as_tensor(x)
-    return torch.cat([fn(x[i:i + bs].float()) for i in range(0, len(x), bs)]) if len(x) else x
+    return torch.cat([fn(x[i : i + bs].float()) for i in range(0, len(x), bs)]) if len(x) else x
 
-def train_abc_heads(synth_feats, exemplar_feats, model_ids, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
-                    weight_decay: float = 0.0, temperature: float = 0.07, seed: int = 0, val_fn: Callable | None = None,
-                    val_every: int = 1, device=None) -> tuple[AbCHeads, list[dict]]:
-    """Train `AbCHeads` on paired frozen features (row i of `synth_feats` was made from exemplar row i; `model_ids` their model), with
-    AbC's cross-domain contrastive loss. Returns the heads (the best epoch by `val_fn`, checked every `val_every` epochs and at the end, if given;
-    else the last) and per-epoch history."""
+
+def train_abc_heads(
+    synth_feats,
+    exemplar_feats,
+    model_ids,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    temperature: float = 0.07,
+    seed: int = 0,
+    val_fn: Callable | None = None,
+    val_every: int = 1,
+    device=None,
+) -> tuple[AbCHeads, list[dict]]:
+    """Train `AbCHeads` on paired frozen features (row i of `synth_feats` was made from exemplar row i; `model_ids`
+    their model), with AbC's cross-domain contrastive loss. Returns the heads (the best epoch by `val_fn`, checked
+    every `val_every` epochs and at the end, if given; else the last) and per-epoch history."""
     from attrib.losses import AbCContrastiveLoss
-    s, e = torch.as_tensor(np.asarray(synth_feats), dtype=torch.float32), torch.as_tensor(np.asarray(exemplar_feats), dtype=torch.float32)
+
+    s, e = torch.as_tensor(np.asarray(synth_feats), dtype=torch.float32), torch.as_tensor(
+        np.asarray(exemplar_feats), dtype=torch.float32
+    )
     ids = torch.as_tensor(np.asarray(model_ids), dtype=torch.long)
-    if s.ndim != 2 or s.shape != e.shape: raise DataError(f"synth_feats and exemplar_feats must be paired (N, D) arrays, got {tuple(s.shape)} and {tuple(e.shape)}")
-    if len(ids) != len(s): raise DataError(f"model_ids has {len(ids)} entries for {len(s)} pairs")
-    check_finite(s, 'synth_feats'); check_finite(e, 'exemplar_feats')
+    if s.ndim != 2 or s.shape != e.shape:
+        raise DataError(
+            f"synth_feats and exemplar_feats must be paired (N, D) arrays, got {tuple(s.shape)} and {tuple(e.shape)}"
+        )
+    if len(ids) != len(s):
+        raise DataError(f"model_ids has {len(ids)} entries for {len(s)} pairs")
+    check_finite(s, 'synth_feats')
+    check_finite(e, 'exemplar_feats')
     dev = torch.device(device or 'cpu')
     g = torch.Generator().manual_seed(seed)
     heads = AbCHeads(s.shape[1]).to(dev)
@@ -63,35 +90,54 @@ def train_abc_heads(synth_feats, exemplar_feats, model_ids, epochs: int = 30, ba
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     hist, best = [], (-math.inf, None)
     if val_fn is not None:
-        best = (float(val_fn(heads)), {k: v.clone() for k, v in heads.state_dict().items()}); hist.append(dict(epoch=0, loss=float('nan'), val=best[0]))
+        best = (float(val_fn(heads)), {k: v.clone() for k, v in heads.state_dict().items()})
+        hist.append(dict(epoch=0, loss=float('nan'), val=best[0]))
     for ep in range(1, epochs + 1):
-        heads.train(); perm, tot, n = torch.randperm(len(s), generator=g), 0.0, 0
+        heads.train()
+        perm, tot, n = torch.randperm(len(s), generator=g), 0.0, 0
         for i in range(0, len(s) - bs + 1, bs):
-            j = perm[i:i + bs]
+            j = perm[i : i + bs]
             loss = loss_fn(heads.synth(s[j].to(dev)), heads.real(e[j].to(dev)), ids[j].to(dev))
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-            tot += loss.item(); n += 1
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+            n += 1
         row = dict(epoch=ep, loss=tot / max(n, 1))
         if val_fn is not None and (ep % val_every == 0 or ep == epochs):
-            heads.eval(); row['val'] = float(val_fn(heads))
-            if row['val'] > best[0]: best = (row['val'], {k: v.clone() for k, v in heads.state_dict().items()})
+            heads.eval()
+            row['val'] = float(val_fn(heads))
+            if row['val'] > best[0]:
+                best = (row['val'], {k: v.clone() for k, v in heads.state_dict().items()})
         hist.append(row)
-    if val_fn is not None: heads.load_state_dict(best[1])
+    if val_fn is not None:
+        heads.load_state_dict(best[1])
     return heads.eval(), hist
+
 
 def pair_loss(heads: AbCHeads, synth_feats, exemplar_feats, model_ids, temperature: float = 0.07) -> float:
     "AbC's contrastive loss of `heads` on all given pairs at once (for monitoring)."
     from attrib.losses import AbCContrastiveLoss
+
     with torch.no_grad():
         s, e = (torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in (synth_feats, exemplar_feats))
-        return AbCContrastiveLoss(temperature)(heads.synth(s), heads.real(e), torch.as_tensor(np.asarray(model_ids))).item()
+        return AbCContrastiveLoss(temperature)(
+            heads.synth(s), heads.real(e), torch.as_tensor(np.asarray(model_ids))
+        ).item()
 
 # %% ../../nbs/18_abc_supervised.ipynb #8d727c76
 class Calibrator(nn.Module):
-    "AbC's calibrator (Wang et al., ICCV 2023): p_j ∝ relu(exp(inv_tau·(s_j - max s)) + bias_gain·bias) over each row's valid candidates."
+    """AbC's calibrator (Wang et al., ICCV 2023): p_j ∝ relu(exp(inv_tau·(s_j - max s)) + bias_gain·bias) over each
+    row's valid candidates."""
+
     def __init__(self, bias_gain: float = 0.001, inv_tau: float = 1.0):
         super().__init__()
-        self.inv_tau, self.bias, self.bias_gain = nn.Parameter(torch.tensor(float(inv_tau))), nn.Parameter(torch.tensor(0.0)), bias_gain
+        self.inv_tau, self.bias, self.bias_gain = (
+            nn.Parameter(torch.tensor(float(inv_tau))),
+            nn.Parameter(torch.tensor(0.0)),
+            bias_gain,
+        )
         self.threshold = nn.Softplus(beta=100)
 
     def _exp(self, scores, valid):
@@ -105,75 +151,121 @@ class Calibrator(nn.Module):
         valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
         t = F.relu(self._exp(scores, valid) + self.bias * self.bias_gain) * valid
         z = t.sum(1, keepdim=True)
-        return torch.where(z > 0, t / z.clamp_min(1e-30), valid / valid.sum(1, keepdim=True))   # all truncated: uniform over valid candidates
+        return torch.where(
+            z > 0, t / z.clamp_min(1e-30), valid / valid.sum(1, keepdim=True)
+        )  # all truncated: uniform over valid candidates
 
     def loss(self, scores, pos, valid=None) -> torch.Tensor:
-        "AbC's smoothed NLL of the positives `pos` (Q, C bool): log Σ t - mean_{pos} log t, t = softplus(exp(...) + bias)."
+        """AbC's smoothed NLL of the positives `pos` (Q, C bool): log Σ t - mean_{pos} log t, t = softplus(exp(...) +
+        bias)."""
         valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
         t = self.threshold(self._exp(scores, valid) + self.bias * self.bias_gain) * valid
         den = torch.log(t.sum(1))
         num = (torch.log(t.clamp_min(1e-300)) * pos).sum(1) / pos.sum(1)
         return (den - num).mean()
 
-def calibration_candidates(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, n_distractors: int = 100):
+
+def calibration_candidates(
+    query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, n_distractors: int = 100
+):
     """For each query: scores of its model's exemplars then of its top `n_distractors` distractors (cosine similarity).
     Returns dict(scores (Q, Pmax + n) float64, pos (Q, C) bool, valid (Q, C) bool)."""
     from attrib.concept.abc_eval import prepare_features, topk_retrieval
-    q, e = prepare_features(query_feats, 'query_feats').double(), prepare_features(exemplar_feats, 'exemplar_feats').double()
+
+    q, e = (
+        prepare_features(query_feats, 'query_feats').double(),
+        prepare_features(exemplar_feats, 'exemplar_feats').double(),
+    )
     ds_, _ = topk_retrieval(query_feats, distractor_feats, n_distractors)
     qm, em = np.asarray(query_model), np.asarray(exemplar_model)
     pos_of = {m: np.where(em == m)[0] for m in np.unique(qm)}
-    if any(len(v) == 0 for v in pos_of.values()): raise DataError("every query's model needs at least one exemplar")
-    P = max(len(v) for v in pos_of.values()); C = P + ds_.shape[1]
+    if any(len(v) == 0 for v in pos_of.values()):
+        raise DataError("every query's model needs at least one exemplar")
+    P = max(len(v) for v in pos_of.values())
+    C = P + ds_.shape[1]
     scores, pos, valid = np.zeros((len(q), C)), np.zeros((len(q), C), bool), np.zeros((len(q), C), bool)
     for i in range(len(q)):
         idx = pos_of[qm[i]]
-        scores[i, :len(idx)] = (e[idx] @ q[i]).numpy(); pos[i, :len(idx)] = valid[i, :len(idx)] = True
-        scores[i, P:] = ds_[i]; valid[i, P:] = True
+        scores[i, : len(idx)] = (e[idx] @ q[i]).numpy()
+        pos[i, : len(idx)] = valid[i, : len(idx)] = True
+        scores[i, P:] = ds_[i]
+        valid[i, P:] = True
     return dict(scores=torch.tensor(scores), pos=torch.tensor(pos), valid=torch.tensor(valid))
 
+
 def fit_calibrator(cands: dict, steps: int = 300, lr: float = 0.05, bias_gain: float = 0.001) -> Calibrator:
-    "Fit a `Calibrator` (inverse temperature and bias) by AbC's likelihood loss on held-out candidates (Adam, full batch)."
+    """Fit a `Calibrator` (inverse temperature and bias) by AbC's likelihood loss on held-out candidates (Adam, full
+    batch)."""
     cal = Calibrator(bias_gain).double()
     opt = torch.optim.Adam(cal.parameters(), lr=lr)
     for _ in range(steps):
-        opt.zero_grad(); l = cal.loss(cands['scores'], cands['pos'], cands['valid']); l.backward(); opt.step()
-        with torch.no_grad(): cal.inv_tau.clamp_(min=1e-3)
+        opt.zero_grad()
+        l = cal.loss(cands['scores'], cands['pos'], cands['valid'])
+        l.backward()
+        opt.step()
+        with torch.no_grad():
+            cal.inv_tau.clamp_(min=1e-3)
     return cal.eval()
+
 
 @torch.no_grad()
 def calibration_metrics(cal: Calibrator, cands: dict, n_bins: int = 15) -> dict:
-    "NLL of the exemplars (mean over a query's exemplars, then over queries), top-1 ECE, mean top-1 confidence and accuracy."
+    """NLL of the exemplars (mean over a query's exemplars, then over queries), top-1 ECE, mean top-1 confidence and
+    accuracy."""
     p = cal(cands['scores'], cands['valid']).double()
     pos = cands['pos']
     nll = (-(torch.log(p.clamp_min(1e-12)) * pos).sum(1) / pos.sum(1)).mean().item()
     conf, top = p.max(1)
     acc = pos.gather(1, top[:, None])[:, 0].double()
     bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
-    ece = sum(((bins == b).double().mean() * (conf[bins == b].mean() - acc[bins == b].mean()).abs()).item()
-              for b in range(n_bins) if (bins == b).any())
-    return dict(nll=nll, ece=ece, top1_conf=conf.mean().item(), top1_acc=acc.mean().item(), inv_tau=float(cal.inv_tau), bias=float(cal.bias * cal.bias_gain))
+    ece = sum(
+        ((bins == b).double().mean() * (conf[bins == b].mean() - acc[bins == b].mean()).abs()).item()
+        for b in range(n_bins)
+        if (bins == b).any()
+    )
+    return dict(
+        nll=nll,
+        ece=ece,
+        top1_conf=conf.mean().item(),
+        top1_acc=acc.mean().item(),
+        inv_tau=float(cal.inv_tau),
+        bias=float(cal.bias * cal.bias_gain),
+    )
 
 # %% ../../nbs/18_abc_supervised.ipynb #a9c5bd35
 @dataclass
 class CCAOracle:
-    "Linear CCA (synthetic X vs exemplar Y) fitted on pairs; `synth(x)`, `real(y)` project onto the top `k` canonical directions (optionally ρ-weighted)."
+    """Linear CCA (synthetic X vs exemplar Y) fitted on pairs; `synth(x)`, `real(y)` project onto the top `k` canonical
+    directions (optionally ρ-weighted)."""
+
     res: object
     k: int
     scale: str = 'none'
 
     @classmethod
-    def fit(cls, synth_feats, exemplar_feats, k: int | None = None, ridge: float = 1e-3, scale: str = 'none') -> 'CCAOracle':
+    def fit(
+        cls, synth_feats, exemplar_feats, k: int | None = None, ridge: float = 1e-3, scale: str = 'none'
+    ) -> 'CCAOracle':
         from attrib.linalg import cca
-        if scale not in ('none', 'rho'): raise AttribError(f"scale must be 'none' or 'rho', got {scale!r}")
+
+        if scale not in ('none', 'rho'):
+            raise AttribError(f"scale must be 'none' or 'rho', got {scale!r}")
         X, Y = (np.asarray(to_numpy(a), dtype=np.float64) for a in (synth_feats, exemplar_feats))
-        if X.shape[0] != Y.shape[0]: raise DataError(f"CCA needs paired rows, got {X.shape[0]} synthetic and {Y.shape[0]} exemplar features")
+        if X.shape[0] != Y.shape[0]:
+            raise DataError(f"CCA needs paired rows, got {X.shape[0]} synthetic and {Y.shape[0]} exemplar features")
         # ridge relative to the average variance, so one value works for any feature scale
         r = ridge * float(np.mean([X.var(0).mean(), Y.var(0).mean()]))
         res = cca(X, Y, ridge=r)
         k = res.k if k is None else min(int(k), res.k)
         return cls(res, k, scale)
 
-    def _w(self): return np.asarray(self.res.rho[:self.k]) if self.scale == 'rho' else np.ones(self.k)
-    def synth(self, x) -> np.ndarray: "Canonical scores of synthetic features."; return self.res.transform(X=np.asarray(to_numpy(x), np.float64), k=self.k) * self._w()
-    def real(self, y) -> np.ndarray: "Canonical scores of real features."; return self.res.transform(Y=np.asarray(to_numpy(y), np.float64), k=self.k) * self._w()
+    def _w(self):
+        return np.asarray(self.res.rho[: self.k]) if self.scale == 'rho' else np.ones(self.k)
+
+    def synth(self, x) -> np.ndarray:
+        "Canonical scores of synthetic features."
+        return self.res.transform(X=np.asarray(to_numpy(x), np.float64), k=self.k) * self._w()
+
+    def real(self, y) -> np.ndarray:
+        "Canonical scores of real features."
+        return self.res.transform(Y=np.asarray(to_numpy(y), np.float64), k=self.k) * self._w()

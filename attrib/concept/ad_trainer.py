@@ -13,8 +13,19 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core import (AttribError, DataError, seed_everything, get_rng_state, set_rng_state, get_device, save_checkpoint,
-                         load_checkpoint, save_json, progress, stable_hash)
+from attrib.core import (
+    AttribError,
+    DataError,
+    seed_everything,
+    get_rng_state,
+    set_rng_state,
+    get_device,
+    save_checkpoint,
+    load_checkpoint,
+    save_json,
+    progress,
+    stable_hash,
+)
 from .. import dist
 from .ssl_model import MoCoV3Model, DINOModel, convert_dist_batchnorm, EMBEDDINGS
 from ..train import cosine, warmup_cosine, restart_from_checkpoint, local_device
@@ -25,86 +36,133 @@ __all__ = ['AD_PRESETS', 'RESUME_IGNORES', 'ADConfig', 'moco_v3_transforms', 'sa
            'resume_ad', 'train_one_epoch', 'train_ad']
 
 # %% ../../nbs/17_ad_trainer.ipynb #fb58c634
-AD_PRESETS = {   # the settings behind the reported results (λ: chosen on val by the main job); ADConfig() is DINO + backbone Infomax
-    'mini_abc': dict(backbone='mobilenetv2', img_size=64, method='dino', dino_out_dim=1024, infomax_on='backbone', n_trainable=2,
-                     proj_hidden=1024, proj_dim=128, pred_hidden=1024, epochs=5, batch_size=256, lr=1.5e-4, aug_bank=8),
-    'abc_gpu': dict(backbone='dino_vitb16', img_size=None, method='dino', dino_out_dim=65536, infomax_on='backbone', n_trainable=2,
-                    lam=1.0, epochs=10, batch_size=256, lr=1.5e-4, amp='bf16', aug_bank=None, device='cuda'),
+# the settings behind the reported results (λ: chosen on val by the main job); ADConfig() is DINO + backbone Infomax
+AD_PRESETS = {
+    'mini_abc': dict(
+        backbone='mobilenetv2',
+        img_size=64,
+        method='dino',
+        dino_out_dim=1024,
+        infomax_on='backbone',
+        n_trainable=2,
+        proj_hidden=1024,
+        proj_dim=128,
+        pred_hidden=1024,
+        epochs=5,
+        batch_size=256,
+        lr=1.5e-4,
+        aug_bank=8,
+    ),
+    'abc_gpu': dict(
+        backbone='dino_vitb16',
+        img_size=None,
+        method='dino',
+        dino_out_dim=65536,
+        infomax_on='backbone',
+        n_trainable=2,
+        lam=1.0,
+        epochs=10,
+        batch_size=256,
+        lr=1.5e-4,
+        amp='bf16',
+        aug_bank=None,
+        device='cuda',
+    ),
 }
+
 
 @dataclass
 class ADConfig:
-    "Every option of A&D training (see the notebook for what each does); plain types only, so it saves with the checkpoint."
+    """Every option of A&D training (see the notebook for what each does); plain types only, so it saves with the
+    checkpoint."""
+
     # model
     backbone: str = 'mobilenetv2'
-    weights: str | None = 'default'        # 'default' | None (random init) | path to a checkpoint
-    img_size: int | None = None            # None: the backbone's own size
-    n_trainable: int | str = 2             # last backbone stages that train ('all' | int; 0 = heads only)
-    method: str = 'dino'                   # 'dino' (DINO self-distillation) | 'moco' (MoCo v3 InfoNCE)
+    weights: str | None = 'default'  # 'default' | None (random init) | path to a checkpoint
+    img_size: int | None = None  # None: the backbone's own size
+    n_trainable: int | str = 2  # last backbone stages that train ('all' | int; 0 = heads only)
+    method: str = 'dino'  # 'dino' (DINO self-distillation) | 'moco' (MoCo v3 InfoNCE)
     proj_hidden: int = 2048
-    proj_dim: int = 256                    # projector output (MoCo) / DINO bottleneck: what Infomax decorrelates
+    proj_dim: int = 256  # projector output (MoCo) / DINO bottleneck: what Infomax decorrelates
     pred_hidden: int = 2048
     dino_out_dim: int = 4096
     dino_teacher_temp: float = 0.04
     dino_student_temp: float = 0.1
     dino_center_momentum: float = 0.9
-    freeze_bn: bool = False                # keep the tail's BatchNorm statistics fixed (eval mode) while training
+    freeze_bn: bool = False  # keep the tail's BatchNorm statistics fixed (eval mode) while training
     # objective: L = align_weight * L_align + lam * L_info
     align_weight: float = 1.0
     lam: float = 1.0
     temperature: float = 0.2
-    infomax_momentum: float = 0.01         # weight of the old running estimate (CorInfoMax's l)
+    infomax_momentum: float = 0.01  # weight of the old running estimate (CorInfoMax's l)
     infomax_eps: float = 1e-8
-    infomax_on: str = 'backbone'           # 'backbone' (the retrieval features) | 'projector' (CorInfoMax's place)
+    infomax_on: str = 'backbone'  # 'backbone' (the retrieval features) | 'projector' (CorInfoMax's place)
     # momentum encoder
     momentum: float = 0.99
-    momentum_schedule: str = 'cosine'      # 'cosine' (to 1 at the end) | 'constant'
+    momentum_schedule: str = 'cosine'  # 'cosine' (to 1 at the end) | 'constant'
     # optimisation
     epochs: int = 10
-    batch_size: int = 256                  # global batch per optimizer step
+    batch_size: int = 256  # global batch per optimizer step
     accum_steps: int = 1
-    optimizer: str = 'adamw'               # 'adamw' | 'sgd'
-    lr: float = 1.5e-4                     # base lr; the lr used is lr * batch_size / 256
+    optimizer: str = 'adamw'  # 'adamw' | 'sgd'
+    lr: float = 1.5e-4  # base lr; the lr used is lr * batch_size / 256
     weight_decay: float = 0.1
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
-    amp: str | None = None                 # None | 'bf16' | 'fp16' (fp16 uses a GradScaler)
-    dtype: str = 'float32'                 # parameter / activation precision: 'float32' | 'float64' (for exactness checks)
+    amp: str | None = None  # None | 'bf16' | 'fp16' (fp16 uses a GradScaler)
+    dtype: str = 'float32'  # parameter / activation precision: 'float32' | 'float64' (for exactness checks)
     # data / augmentation (MoCo v3 style)
-    aug_strength: float = 1.0              # scales colour jitter
+    aug_strength: float = 1.0  # scales colour jitter
     crop_scale: tuple = (0.2, 1.0)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: tuple = (1.0, 0.1)
     solarize_p: tuple = (0.0, 0.2)
     flip: bool = True
-    aug_bank: int | None = None            # cache this many augmented views per image through the frozen trunk (CPU speed path)
+    aug_bank: int | None = None  # cache this many augmented views per image through the frozen trunk (CPU speed path)
     num_workers: int = 0
     # evaluation, bookkeeping
-    embedding: str = 'backbone'            # 'backbone' | 'projector'
-    eval_branch: str = 'online'            # 'online' | 'momentum'
+    embedding: str = 'backbone'  # 'backbone' | 'projector'
+    eval_branch: str = 'online'  # 'online' | 'momentum'
     seed: int = 0
     device: str | None = None
-    ckpt_every_steps: int | None = None    # extra checkpoints inside an epoch
+    ckpt_every_steps: int | None = None  # extra checkpoints inside an epoch
 
     def __post_init__(self):
-        self.crop_scale, self.blur_p, self.solarize_p = tuple(self.crop_scale), tuple(self.blur_p), tuple(self.solarize_p)
-        if self.method not in ('moco', 'dino'): raise AttribError(f"method must be 'moco' or 'dino', got {self.method!r}")
-        if self.embedding not in EMBEDDINGS: raise AttribError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
-        if self.infomax_on not in EMBEDDINGS: raise AttribError(f"infomax_on must be one of {EMBEDDINGS}, got {self.infomax_on!r}")
-        if self.amp not in (None, 'bf16', 'fp16'): raise AttribError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
-        if self.dtype not in ('float32', 'float64'): raise AttribError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.dtype == 'float64' and self.amp: raise AttribError("amp needs dtype='float32'")
-        if self.optimizer not in ('adamw', 'sgd'): raise AttribError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.momentum_schedule not in ('cosine', 'constant'): raise AttribError(f"momentum_schedule must be 'cosine' or 'constant', got {self.momentum_schedule!r}")
+        self.crop_scale, self.blur_p, self.solarize_p = (
+            tuple(self.crop_scale),
+            tuple(self.blur_p),
+            tuple(self.solarize_p),
+        )
+        if self.method not in ('moco', 'dino'):
+            raise AttribError(f"method must be 'moco' or 'dino', got {self.method!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise AttribError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.infomax_on not in EMBEDDINGS:
+            raise AttribError(f"infomax_on must be one of {EMBEDDINGS}, got {self.infomax_on!r}")
+        if self.amp not in (None, 'bf16', 'fp16'):
+            raise AttribError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.dtype not in ('float32', 'float64'):
+            raise AttribError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.dtype == 'float64' and self.amp:
+            raise AttribError("amp needs dtype='float32'")
+        if self.optimizer not in ('adamw', 'sgd'):
+            raise AttribError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.momentum_schedule not in ('cosine', 'constant'):
+            raise AttribError(f"momentum_schedule must be 'cosine' or 'constant', got {self.momentum_schedule!r}")
         if self.lam < 0 or self.align_weight < 0 or self.lam + self.align_weight == 0:
-            raise AttribError(f"need lam >= 0, align_weight >= 0 and not both 0, got lam={self.lam}, align_weight={self.align_weight}")
+            raise AttribError(
+                f"need lam >= 0, align_weight >= 0 and not both 0, got lam={self.lam}, align_weight={self.align_weight}"
+            )
         for n in ('epochs', 'batch_size', 'accum_steps'):
             v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise AttribError(f"{n} must be an int >= 1, got {v!r}")
-        if self.batch_size % self.accum_steps: raise AttribError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
-        if self.aug_bank is not None and (self.aug_bank < 2 or self.aug_bank % 2): raise AttribError(f"aug_bank must be an even int >= 2, got {self.aug_bank}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AttribError(f"{n} must be an int >= 1, got {v!r}")
+        if self.batch_size % self.accum_steps:
+            raise AttribError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        if self.aug_bank is not None and (self.aug_bank < 2 or self.aug_bank % 2):
+            raise AttribError(f"aug_bank must be an even int >= 2, got {self.aug_bank}")
 
     def to_dict(self) -> dict:
         "Plain-type dict (tuples as lists), as saved in checkpoints and metrics."
@@ -114,79 +172,132 @@ class ADConfig:
     def from_dict(cls, d: dict) -> 'ADConfig':
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
-        if unknown: raise AttribError(f"unknown ADConfig option(s): {sorted(unknown)}")
+        if unknown:
+            raise AttribError(f"unknown ADConfig option(s): {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> 'ADConfig':
-        "A named setting of `AD_PRESETS` ('mini_abc': the main job on the CPU; 'abc_gpu': DINO ViT-B/16 on AbC), then `overrides`."
-        if name not in AD_PRESETS: raise AttribError(f"no ADConfig preset {name!r}; presets: {sorted(AD_PRESETS)}")
+        """A named setting of `AD_PRESETS` ('mini_abc': the main job on the CPU; 'abc_gpu': DINO ViT-B/16 on AbC), then
+        `overrides`."""
+        if name not in AD_PRESETS:
+            raise AttribError(f"no ADConfig preset {name!r}; presets: {sorted(AD_PRESETS)}")
         return cls.from_dict({**AD_PRESETS[name], **overrides})
 
 # %% ../../nbs/17_ad_trainer.ipynb #81f8b185
-def _odd(k: float) -> int: k = max(3, int(math.ceil(k))); return k if k % 2 else k + 1
+def _odd(k: float) -> int:
+    k = max(3, int(math.ceil(k)))
+    return k if k % 2 else k + 1
+
 
 def moco_v3_transforms(pre, cfg: ADConfig):
-    "MoCo v3's two asymmetric augmentation pipelines (Chen, Xie, He, ICCV 2021) for a backbone's `Preprocess` `pre`: (view-1 transform, view-2 transform)."
+    """MoCo v3's two asymmetric augmentation pipelines (Chen, Xie, He, ICCV 2021) for a backbone's `Preprocess` `pre`:
+    (view-1 transform, view-2 transform)."""
     import torchvision.transforms as T
     from attrib.backbones import _ToRGB
+
     s, size = cfg.aug_strength, pre.img_size
     smax = 2.0 * size / 224
+
     def pipe(blur_p, sol_p):
-        t = [_ToRGB(), T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale)),
-             T.RandomApply([T.ColorJitter(0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)], p=cfg.jitter_p), T.RandomGrayscale(p=cfg.grayscale_p)]
-        if blur_p > 0: t.append(T.RandomApply([T.GaussianBlur(_odd(3 * smax) , sigma=(0.05 * smax, smax))], p=blur_p))
-        if sol_p > 0: t.append(T.RandomSolarize(128, p=sol_p))
-        if cfg.flip: t.append(T.RandomHorizontalFlip())
+        t = [
+            _ToRGB(),
+            T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale)),
+            T.RandomApply([T.ColorJitter(0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)], p=cfg.jitter_p),
+            T.RandomGrayscale(p=cfg.grayscale_p),
+        ]
+        if blur_p > 0:
+            t.append(T.RandomApply([T.GaussianBlur(_odd(3 * smax), sigma=(0.05 * smax, smax))], p=blur_p))
+        if sol_p > 0:
+            t.append(T.RandomSolarize(128, p=sol_p))
+        if cfg.flip:
+            t.append(T.RandomHorizontalFlip())
         return T.Compose(t + [T.ToTensor(), pre.normalize()])
+
     return pipe(cfg.blur_p[0], cfg.solarize_p[0]), pipe(cfg.blur_p[1], cfg.solarize_p[1])
+
 
 def sample_seed(seed: int, epoch: int, index: int, view: int = 0) -> int:
     "The seed of one image's augmentations: a fixed function of (seed, epoch, index, view)."
     return int(stable_hash(int(seed), int(epoch), int(index), int(view), n=15), 16)
 
+
 class TwoViewDataset(torch.utils.data.Dataset):
-    "Images as `(view1, view2, index)`; each view's randomness is a private stream seeded by (seed, epoch, index) (`set_epoch` before each epoch)."
+    """Images as `(view1, view2, index)`; each view's randomness is a private stream seeded by (seed, epoch, index)
+    (`set_epoch` before each epoch)."""
+
     def __init__(self, paths: Sequence[str], root=None, t1=None, t2=None, seed: int = 0):
         from attrib.images import ImagePathsDataset
+
         self.images = ImagePathsDataset(paths, root=root, transform=None)
-        self.images.transform = lambda im: im      # PIL out; the views are made below
+        self.images.transform = lambda im: im  # PIL out; the views are made below
         self.t1, self.t2, self.seed, self.epoch = t1, t2, seed, 0
-    def set_epoch(self, epoch: int): self.epoch = int(epoch)
-    def __len__(self): return len(self.images)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.images)
+
     def view(self, im, i: int, v: int):
         "View `v` (0 or 1) of image `im` (index `i`) for the current epoch."
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, i, v))
             return (self.t1 if v == 0 else self.t2)(im)
+
     def __getitem__(self, i):
         im, _ = self.images[i]
         return self.view(im, i, 0), self.view(im, i, 1), i
 
 # %% ../../nbs/17_ad_trainer.ipynb #eb5be7d7
 class EpochBatchSampler(torch.utils.data.Sampler):
-    "Batches of indices: a permutation fixed by (seed, epoch), global batches of `global_batch`, rank r's contiguous slice; drop_last."
-    def __init__(self, n: int, global_batch: int, seed: int = 0, rank: int | None = None, world_size: int | None = None):
-        self.rank = dist.rank() if rank is None else rank; self.ws = dist.world_size() if world_size is None else world_size
-        if global_batch % self.ws: raise AttribError(f"global batch {global_batch} is not divisible by the {self.ws} ranks")
-        if n < global_batch: raise DataError(f"{n} training images are fewer than one global batch of {global_batch}")
+    """Batches of indices: a permutation fixed by (seed, epoch), global batches of `global_batch`, rank r's contiguous
+    slice; drop_last."""
+
+    def __init__(
+        self, n: int, global_batch: int, seed: int = 0, rank: int | None = None, world_size: int | None = None
+    ):
+        self.rank = dist.rank() if rank is None else rank
+        self.ws = dist.world_size() if world_size is None else world_size
+        if global_batch % self.ws:
+            raise AttribError(f"global batch {global_batch} is not divisible by the {self.ws} ranks")
+        if n < global_batch:
+            raise DataError(f"{n} training images are fewer than one global batch of {global_batch}")
         self.n, self.gb, self.seed, self.epoch, self.start_batch = n, global_batch, seed, 0, 0
-    def set_epoch(self, epoch: int, start_batch: int = 0): self.epoch, self.start_batch = int(epoch), int(start_batch)
-    def __len__(self): return self.n // self.gb - self.start_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0):
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __len__(self):
+        return self.n // self.gb - self.start_batch
+
     def permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
         return torch.randperm(self.n, generator=g)
+
     def __iter__(self):
         perm, B = self.permutation(self.epoch), self.gb // self.ws
         for b in range(self.start_batch, self.n // self.gb):
-            yield perm[b * self.gb + self.rank * B: b * self.gb + (self.rank + 1) * B].tolist()
+            yield perm[b * self.gb + self.rank * B : b * self.gb + (self.rank + 1) * B].tolist()
 
 # %% ../../nbs/17_ad_trainer.ipynb #b2cd6724
 @torch.no_grad()
-def build_aug_bank(model, paths: Sequence[str], root, t1, t2, n_views: int, seed: int = 0, batch_size: int = 128,
-                   dtype=torch.float32, device=None) -> torch.Tensor:
-    "Trunk outputs of `n_views` augmented views of every image: (N, n_views, ...); views [0, V/2) from `t1`, [V/2, V) from `t2`, view v seeded by (seed, v, index)."
-    if n_views < 2 or n_views % 2: raise AttribError(f"n_views must be an even int >= 2, got {n_views}")
+def build_aug_bank(
+    model,
+    paths: Sequence[str],
+    root,
+    t1,
+    t2,
+    n_views: int,
+    seed: int = 0,
+    batch_size: int = 128,
+    dtype=torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """Trunk outputs of `n_views` augmented views of every image: (N, n_views, ...); views [0, V/2) from `t1`, [V/2, V)
+    from `t2`, view v seeded by (seed, v, index)."""
+    if n_views < 2 or n_views % 2:
+        raise AttribError(f"n_views must be an even int >= 2, got {n_views}")
     ds = TwoViewDataset(paths, root, t1, t2, seed)
     device = device or next(model.parameters()).device
     half, out = n_views // 2, None
@@ -194,16 +305,19 @@ def build_aug_bank(model, paths: Sequence[str], root, t1, t2, n_views: int, seed
         idx = list(range(a, min(len(ds), a + batch_size)))
         ims = [ds.images[i][0] for i in idx]
         for v in range(n_views):
-            ds.set_epoch(v)   # the bank's "epoch" is the view number
+            ds.set_epoch(v)  # the bank's "epoch" is the view number
             x = torch.stack([ds.view(im, i, 0 if v < half else 1) for im, i in zip(ims, idx)])
             h = model.trunk(x.to(device, next(model.parameters()).dtype)).to('cpu', dtype)
-            if out is None: out = torch.empty((len(ds), n_views, *h.shape[1:]), dtype=dtype)
-            out[a:a + len(idx), v] = h
+            if out is None:
+                out = torch.empty((len(ds), n_views, *h.shape[1:]), dtype=dtype)
+            out[a : a + len(idx), v] = h
     return out
+
 
 def bank_views(bank: torch.Tensor, idx: Sequence[int], seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     "One view-1 and one view-2 trunk output per image `idx` for this epoch, chosen by (seed, epoch, index)."
-    V = bank.shape[1]; half = V // 2
+    V = bank.shape[1]
+    half = V // 2
     a = [sample_seed(seed, epoch, int(i), 0) % half for i in idx]
     b = [half + sample_seed(seed, epoch, int(i), 1) % half for i in idx]
     idx = torch.as_tensor(list(idx))
@@ -213,30 +327,43 @@ def bank_views(bank: torch.Tensor, idx: Sequence[int], seed: int, epoch: int) ->
 @dataclass
 class ADRun:
     "The result of `train_ad`: the trained model, per-epoch history, the config and where checkpoints went."
+
     model: nn.Module
     cfg: ADConfig
     history: list = field(default_factory=list)
     out_dir: Path | None = None
+
     def embed(self, x, which: str | None = None, from_trunk: bool = False) -> torch.Tensor:
         "Retrieval embeddings of images (or trunk outputs) `x`, `which` defaulting to the config's embedding."
         return self.model.embed(x, which or self.cfg.embedding, from_trunk=from_trunk, branch=self.cfg.eval_branch)
 
+
 def _as_paths(images) -> list[str]:
-    "A flat list of image paths from a list, or from `train_images_unpaired`'s {'real': [...], 'synth': [...]} (pairs are refused)."
+    """A flat list of image paths from a list, or from `train_images_unpaired`'s {'real': [...], 'synth': [...]} (pairs
+    are refused)."""
     if isinstance(images, dict):
         bad = set(images) - {'real', 'synth'}
-        if bad: raise DataError(f"train_ad takes unpaired image lists ({{'real': [...], 'synth': [...]}}), got keys {sorted(bad)}")
+        if bad:
+            raise DataError(
+                f"train_ad takes unpaired image lists ({{'real': [...], 'synth': [...]}}), got keys {sorted(bad)}"
+            )
         images = [p for k in sorted(images) for p in images[k]]
     images = list(images)
-    if not images: raise DataError("train_ad: no training images")
+    if not images:
+        raise DataError("train_ad: no training images")
     for p in images[:1000]:
         if not isinstance(p, (str, Path)):
-            raise DataError(f"train_ad takes image paths only (A&D never sees (synthetic, exemplar) pairs), got a {type(p).__name__}: {p!r}")
+            raise DataError(
+                "train_ad takes image paths only (A&D never sees (synthetic, exemplar) pairs), "
+                f"got a {type(p).__name__}: {p!r}"
+            )
     return [str(p) for p in images]
+
 
 def build_model(cfg: ADConfig, device=None):
     "The backbone and SSL model for `cfg` (projector/predictor initialised from `cfg.seed`)."
     from attrib.backbones import create_backbone
+
     device = get_device(device or cfg.device)
     bb = create_backbone(cfg.backbone, weights=cfg.weights, img_size=cfg.img_size, device='cpu', seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -247,47 +374,67 @@ def build_model(cfg: ADConfig, device=None):
             model = DINOModel(bb, cfg.n_trainable, cfg.dino_out_dim, cfg.proj_hidden, cfg.proj_dim)
     return bb, model.to(device, getattr(torch, cfg.dtype))
 
+
 class _Views(nn.Module):
-    "The online branch over a list of views in one forward call (what DDP wraps); for DINO the student logits come out as `q`."
-    def __init__(self, online): super().__init__(); self.online = online
+    """The online branch over a list of views in one forward call (what DDP wraps); for DINO the student logits come out
+    as `q`."""
+
+    def __init__(self, online):
+        super().__init__()
+        self.online = online
+
     def forward(self, hs):
         out = []
         for h in hs:
             f, z, q = self.online(h)
-            if q is None: q = self.online.projector.head.logits(z)
+            if q is None:
+                q = self.online.projector.head.logits(z)
             out.append((f, z, q))
         return out
+
 
 def _set_train_mode(model, cfg):
     model.train()
     if cfg.freeze_bn:
         for m in list(model.online.tail.modules()) + list(model.momentum.tail.modules()):
-            if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 # %% ../../nbs/17_ad_trainer.ipynb #2f32080b
 class ADObjective(nn.Module):
-    "A&D's loss on two views, `align_weight·L_align + lam·L_info`; holds the losses' state (DINO centre, Infomax moments)."
+    """A&D's loss on two views, `align_weight·L_align + lam·L_info`; holds the losses' state (DINO centre, Infomax
+    moments)."""
+
     def __init__(self, cfg: ADConfig, dim: int):
         from attrib.losses import MoCoV3Loss, DINOLoss, InfomaxLoss
+
         super().__init__()
         self.cfg = cfg
-        self.align = MoCoV3Loss(cfg.temperature) if cfg.method == 'moco' else \
-            DINOLoss(cfg.dino_out_dim, cfg.dino_teacher_temp, cfg.dino_student_temp, cfg.dino_center_momentum)
+        self.align = (
+            MoCoV3Loss(cfg.temperature)
+            if cfg.method == 'moco'
+            else DINOLoss(cfg.dino_out_dim, cfg.dino_teacher_temp, cfg.dino_student_temp, cfg.dino_center_momentum)
+        )
         self.info = InfomaxLoss(dim, momentum=cfg.infomax_momentum, eps=cfg.infomax_eps, n_views=2)
 
     def align_loss(self, model, h1, h2, q1, q2, z1):
         "The alignment term from the online outputs `q` and the momentum (teacher) branch on trunk outputs `h1`, `h2`."
-        with torch.no_grad():       # the momentum branch runs even when unweighted: its BatchNorm statistics follow the data
-            _, k1, _ = model.momentum(h1); _, k2, _ = model.momentum(h2)
-        if self.cfg.align_weight <= 0: return z1.new_zeros(())
-        if self.cfg.method == 'moco': return self.align(q1, q2, k1, k2)
+        with torch.no_grad():  # the momentum branch runs even when unweighted: its BatchNorm statistics follow the data
+            _, k1, _ = model.momentum(h1)
+            _, k2, _ = model.momentum(h2)
+        if self.cfg.align_weight <= 0:
+            return z1.new_zeros(())
+        if self.cfg.method == 'moco':
+            return self.align(q1, q2, k1, k2)
         head_t = model.momentum.projector.head
-        with torch.no_grad(): t_out = [head_t.logits(k1), head_t.logits(k2)]
+        with torch.no_grad():
+            t_out = [head_t.logits(k1), head_t.logits(k2)]
         return self.align([q1, q2], t_out)
 
     def info_loss(self, f1, f2, z1, z2):
         "The Infomax term on the projector outputs `z` or the backbone outputs `f` (`cfg.infomax_on`)."
-        if self.cfg.lam <= 0: return z1.new_zeros((), dtype=torch.float32)
+        if self.cfg.lam <= 0:
+            return z1.new_zeros((), dtype=torch.float32)
         d1, d2 = (z1, z2) if self.cfg.infomax_on == 'projector' else (f1, f2)
         return self.info(d1.float(), d2.float())
 
@@ -296,11 +443,13 @@ class ADObjective(nn.Module):
         return self.cfg.align_weight * la.float() + self.cfg.lam * li
 
 # %% ../../nbs/17_ad_trainer.ipynb #b2893253
-RESUME_IGNORES = ('epochs', 'device', 'num_workers', 'ckpt_every_steps')   # options a resumed run may change
+RESUME_IGNORES = ('epochs', 'device', 'num_workers', 'ckpt_every_steps')  # options a resumed run may change
+
 
 @dataclass
 class ADState:
     "One A&D run in progress: what `setup_ad` builds, `train_one_epoch` advances and `save_ad` / `resume_ad` persist."
+
     cfg: ADConfig
     paths: list
     model: nn.Module
@@ -308,7 +457,7 @@ class ADState:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    online: nn.Module              # the online branch over both views (DDP-wrapped under torchrun)
+    online: nn.Module  # the online branch over both views (DDP-wrapped under torchrun)
     device: torch.device
     autocast: object
     ds: TwoViewDataset | None
@@ -323,7 +472,8 @@ class ADState:
     history: list = field(default_factory=list)
 
     @property
-    def use_scaler(self) -> bool: return self.scaler.is_enabled()
+    def use_scaler(self) -> bool:
+        return self.scaler.is_enabled()
 
     def momentum(self, step: int) -> float:
         "The momentum encoder's momentum after `step` optimizer steps."
@@ -333,14 +483,17 @@ class ADState:
 # %% ../../nbs/17_ad_trainer.ipynb #d466613c
 def _optimizer(model, cfg: ADConfig):
     params = model.trainable_parameters()
-    decay = [p for p in params if p.ndim > 1]; no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     lr = cfg.lr * cfg.batch_size / 256
     opt = torch.optim.AdamW(groups, lr=lr) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=lr, momentum=0.9)
     return params, opt
 
+
 def setup_ad(images, cfg: ADConfig, root=None, bank: torch.Tensor | None = None) -> ADState:
-    "Everything an A&D run needs (model, objective, data, optimizer, schedule, AMP, DDP) for unpaired `images`, at epoch 0."
+    """Everything an A&D run needs (model, objective, data, optimizer, schedule, AMP, DDP) for unpaired `images`, at
+    epoch 0."""
     paths = _as_paths(images)
     dist.init_distributed()
     device = local_device(cfg.device)
@@ -348,16 +501,25 @@ def setup_ad(images, cfg: ADConfig, root=None, bank: torch.Tensor | None = None)
     bb, model = build_model(cfg, device)
     objective = ADObjective(cfg, cfg.proj_dim if cfg.infomax_on == 'projector' else model.embed_dim).to(device)
     if dist.is_dist():
-        model.online = convert_dist_batchnorm(model.online); model.momentum = convert_dist_batchnorm(model.momentum)
+        model.online = convert_dist_batchnorm(model.online)
+        model.momentum = convert_dist_batchnorm(model.momentum)
     ws = dist.world_size()
     if cfg.batch_size % (ws * cfg.accum_steps):
-        raise AttribError(f"batch_size {cfg.batch_size} must be divisible by world_size x accum_steps = {ws * cfg.accum_steps}")
-    micro = cfg.batch_size // cfg.accum_steps                       # global micro-batch
-    if bank is not None and len(bank) != len(paths): raise DataError(f"the aug bank holds {len(bank)} images, {len(paths)} paths given")
-    ds = None if bank is not None else TwoViewDataset(paths, root, *moco_v3_transforms(bb.train_transform_base, cfg), cfg.seed)
+        raise AttribError(
+            f"batch_size {cfg.batch_size} must be divisible by world_size x accum_steps = {ws * cfg.accum_steps}"
+        )
+    micro = cfg.batch_size // cfg.accum_steps  # global micro-batch
+    if bank is not None and len(bank) != len(paths):
+        raise DataError(f"the aug bank holds {len(bank)} images, {len(paths)} paths given")
+    ds = (
+        None
+        if bank is not None
+        else TwoViewDataset(paths, root, *moco_v3_transforms(bb.train_transform_base, cfg), cfg.seed)
+    )
     sampler = EpochBatchSampler(len(paths), micro, cfg.seed)
     steps_per_epoch = (len(paths) // micro) // cfg.accum_steps
-    if steps_per_epoch < 1: raise DataError(f"{len(paths)} images make no full step of batch {cfg.batch_size}")
+    if steps_per_epoch < 1:
+        raise DataError(f"{len(paths)} images make no full step of batch {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     params, opt = _optimizer(model, cfg)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -366,31 +528,75 @@ def setup_ad(images, cfg: ADConfig, root=None, bank: torch.Tensor | None = None)
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     online = _Views(model.online)
-    if dist.is_dist(): online = nn.parallel.DistributedDataParallel(online, device_ids=[device.index] if device.type == 'cuda' else None)
-    return ADState(cfg, paths, model, objective, opt, sched, scaler, online, device, autocast, ds, bank, sampler,
-                   steps_per_epoch, total, params)
+    if dist.is_dist():
+        online = nn.parallel.DistributedDataParallel(
+            online, device_ids=[device.index] if device.type == 'cuda' else None
+        )
+    return ADState(
+        cfg,
+        paths,
+        model,
+        objective,
+        opt,
+        sched,
+        scaler,
+        online,
+        device,
+        autocast,
+        ds,
+        bank,
+        sampler,
+        steps_per_epoch,
+        total,
+        params,
+    )
 
 # %% ../../nbs/17_ad_trainer.ipynb #0a028337
 def save_ad(st: ADState, path: Path | None, epoch: int, batch: int):
     "Checkpoint the run at (`epoch`, `batch`) into `path` atomically (main rank only; nothing when `path` is None)."
-    if path is None or not dist.is_main(): return
-    save_checkpoint(dict(model=st.model.state_dict(), info=st.objective.info.state_dict(), align=st.objective.align.state_dict(),
-                         optimizer=st.opt.state_dict(), scheduler=st.sched.state_dict(),
-                         scaler=st.scaler.state_dict() if st.use_scaler else {}, rng=get_rng_state(), epoch=epoch,
-                         batch_in_epoch=batch, global_step=st.gstep, history=st.history, config=st.cfg.to_dict(),
-                         n_images=len(st.paths)), path)
+    if path is None or not dist.is_main():
+        return
+    save_checkpoint(
+        dict(
+            model=st.model.state_dict(),
+            info=st.objective.info.state_dict(),
+            align=st.objective.align.state_dict(),
+            optimizer=st.opt.state_dict(),
+            scheduler=st.sched.state_dict(),
+            scaler=st.scaler.state_dict() if st.use_scaler else {},
+            rng=get_rng_state(),
+            epoch=epoch,
+            batch_in_epoch=batch,
+            global_step=st.gstep,
+            history=st.history,
+            config=st.cfg.to_dict(),
+            n_images=len(st.paths),
+        ),
+        path,
+    )
+
 
 def resume_ad(st: ADState, path: Path | None) -> bool:
     "Continue `st` from the checkpoint at `path` if there is one made with the same options (`RESUME_IGNORES` aside)."
     ck = restart_from_checkpoint(path, st.cfg.to_dict(), ignore=RESUME_IGNORES)
-    if ck is None: return False
-    st.model.load_state_dict(ck['model']); st.objective.info.load_state_dict(ck['info'])
+    if ck is None:
+        return False
+    st.model.load_state_dict(ck['model'])
+    st.objective.info.load_state_dict(ck['info'])
     st.objective.align.load_state_dict(ck['align'])
-    st.opt.load_state_dict(ck['optimizer']); st.sched.load_state_dict(ck['scheduler'])
-    if st.use_scaler and ck.get('scaler'): st.scaler.load_state_dict(ck['scaler'])
-    st.epoch, st.start_batch, st.gstep, st.history = ck['epoch'], ck['batch_in_epoch'], ck['global_step'], list(ck['history'])
+    st.opt.load_state_dict(ck['optimizer'])
+    st.sched.load_state_dict(ck['scheduler'])
+    if st.use_scaler and ck.get('scaler'):
+        st.scaler.load_state_dict(ck['scaler'])
+    st.epoch, st.start_batch, st.gstep, st.history = (
+        ck['epoch'],
+        ck['batch_in_epoch'],
+        ck['global_step'],
+        list(ck['history']),
+    )
     set_rng_state(ck['rng'])
-    if dist.is_main(): print(f'resumed from {path} at epoch {st.epoch}, batch {st.start_batch}')
+    if dist.is_main():
+        print(f'resumed from {path} at epoch {st.epoch}, batch {st.start_batch}')
     return True
 
 # %% ../../nbs/17_ad_trainer.ipynb #4cbcafd1
@@ -408,65 +614,101 @@ def _views(st: ADState, item, epoch: int):
     x2 = torch.stack([st.ds.view(im, i, 1) for im, i in zip(ims, item)]).to(st.device, dt)
     return st.model.trunk(x1), st.model.trunk(x2)
 
+
 def _batches(st: ADState):
     it = iter(st.sampler)
-    if st.cfg.num_workers and st.ds is not None:   # workers prefetch (views are seeded per image, so the result is the same)
+    if (
+        st.cfg.num_workers and st.ds is not None
+    ):  # workers prefetch (views are seeded per image, so the result is the same)
         kw = dict(num_workers=st.cfg.num_workers, collate_fn=lambda b: b[0])
         it = iter(torch.utils.data.DataLoader(_BatchViews(st.ds), sampler=list(st.sampler), **kw))
     return it
+
 
 def _micro_step(st: ADState, item, epoch: int, b: int, sync: bool) -> tuple[float, float, float]:
     "Forward and backward of one micro-batch; returns its (loss, align, info) contributions."
     cfg, obj = st.cfg, st.objective
     h1, h2 = _views(st, item, epoch)
-    with (st.online.no_sync() if (dist.is_dist() and not sync) else nullcontext()):
+    with st.online.no_sync() if (dist.is_dist() and not sync) else nullcontext():
         with st.autocast():
             (f1, z1, q1), (f2, z2, q2) = st.online([h1, h2])
             la = obj.align_loss(st.model, h1, h2, q1, q2, z1)
         li = obj.info_loss(f1, f2, z1, z2)
         loss = obj.total(la, li) / cfg.accum_steps
-        if not torch.isfinite(loss): raise AttribError(f"non-finite loss at epoch {epoch}, step {b} (align {la.item()}, info {li.item()})")
+        if not torch.isfinite(loss):
+            raise AttribError(f"non-finite loss at epoch {epoch}, step {b} (align {la.item()}, info {li.item()})")
         st.scaler.scale(loss).backward()
     return loss.item(), la.item() / cfg.accum_steps, li.item() / cfg.accum_steps
 
+
 def train_one_epoch(st: ADState, save=None, log_every: int = 0) -> dict:
-    "Train epoch `st.epoch` from batch `st.start_batch` to its end; `save(epoch, batch)` checkpoints mid-epoch. Returns its history row."
+    """Train epoch `st.epoch` from batch `st.start_batch` to its end; `save(epoch, batch)` checkpoints mid-epoch.
+    Returns its history row."""
     cfg, epoch = st.cfg, st.epoch
     _set_train_mode(st.model, cfg)
     st.sampler.set_epoch(epoch, st.start_batch * cfg.accum_steps)
-    if st.ds is not None: st.ds.set_epoch(epoch)
-    sums, n_steps, t0 = dict(loss=0., align=0., info=0.), 0, time.time()
+    if st.ds is not None:
+        st.ds.set_epoch(epoch)
+    sums, n_steps, t0 = dict(loss=0.0, align=0.0, info=0.0), 0, time.time()
     it = _batches(st)
     for b in range(st.start_batch, st.steps_per_epoch):
         st.opt.zero_grad(set_to_none=True)
         for a in range(cfg.accum_steps):
             last = _micro_step(st, next(it), epoch, b, sync=a == cfg.accum_steps - 1)
-            for k, v in zip(sums, last): sums[k] += v
+            for k, v in zip(sums, last):
+                sums[k] += v
         if cfg.grad_clip:
-            st.scaler.unscale_(st.opt); nn.utils.clip_grad_norm_(st.params, cfg.grad_clip)
-        st.scaler.step(st.opt); st.scaler.update(); st.sched.step()
+            st.scaler.unscale_(st.opt)
+            nn.utils.clip_grad_norm_(st.params, cfg.grad_clip)
+        st.scaler.step(st.opt)
+        st.scaler.update()
+        st.sched.step()
         st.model.update_momentum(st.momentum(st.gstep + 1))
-        st.gstep += 1; n_steps += 1
+        st.gstep += 1
+        n_steps += 1
         if log_every and dist.is_main() and st.gstep % log_every == 0:
             print(f'epoch {epoch} step {b + 1}/{st.steps_per_epoch} loss {last[0] * cfg.accum_steps:.4f}')
-        if save is not None and cfg.ckpt_every_steps and st.gstep % cfg.ckpt_every_steps == 0 and b + 1 < st.steps_per_epoch:
+        if (
+            save is not None
+            and cfg.ckpt_every_steps
+            and st.gstep % cfg.ckpt_every_steps == 0
+            and b + 1 < st.steps_per_epoch
+        ):
             save(epoch, b + 1)
     n = max(n_steps, 1)
-    row = dict(epoch=epoch, loss=sums['loss'] / n, align=sums['align'] / n, info=sums['info'] / n, lr=st.sched.get_last_lr()[0],
-               momentum=st.momentum(st.gstep), steps=n_steps, seconds=time.time() - t0)
+    row = dict(
+        epoch=epoch,
+        loss=sums['loss'] / n,
+        align=sums['align'] / n,
+        info=sums['info'] / n,
+        lr=st.sched.get_last_lr()[0],
+        momentum=st.momentum(st.gstep),
+        steps=n_steps,
+        seconds=time.time() - t0,
+    )
     st.history.append(row)
     st.epoch, st.start_batch = epoch + 1, 0
     return row
 
 # %% ../../nbs/17_ad_trainer.ipynb #35cc7151
-def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None, resume: bool = True,
-             stop_after_epochs: int | None = None, bank: torch.Tensor | None = None, log_every: int = 0) -> ADRun:
+def train_ad(
+    images,
+    cfg: ADConfig,
+    out_dir: str | Path | None = None,
+    root=None,
+    resume: bool = True,
+    stop_after_epochs: int | None = None,
+    bank: torch.Tensor | None = None,
+    log_every: int = 0,
+) -> ADRun:
     """Alignment-and-Disentanglement training (Liu et al. 2026; MoCo v3 / DINO + λ·Infomax) on unpaired images `images`
-    (a list of paths relative to `root`, or `train_images_unpaired`'s dict). Checkpoints to `out_dir/checkpoints/last.pt` and resumes from it."""
+    (a list of paths relative to `root`, or `train_images_unpaired`'s dict). Checkpoints to
+    `out_dir/checkpoints/last.pt` and resumes from it."""
     st = setup_ad(images, cfg, root, bank)
     out_dir = Path(out_dir) if out_dir is not None else None
-    ck = out_dir/'checkpoints'/'last.pt' if out_dir is not None else None
-    if resume: resume_ad(st, ck)
+    ck = out_dir / 'checkpoints' / 'last.pt' if out_dir is not None else None
+    if resume:
+        resume_ad(st, ck)
     save = lambda epoch, batch: save_ad(st, ck, epoch, batch)
     stop_at = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
     while st.epoch < stop_at:
@@ -479,8 +721,16 @@ def train_ad(images, cfg: ADConfig, out_dir: str | Path | None = None, root=None
 # %% ../../nbs/17_ad_trainer.ipynb #5d57d64e
 class _BatchViews(torch.utils.data.Dataset):
     "Wraps a TwoViewDataset so a DataLoader worker builds a whole batch (indices list -> (x1, x2))."
-    def __init__(self, ds): self.ds = ds
-    def __len__(self): return 1 << 62
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return 1 << 62
+
     def __getitem__(self, idx):
         ims = [self.ds.images[i][0] for i in idx]
-        return (torch.stack([self.ds.view(im, i, 0) for im, i in zip(ims, idx)]), torch.stack([self.ds.view(im, i, 1) for im, i in zip(ims, idx)]))
+        return (
+            torch.stack([self.ds.view(im, i, 0) for im, i in zip(ims, idx)]),
+            torch.stack([self.ds.view(im, i, 1) for im, i in zip(ims, idx)]),
+        )

@@ -22,89 +22,160 @@ __all__ = ['HIST', 'MIN_CONTRAST', 'NEAR_DUP', 'THRESHOLDS', 'IMAGENET', 'RANDOM
 # %% ../../nbs/12a_benchmark_card.ipynb #259ba5e0
 def color_histogram(img: np.ndarray, bins: int = 8) -> np.ndarray:
     "A 3-D RGB colour histogram (bins^3 cells, sums to 1) of an H x W x 3 uint8 image."
-    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8: raise DataError(f'need an H x W x 3 uint8 image, got {img.dtype} {img.shape}')
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+        raise DataError(f'need an H x W x 3 uint8 image, got {img.dtype} {img.shape}')
     q = (img.reshape(-1, 3).astype(np.int64) * bins) // 256
-    h = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins ** 3).astype(np.float32)
+    h = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins**3).astype(np.float32)
     return h / h.sum()
+
 
 def color_histogram_features(ds, paths, bins: int = 8) -> dict:
     "Colour-histogram features of `paths` (relative to the dataset root) as `{'feats', 'paths'}`."
     from attrib.images import load_image
-    f = np.stack([color_histogram(np.asarray(load_image(ds.path(p))), bins) for p in paths]) if len(paths) else np.zeros((0, bins ** 3), np.float32)
+
+    f = (
+        np.stack([color_histogram(np.asarray(load_image(ds.path(p))), bins) for p in paths])
+        if len(paths)
+        else np.zeros((0, bins**3), np.float32)
+    )
     return dict(feats=torch.from_numpy(f), paths=list(paths))
 
 # %% ../../nbs/12a_benchmark_card.ipynb #0e8167b8
 def card_paths(ds, splits) -> list[str]:
     "Every image the card needs: the distractors, then each split's exemplars and queries (deduplicated, in order)."
     from attrib.features import split_image_paths
+
     return list(dict.fromkeys(ds.distractor_paths() + [p for sp in splits for p in split_image_paths(ds, sp)]))
+
 
 HIST = 'colour histogram'
 
-def raw_baselines(ds, splits, backbones=('mobilenetv2', 'mobilenetv2:random'), img_size: int | None = 64, batch_size: int = 128,
-                  bins: int = 8, ks=(5, 10, 100), threads: int | None = 1, log=None) -> pd.DataFrame:
-    "Raw AbC evaluation per split of each backbone's features and of the colour histogram: one row per (method, split, synth type)."
+
+def raw_baselines(
+    ds,
+    splits,
+    backbones=('mobilenetv2', 'mobilenetv2:random'),
+    img_size: int | None = 64,
+    batch_size: int = 128,
+    bins: int = 8,
+    ks=(5, 10, 100),
+    threads: int | None = 1,
+    log=None,
+) -> pd.DataFrame:
+    """Raw AbC evaluation per split of each backbone's features and of the colour histogram: one row per (method, split,
+    synth type)."""
     from attrib.backbones import backbone_from_string
     from attrib.features import extract_features
     from attrib.concept.abc_eval import evaluate_split
+
     paths, rows = card_paths(ds, splits), []
-    feats = {b: (lambda b=b: extract_features(backbone_from_string(b, img_size=img_size), paths, root=ds.root, batch_size=batch_size,
-                                              show_progress=False, threads=threads)) for b in backbones}
+    feats = {
+        b: (
+            lambda b=b: extract_features(
+                backbone_from_string(b, img_size=img_size),
+                paths,
+                root=ds.root,
+                batch_size=batch_size,
+                show_progress=False,
+                threads=threads,
+            )
+        )
+        for b in backbones
+    }
     feats[HIST] = lambda: color_histogram_features(ds, paths, bins)
     for name, fn in feats.items():
-        t0 = time.perf_counter(); f = fn()
+        t0 = time.perf_counter()
+        f = fn()
         for sp in splits:
             s, _ = evaluate_split(ds, sp, f, ks=ks)
-            for st, r in s.iterrows(): rows.append(dict(method=name, split=sp, synth_type=st, **r.to_dict()))
-        if log: log(f'{name}: {time.perf_counter() - t0:.0f} s')
+            for st, r in s.iterrows():
+                rows.append(dict(method=name, split=sp, synth_type=st, **r.to_dict()))
+        if log:
+            log(f'{name}: {time.perf_counter() - t0:.0f} s')
     return pd.DataFrame(rows)
 
 # %% ../../nbs/12a_benchmark_card.ipynb #9acffb9c
-MIN_CONTRAST = 6.   # thumbnails with a pixel std below this (of 255) are near-uniform: their correlation is noise, not content
+MIN_CONTRAST = (
+    6.0  # thumbnails with a pixel std below this (of 255) are near-uniform: their correlation is noise, not content
+)
 
-NEAR_DUP = .97      # the audit's (and the builder's dedup's) threshold on the thumbnail correlation
+NEAR_DUP = 0.97  # the audit's (and the builder's dedup's) threshold on the thumbnail correlation
+
 
 def thumb_descriptor(images: np.ndarray, n: int = 12) -> np.ndarray:
-    """Centred, unit-norm RGB thumbnails (n x n, box-filtered) of N x H x W x 3 uint8 images: a perceptual descriptor for near-duplicate
-    scans. Near-uniform thumbnails (std < MIN_CONTRAST) are zeroed: two flat images correlate by chance, and a flat image has no content."""
-    if not len(images): return np.zeros((0, 3 * n * n), np.float32)
-    a = np.stack([np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((n, n), Image.BOX), np.float32) for im in images])
-    a = (a - a.mean((1, 2), keepdims=True)).reshape(len(a), -1); flat = a.std(1) < MIN_CONTRAST   # centred per channel: layout, not colour
-    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6); a[flat] = 0
+    """Centred, unit-norm RGB thumbnails (n x n, box-filtered) of N x H x W x 3 uint8 images: a perceptual descriptor
+    for near-duplicate scans. Near-uniform thumbnails (std < MIN_CONTRAST) are zeroed: two flat images correlate by
+    chance, and a flat image has no content."""
+    if not len(images):
+        return np.zeros((0, 3 * n * n), np.float32)
+    a = np.stack(
+        [np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize((n, n), Image.BOX), np.float32) for im in images]
+    )
+    a = (a - a.mean((1, 2), keepdims=True)).reshape(len(a), -1)
+    flat = a.std(1) < MIN_CONTRAST  # centred per channel: layout, not colour
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6)
+    a[flat] = 0
     return a
+
 
 def _thumbs(ds, paths, n: int = 12) -> np.ndarray:
     "`thumb_descriptor` of the images at `paths` (relative to the dataset root)."
     return thumb_descriptor([np.asarray(Image.open(ds.path(p)).convert('RGB')) for p in paths], n)
 
+
 def leakage_audit(ds, near_dup: float = NEAR_DUP, thumb: int = 12, sources: dict | None = None) -> dict:
     """Whether any distractor, train or val image shares its source content with a test exemplar (source ids from
-    `dataset/meta/sources.json`, or `sources`), plus a perceptual near-duplicate scan and a count of the labelled hard negatives."""
+    `dataset/meta/sources.json`, or `sources`), plus a perceptual near-duplicate scan and a count of the labelled hard
+    negatives."""
     from attrib.features import split_image_paths
-    f = ds.root/'dataset'/'meta'/'sources.json'
+
+    f = ds.root / 'dataset' / 'meta' / 'sources.json'
     if sources is None:
-        if not f.is_file(): raise DataError(f'{f}: no source records (built by mini-AbC v4 or later); cannot audit leakage')
+        if not f.is_file():
+            raise DataError(f'{f}: no source records (built by mini-AbC v4 or later); cannot audit leakage')
         sources = load_json(f)
     roles = {s: ds.split_info(s)['role'] for s in ds.split_names()}
     test_ex = list(dict.fromkeys(p for s, r in roles.items() if r == 'test' for p in ds.exemplars(s)[0]))
-    others = {'distractor': ds.distractor_paths(), **{s: split_image_paths(ds, s) for s, r in roles.items() if r != 'test'}}
+    others = {
+        'distractor': ds.distractor_paths(),
+        **{s: split_image_paths(ds, s) for s, r in roles.items() if r != 'test'},
+    }
+
     def ids(p):
-        if p not in sources: raise DataError(f'{f}: no source record for {p}')
+        if p not in sources:
+            raise DataError(f'{f}: no source record for {p}')
         return sources[p]['sources']
+
     test_ids = {i: p for p in test_ex for i in ids(p)}
     train_ids = {i for s, r in roles.items() if r == 'train' for p in others[s] for i in ids(p)}
-    out = dict(n_test_exemplars=len(test_ex), near_dup_threshold=near_dup, shared_sources={}, near_duplicates={}, hard_negatives={})
-    T = _thumbs(ds, test_ex, thumb); out['n_test_exemplars_flat'] = int((np.abs(T).sum(1) == 0).sum())   # not scanned (no content)
+    out = dict(
+        n_test_exemplars=len(test_ex),
+        near_dup_threshold=near_dup,
+        shared_sources={},
+        near_duplicates={},
+        hard_negatives={},
+    )
+    T = _thumbs(ds, test_ex, thumb)
+    out['n_test_exemplars_flat'] = int((np.abs(T).sum(1) == 0).sum())  # not scanned (no content)
     for name, ps in others.items():
         shared = [(p, i) for p in ps for i in ids(p) if i in test_ids]
-        out['shared_sources'][name] = dict(n=len(shared), examples=[dict(image=p, source=i, test_exemplar=test_ids[i]) for p, i in shared[:5]])
+        out['shared_sources'][name] = dict(
+            n=len(shared), examples=[dict(image=p, source=i, test_exemplar=test_ids[i]) for p, i in shared[:5]]
+        )
         best = (_thumbs(ds, ps, thumb) @ T.T).max(1) if len(ps) and len(T) else np.zeros(0)
-        out['near_duplicates'][name] = dict(n=int((best > near_dup).sum()), max_corr=float(best.max()) if len(best) else None,
-                                            examples=[ps[i] for i in np.argsort(-best)[:3] if best[i] > near_dup])
+        out['near_duplicates'][name] = dict(
+            n=int((best > near_dup).sum()),
+            max_corr=float(best.max()) if len(best) else None,
+            examples=[ps[i] for i in np.argsort(-best)[:3] if best[i] > near_dup],
+        )
         hn = [sources[p]['hard_negative'] for p in ps if sources[p].get('hard_negative')]
         out['hard_negatives'][name] = {k: hn.count(k) for k in sorted(set(hn))}
-        out.setdefault('redrawn', {})[name] = sum(bool(sources[p].get('redrawn')) for p in ps)   # the builder's own dedup
-    val_ex = [p for s, r in roles.items() if r == 'val' for p in ds.exemplars(s)[0]]   # a val concept's own sources (not the shared contexts)
+        out.setdefault('redrawn', {})[name] = sum(
+            bool(sources[p].get('redrawn')) for p in ps
+        )  # the builder's own dedup
+    val_ex = [
+        p for s, r in roles.items() if r == 'val' for p in ds.exemplars(s)[0]
+    ]  # a val concept's own sources (not the shared contexts)
     val_shared = [p for p in val_ex if set(ids(p)) & train_ids]
     out['val_shares_with_train'] = dict(n=len(val_shared), examples=val_shared[:5])
     out['n_shared'] = sum(v['n'] for v in out['shared_sources'].values()) + len(val_shared)
@@ -114,76 +185,144 @@ def leakage_audit(ds, near_dup: float = NEAR_DUP, thumb: int = 12, sources: dict
 
 # %% ../../nbs/12a_benchmark_card.ipynb #f6584f48
 def gram_features(ds, paths, layers: int = 4, img_size: int = 64, batch_size: int = 64) -> torch.Tensor:
-    "Unit-norm Gram matrices (upper triangles) of the early conv features of ImageNet MobileNetV2: a texture descriptor per image."
+    """Unit-norm Gram matrices (upper triangles) of the early conv features of ImageNet MobileNetV2: a texture
+    descriptor per image."""
     from attrib.backbones import create_backbone
     from attrib.images import load_image
-    bb = create_backbone('mobilenetv2', img_size=img_size); net = bb.model.features[:layers].eval(); out = []
+
+    bb = create_backbone('mobilenetv2', img_size=img_size)
+    net = bb.model.features[:layers].eval()
+    out = []
     with torch.no_grad():
         for i in range(0, len(paths), batch_size):
-            h = net(torch.stack([bb.transform(load_image(ds.path(p))) for p in paths[i:i + batch_size]])).flatten(2)
-            g = h @ h.transpose(1, 2) / h.shape[-1]; iu = torch.triu_indices(g.shape[1], g.shape[1])
-            v = g[:, iu[0], iu[1]]; out.append(v / v.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            h = net(torch.stack([bb.transform(load_image(ds.path(p))) for p in paths[i : i + batch_size]])).flatten(2)
+            g = h @ h.transpose(1, 2) / h.shape[-1]
+            iu = torch.triu_indices(g.shape[1], g.shape[1])
+            v = g[:, iu[0], iu[1]]
+            out.append(v / v.norm(dim=1, keepdim=True).clamp_min(1e-8))
     return torch.cat(out)
+
 
 def texture_statistic(ds, splits, **kw) -> dict:
     "Per style split: mean Gram distance of each query to its own model's exemplars vs to the other models' exemplars."
     res = {}
     for sp in splits:
-        qp, qm, _ = ds.queries(sp); ep, em = ds.exemplars(sp); models = np.unique(em)
-        if len(models) < 2: raise DataError(f'{sp}: the texture statistic needs at least 2 models, got {len(models)}')
-        G = gram_features(ds, qp + ep, **kw); D = torch.cdist(G[:len(qp)].double(), G[len(qp):].double()).numpy()
-        Dm = np.stack([D[:, em == m].mean(1) for m in models], 1)            # queries x models
-        own = Dm[np.arange(len(qp)), np.searchsorted(models, qm)]; other = (Dm.sum(1) - own) / (len(models) - 1)
-        res[sp] = dict(own=float(own.mean()), other=float(other.mean()), ratio=float(own.mean() / other.mean()),
-                       frac_own_smaller=float((own < other).mean()), frac_own_nearest=float(((Dm < own[:, None]).sum(1) == 0).mean()), n_queries=len(qp))
+        qp, qm, _ = ds.queries(sp)
+        ep, em = ds.exemplars(sp)
+        models = np.unique(em)
+        if len(models) < 2:
+            raise DataError(f'{sp}: the texture statistic needs at least 2 models, got {len(models)}')
+        G = gram_features(ds, qp + ep, **kw)
+        D = torch.cdist(G[: len(qp)].double(), G[len(qp) :].double()).numpy()
+        Dm = np.stack([D[:, em == m].mean(1) for m in models], 1)  # queries x models
+        own = Dm[np.arange(len(qp)), np.searchsorted(models, qm)]
+        other = (Dm.sum(1) - own) / (len(models) - 1)
+        res[sp] = dict(
+            own=float(own.mean()),
+            other=float(other.mean()),
+            ratio=float(own.mean() / other.mean()),
+            frac_own_smaller=float((own < other).mean()),
+            frac_own_nearest=float(((Dm < own[:, None]).sum(1) == 0).mean()),
+            n_queries=len(qp),
+        )
     return res
 
 # %% ../../nbs/12a_benchmark_card.ipynb #177a01b2
-THRESHOLDS = dict(object_gain=1.5, object_r5=(.10, .60), style_r5=.05, val_models=100, texture_ratio=.9, texture_frac=.8,
-                  n_distractors=20_000, build_wall_s=600)
+THRESHOLDS = dict(
+    object_gain=1.5,
+    object_r5=(0.10, 0.60),
+    style_r5=0.05,
+    val_models=100,
+    texture_ratio=0.9,
+    texture_frac=0.8,
+    n_distractors=20_000,
+    build_wall_s=600,
+)
 IMAGENET, RANDOM = 'mobilenetv2', 'mobilenetv2:random'
 
-def card_properties(ds, baselines: pd.DataFrame, audit: dict, texture: dict, manifest: dict | None = None, th: dict = THRESHOLDS) -> dict:
+
+def card_properties(
+    ds, baselines: pd.DataFrame, audit: dict, texture: dict, manifest: dict | None = None, th: dict = THRESHOLDS
+) -> dict:
     "Issue 12's properties 1-6 from the card's measurements: per property its numbers and whether it is met."
     b = baselines[baselines.synth_type == 'all'].set_index(['method', 'split'])
     splits = [s for s in dict.fromkeys(baselines.split) if ds.split_info(s)['role'] == 'test']
-    obj = [s for s in splits if ds.split_info(s)['centric'] == 'object']; sty = [s for s in splits if ds.split_info(s)['centric'] == 'style']
+    obj = [s for s in splits if ds.split_info(s)['centric'] == 'object']
+    sty = [s for s in splits if ds.split_info(s)['centric'] == 'style']
     v = lambda m, s, k: float(b.loc[(m, s), k])
-    p1 = {s: {f'{k} vs {o}': v(IMAGENET, s, k) / max(v(o, s, k), 1e-12) for k in ('R@5', 'mAP') for o in (RANDOM, HIST)} for s in splits}
-    met1 = all(r >= th['object_gain'] for s in obj for r in p1[s].values()) and all(r > 1 for s in sty for r in p1[s].values())
+    p1 = {
+        s: {f'{k} vs {o}': v(IMAGENET, s, k) / max(v(o, s, k), 1e-12) for k in ('R@5', 'mAP') for o in (RANDOM, HIST)}
+        for s in splits
+    }
+    met1 = all(r >= th['object_gain'] for s in obj for r in p1[s].values()) and all(
+        r > 1 for s in sty for r in p1[s].values()
+    )
     p2 = {s: v(IMAGENET, s, 'R@5') for s in splits}
-    met2 = all(th['object_r5'][0] <= p2[s] <= th['object_r5'][1] for s in obj) and all(p2[s] >= th['style_r5'] for s in sty)
+    met2 = all(th['object_r5'][0] <= p2[s] <= th['object_r5'][1] for s in obj) and all(
+        p2[s] >= th['style_r5'] for s in sty
+    )
     n_val = ds.split_info('val')['n_models'] if 'val' in ds.split_names() else 0
     val_shared = audit['shared_sources'].get('val', {}).get('n', 0) + audit['val_shares_with_train']['n']
-    met5 = all(t['ratio'] <= th['texture_ratio'] and t['frac_own_smaller'] >= th['texture_frac'] for t in texture.values()) and bool(texture)
+    met5 = all(
+        t['ratio'] <= th['texture_ratio'] and t['frac_own_smaller'] >= th['texture_frac'] for t in texture.values()
+    ) and bool(texture)
     n_dis, wall = len(ds.distractor_paths()), (manifest or {}).get('build_wall_s')
     return {
-        '1 learned features beat colour statistics': dict(met=met1, ratios=p1, rule=f"object splits >= {th['object_gain']}x, style splits > 1x"),
-        '2 signal with headroom': dict(met=met2, imagenet_r5=p2, rule=f"object R@5 in {list(th['object_r5'])}, style R@5 >= {th['style_r5']}"),
-        '3 val is a proxy (card part)': dict(met=n_val >= th['val_models'] and val_shared == 0, val_models=n_val, val_shared_sources=val_shared,
-                                            rule=f">= {th['val_models']} val models sharing no source; Kendall tau: the main job"),
-        '4 no leakage': dict(met=bool(audit['clean']), shared=audit['n_shared'], near_duplicates=audit['n_near_duplicates'],
-                             hard_negatives=audit['hard_negatives'].get('distractor', {}),
-                             redrawn_by_builder=audit.get('redrawn', {}).get('distractor', 0)),
-        '5 style is rendered': dict(met=met5, texture=texture, rule=f"own/other <= {th['texture_ratio']}, own smaller for >= {th['texture_frac']:.0%}"),
-        '6 size and cost': dict(met=n_dis >= th['n_distractors'] and (wall is None or wall <= th['build_wall_s']), n_distractors=n_dis,
-                                build_wall_s=wall, rule=f">= {th['n_distractors']} distractors, build <= {th['build_wall_s']} s"),
+        '1 learned features beat colour statistics': dict(
+            met=met1, ratios=p1, rule=f"object splits >= {th['object_gain']}x, style splits > 1x"
+        ),
+        '2 signal with headroom': dict(
+            met=met2, imagenet_r5=p2, rule=f"object R@5 in {list(th['object_r5'])}, style R@5 >= {th['style_r5']}"
+        ),
+        '3 val is a proxy (card part)': dict(
+            met=n_val >= th['val_models'] and val_shared == 0,
+            val_models=n_val,
+            val_shared_sources=val_shared,
+            rule=f">= {th['val_models']} val models sharing no source; Kendall tau: the main job",
+        ),
+        '4 no leakage': dict(
+            met=bool(audit['clean']),
+            shared=audit['n_shared'],
+            near_duplicates=audit['n_near_duplicates'],
+            hard_negatives=audit['hard_negatives'].get('distractor', {}),
+            redrawn_by_builder=audit.get('redrawn', {}).get('distractor', 0),
+        ),
+        '5 style is rendered': dict(
+            met=met5,
+            texture=texture,
+            rule=f"own/other <= {th['texture_ratio']}, own smaller for >= {th['texture_frac']:.0%}",
+        ),
+        '6 size and cost': dict(
+            met=n_dis >= th['n_distractors'] and (wall is None or wall <= th['build_wall_s']),
+            n_distractors=n_dis,
+            build_wall_s=wall,
+            rule=f">= {th['n_distractors']} distractors, build <= {th['build_wall_s']} s",
+        ),
     }
 
 # %% ../../nbs/12a_benchmark_card.ipynb #367069d2
 def _fmt(v) -> str:
     "A value of the card as short text: floats to 3 significant digits, dicts as `key value; ...`."
-    if isinstance(v, float): return f'{v:.3g}' if abs(v) < 1000 else f'{v:.0f}'
-    if isinstance(v, dict): return '; '.join(f'{k} {_fmt(x)}' for k, x in v.items())
-    if isinstance(v, (list, tuple)): return ', '.join(_fmt(x) for x in v)
+    if isinstance(v, float):
+        return f'{v:.3g}' if abs(v) < 1000 else f'{v:.0f}'
+    if isinstance(v, dict):
+        return '; '.join(f'{k} {_fmt(x)}' for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ', '.join(_fmt(x) for x in v)
     return str(v)
+
 
 def _md(card: dict) -> str:
     "The card as markdown: identity, the raw baselines (R@5 / mAP per split), and each property with its verdict."
-    b = pd.DataFrame(card['baselines']); a = b[b.synth_type == 'all']
-    lines = [f"# Benchmark card: {card['dataset'].get('name', '?')} v{card['dataset'].get('version', '?')} "
-             f"({card['dataset'].get('size', '?')}, seed {card['dataset'].get('seed', '?')})", '',
-             f"content hash `{card['dataset'].get('content_hash')}`; measured in {card['wall_s']:.0f} s", '']
+    b = pd.DataFrame(card['baselines'])
+    a = b[b.synth_type == 'all']
+    lines = [
+        f"# Benchmark card: {card['dataset'].get('name', '?')} v{card['dataset'].get('version', '?')} "
+        f"({card['dataset'].get('size', '?')}, seed {card['dataset'].get('seed', '?')})",
+        '',
+        f"content hash `{card['dataset'].get('content_hash')}`; measured in {card['wall_s']:.0f} s",
+        '',
+    ]
     for k in ('R@5', 'mAP'):
         t = a.pivot(index='method', columns='split', values=k)
         lines += [f'## Raw {k}', '', '| method | ' + ' | '.join(t.columns) + ' |', '|---' * (len(t.columns) + 1) + '|']
@@ -192,28 +331,58 @@ def _md(card: dict) -> str:
     for name, p in card['properties'].items():
         lines.append(f"- **{name}: {'met' if p['met'] else 'NOT met'}** (rule: {p.get('rule', '-')})")
         for k, v in p.items():
-            if k in ('met', 'rule'): continue
+            if k in ('met', 'rule'):
+                continue
             if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
                 lines += [f'  - {k}, {sk}: {_fmt(sv)}' for sk, sv in v.items()]
-            else: lines.append(f'  - {k}: {_fmt(v)}')
+            else:
+                lines.append(f'  - {k}: {_fmt(v)}')
     return '\n'.join(lines) + '\n'
 
-def benchmark_card(root, splits=None, out_dir=None, img_size: int | None = 64, batch_size: int = 128, bins: int = 8,
-                   backbones=(IMAGENET, RANDOM), near_dup: float = NEAR_DUP, log=None) -> dict:
-    "Measure the card of the dataset at `root` (raw baselines, audit, texture, properties); write card.json + card.md into `out_dir` (default root)."
+
+def benchmark_card(
+    root,
+    splits=None,
+    out_dir=None,
+    img_size: int | None = 64,
+    batch_size: int = 128,
+    bins: int = 8,
+    backbones=(IMAGENET, RANDOM),
+    near_dup: float = NEAR_DUP,
+    log=None,
+) -> dict:
+    """Measure the card of the dataset at `root` (raw baselines, audit, texture, properties); write card.json + card.md
+    into `out_dir` (default root)."""
     from attrib.concept.abc_data import AbCDataset
-    t0 = time.perf_counter(); ds = AbCDataset(root)
-    splits = list(splits) if splits else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test'] + \
-        (['val'] if 'val' in ds.split_names() else [])
-    man = load_json(ds.root/'manifest.json') if (ds.root/'manifest.json').is_file() else {}
+
+    t0 = time.perf_counter()
+    ds = AbCDataset(root)
+    splits = (
+        list(splits)
+        if splits
+        else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
+        + (['val'] if 'val' in ds.split_names() else [])
+    )
+    man = load_json(ds.root / 'manifest.json') if (ds.root / 'manifest.json').is_file() else {}
     base = raw_baselines(ds, splits, backbones=backbones, img_size=img_size, batch_size=batch_size, bins=bins, log=log)
     audit = leakage_audit(ds, near_dup=near_dup)
-    texture = texture_statistic(ds, [s for s in splits if ds.split_info(s)['role'] == 'test' and ds.split_info(s)['centric'] == 'style'])
-    card = dict(dataset={k: man.get(k) for k in ('name', 'version', 'size', 'seed', 'key', 'content_hash', 'build_wall_s', 'build_cpu_s')},
-                settings=dict(img_size=img_size, bins=bins, backbones=list(backbones), near_dup=near_dup, splits=splits),
-                baselines=base.to_dict('records'), audit=audit, texture=texture,
-                properties=card_properties(ds, base, audit, texture, man), wall_s=round(time.perf_counter() - t0, 1))
+    texture = texture_statistic(
+        ds, [s for s in splits if ds.split_info(s)['role'] == 'test' and ds.split_info(s)['centric'] == 'style']
+    )
+    card = dict(
+        dataset={
+            k: man.get(k)
+            for k in ('name', 'version', 'size', 'seed', 'key', 'content_hash', 'build_wall_s', 'build_cpu_s')
+        },
+        settings=dict(img_size=img_size, bins=bins, backbones=list(backbones), near_dup=near_dup, splits=splits),
+        baselines=base.to_dict('records'),
+        audit=audit,
+        texture=texture,
+        properties=card_properties(ds, base, audit, texture, man),
+        wall_s=round(time.perf_counter() - t0, 1),
+    )
     out = Path(out_dir) if out_dir is not None else ds.root
-    save_json(card, out/'card.json')
-    with atomic_write(out/'card.md', 'w') as f: f.write(_md(card))
+    save_json(card, out / 'card.json')
+    with atomic_write(out / 'card.md', 'w') as f:
+        f.write(_md(card))
     return card

@@ -19,103 +19,201 @@ __all__ = ['frozen_trunk_features', 'embed_from_trunk', 'model_features', 'abc_e
 # %% ../../nbs/17a_concept_eval.ipynb #65943b8a
 class _TrunkExtractor(nn.Module):
     "A model's frozen trunk as an `extract_features` backbone (outputs flattened)."
+
     def __init__(self, model, transform, key):
-        super().__init__(); self.m, self.transform, self.key, self.weights_id = model, transform, key, 'trunk'
+        super().__init__()
+        self.m, self.transform, self.key, self.weights_id = model, transform, key, 'trunk'
         self.embed_dim = 0
-    def forward(self, x): return self.m.trunk(x.to(next(self.m.parameters()).dtype)).flatten(1)
+
+    def forward(self, x):
+        return self.m.trunk(x.to(next(self.m.parameters()).dtype)).flatten(1)
+
 
 class _EmbedExtractor(nn.Module):
     "A model's retrieval embedding as an `extract_features` backbone."
+
     def __init__(self, model, transform, key, which, branch):
-        super().__init__(); self.m, self.transform, self.key, self.weights_id, self.which, self.branch = model, transform, key, 'embed', which, branch
+        super().__init__()
+        self.m, self.transform, self.key, self.weights_id, self.which, self.branch = (
+            model,
+            transform,
+            key,
+            'embed',
+            which,
+            branch,
+        )
         self.embed_dim = 0
-    def forward(self, x): return self.m.embed(x, self.which, branch=self.branch)
+
+    def forward(self, x):
+        return self.m.embed(x, self.which, branch=self.branch)
 
 # %% ../../nbs/17a_concept_eval.ipynb #340d4559
-def frozen_trunk_features(model, paths: Sequence[str], root, transform, cache=None, batch_size: int = 128, num_workers: int = 0,
-                   device=None, show_progress: bool = True) -> dict:
-    "Frozen-trunk outputs of `paths` as `{'feats': N x (C*H*W), 'paths', 'shape': (C, H, W)}`, computed once (cached in file `cache` if given)."
+def frozen_trunk_features(
+    model,
+    paths: Sequence[str],
+    root,
+    transform,
+    cache=None,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device=None,
+    show_progress: bool = True,
+) -> dict:
+    """Frozen-trunk outputs of `paths` as `{'feats': N x (C*H*W), 'paths', 'shape': (C, H, W)}`, computed once (cached
+    in file `cache` if given)."""
     from attrib.features import extract_features
-    if not paths: raise DataError("frozen_trunk_features: no images")
+
+    if not paths:
+        raise DataError("frozen_trunk_features: no images")
     from attrib.images import load_image
+
     with torch.no_grad():
-        probe = model.trunk(transform(load_image(Path(root)/paths[0] if root is not None else paths[0]))[None].to(next(model.parameters()).device, next(model.parameters()).dtype))
-    out = extract_features(_TrunkExtractor(model, transform, f'trunk'), list(paths), root=root, cache=cache, batch_size=batch_size,
-                           num_workers=num_workers, device=device, show_progress=show_progress)
+        probe = model.trunk(
+            transform(load_image(Path(root) / paths[0] if root is not None else paths[0]))[None].to(
+                next(model.parameters()).device, next(model.parameters()).dtype
+            )
+        )
+    out = extract_features(
+        _TrunkExtractor(model, transform, f'trunk'),
+        list(paths),
+        root=root,
+        cache=cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        show_progress=show_progress,
+    )
     out['shape'] = tuple(probe.shape[1:])
     return out
 
 # %% ../../nbs/17a_concept_eval.ipynb #fbfe5f77
 @torch.no_grad()
-def embed_from_trunk(model, trunk: dict, which: str = 'backbone', branch: str = 'online', batch_size: int = 1024) -> dict:
-    "Retrieval embeddings `{'feats', 'paths'}` of every image in `trunk` (from `frozen_trunk_features`), running only the model's tail and heads."
+def embed_from_trunk(
+    model, trunk: dict, which: str = 'backbone', branch: str = 'online', batch_size: int = 1024
+) -> dict:
+    """Retrieval embeddings `{'feats', 'paths'}` of every image in `trunk` (from `frozen_trunk_features`), running only
+    the model's tail and heads."""
     p = next(model.parameters())
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     try:
-        h = trunk['feats']; shp = trunk['shape']
-        out = [model.embed(h[i:i + batch_size].to(p.device, p.dtype).view(-1, *shp), which, from_trunk=True, branch=branch).float().cpu()
-               for i in range(0, len(h), batch_size)]
-    finally: model.train(was)
+        h = trunk['feats']
+        shp = trunk['shape']
+        out = [
+            model.embed(
+                h[i : i + batch_size].to(p.device, p.dtype).view(-1, *shp), which, from_trunk=True, branch=branch
+            )
+            .float()
+            .cpu()
+            for i in range(0, len(h), batch_size)
+        ]
+    finally:
+        model.train(was)
     return {'feats': torch.cat(out), 'paths': list(trunk['paths'])}
 
 # %% ../../nbs/17a_concept_eval.ipynb #2fa5cfab
-def model_features(model, paths: Sequence[str], root, transform, which: str = 'backbone', branch: str = 'online', cache=None,
-                   batch_size: int = 128, num_workers: int = 0, device=None, amp: bool = False, show_progress: bool = True) -> dict:
-    "Retrieval embeddings of `paths` by a full forward pass (trunk included): the path for large galleries on GPUs; cached/sharded by `extract_features`."
+def model_features(
+    model,
+    paths: Sequence[str],
+    root,
+    transform,
+    which: str = 'backbone',
+    branch: str = 'online',
+    cache=None,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device=None,
+    amp: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Retrieval embeddings of `paths` by a full forward pass (trunk included): the path for large galleries on GPUs;
+    cached/sharded by `extract_features`."""
     from attrib.features import extract_features
-    return extract_features(_EmbedExtractor(model, transform, 'embed', which, branch), list(paths), root=root, cache=cache, batch_size=batch_size,
-                            num_workers=num_workers, device=device, amp=amp, show_progress=show_progress)
+
+    return extract_features(
+        _EmbedExtractor(model, transform, 'embed', which, branch),
+        list(paths),
+        root=root,
+        cache=cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        amp=amp,
+        show_progress=show_progress,
+    )
 
 # %% ../../nbs/17a_concept_eval.ipynb #ca6122ca
 def abc_eval_paths(ds, splits: Sequence[str]) -> list[str]:
-    "Every image the AbC evaluation of `splits` needs (distractors first, then each split's exemplars and queries), each once."
+    """Every image the AbC evaluation of `splits` needs (distractors first, then each split's exemplars and queries),
+    each once."""
     from attrib.features import split_image_paths
+
     return list(dict.fromkeys([*ds.distractor_paths(), *(p for s in splits for p in split_image_paths(ds, s))]))
 
 # %% ../../nbs/17a_concept_eval.ipynb #3e91e4a3
-def evaluate_splits(ds, feats: dict, splits: Sequence[str], synth_fn=None, real_fn=None, ks=(5, 10, 100),
-                      return_per_query: bool = False):
-    """AbC protocol on every split from one `{'feats', 'paths'}` dict; queries go through `synth_fn`, exemplars and distractors through `real_fn`
-    (identity by default). Returns a table indexed by (split, synth_type) with centric/seen columns (and per-query tables if asked)."""
+def evaluate_splits(
+    ds, feats: dict, splits: Sequence[str], synth_fn=None, real_fn=None, ks=(5, 10, 100), return_per_query: bool = False
+):
+    """AbC protocol on every split from one `{'feats', 'paths'}` dict; queries go through `synth_fn`, exemplars and
+    distractors through `real_fn` (identity by default). Returns a table indexed by (split, synth_type) with
+    centric/seen columns (and per-query tables if asked)."""
     import pandas as pd
     from attrib.features import select_features
     from attrib.concept.abc_eval import evaluate_abc
+
     ident = lambda x: x
     synth_fn, real_fn = synth_fn or ident, real_fn or ident
     d = torch.as_tensor(real_fn(select_features(feats, ds.distractor_paths())))
     rows, pqs = [], {}
     for sp in splits:
-        qp, qm, qt = ds.queries(sp); ep, em = ds.exemplars(sp)
-        q = torch.as_tensor(synth_fn(select_features(feats, qp))); e = torch.as_tensor(real_fn(select_features(feats, ep)))
+        qp, qm, qt = ds.queries(sp)
+        ep, em = ds.exemplars(sp)
+        q = torch.as_tensor(synth_fn(select_features(feats, qp)))
+        e = torch.as_tensor(real_fn(select_features(feats, ep)))
         s, pq = evaluate_abc(q, qm, qt, e, em, d, ks=ks)
         info = ds.split_info(sp)
         s = s.reset_index().rename(columns={'index': 'synth_type'})
-        s.insert(0, 'split', sp); s.insert(1, 'centric', info['centric']); s.insert(2, 'seen', info['seen'])
-        rows.append(s); pq['path'] = qp; pqs[sp] = pq
+        s.insert(0, 'split', sp)
+        s.insert(1, 'centric', info['centric'])
+        s.insert(2, 'seen', info['seen'])
+        rows.append(s)
+        pq['path'] = qp
+        pqs[sp] = pq
     table = pd.concat(rows, ignore_index=True).set_index(['split', 'synth_type'])
     return (table, pqs) if return_per_query else table
 
 # %% ../../nbs/17a_concept_eval.ipynb #fb2e18b3
 def mean_abs_offdiag_corr(x, max_dims: int | None = None) -> float:
-    "Mean |Pearson correlation| over pairs of distinct dimensions of `x` (N, D) (the first `max_dims` dims if given); constant dims are skipped."
+    """Mean |Pearson correlation| over pairs of distinct dimensions of `x` (N, D) (the first `max_dims` dims if given);
+    constant dims are skipped."""
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    if max_dims: x = x[:, :max_dims]
+    if max_dims:
+        x = x[:, :max_dims]
     x = x[:, x.std(0) > 1e-12]
-    if x.shape[1] < 2: raise DataError("need at least 2 non-constant dimensions")
+    if x.shape[1] < 2:
+        raise DataError("need at least 2 non-constant dimensions")
     c = np.corrcoef(x.T)
     return float(np.abs(c[~np.eye(len(c), dtype=bool)]).mean())
 
+
 def query_exemplar_pairs(ds, feats: dict, split: str, synth_fn=None, real_fn=None):
-    "Paired rows (synthetic query, one of its exemplars) of `split`, every query with each of its model's exemplars: (Xq, Ye) tensors."
+    """Paired rows (synthetic query, one of its exemplars) of `split`, every query with each of its model's exemplars:
+    (Xq, Ye) tensors."""
     from attrib.features import select_features
-    qp, qm, _ = ds.queries(split); ep, em = ds.exemplars(split)
-    q = torch.as_tensor((synth_fn or (lambda x: x))(select_features(feats, qp))); e = torch.as_tensor((real_fn or (lambda x: x))(select_features(feats, ep)))
+
+    qp, qm, _ = ds.queries(split)
+    ep, em = ds.exemplars(split)
+    q = torch.as_tensor((synth_fn or (lambda x: x))(select_features(feats, qp)))
+    e = torch.as_tensor((real_fn or (lambda x: x))(select_features(feats, ep)))
     qi, ei = zip(*[(i, j) for i, m in enumerate(qm) for j in np.where(em == m)[0]])
     return q[list(qi)], e[list(ei)]
 
+
 def domain_canonical_correlations(X, Y, ridge: float = 1e-3) -> np.ndarray:
-    "Canonical correlations between paired synthetic X and real Y features (`attrib.linalg`, ridge relative to the mean variance), descending."
+    """Canonical correlations between paired synthetic X and real Y features (`attrib.linalg`, ridge relative to the
+    mean variance), descending."""
     from attrib.linalg import canonical_correlations
+
     X, Y = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in (X, Y))
     r = ridge * float(np.mean([X.var(0).mean(), Y.var(0).mean()]))
     return np.asarray(canonical_correlations(X, Y, ridge=r))

@@ -30,22 +30,34 @@ __all__ = ['METHODS', 'SEARCH_KEYS', 'COMPARISONS', 'VAL_IGNORES', 'Timings', 'a
            'canonical_correlations', 'plot_canonical', 'plot_retrieval_examples']
 
 # %% ../../nbs/17b_concept_job.ipynb #1568721f
-METHODS = ['raw', 'colour histogram', 'PCA whitening', 'align-only', 'infomax-only', 'A&D', 'AbC supervised',
-           'CCA oracle']
+METHODS = [
+    'raw',
+    'colour histogram',
+    'PCA whitening',
+    'align-only',
+    'infomax-only',
+    'A&D',
+    'AbC supervised',
+    'CCA oracle',
+]
 SEARCH_KEYS = ('n_trainable', 'method', 'infomax_on', 'epochs', 'lr')
-COMPARISONS = [('A&D', m) for m in ('raw', 'align-only', 'infomax-only', 'PCA whitening', 'AbC supervised',
-                                    'CCA oracle')]
+COMPARISONS = [
+    ('A&D', m) for m in ('raw', 'align-only', 'infomax-only', 'PCA whitening', 'AbC supervised', 'CCA oracle')
+]
 
 # %% ../../nbs/17b_concept_job.ipynb #c5d24813
 class Timings(dict):
     "Wall and CPU seconds of named phases of a job (`with timings(name): ...`), and the job's total so far."
+
     def __init__(self):
-        super().__init__(); self._t = Timer().__enter__()
+        super().__init__()
+        self._t = Timer().__enter__()
 
     @contextmanager
     def __call__(self, name: str):
         "Time the block and record it under `name` as {'wall_s', 'cpu_s'}."
-        with Timer() as t: yield
+        with Timer() as t:
+            yield
         self[name] = dict(wall_s=round(t.s, 1), cpu_s=round(t.cpu, 1))
 
     def total(self) -> tuple[float, float]:
@@ -64,37 +76,51 @@ def search_settings(cfg: ADConfig, search: Mapping | None = None, trunk_cache: b
     "The settings (dicts over `SEARCH_KEYS`) of the val search: `cfg`'s values first, crossed with `search`'s lists."
     search = dict(search or {})
     bad = set(search) - set(SEARCH_KEYS)
-    if bad: raise AttribError(f'search: unknown keys {sorted(bad)}; known: {SEARCH_KEYS}')
+    if bad:
+        raise AttribError(f'search: unknown keys {sorted(bad)}; known: {SEARCH_KEYS}')
     if search.get('n_trainable') and (trunk_cache or cfg.aug_bank):
-        raise AttribError('search over n_trainable needs trunk_cache=False and aug_bank=None '
-                          '(the cached trunk ends where the trainable stages begin)')
+        raise AttribError(
+            'search over n_trainable needs trunk_cache=False and aug_bank=None '
+            '(the cached trunk ends where the trainable stages begin)'
+        )
     grid = {k: list(dict.fromkeys([getattr(cfg, k)] + list(search.get(k, [])))) for k in SEARCH_KEYS}
     return [dict(zip(SEARCH_KEYS, v)) for v in itertools.product(*grid.values())]
+
 
 def setting_key(st: Mapping) -> tuple:
     "A setting as a hashable key (its values in `SEARCH_KEYS` order)."
     return tuple(st[k] for k in SEARCH_KEYS)
 
 # %% ../../nbs/17b_concept_job.ipynb #280ee438
-VAL_IGNORES = ('device', 'num_workers', 'ckpt_every_steps')   # options that do not change a finished run's val results
+VAL_IGNORES = ('device', 'num_workers', 'ckpt_every_steps')  # options that do not change a finished run's val results
+
 
 def _val_records(v: ValResults) -> dict:
     t = v.table.reset_index()
-    return dict(splits=list(v.splits), columns=list(t.columns),
-                rows=[[x.item() if hasattr(x, 'item') else x for x in r] for r in t.itertuples(index=False)])
+    return dict(
+        splits=list(v.splits),
+        columns=list(t.columns),
+        rows=[[x.item() if hasattr(x, 'item') else x for x in r] for r in t.itertuples(index=False)],
+    )
+
 
 def _val_from_records(d: dict) -> ValResults:
     t = pd.DataFrame(d['rows'], columns=d['columns']).set_index(['split', 'synth_type'])
     return ValResults(t, roles={s: 'val' for s in d['splits']})
 
+
 class ADRuns:
     "The A&D-family runs of a job by (setting, λ, alignment weight, seed): trained once, checkpointed, reused."
-    def __init__(self, cfg: ADConfig, # the job's configuration; runs set `SEARCH_KEYS`, `lam`, `align_weight`, `seed`
-                 images, # the unpaired training images (paths, or `train_images_unpaired`'s dict)
-                 val_fn: Callable, # model -> its `ValResults` (val only)
-                 root=None, # folder the image paths are relative to
-                 bank: torch.Tensor | None = None, # augmentation bank of trunk outputs (`build_aug_bank`)
-                 out_dir: str | Path | None = None): # one folder per run in here (None: nothing is saved)
+
+    def __init__(
+        self,
+        cfg: ADConfig,  # the job's configuration; runs set `SEARCH_KEYS`, `lam`, `align_weight`, `seed`
+        images,  # the unpaired training images (paths, or `train_images_unpaired`'s dict)
+        val_fn: Callable,  # model -> its `ValResults` (val only)
+        root=None,  # folder the image paths are relative to
+        bank: torch.Tensor | None = None,  # augmentation bank of trunk outputs (`build_aug_bank`)
+        out_dir: str | Path | None = None,
+    ):  # one folder per run in here (None: nothing is saved)
         self.cfg, self.images, self.val_fn, self.root, self.bank = cfg, images, val_fn, root, bank
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.runs, self.status = {}, {}
@@ -106,62 +132,99 @@ class ADRuns:
     @staticmethod
     def name(cfg: ADConfig) -> str:
         "A run's folder name: its searched options, λ, alignment weight and seed."
-        return (f'{cfg.method}-{cfg.infomax_on}-nt{cfg.n_trainable}-ep{cfg.epochs}-lr{cfg.lr:g}'
-                f'-lam{cfg.lam:g}-aw{cfg.align_weight:g}-s{cfg.seed}')
+        return (
+            f'{cfg.method}-{cfg.infomax_on}-nt{cfg.n_trainable}-ep{cfg.epochs}-lr{cfg.lr:g}'
+            f'-lam{cfg.lam:g}-aw{cfg.align_weight:g}-s{cfg.seed}'
+        )
 
     def _saved_val(self, cfg: ADConfig, path: Path | None) -> ValResults | None:
-        if path is None or not path.is_file(): return None
+        if path is None or not path.is_file():
+            return None
         d = load_json(path)
-        if config_diff(d.get('config', {}), cfg.to_dict(), ignore=VAL_IGNORES): return None   # another run's: recompute
+        if config_diff(d.get('config', {}), cfg.to_dict(), ignore=VAL_IGNORES):
+            return None  # another run's: recompute
         return _val_from_records(d['val'])
 
     def __call__(self, st: Mapping, lam: float, align_weight: float, seed: int) -> dict:
         "The record {'model', 'history', 'val'} of one run: trained (or resumed) once, then read back."
         key = (setting_key(st), float(lam), float(align_weight), int(seed))
-        if key in self.runs: return self.runs[key]
+        if key in self.runs:
+            return self.runs[key]
         cfg = self.config(st, lam, align_weight, seed)
-        d = self.out_dir/self.name(cfg) if self.out_dir is not None else None
-        ck = d is not None and (d/'checkpoints'/'last.pt').exists()
-        val = self._saved_val(cfg, d/'val.json') if ck else None       # val results count only beside their checkpoint
+        d = self.out_dir / self.name(cfg) if self.out_dir is not None else None
+        ck = d is not None and (d / 'checkpoints' / 'last.pt').exists()
+        val = self._saved_val(cfg, d / 'val.json') if ck else None  # val results count only beside their checkpoint
         status = 'reused' if val is not None else 'resumed' if ck else 'trained'
         r = train_ad(self.images, cfg, out_dir=d, root=self.root, bank=self.bank)
         if val is None:
             val = self.val_fn(r.model)
             if not isinstance(val, ValResults):
                 raise AttribError(f'val_fn must return ValResults, got {type(val).__name__}')
-            if d is not None: save_json(dict(config=cfg.to_dict(), val=_val_records(val)), d/'val.json')
+            if d is not None:
+                save_json(dict(config=cfg.to_dict(), val=_val_records(val)), d / 'val.json')
         self.runs[key] = dict(model=r.model, history=r.history, val=val)
         self.status[self.name(cfg)] = status
-        if self.out_dir is not None: save_json(self.status, self.out_dir/'runs.json')
+        if self.out_dir is not None:
+            save_json(self.status, self.out_dir / 'runs.json')
         return self.runs[key]
 
 # %% ../../nbs/17b_concept_job.ipynb #6a962418
 class Embedder:
     "Retrieval features `{'feats', 'paths'}` of `paths` for any model: via the cached frozen trunk, or full passes."
-    def __init__(self, base, # the untrained model (its frozen trunk is run once)
-                 paths: Sequence[str], root, transform, # the images, their folder, the backbone's eval transform
-                 trunk_cache: bool = True, # embed from the cached trunk outputs (exact); False: full forward passes
-                 cache=None, # file of the trunk outputs (reused when present)
-                 which: str = 'backbone', # the embedding a call returns by default ('backbone' | 'projector')
-                 batch_size: int = 256, num_workers: int = 0, device=None, amp: bool = False):
+
+    def __init__(
+        self,
+        base,  # the untrained model (its frozen trunk is run once)
+        paths: Sequence[str],
+        root,
+        transform,  # the images, their folder, the backbone's eval transform
+        trunk_cache: bool = True,  # embed from the cached trunk outputs (exact); False: full forward passes
+        cache=None,  # file of the trunk outputs (reused when present)
+        which: str = 'backbone',  # the embedding a call returns by default ('backbone' | 'projector')
+        batch_size: int = 256,
+        num_workers: int = 0,
+        device=None,
+        amp: bool = False,
+    ):
         self.paths, self.root, self.transform, self.which = list(paths), root, transform, which
         self.batch_size, self.num_workers, self.device, self.amp = batch_size, num_workers, device, amp
         self.trunk = None
         if trunk_cache:
-            self.trunk = frozen_trunk_features(base, self.paths, root, transform, cache=cache, batch_size=batch_size,
-                                               num_workers=num_workers, device=device, show_progress=False)
+            self.trunk = frozen_trunk_features(
+                base,
+                self.paths,
+                root,
+                transform,
+                cache=cache,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+                show_progress=False,
+            )
 
     def __call__(self, model, which: str | None = None) -> dict:
         "`model`'s `which` embedding (default: the embedder's) of every image."
         which = which or self.which
-        if self.trunk is not None: return embed_from_trunk(model, self.trunk, which)
-        return model_features(model, self.paths, self.root, self.transform, which, batch_size=self.batch_size,
-                              num_workers=self.num_workers, device=self.device, amp=self.amp, show_progress=False)
+        if self.trunk is not None:
+            return embed_from_trunk(model, self.trunk, which)
+        return model_features(
+            model,
+            self.paths,
+            self.root,
+            self.transform,
+            which,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            amp=self.amp,
+            show_progress=False,
+        )
 
 # %% ../../nbs/17b_concept_job.ipynb #0aa678d3
 @dataclass
 class ValOf:
     "A model's `ValResults` on `val_split` through an `Embedder` (the job's `val_fn` for `ADRuns`)."
+
     ds: object
     embed: Callable
     val_split: str = 'val'
@@ -180,6 +243,7 @@ def mean_val(recs: Sequence[dict], metrics: Sequence[str]) -> ValResults:
 @dataclass
 class ADSearch:
     "The val search: every candidate's mean val results by (setting key, λ), and the two choices made on them."
+
     candidates: dict
     ad: Selection
     align: Selection
@@ -205,56 +269,85 @@ class ADSearch:
 
     def table(self, metrics: Sequence[str]) -> pd.DataFrame:
         "Every candidate's val `metrics`, one row per (setting, λ, synth type): the numbers the choices were made on."
-        return pd.DataFrame([dict(zip(SEARCH_KEYS, k[0]), lam=k[1], synth_type=st_, **{m: float(r[m]) for m in metrics})
-                             for k, v in self.candidates.items() for (sp, st_), r in v.table.iterrows()])
+        return pd.DataFrame(
+            [
+                dict(zip(SEARCH_KEYS, k[0]), lam=k[1], synth_type=st_, **{m: float(r[m]) for m in metrics})
+                for k, v in self.candidates.items()
+                for (sp, st_), r in v.table.iterrows()
+            ]
+        )
 
     def lambda_val(self) -> dict:
         "Val mAP and R@5 of A&D's chosen setting at every λ of the sweep, keyed by str(λ)."
-        return {str(k[1]): {'mAP': float(v.score('mAP')), 'R@5': float(v.score('R@5'))}
-                for k, v in self.candidates.items() if k[0] == setting_key(self.setting)}
+        return {
+            str(k[1]): {'mAP': float(v.score('mAP')), 'R@5': float(v.score('R@5'))}
+            for k, v in self.candidates.items()
+            if k[0] == setting_key(self.setting)
+        }
 
-def search_ad(runs: Callable, # an `ADRuns`: called with (setting, λ, alignment weight, seed), returns {'val': ...}
-              settings: Sequence[Mapping], lambda_sweep: Sequence[float], sweep_seeds: Sequence[int],
-              metric: str = 'mAP', # what the choices maximise (mean over the val splits, synth type 'all')
-              metrics: Sequence[str] = ('mAP', 'R@5', 'R@10', 'R@100')) -> ADSearch:
+
+def search_ad(
+    runs: Callable,  # an `ADRuns`: called with (setting, λ, alignment weight, seed), returns {'val': ...}
+    settings: Sequence[Mapping],
+    lambda_sweep: Sequence[float],
+    sweep_seeds: Sequence[int],
+    metric: str = 'mAP',  # what the choices maximise (mean over the val splits, synth type 'all')
+    metrics: Sequence[str] = ('mAP', 'R@5', 'R@10', 'R@100'),
+) -> ADSearch:
     "Train every (setting, λ) on `sweep_seeds`, average the val results, choose A&D's (λ > 0) and align-only's."
-    if not any(lv > 0 for lv in lambda_sweep): raise AttribError('lambda_sweep needs at least one λ > 0 for A&D')
-    cand = {(setting_key(st), float(lv)): mean_val([runs(st, lv, 1.0, s) for s in sweep_seeds], metrics)
-            for st in settings for lv in lambda_sweep}
+    if not any(lv > 0 for lv in lambda_sweep):
+        raise AttribError('lambda_sweep needs at least one λ > 0 for A&D')
+    cand = {
+        (setting_key(st), float(lv)): mean_val([runs(st, lv, 1.0, s) for s in sweep_seeds], metrics)
+        for st in settings
+        for lv in lambda_sweep
+    }
     sel_ad = select('A&D setting and λ', {k: v for k, v in cand.items() if k[1] > 0}, metric)
-    if 0.0 in map(float, lambda_sweep): align = {k: v for k, v in cand.items() if k[1] == 0}
-    else: align = {(k, 0.0): mean_val([runs(dict(zip(SEARCH_KEYS, k)), 0.0, 1.0, s) for s in sweep_seeds], metrics)
-                   for k in dict.fromkeys(setting_key(st) for st in settings)}
+    if 0.0 in map(float, lambda_sweep):
+        align = {k: v for k, v in cand.items() if k[1] == 0}
+    else:
+        align = {
+            (k, 0.0): mean_val([runs(dict(zip(SEARCH_KEYS, k)), 0.0, 1.0, s) for s in sweep_seeds], metrics)
+            for k in dict.fromkeys(setting_key(st) for st in settings)
+        }
     return ADSearch(cand, sel_ad, select('align-only setting', align, metric))
 
 # %% ../../nbs/17b_concept_job.ipynb #f902096c
-def evaluate_chosen(runs: Callable, search: ADSearch, seeds: Sequence[int], infomax_only_lam: float, embed: Callable,
-                    evaluate: Callable) -> tuple[dict, dict]:
+def evaluate_chosen(
+    runs: Callable, search: ADSearch, seeds: Sequence[int], infomax_only_lam: float, embed: Callable, evaluate: Callable
+) -> tuple[dict, dict]:
     "Tables {(method, seed): evaluate(embed(model))} of A&D, align-only, infomax-only; first seed's features."
     tables, keep = {}, {}
     for s in seeds:
-        for name, st, lv, aw in (('A&D', search.setting, search.lam, 1.0),
-                                 ('align-only', search.align_setting, 0.0, 1.0),
-                                 ('infomax-only', search.setting, infomax_only_lam, 0.0)):
+        for name, st, lv, aw in (
+            ('A&D', search.setting, search.lam, 1.0),
+            ('align-only', search.align_setting, 0.0, 1.0),
+            ('infomax-only', search.setting, infomax_only_lam, 0.0),
+        ):
             f = embed(runs(st, lv, aw, s)['model'])
             tables[(name, s)] = evaluate(f)
-            if s == seeds[0]: keep[name] = f
+            if s == seeds[0]:
+                keep[name] = f
     return tables, keep
 
 # %% ../../nbs/17b_concept_job.ipynb #9bc14054
 def job_data(data_root=None, data_size: str = 'default', data_seed: int = 0):
     "The job's `AbCDataset` (`data_root`, or mini-AbC `data_size`/`data_seed`, built if needed) and its identity."
     from attrib.concept.abc_data import AbCDataset
+
     if data_root is None:
         from attrib.concept.mini_abc import build_mini_abc
+
         data_root = build_mini_abc(size=data_size, seed=data_seed)
     ds = AbCDataset(data_root)
-    manifest = load_json(ds.root/'manifest.json') if (ds.root/'manifest.json').is_file() else {}
+    manifest = load_json(ds.root / 'manifest.json') if (ds.root / 'manifest.json').is_file() else {}
     return ds, {k: manifest.get(k) for k in ('name', 'version', 'size', 'seed', 'content_hash')}
+
 
 def default_splits(ds, splits: Sequence[str] | None = None) -> list[str]:
     "`splits`, or every split of `ds` whose role is test."
     return list(splits) if splits else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
+
 
 def split_table(ds, splits: Sequence[str]) -> pd.DataFrame:
     "What each split is: centric, seen, role and its numbers of models, exemplars and synthetic images."
@@ -262,49 +355,81 @@ def split_table(ds, splits: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({s: ds.split_info(s) for s in splits}).T[cols]
 
 # %% ../../nbs/17b_concept_job.ipynb #c66be340
-def abc_heads(ds, raw: dict, pairs: dict, seeds: Sequence[int], val_split: str, eval_splits: Sequence[str],
-              metric: str = 'mAP', # the heads' epoch maximises this on val
-              ks=(5, 10, 100),
-              out_dir=None, # one checkpoint per seed in here, reused by a re-run with the same options
-              **train_kw) -> tuple[dict, dict, dict]:
+def abc_heads(
+    ds,
+    raw: dict,
+    pairs: dict,
+    seeds: Sequence[int],
+    val_split: str,
+    eval_splits: Sequence[str],
+    metric: str = 'mAP',  # the heads' epoch maximises this on val
+    ks=(5, 10, 100),
+    out_dir=None,  # one checkpoint per seed in here, reused by a re-run with the same options
+    **train_kw,
+) -> tuple[dict, dict, dict]:
     "AbC's heads per seed (`train_abc_heads` keywords in `train_kw`): (heads, tables by (method, seed), selections)."
     import hashlib
     from attrib.concept.abc_supervised import train_abc_heads, AbCHeads
+
     Fs, Fx = select_features(raw, pairs['synth']), select_features(raw, pairs['exemplar'])
     data = Fs.numpy().tobytes() + Fx.numpy().tobytes() + np.asarray(pairs['model']).tobytes()
-    digest = hashlib.sha1(data).hexdigest()                 # the features the heads are trained on
+    digest = hashlib.sha1(data).hexdigest()  # the features the heads are trained on
+
     def val_score(h):
         return evaluate_val(ds, raw, val_split, synth_fn=h.embed_synth, real_fn=h.embed_real, ks=ks).score(metric)
+
     heads, tables, selections = {}, {}, {}
     for s in seeds:
-        path = Path(out_dir)/f'seed{s}.pt' if out_dir is not None else None
+        path = Path(out_dir) / f'seed{s}.pt' if out_dir is not None else None
         config = dict(seed=int(s), features=digest, val_split=val_split, metric=metric, ks=list(ks), **train_kw)
         ck = restart_from_checkpoint(path, config)
         if ck is not None:
             h, hist = AbCHeads(Fs.shape[1]), list(ck['history'])
-            h.load_state_dict(ck['heads']); h.eval()
+            h.load_state_dict(ck['heads'])
+            h.eval()
         else:
             h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_score, **train_kw)
-            if path is not None: save_checkpoint(dict(heads=h.state_dict(), history=hist, config=config), path)
+            if path is not None:
+                save_checkpoint(dict(heads=h.state_dict(), history=hist, config=config), path)
         heads[s] = h
         vals = [(r['epoch'], r['val']) for r in hist if 'val' in r and np.isfinite(r.get('val', np.nan))]
         if vals:
-            selections[f'AbC heads epoch (seed {s})'] = dict(chosen=max(vals, key=lambda e: e[1])[0], metric=metric,
-                                                             val=[dict(candidate=e, score=v) for e, v in vals])
-        tables[('AbC supervised', s)] = evaluate_splits(ds, raw, eval_splits, ks=ks,
-                                                          synth_fn=lambda x: h.embed_synth(x).detach(),
-                                                          real_fn=lambda x: h.embed_real(x).detach())
+            selections[f'AbC heads epoch (seed {s})'] = dict(
+                chosen=max(vals, key=lambda e: e[1])[0],
+                metric=metric,
+                val=[dict(candidate=e, score=v) for e, v in vals],
+            )
+        tables[('AbC supervised', s)] = evaluate_splits(
+            ds,
+            raw,
+            eval_splits,
+            ks=ks,
+            synth_fn=lambda x: h.embed_synth(x).detach(),
+            real_fn=lambda x: h.embed_real(x).detach(),
+        )
     return heads, tables, selections
 
-def calibration_table(ds, raw: dict, heads, val_split: str, splits: Sequence[str],
-                      n_distractors: int = 100) -> pd.DataFrame:
+
+def calibration_table(
+    ds, raw: dict, heads, val_split: str, splits: Sequence[str], n_distractors: int = 100
+) -> pd.DataFrame:
     "Calibration metrics of `heads`' scores on each test split, before and after a calibrator fitted on val queries."
     from attrib.concept.abc_supervised import Calibrator, calibration_candidates, fit_calibrator, calibration_metrics
+
     hs, hr = (lambda x: heads.embed_synth(x).detach()), (lambda x: heads.embed_real(x).detach())
+
     def cands(split):
-        qp, qm, _ = ds.queries(split); ep, em = ds.exemplars(split)
-        return calibration_candidates(hs(select_features(raw, qp)), qm, hr(select_features(raw, ep)), em,
-                                      hr(select_features(raw, ds.distractor_paths())), n_distractors)
+        qp, qm, _ = ds.queries(split)
+        ep, em = ds.exemplars(split)
+        return calibration_candidates(
+            hs(select_features(raw, qp)),
+            qm,
+            hr(select_features(raw, ep)),
+            em,
+            hr(select_features(raw, ds.distractor_paths())),
+            n_distractors,
+        )
+
     cal = fit_calibrator(cands(val_split))
     rows = []
     for sp in splits:
@@ -314,8 +439,17 @@ def calibration_table(ds, raw: dict, heads, val_split: str, splits: Sequence[str
     return pd.DataFrame(rows).set_index(['split', 'calibration'])
 
 # %% ../../nbs/17b_concept_job.ipynb #f8e10b8d
-def fit_and_select(name: str, fit: Callable, values: Sequence, ds, raw: dict, val_split: str,
-                   eval_splits: Sequence[str], metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:
+def fit_and_select(
+    name: str,
+    fit: Callable,
+    values: Sequence,
+    ds,
+    raw: dict,
+    val_split: str,
+    eval_splits: Sequence[str],
+    metric: str = 'mAP',
+    ks=(5, 10, 100),
+) -> tuple[Selection, pd.DataFrame]:
     "`fit(v) -> (key, synth_fn, real_fn)` maps the raw features; one key is chosen on val, only it meets `eval_splits`."
     cand = {}
     for v in values:
@@ -325,47 +459,95 @@ def fit_and_select(name: str, fit: Callable, values: Sequence, ds, raw: dict, va
     _, sf, rf = fit(sel.best)
     return sel, evaluate_splits(ds, raw, eval_splits, synth_fn=sf, real_fn=rf, ks=ks)
 
-def cca_oracle(ds, raw: dict, pairs: dict, k: Sequence[int], ridge: float | Sequence[float], val_split: str,
-               eval_splits: Sequence[str], metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:
+
+def cca_oracle(
+    ds,
+    raw: dict,
+    pairs: dict,
+    k: Sequence[int],
+    ridge: float | Sequence[float],
+    val_split: str,
+    eval_splits: Sequence[str],
+    metric: str = 'mAP',
+    ks=(5, 10, 100),
+) -> tuple[Selection, pd.DataFrame]:
     "Linear CCA on the train pairs' raw features; its (ridge, number of directions) chosen on val among `ridge` x `k`."
     from attrib.concept.abc_supervised import CCAOracle
+
     Fs, Fx = select_features(raw, pairs['synth']), select_features(raw, pairs['exemplar'])
     ridges = [float(r) for r in (ridge if isinstance(ridge, Sequence) else [ridge])]
-    fitted = {r: CCAOracle.fit(Fs, Fx, ridge=r) for r in ridges}   # all directions once per ridge; k only truncates
+    fitted = {r: CCAOracle.fit(Fs, Fx, ridge=r) for r in ridges}  # all directions once per ridge; k only truncates
+
     def fit(rk):
         o = replace(fitted[rk[0]], k=min(int(rk[1]), fitted[rk[0]].k))
         return (rk[0], o.k), (lambda x: torch.as_tensor(o.synth(x))), (lambda y: torch.as_tensor(o.real(y)))
+
     grid = list(dict.fromkeys(fit(rk)[0] for rk in itertools.product(ridges, k)))
     return fit_and_select('CCA ridge, k', fit, grid, ds, raw, val_split, eval_splits, metric, ks)
 
-def pca_whitening(ds, raw: dict, train_paths: Sequence[str], k: Sequence[int], ridge: float, val_split: str,
-                  eval_splits: Sequence[str], metric: str = 'mAP', ks=(5, 10, 100)) -> tuple[Selection, pd.DataFrame]:
+
+def pca_whitening(
+    ds,
+    raw: dict,
+    train_paths: Sequence[str],
+    k: Sequence[int],
+    ridge: float,
+    val_split: str,
+    eval_splits: Sequence[str],
+    metric: str = 'mAP',
+    ks=(5, 10, 100),
+) -> tuple[Selection, pd.DataFrame]:
     "PCA whitening fitted on the unpaired train images' raw features, its k (capped at the dimension) chosen on val."
     from attrib.linalg import PCAWhitening
+
     Ftrain = select_features(raw, train_paths)
+
     def fit(kk):
         pw = PCAWhitening.fit(Ftrain, k=kk, ridge=ridge)
         return kk, pw, pw
-    return fit_and_select('whitening k', fit, sorted({min(int(kk), Ftrain.shape[1]) for kk in k}), ds, raw, val_split,
-                          eval_splits, metric, ks)
+
+    return fit_and_select(
+        'whitening k',
+        fit,
+        sorted({min(int(kk), Ftrain.shape[1]) for kk in k}),
+        ds,
+        raw,
+        val_split,
+        eval_splits,
+        metric,
+        ks,
+    )
 
 # %% ../../nbs/17b_concept_job.ipynb #6a04e891
 def long_table(tables: Mapping, methods: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
     "The per-seed results of every method, one row per (method, seed, split, synth type)."
     return pd.concat({(m, s): tables[(m, s)] for m in methods for s in seeds}, names=['method', 'seed']).reset_index()
 
+
 def add_pooled(long: pd.DataFrame, seen: Mapping[str, bool], metrics: Sequence[str]) -> tuple[pd.DataFrame, dict]:
     "`long` with the seen / unseen test splits (`seen`: split -> bool) pooled per (method, seed); each pool's splits."
     pooled = {}
     for grp, flag in (('seen (pooled)', True), ('unseen (pooled)', False)):
         g = long[(long.synth_type == 'all') & long.split.isin([sp for sp in seen if bool(seen[sp]) == flag])]
-        if len(g) == 0: continue
+        if len(g) == 0:
+            continue
         pooled[grp] = sorted(set(g.split))
-        agg = g.groupby(['method', 'seed']).apply(
-            lambda d: pd.Series({**{m: float(np.average(d[m], weights=d['n_queries'])) for m in metrics},
-                                 'n_queries': int(d['n_queries'].sum())}), include_groups=False).reset_index()
+        agg = (
+            g.groupby(['method', 'seed'])
+            .apply(
+                lambda d: pd.Series(
+                    {
+                        **{m: float(np.average(d[m], weights=d['n_queries'])) for m in metrics},
+                        'n_queries': int(d['n_queries'].sum()),
+                    }
+                ),
+                include_groups=False,
+            )
+            .reset_index()
+        )
         long = pd.concat([long, agg.assign(split=grp, synth_type='all', centric='mixed', seen=flag)], ignore_index=True)
     return long, pooled
+
 
 def summary_table(long: pd.DataFrame, metrics: Sequence[str], methods: Sequence[str] = METHODS) -> pd.DataFrame:
     "Mean and std over seeds of every metric (`<metric>_mean`, `<metric>_std`) per method, split and synth type."
@@ -375,11 +557,13 @@ def summary_table(long: pd.DataFrame, metrics: Sequence[str], methods: Sequence[
     res['method'] = pd.Categorical(res['method'], list(methods))
     return res.sort_values(['split', 'synth_type', 'method']).reset_index(drop=True)
 
+
 def mean_std_view(res: pd.DataFrame, metric: str) -> pd.DataFrame:
     "A method x split table of '<mean> ± <std>' in percent (synth type 'all')."
     r = res[res.synth_type == 'all']
-    txt = [f"{100 * m:.2f} ± {100 * float(np.nan_to_num(s)):.2f}"
-           for m, s in zip(r[f'{metric}_mean'], r[f'{metric}_std'])]
+    txt = [
+        f"{100 * m:.2f} ± {100 * float(np.nan_to_num(s)):.2f}" for m, s in zip(r[f'{metric}_mean'], r[f'{metric}_std'])
+    ]
     return r.assign(v=txt).pivot(index='method', columns='split', values='v')
 
 # %% ../../nbs/17b_concept_job.ipynb #e08807b2
@@ -394,18 +578,32 @@ def compare(res: pd.DataFrame, a: str, b: str, metric: str, splits: Sequence[str
         out[sp] = dict(diff=d, spread=sa + sb, beats=bool(d > sa + sb))
     return out
 
+
 def verdict(res: pd.DataFrame, splits: Sequence[str], comparisons=COMPARISONS, metrics=('R@5', 'mAP')) -> dict:
     "`compare` for every (a, b) of `comparisons` and metric: {'a vs b': {metric: {split: ...}}}."
     return {f'{a} vs {b}': {m: compare(res, a, b, m, splits) for m in metrics} for a, b in comparisons}
 
+
 def verdict_table(v: dict) -> pd.DataFrame:
     "The verdict as a flat table (comparison, metric, split, diff, spread, beats)."
-    return pd.DataFrame([dict(comparison=c, metric=m, split=sp, **x)
-                         for c, mm in v.items() for m, d in mm.items() for sp, x in d.items()])
+    return pd.DataFrame(
+        [
+            dict(comparison=c, metric=m, split=sp, **x)
+            for c, mm in v.items()
+            for m, d in mm.items()
+            for sp, x in d.items()
+        ]
+    )
 
 # %% ../../nbs/17b_concept_job.ipynb #d2cb7d01
-def kendall_val_test(long: pd.DataFrame, methods: Sequence[str], seeds: Sequence[int], splits: Sequence[str],
-                     val_split: str, metric: str = 'mAP') -> dict:
+def kendall_val_test(
+    long: pd.DataFrame,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    splits: Sequence[str],
+    val_split: str,
+    metric: str = 'mAP',
+) -> dict:
     "Kendall tau per seed between the methods' val `metric` and their pooled test `metric` (`splits`), and the mean."
     tau = {}
     for s in seeds:
@@ -424,33 +622,45 @@ def nested_results(res: pd.DataFrame, method: str, metrics: Sequence[str]) -> di
     d = {}
     for _, r in res[res.method == method].iterrows():
         d.setdefault(r['split'], {})[r['synth_type']] = {
-            m: dict(mean=float(r[f'{m}_mean']), std=float(np.nan_to_num(r[f'{m}_std']))) for m in metrics}
+            m: dict(mean=float(r[f'{m}_mean']), std=float(np.nan_to_num(r[f'{m}_std']))) for m in metrics
+        }
     return d
 
 # %% ../../nbs/17b_concept_job.ipynb #c2631a7e
 def plot_lambda_sweep(sweep: pd.DataFrame, raw_val: pd.DataFrame, setting: Mapping, lam: float, val_split: str = 'val'):
     "Val R@5 and mAP of every search candidate against λ (`sweep`: `ADSearch.table`; `raw_val`: raw's table, val rows)."
     import matplotlib.pyplot as plt
+
     sw = sweep[sweep.synth_type == 'all']
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    lams = sorted(set(sw.lam)); xs = {lv: i for i, lv in enumerate(lams)}
+    lams = sorted(set(sw.lam))
+    xs = {lv: i for i, lv in enumerate(lams)}
     for ax, metric in zip(axes, ['R@5', 'mAP']):
         for k, g in sw.groupby(list(SEARCH_KEYS)):
             g = g.sort_values('lam')
-            ax.plot([xs[l] for l in g.lam], 100 * g[metric], 'o-', label=', '.join(map(str, k)),
-                    lw=2.5 if k == setting_key(setting) else 1.2)
+            ax.plot(
+                [xs[l] for l in g.lam],
+                100 * g[metric],
+                'o-',
+                label=', '.join(map(str, k)),
+                lw=2.5 if k == setting_key(setting) else 1.2,
+            )
         ax.axhline(100 * float(raw_val.loc[(val_split, 'all'), metric]), color='k', ls='--', lw=1, label='raw')
-        ax.set_xticks(list(xs.values()), [str(l) for l in lams]); ax.set_xlabel('λ (Infomax weight)')
-        ax.set_ylabel(f'{val_split} {metric} (%)'); ax.axvline(xs[lam], color='gray', ls=':', lw=1)
+        ax.set_xticks(list(xs.values()), [str(l) for l in lams])
+        ax.set_xlabel('λ (Infomax weight)')
+        ax.set_ylabel(f'{val_split} {metric} (%)')
+        ax.axvline(xs[lam], color='gray', ls=':', lw=1)
         ax.set_title(f"{val_split} {metric} vs λ (dotted: A&D's λ, chosen on {val_split})")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
+
 def correlation_figure(feats: Mapping[str, dict], paths: Sequence[str], max_dims: int = 256):
     "Correlation heatmaps of each features' (name -> dict) embedding of `paths`: (fig, |off-diag| raw, l2-normed)."
     import matplotlib.pyplot as plt
     from attrib.concept.evaluation import mean_abs_offdiag_corr
+
     Q = {n: select_features(f, paths).numpy() for n, f in feats.items()}
     Qn = {n: q / np.linalg.norm(q, axis=1, keepdims=True) for n, q in Q.items()}
     offdiag = {n: mean_abs_offdiag_corr(q, max_dims) for n, q in Q.items()}
@@ -458,16 +668,19 @@ def correlation_figure(feats: Mapping[str, dict], paths: Sequence[str], max_dims
     fig, axes = plt.subplots(2, len(Q), figsize=(13 * len(Q) / 3, 8.4), squeeze=False)
     for row, (space, QQ, od) in zip(axes, (('raw coordinates', Q, offdiag), ('l2-normalised', Qn, offdiag_l2))):
         for ax, (n, q) in zip(row, QQ.items()):
-            qq = q[:, q[:, :max_dims].std(0).argsort()[::-1][:48]]   # the 48 highest-variance of the first dims
+            qq = q[:, q[:, :max_dims].std(0).argsort()[::-1][:48]]  # the 48 highest-variance of the first dims
             im = ax.imshow(np.corrcoef(qq.T), vmin=-1, vmax=1, cmap='RdBu_r')
             ax.set_title(f'{n}, {space}: mean |off-diag corr| {od[n]:.3f}', fontsize=8)
-            ax.set_xticks([]); ax.set_yticks([])
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.colorbar(im, ax=axes, shrink=0.8)
     return fig, offdiag, offdiag_l2
+
 
 def canonical_correlations(ds, feats: Mapping[str, dict], splits: Sequence[str], ridge: float = 1e-3) -> dict:
     "Canonical correlations between the synthetic queries and their exemplars (all `splits` pooled), per features."
     from attrib.concept.evaluation import query_exemplar_pairs, domain_canonical_correlations
+
     cc = {}
     for n, f in feats.items():
         X = torch.cat([query_exemplar_pairs(ds, f, sp)[0] for sp in splits])
@@ -475,45 +688,61 @@ def canonical_correlations(ds, feats: Mapping[str, dict], splits: Sequence[str],
         cc[n] = domain_canonical_correlations(X, Y, ridge=ridge)
     return cc
 
+
 def plot_canonical(cc: Mapping[str, np.ndarray]):
     "The canonical correlations of each features, in order."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for n, r in cc.items(): ax.plot(r, label=f'{n} (top-10 mean {r[:10].mean():.3f})')
-    ax.set_xlabel('canonical direction'); ax.set_ylabel('canonical correlation'); ax.legend(fontsize=8)
+    for n, r in cc.items():
+        ax.plot(r, label=f'{n} (top-10 mean {r[:10].mean():.3f})')
+    ax.set_xlabel('canonical direction')
+    ax.set_ylabel('canonical correlation')
+    ax.legend(fontsize=8)
     ax.set_title('synthetic queries vs their exemplars')
     fig.tight_layout()
     return fig
 
 # %% ../../nbs/17b_concept_job.ipynb #42341975
-def plot_retrieval_examples(ds, feats: Mapping[str, dict], splits: Sequence[str], n_examples: int = 4, seed: int = 0,
-                            k: int = 5):
+def plot_retrieval_examples(
+    ds, feats: Mapping[str, dict], splits: Sequence[str], n_examples: int = 4, seed: int = 0, k: int = 5
+):
     "Random test queries (seeded), an exemplar of their model, their top-`k` per features (exemplars in green)."
     import matplotlib.pyplot as plt
     from attrib.concept.abc_eval import abc_topk
     from attrib.images import load_image
+
     rng = np.random.default_rng(seed)
     picks = []
     for sp in splits:
         qp, qm, qt = ds.queries(sp)
-        for i in rng.choice(len(qp), size=max(1, n_examples // len(splits)), replace=False): picks.append((sp, int(i)))
+        for i in rng.choice(len(qp), size=max(1, n_examples // len(splits)), replace=False):
+            picks.append((sp, int(i)))
     dpaths = ds.distractor_paths()
     nf = len(feats)
     fig, axes = plt.subplots(nf * len(picks), k + 2, figsize=(1.5 * (k + 2), 1.6 * nf * len(picks)), squeeze=False)
     for r, (sp, i) in enumerate(picks):
-        qp, qm, qt = ds.queries(sp); ep, em = ds.exemplars(sp)
+        qp, qm, qt = ds.queries(sp)
+        ep, em = ds.exemplars(sp)
         for j, (n, f) in enumerate(feats.items()):
-            _, I = abc_topk(select_features(f, [qp[i]]), qm[i:i + 1], select_features(f, ep), em,
-                            select_features(f, dpaths), k=k)
+            _, I = abc_topk(
+                select_features(f, [qp[i]]), qm[i : i + 1], select_features(f, ep), em, select_features(f, dpaths), k=k
+            )
             row = axes[nf * r + j]
-            row[0].imshow(load_image(ds.path(qp[i]))); row[0].set_title(f'{sp}\n{qt[i]} query', fontsize=7)
+            row[0].imshow(load_image(ds.path(qp[i])))
+            row[0].set_title(f'{sp}\n{qt[i]} query', fontsize=7)
             row[1].imshow(load_image(ds.path(ep[int(np.where(em == qm[i])[0][0])])))
             row[1].set_title('its exemplar', fontsize=7)
             for c, g in enumerate(I[0]):
                 path = dpaths[g] if g < len(dpaths) else ep[g - len(dpaths)]
-                row[c + 2].imshow(load_image(ds.path(path))); row[c + 2].set_title(f'{n} top-{c + 1}', fontsize=7)
+                row[c + 2].imshow(load_image(ds.path(path)))
+                row[c + 2].set_title(f'{n} top-{c + 1}', fontsize=7)
                 if g >= len(dpaths):
-                    for s_ in row[c + 2].spines.values(): s_.set_color('green'); s_.set_linewidth(4)
-            for a in row: a.set_xticks([]); a.set_yticks([])
+                    for s_ in row[c + 2].spines.values():
+                        s_.set_color('green')
+                        s_.set_linewidth(4)
+            for a in row:
+                a.set_xticks([])
+                a.set_yticks([])
     fig.tight_layout()
     return fig

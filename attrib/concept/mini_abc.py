@@ -12,18 +12,54 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core import (AttribError, DataError, atomic_write, data_dir, load_checkpoint, load_json, progress,
-                         save_checkpoint, save_json, stable_hash)
+from attrib.core import (
+    AttribError,
+    DataError,
+    atomic_write,
+    data_dir,
+    load_checkpoint,
+    load_json,
+    progress,
+    save_checkpoint,
+    save_json,
+    stable_hash,
+)
 from ..train import torch_threads
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 from .benchmark_card import NEAR_DUP, thumb_descriptor
-from .mini_abc_render import (IMG, MEDIA, OBJECT_FAMILIES, OBJECT_FAMILIES_UNSEEN, STYLE_OPS,
-                                            STYLE_OPS_UNSEEN, Sources, apply_medium, apply_style, box_iou, crop_box,
-                                            get_sources, hue_shift, jitter_style, random_style, render_content,
-                                            render_view, to_u8)
-from .mini_abc_generator import (IMG2IMG, MiniGenerator, _f, gray, invert_styles, prompt_text,
-                                               render_object_pixels, render_object_prompts, render_style_prompts,
-                                               sample_prompt, train_generator)
+from attrib.concept.mini_abc_render import (
+    IMG,
+    MEDIA,
+    OBJECT_FAMILIES,
+    OBJECT_FAMILIES_UNSEEN,
+    STYLE_OPS,
+    STYLE_OPS_UNSEEN,
+    Sources,
+    apply_medium,
+    apply_style,
+    box_iou,
+    crop_box,
+    get_sources,
+    hue_shift,
+    jitter_style,
+    random_style,
+    render_content,
+    render_view,
+    to_u8,
+)
+from attrib.concept.mini_abc_generator import (
+    IMG2IMG,
+    MiniGenerator,
+    _f,
+    gray,
+    invert_styles,
+    prompt_text,
+    render_object_pixels,
+    render_object_prompts,
+    render_style_prompts,
+    sample_prompt,
+    train_generator,
+)
 
 # %% auto #0
 __all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN',
@@ -32,84 +68,139 @@ __all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'PHOTO_ROLES', 'DIST
            'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
-MINI_ABC_VERSION = 5   # bump when the builder changes what it writes: older builds are then rebuilt
+MINI_ABC_VERSION = 5  # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
-        n_distractors=400, palette_negatives=2, colour_twins=2,
+        n_distractors=400,
+        palette_negatives=2,
+        colour_twins=2,
         base=dict(photo=40, shape=24, digit=24, face=10, emblem=12),
-        n_base_styles=1, style_refs=6, n_contexts=8, n_vocab=24,
-        models={'test_seen_object': dict(photo=2, shape=2, digit=2), 'test_unseen_object': dict(face=2, emblem=2),
-                'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1),
-                'test_unseen_style': dict(glass=1, neon=1),
-                'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1),
-                'val': dict(photo=1, shape=1, poster=1)},
-        n_synth=dict(test=3, train=2, val=2), n_style_exemplars=3, gen_steps=150, gen_batch=16, inv_steps=20),
+        n_base_styles=1,
+        style_refs=6,
+        n_contexts=8,
+        n_vocab=24,
+        models={
+            'test_seen_object': dict(photo=2, shape=2, digit=2),
+            'test_unseen_object': dict(face=2, emblem=2),
+            'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1),
+            'test_unseen_style': dict(glass=1, neon=1),
+            'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1),
+            'val': dict(photo=1, shape=1, poster=1),
+        },
+        n_synth=dict(test=3, train=2, val=2),
+        n_style_exemplars=3,
+        gen_steps=150,
+        gen_batch=16,
+        inv_steps=20,
+    ),
     'small': dict(
-        n_distractors=4000, palette_negatives=8, colour_twins=8,
+        n_distractors=4000,
+        palette_negatives=8,
+        colour_twins=8,
         base=dict(photo=400, shape=200, digit=200, face=80, emblem=100),
-        n_base_styles=4, style_refs=20, n_contexts=24, n_vocab=150,
-        models={'test_seen_object': dict(photo=10, shape=10, digit=10), 'test_unseen_object': dict(face=8, emblem=8),
-                'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4),
-                'test_unseen_style': dict(glass=5, neon=5),
-                'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
-                'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3)},
-        n_synth=dict(test=8, train=6, val=6), n_style_exemplars=4, gen_steps=600, gen_batch=32, inv_steps=30),
+        n_base_styles=4,
+        style_refs=20,
+        n_contexts=24,
+        n_vocab=150,
+        models={
+            'test_seen_object': dict(photo=10, shape=10, digit=10),
+            'test_unseen_object': dict(face=8, emblem=8),
+            'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4),
+            'test_unseen_style': dict(glass=5, neon=5),
+            'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
+            'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3),
+        },
+        n_synth=dict(test=8, train=6, val=6),
+        n_style_exemplars=4,
+        gen_steps=600,
+        gen_batch=32,
+        inv_steps=30,
+    ),
     'default': dict(
-        n_distractors=20_000, palette_negatives=16, colour_twins=16,
+        n_distractors=20_000,
+        palette_negatives=16,
+        colour_twins=16,
         base=dict(photo=1000, shape=500, digit=500, face=160, emblem=240),
-        n_base_styles=8, style_refs=30, n_contexts=48, n_vocab=400,
-        models={'test_seen_object': dict(photo=30, shape=30, digit=30), 'test_unseen_object': dict(face=20, emblem=20),
-                'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10),
-                'test_unseen_style': dict(glass=15, neon=15),
-                'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
-                'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10)},
-        n_synth=dict(test=10, train=8, val=8), n_style_exemplars=4, gen_steps=1500, gen_batch=32, inv_steps=40),
+        n_base_styles=8,
+        style_refs=30,
+        n_contexts=48,
+        n_vocab=400,
+        models={
+            'test_seen_object': dict(photo=30, shape=30, digit=30),
+            'test_unseen_object': dict(face=20, emblem=20),
+            'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10),
+            'test_unseen_style': dict(glass=15, neon=15),
+            'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
+            'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10),
+        },
+        n_synth=dict(test=10, train=8, val=8),
+        n_style_exemplars=4,
+        gen_steps=1500,
+        gen_batch=32,
+        inv_steps=40,
+    ),
 }
+
 
 def _role(split: str) -> str:
     return 'train' if split.startswith('train') else 'val' if split.startswith('val') else 'test'
 
 # %% ../../nbs/12_mini_abc.ipynb #f367dfef
-IOU_MAX = .3
+IOU_MAX = 0.3
 
 # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
 PHOTO_ROLES = dict(test=8, val=5)
 
+
 def _rng(seed: int, *tags) -> np.random.Generator:
     return np.random.default_rng([int(seed)] + [int(stable_hash(str(t), n=8), 16) for t in tags])
+
 
 def photo_groups(names, seed: int = 0, roles: dict = PHOTO_ROLES) -> dict:
     """The photographs of each role ('test', 'val', 'other'), drawn from `seed`: a test exemplar's photograph appears
     nowhere else."""
-    names = sorted(names); perm = [names[i] for i in _rng(seed, 'photo_groups').permutation(len(names))]
+    names = sorted(names)
+    perm = [names[i] for i in _rng(seed, 'photo_groups').permutation(len(names))]
     if sum(roles.values()) >= len(names):
         raise DataError(f'{len(names)} photographs cannot be split into {roles} plus the rest')
     out, i = {}, 0
-    for r, n in roles.items(): out[r] = sorted(perm[i:i + n]); i += n
-    out['other'] = sorted(perm[i:]); return out
+    for r, n in roles.items():
+        out[r] = sorted(perm[i : i + n])
+        i += n
+    out['other'] = sorted(perm[i:])
+    return out
 
 # %% ../../nbs/12_mini_abc.ipynb #72c8dd98
 class _PhotoBoxes:
     """Photo crops by role: each role has its own photographs, and exemplar crops of one photograph overlap each other
     by IoU <= IOU_MAX."""
+
     def __init__(self, src: Sources, seed: int):
         self.src, self.groups, self.ex = src, photo_groups(src.photo_names, seed), {n: [] for n in src.photo_names}
-    def _ok(self, name, box): return all(box_iou(box, b) <= IOU_MAX for b in self.ex[name])
+
+    def _ok(self, name, box):
+        return all(box_iou(box, b) <= IOU_MAX for b in self.ex[name])
+
     def spec(self, rng, exemplar: bool = False, role: str = 'other') -> dict:
         names = self.groups['other' if role == 'train' else role]
         for _ in range(400):
-            name = names[int(rng.integers(len(names)))]; box = crop_box(self.src.photos[name].shape, rng)
+            name = names[int(rng.integers(len(names)))]
+            box = crop_box(self.src.photos[name].shape, rng)
             if self._ok(name, box):
-                if exemplar: self.ex[name].append(box)
+                if exemplar:
+                    self.ex[name].append(box)
                 return dict(family='photo', seed=int(rng.integers(2**31)), photo=name, box=list(box))
-        raise DataError(f'cannot place a {role} photo crop clear of the exemplar crops: '
-                        'too many photo exemplars for its photographs')
+        raise DataError(
+            f'cannot place a {role} photo crop clear of the exemplar crops: '
+            'too many photo exemplars for its photographs'
+        )
 
 # %% ../../nbs/12_mini_abc.ipynb #8de1c743
 class _Pools:
     """Draws content specs per family, keeping exemplar digits and faces (of object and style exemplars) out of every
     other use."""
+
     def __init__(self, src: Sources, seed: int, n_ex_digits: int, n_ex_faces: int):
         r = _rng(seed, 'pools')
         self.boxes = _PhotoBoxes(src, seed)
@@ -122,25 +213,34 @@ class _Pools:
 
     def spec(self, fam: str, rng, exemplar: bool = False, role: str = 'other') -> dict:
         seed = int(rng.integers(2**31))
-        if fam == 'photo': return self.boxes.spec(rng, exemplar, role)
-        if fam in ('shape', 'emblem'): return dict(family=fam, seed=seed)
+        if fam == 'photo':
+            return self.boxes.spec(rng, exemplar, role)
+        if fam in ('shape', 'emblem'):
+            return dict(family=fam, seed=seed)
         if fam == 'digit':
-            if exemplar: i = self.digit_perm[self.i_dx]; self.i_dx += 1
-            else: i = self.digit_perm[self.n_dx + int(rng.integers(len(self.digit_perm) - self.n_dx))]
+            if exemplar:
+                i = self.digit_perm[self.i_dx]
+                self.i_dx += 1
+            else:
+                i = self.digit_perm[self.n_dx + int(rng.integers(len(self.digit_perm) - self.n_dx))]
             return dict(family='digit', seed=seed, index=int(i))
         if fam == 'face':
-            if exemplar: i = self.face_perm[self.i_fx]; self.i_fx += 1
-            else: i = self.face_perm[self.n_fx + int(rng.integers(len(self.face_perm) - self.n_fx))]
+            if exemplar:
+                i = self.face_perm[self.i_fx]
+                self.i_fx += 1
+            else:
+                i = self.face_perm[self.n_fx + int(rng.integers(len(self.face_perm) - self.n_fx))]
             return dict(family='face', seed=seed, index=int(i))
         raise DataError(f'unknown family {fam!r}')
 
 # %% ../../nbs/12_mini_abc.ipynb #bf97e520
-DISTRACTOR_MIX = dict(photo=.40, shape=.12, digit=.06, face=.03, emblem=.09, styled=.08, medium=.22)
+DISTRACTOR_MIX = dict(photo=0.40, shape=0.12, digit=0.06, face=0.03, emblem=0.09, styled=0.08, medium=0.22)
 
 # style exemplars' contents (v5: photos too, like artworks)
 STYLE_CONTENT_SEEN = ('photo', 'shape', 'digit')
 
 STYLE_CONTENT_UNSEEN = ('photo', 'shape', 'digit', 'emblem')
+
 
 def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     "Every model (exemplar specs, style), the base pool, contexts, vocabularies and distractors of a mini-AbC build."
@@ -160,16 +260,25 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
                 if fam in OBJECT_FAMILIES:
                     if role != 'test' and fam in OBJECT_FAMILIES_UNSEEN:
                         raise DataError(f'unseen family {fam!r} may only be used in test splits')
-                    out.append(dict(class_id=cid, family=fam, centric='object',
-                                    exemplars=[pools.spec(fam, r, exemplar=True, role=role)], style=None))
+                    out.append(
+                        dict(
+                            class_id=cid,
+                            family=fam,
+                            centric='object',
+                            exemplars=[pools.spec(fam, r, exemplar=True, role=role)],
+                            style=None,
+                        )
+                    )
                 elif fam in STYLE_OPS:
                     if role != 'test' and fam in STYLE_OPS_UNSEEN:
                         raise DataError(f'unseen style {fam!r} may only be used in test splits')
                     fams = STYLE_CONTENT_UNSEEN if split == 'test_unseen_style' else STYLE_CONTENT_SEEN
                     ex = [pools.spec(fams[int(r.integers(len(fams)))], r, exemplar=True, role=role) for _ in range(nst)]
-                    out.append(dict(class_id=cid, family=fam, centric='style', exemplars=ex,
-                                    style=random_style(fam, r)))
-                else: raise DataError(f'unknown family or style {fam!r} in split {split!r}')
+                    out.append(
+                        dict(class_id=cid, family=fam, centric='style', exemplars=ex, style=random_style(fam, r))
+                    )
+                else:
+                    raise DataError(f'unknown family or style {fam!r} in split {split!r}')
         models[split] = out
     rb = _rng(seed, 'base')
     base = [pools.spec(fam, rb) for fam in OBJECT_FAMILIES for _ in range(cfg['base'][fam])]
@@ -179,43 +288,65 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     photo_ids = [i for i, s in enumerate(base) if s['family'] == 'photo']
     other_ids = [i for i, s in enumerate(base) if s['family'] != 'photo']
     contexts = rb.choice(photo_ids, min(cfg['n_contexts'], len(photo_ids)), replace=False).tolist()
-    vocab = dict(scene=rb.choice(photo_ids, min(cfg['n_vocab'], len(photo_ids)), replace=False).tolist(),
-                 object=rb.choice(other_ids, min(cfg['n_vocab'], len(other_ids)), replace=False).tolist())
+    vocab = dict(
+        scene=rb.choice(photo_ids, min(cfg['n_vocab'], len(photo_ids)), replace=False).tolist(),
+        object=rb.choice(other_ids, min(cfg['n_vocab'], len(other_ids)), replace=False).tolist(),
+    )
     # distractors: the base pool (plain, restyled, in media), then fresh images of every kind
-    rd = _rng(seed, 'distractors'); dis = [dict(base=i) for i in range(len(base))]
+    rd = _rng(seed, 'distractors')
+    dis = [dict(base=i) for i in range(len(base))]
     dis += [dict(base=i, base_style=j) for j in range(len(base_styles)) for i in styled_ids[j]]
     dis += [dict(base=i, medium=MEDIA[base_medium[i]]) for i in range(len(base))]
     # hard negatives on purpose: each style model's palette on other contents in another style operator
     for split in sorted(models):
         for m in models[split]:
-            if m['centric'] != 'style': continue
+            if m['centric'] != 'style':
+                continue
             for _ in range(cfg['palette_negatives']):
                 op = [o for o in STYLE_OPS if o != m['family']][int(rd.integers(len(STYLE_OPS) - 1))]
                 c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
-                dis.append(dict(content=c, style={**random_style(op, rd), 'palette': m['style']['palette']},
-                                hard_negative='palette'))
+                dis.append(
+                    dict(
+                        content=c,
+                        style={**random_style(op, rd), 'palette': m['style']['palette']},
+                        hard_negative='palette',
+                    )
+                )
         # ... and each object model's colours on other contents (LAION's density in colour space, at 20k)
         for m in models[split]:
-            if m['centric'] != 'object' or _role(split) == 'train': continue
+            if m['centric'] != 'object' or _role(split) == 'train':
+                continue
             for _ in range(cfg['colour_twins']):
                 fam = OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))]
                 dis.append(dict(content=pools.spec(fam, rd), colour_of=m['class_id'], hard_negative='colour'))
     kinds, probs = list(DISTRACTOR_MIX), np.array(list(DISTRACTOR_MIX.values()))
     while len(dis) < cfg['n_distractors']:
         k = kinds[int(rd.choice(len(kinds), p=probs / probs.sum()))]
-        if k in OBJECT_FAMILIES: dis.append(dict(content=pools.spec(k, rd)))
+        if k in OBJECT_FAMILIES:
+            dis.append(dict(content=pools.spec(k, rd)))
         else:
             c = pools.spec(OBJECT_FAMILIES[int(rd.integers(len(OBJECT_FAMILIES)))], rd)
-            dis.append(dict(content=c, style=random_style(STYLE_OPS[int(rd.integers(len(STYLE_OPS)))], rd))
-                       if k == 'styled'
-                       else dict(content=c, medium=MEDIA[int(rd.integers(len(MEDIA)))]))
-    return dict(models=models, base=base, base_medium=base_medium, base_styles=base_styles, styled_ids=styled_ids,
-                contexts=contexts, vocab=vocab, distractors=dis[:cfg['n_distractors']], photo_groups=pools.boxes.groups)
+            dis.append(
+                dict(content=c, style=random_style(STYLE_OPS[int(rd.integers(len(STYLE_OPS)))], rd))
+                if k == 'styled'
+                else dict(content=c, medium=MEDIA[int(rd.integers(len(MEDIA)))])
+            )
+    return dict(
+        models=models,
+        base=base,
+        base_medium=base_medium,
+        base_styles=base_styles,
+        styled_ids=styled_ids,
+        contexts=contexts,
+        vocab=vocab,
+        distractors=dis[: cfg['n_distractors']],
+        photo_groups=pools.boxes.groups,
+    )
 
 # %% ../../nbs/12_mini_abc.ipynb #3bdf5fa7
 STAGES = ('real', 'generator', 'synth', 'json')
 
-NOISE = dict(object=.1, style=.15)   # sampling noise, x the latent scale
+NOISE = dict(object=0.1, style=0.15)  # sampling noise, x the latent scale
 
 SYNTH_TYPES = dict(object=('gpt', 'media'), style=('gpt', 'object'))
 
@@ -224,20 +355,28 @@ def _save_png(a: np.ndarray, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(a if a.dtype == np.uint8 else to_u8(a)).save(path, compress_level=6)
 
-def _read_rgb(path: Path) -> np.ndarray: return np.asarray(Image.open(path).convert('RGB'))
 
-def _exemplar_path(m: dict, k: int) -> str: return f"dataset/exemplar/{m['family']}/images/{m['class_id']}/{k}.png"
+def _read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def _exemplar_path(m: dict, k: int) -> str:
+    return f"dataset/exemplar/{m['family']}/images/{m['class_id']}/{k}.png"
+
 
 def _synth_path(m: dict, t: str, k: int) -> str:
     return f"dataset/synth/{m['family']}/{t}/{m['class_id']}/samples/{k:05d}.png"
 
-def _distractor_path(i: int) -> str: return f"dataset/laion_subset/{i // 1000:03d}/{i:06d}.png"
+
+def _distractor_path(i: int) -> str:
+    return f"dataset/laion_subset/{i // 1000:03d}/{i:06d}.png"
 
 # %% ../../nbs/12_mini_abc.ipynb #ba9c678a
 def colour_twin(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Image `rgb` with the colour distribution of `ref` (per-channel histogram matching): other content, the same
     colour statistics."""
     from skimage.exposure import match_histograms
+
     return np.clip(match_histograms(rgb, ref, channel_axis=-1), 0, 1).astype(np.float32)
 
 # %% ../../nbs/12_mini_abc.ipynb #2d37de81
@@ -247,29 +386,47 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log)
         for m in ms:
             for k, spec in enumerate(m['exemplars']):
                 rgb = render_content(spec, src)[0]
-                if k == 0: ex_rgb[m['class_id']] = rgb
-                _save_png(apply_style(rgb, m['style']) if m['style'] else rgb, root/_exemplar_path(m, k))
+                if k == 0:
+                    ex_rgb[m['class_id']] = rgb
+                _save_png(apply_style(rgb, m['style']) if m['style'] else rgb, root / _exemplar_path(m, k))
     base = [render_content(s, src) for s in plan['base']]
     rgba = np.stack([np.dstack([to_u8(r), to_u8(a)]) for r, a in base])
     medium = np.stack([to_u8(apply_medium(r, MEDIA[i])) for (r, _), i in zip(base, plan['base_medium'])])
-    styled = np.stack([[to_u8(apply_style(base[i][0], st)) for i in ids]
-                       for st, ids in zip(plan['base_styles'], plan['styled_ids'])])
-    with atomic_write(root/'build'/'pool.npz') as f:
-        np.savez(f, rgba=rgba, medium=medium, medium_id=np.asarray(plan['base_medium'], np.int64), styled=styled,
-                 styled_ids=np.asarray(plan['styled_ids'], np.int64))
-    T = thumb_descriptor([_read_rgb(root/_exemplar_path(m, k))
-                          for sp, ms in plan['models'].items() if _role(sp) == 'test'
-                          for m in ms for k in range(len(m['exemplars']))])
+    styled = np.stack(
+        [[to_u8(apply_style(base[i][0], st)) for i in ids] for st, ids in zip(plan['base_styles'], plan['styled_ids'])]
+    )
+    with atomic_write(root / 'build' / 'pool.npz') as f:
+        np.savez(
+            f,
+            rgba=rgba,
+            medium=medium,
+            medium_id=np.asarray(plan['base_medium'], np.int64),
+            styled=styled,
+            styled_ids=np.asarray(plan['styled_ids'], np.int64),
+        )
+    T = thumb_descriptor(
+        [
+            _read_rgb(root / _exemplar_path(m, k))
+            for sp, ms in plan['models'].items()
+            if _role(sp) == 'test'
+            for m in ms
+            for k in range(len(m['exemplars']))
+        ]
+    )
     paths, redrawn = [], {}
     for i, d in enumerate((progress(plan['distractors'], desc='distractors') if log else plan['distractors'])):
         a, attempt = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb)), 0
         # a near-duplicate of a test exemplar: draw again
         while len(T) and (thumb_descriptor(a[None]) @ T.T).max() > NEAR_DUP:
-            if attempt == 20: raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
-            d = redrawn[i] = redraw_distractor(d, plan, _rng(seed, 'redraw', i, attempt)); attempt += 1
+            if attempt == 20:
+                raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
+            d = redrawn[i] = redraw_distractor(d, plan, _rng(seed, 'redraw', i, attempt))
+            attempt += 1
             a = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb))
-        p = _distractor_path(i); _save_png(a, root/p); paths.append(p)
-    save_json({str(i): d for i, d in redrawn.items()}, root/'build'/'redrawn.json')
+        p = _distractor_path(i)
+        _save_png(a, root / p)
+        paths.append(p)
+    save_json({str(i): d for i, d in redrawn.items()}, root / 'build' / 'redrawn.json')
     write_distractor_list(root, paths)
 
 # %% ../../nbs/12_mini_abc.ipynb #33df56d4
@@ -277,7 +434,9 @@ def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, 
     """The image of distractor `d`: a base-pool image (plain, restyled, in a medium) or a fresh content (styled, in a
     medium, a colour twin)."""
     if 'base' in d:
-        if 'base_style' in d: j = d['base_style']; return styled[j, plan['styled_ids'][j].index(d['base'])]
+        if 'base_style' in d:
+            j = d['base_style']
+            return styled[j, plan['styled_ids'][j].index(d['base'])]
         return medium[d['base']] if 'medium' in d else rgba[d['base'], ..., :3]
     rgb = render_content(d['content'], src)[0]
     a = apply_style(rgb, d['style']) if 'style' in d else apply_medium(rgb, d['medium']) if 'medium' in d else rgb
@@ -287,43 +446,51 @@ def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, 
 def redraw_distractor(d: dict, plan: dict, rng: np.random.Generator) -> dict:
     """A distractor in place of `d` (whose image was a near-duplicate of a test exemplar): a fresh procedural content
     (shape or emblem, new seed) under `d`'s style or medium and colour-twin target, marked `redrawn`."""
-    out = dict(content=dict(family=('shape', 'emblem')[int(rng.integers(2))], seed=int(rng.integers(2**31))),
-               redrawn=True)
-    if 'base_style' in d: out['style'] = plan['base_styles'][d['base_style']]
+    out = dict(
+        content=dict(family=('shape', 'emblem')[int(rng.integers(2))], seed=int(rng.integers(2**31))), redrawn=True
+    )
+    if 'base_style' in d:
+        out['style'] = plan['base_styles'][d['base_style']]
     out.update({k: d[k] for k in ('style', 'medium', 'colour_of', 'hard_negative') if k in d})
     return out
 
 # %% ../../nbs/12_mini_abc.ipynb #5b331999
 def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> dict:
     "The plan of a build, with the distractors its `real` stage redrew (recorded in `build/redrawn.json`) in place."
-    plan = plan_mini_abc(cfg, seed, src); f = Path(root)/'build'/'redrawn.json'
-    for i, d in (load_json(f).items() if f.is_file() else ()): plan['distractors'][int(i)] = d
+    plan = plan_mini_abc(cfg, seed, src)
+    f = Path(root) / 'build' / 'redrawn.json'
+    for i, d in (load_json(f).items() if f.is_file() else ()):
+        plan['distractors'][int(i)] = d
     return plan
 
 # %% ../../nbs/12_mini_abc.ipynb #5f013c82
 def _stage_generator(root: Path, cfg: dict, seed: int, log):
-    pool = dict(np.load(root/'build'/'pool.npz'))
-    gen, losses = train_generator(pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed,
-                                  ckpt=root/'build'/'generator_ckpt.pt', log=log)
-    save_checkpoint(dict(gen=gen.state_dict(), losses=losses), root/'build'/'generator.pt')
+    pool = dict(np.load(root / 'build' / 'pool.npz'))
+    gen, losses = train_generator(
+        pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed, ckpt=root / 'build' / 'generator_ckpt.pt', log=log
+    )
+    save_checkpoint(dict(gen=gen.state_dict(), losses=losses), root / 'build' / 'generator.pt')
 
 # %% ../../nbs/12_mini_abc.ipynb #759f1b43
 def load_mini_generator(root: str | Path) -> MiniGenerator:
     "The trained generator of a mini-AbC build (after its `generator` stage)."
     gen = MiniGenerator()
-    gen.load_state_dict(load_checkpoint(Path(root)/'build'/'generator.pt')['gen'])
+    gen.load_state_dict(load_checkpoint(Path(root) / 'build' / 'generator.pt')['gen'])
     return gen.eval()
 
 # %% ../../nbs/12_mini_abc.ipynb #9b01f7cc
 def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources | None = None):
-    gen = load_mini_generator(root); pool = dict(np.load(root/'build'/'pool.npz'))
-    for p in gen.parameters(): p.requires_grad_(False)
+    gen = load_mini_generator(root)
+    pool = dict(np.load(root / 'build' / 'pool.npz'))
+    for p in gen.parameters():
+        p.requires_grad_(False)
     allm = [m for split in sorted(plan['models']) for m in plan['models'][split]]
     obj, sty = [m for m in allm if m['centric'] == 'object'], [m for m in allm if m['centric'] == 'style']
-    groups = [_f(np.stack([_read_rgb(root/_exemplar_path(m, k)) for k in range(len(m['exemplars']))])) for m in sty]
+    groups = [_f(np.stack([_read_rgb(root / _exemplar_path(m, k)) for k in range(len(m['exemplars']))])) for m in sty]
     s_sty = invert_styles(gen, groups, cfg['inv_steps']) if sty else None
     with torch.no_grad():
-        x_ctx = _f(pool['rgba'][plan['contexts']][..., :3]); z_ctx = gen.encode(x_ctx)
+        x_ctx = _f(pool['rgba'][plan['contexts']][..., :3])
+        z_ctx = gen.encode(x_ctx)
         z_voc = {k: gen.encode(gray(_f(pool['rgba'][v][..., :3]))) for k, v in plan['vocab'].items()}
     nv = {k: len(v) for k, v in plan['vocab'].items()}
     prompts, srcs_of = {}, {}
@@ -335,30 +502,33 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources
         prompts[m['class_id']] = {}
         for t in SYNTH_TYPES[m['centric']]:
             ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
-            if m['centric'] == 'object':   # each prompt renders a new view of the concept, encoded by the generator
+            if m['centric'] == 'object':  # each prompt renders a new view of the concept, encoded by the generator
                 views = np.stack([render_view(m['exemplars'][0], r, src) for _ in ps])
                 xv = _f(to_u8(views))
                 with torch.no_grad():
                     z_views = gen.encode(xv)
                     a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
-                imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + \
-                    (1 - IMG2IMG) * render_object_pixels(xv, a_views, ps, x_ctx)
-            else: imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
+                imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + (
+                    1 - IMG2IMG
+                ) * render_object_pixels(xv, a_views, ps, x_ctx)
+            else:
+                imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
             for k, (im, p) in enumerate(zip(imgs, ps)):
                 a = im.permute(1, 2, 0).numpy()
-                if 'hue' in p: a = hue_shift(a, p['hue'])                                   # "... in other colours"
+                if 'hue' in p:
+                    a = hue_shift(a, p['hue'])  # "... in other colours"
                 # the style's texture, as customized
                 if m['centric'] == 'style':
                     a = apply_style(a, jitter_style(m['style'], r))
-                _save_png(to_u8(a), root/_synth_path(m, t, k))
+                _save_png(to_u8(a), root / _synth_path(m, t, k))
                 if 'context' in p:
                     srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['contexts'][p['context']]])]
                 elif 'content' in p:
                     vocab_i = plan['vocab'][p['content'][0]][p['content'][1]]
                     srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][vocab_i])]
             prompts[m['class_id']][t] = [prompt_text(p) for p in ps]
-    save_json(prompts, root/'dataset'/'meta'/'prompts.json')
-    save_json(image_sources(plan, cfg, srcs_of), root/'dataset'/'meta'/'sources.json')
+    save_json(prompts, root / 'dataset' / 'meta' / 'prompts.json')
+    save_json(image_sources(plan, cfg, srcs_of), root / 'dataset' / 'meta' / 'sources.json')
 
 # %% ../../nbs/12_mini_abc.ipynb #65505ac4
 def source_id(spec: dict) -> str:
@@ -381,14 +551,18 @@ def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dic
                 out[_exemplar_path(m, k)] = dict(sources=[ids[k]], role='exemplar', split=split)
             for t in SYNTH_TYPES[m['centric']]:
                 for k in range(n):
-                    p = _synth_path(m, t, k); out[p] = dict(sources=ids + extra.get(p, []), role='synth', split=split)
+                    p = _synth_path(m, t, k)
+                    out[p] = dict(sources=ids + extra.get(p, []), role='synth', split=split)
     hard = {**{i: 'vocab' for v in plan['vocab'].values() for i in v}, **{i: 'context' for i in plan['contexts']}}
     for i, d in enumerate(plan['distractors']):
         spec = plan['base'][d['base']] if 'base' in d else d['content']
         e = dict(sources=[source_id(spec)], role='distractor')
-        if d.get('hard_negative'): e['hard_negative'] = d['hard_negative']
-        elif 'base' in d and d['base'] in hard: e['hard_negative'] = hard[d['base']]
-        if d.get('redrawn'): e['redrawn'] = True
+        if d.get('hard_negative'):
+            e['hard_negative'] = d['hard_negative']
+        elif 'base' in d and d['base'] in hard:
+            e['hard_negative'] = hard[d['base']]
+        if d.get('redrawn'):
+            e['redrawn'] = True
         out[_distractor_path(i)] = e
     return out
 
@@ -396,67 +570,95 @@ def image_sources(plan: dict, cfg: dict, synth_extra: dict | None = None) -> dic
 def _stage_json(root: Path, plan: dict, cfg: dict):
     def model(m, split):
         n = cfg['n_synth'][_role(split)]
-        return AbCModel([_exemplar_path(m, k) for k in range(len(m['exemplars']))],
-                        {t: [_synth_path(m, t, k) for k in range(n)] for t in SYNTH_TYPES[m['centric']]},
-                        m['class_id'], m['family'] if m['centric'] == 'object' else None)
+        return AbCModel(
+            [_exemplar_path(m, k) for k in range(len(m['exemplars']))],
+            {t: [_synth_path(m, t, k) for k in range(n)] for t in SYNTH_TYPES[m['centric']]},
+            m['class_id'],
+            m['family'] if m['centric'] == 'object' else None,
+        )
+
     out = {}
     for split, ms in plan['models'].items():
         out[split] = [model(m, split) for m in ms]
-        if split == 'train_all': out['train_object'] = [model(m, split) for m in ms if m['centric'] == 'object']
+        if split == 'train_all':
+            out['train_object'] = [model(m, split) for m in ms if m['centric'] == 'object']
     for split, models in out.items():
-        if models: write_abc_split(root, split, models)
-    save_json({m['class_id']: {**m, 'split': s} for s, ms in plan['models'].items() for m in ms},
-              root/'dataset'/'meta'/'concepts.json')
-    return {s: dict(n_models=len(v), n_exemplars=sum(len(m.exemplar) for m in v), n_synth=sum(m.n_synth for m in v))
-            for s, v in out.items() if v}
+        if models:
+            write_abc_split(root, split, models)
+    save_json(
+        {m['class_id']: {**m, 'split': s} for s, ms in plan['models'].items() for m in ms},
+        root / 'dataset' / 'meta' / 'concepts.json',
+    )
+    return {
+        s: dict(n_models=len(v), n_exemplars=sum(len(m.exemplar) for m in v), n_synth=sum(m.n_synth for m in v))
+        for s, v in out.items()
+        if v
+    }
 
 # %% ../../nbs/12_mini_abc.ipynb #8cce8914
 @contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: yield; return   # no advisory locks on this platform
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return  # no advisory locks on this platform
     with open(path, 'w') as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../../nbs/12_mini_abc.ipynb #3c464110
-MARKER = 'build/mini_abc_builder.json'   # written first into an empty folder: what proves the folder is this builder's
+MARKER = 'build/mini_abc_builder.json'  # written first into an empty folder: what proves the folder is this builder's
 
 _OWN = ('dataset', 'build', 'manifest.json', 'card.json', 'card.md')  # all the builder (and its card) write at its top
+
 
 def _owned(root: Path) -> bool:
     """Whether `root` is provably a mini-AbC build: its marker names this builder (v4+), or a v3 build with nothing but
     the builder's entries."""
     try:
-        if (root/MARKER).is_file(): return load_json(root/MARKER).get('builder') == 'attrib.concept.mini_abc'
-        legacy = load_json(root/'build'/'stages.json') if (root/'build'/'stages.json').is_file() else {}
-    except DataError: return False
+        if (root / MARKER).is_file():
+            return load_json(root / MARKER).get('builder') == 'attrib.concept.mini_abc'
+        legacy = load_json(root / 'build' / 'stages.json') if (root / 'build' / 'stages.json').is_file() else {}
+    except DataError:
+        return False
     return 'key' in legacy and {p.name for p in root.iterdir()} <= set(_OWN)
+
 
 def _clear(root: Path):
     """Delete a (partial) mini-AbC build: only the entries the builder writes, and only where its marker proves it wrote
     them."""
-    if not root.exists() or not any(root.iterdir()): return
+    if not root.exists() or not any(root.iterdir()):
+        return
     if not _owned(root):
-        raise DataError(f"{root}: not empty and not a mini-AbC build (no {MARKER}); "
-                        "refusing to write into or delete it")
+        raise DataError(
+            f"{root}: not empty and not a mini-AbC build (no {MARKER}); " "refusing to write into or delete it"
+        )
     for name in _OWN:
-        p = root/name
-        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
-        elif p.exists() or p.is_symlink(): p.unlink()
+        p = root / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 # %% ../../nbs/12_mini_abc.ipynb #3c556a25
-def _build_key(cfg: dict, seed: int) -> str: return stable_hash(MINI_ABC_VERSION, cfg, seed, n=16)
+def _build_key(cfg: dict, seed: int) -> str:
+    return stable_hash(MINI_ABC_VERSION, cfg, seed, n=16)
 
-def _sha1(p: Path) -> str: return hashlib.sha1(p.read_bytes()).hexdigest()
+
+def _sha1(p: Path) -> str:
+    return hashlib.sha1(p.read_bytes()).hexdigest()
+
 
 def content_hash(root: str | Path) -> str:
     """SHA-256 over every file under `root/dataset` (sorted relative paths and their bytes): the identity of a build's
     content."""
     root, h = Path(root), hashlib.sha256()
-    for p in sorted((Path(root)/'dataset').rglob('*')):
+    for p in sorted((Path(root) / 'dataset').rglob('*')):
         if p.is_file():
             h.update(p.relative_to(root).as_posix().encode() + b'\0' + hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
@@ -464,93 +666,139 @@ def content_hash(root: str | Path) -> str:
 # %% ../../nbs/12_mini_abc.ipynb #e2f99b2a
 def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
     "The default folder of a mini-AbC build: `data_dir()/mini_abc_<size>[_s<seed>]`."
-    return data_dir()/(f'mini_abc_{size}' + (f'_s{seed}' if seed else ''))
+    return data_dir() / (f'mini_abc_{size}' + (f'_s{seed}' if seed else ''))
 
 # %% ../../nbs/12_mini_abc.ipynb #b3988b52
-BUILD_THREADS = 1   # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
+BUILD_THREADS = 1  # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
 
-def build_mini_abc(root: str | Path | None = None, size: str = 'default', seed: int = 0, force: bool = False,
-                   verbose: bool = False,
-                   threads: int | None = None) -> Path:
+
+def build_mini_abc(
+    root: str | Path | None = None,
+    size: str = 'default',
+    seed: int = 0,
+    force: bool = False,
+    verbose: bool = False,
+    threads: int | None = None,
+) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
     if threads not in (None, BUILD_THREADS):
-        raise AttribError(f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread '
-                          '(its bytes must not depend on it)')
-    with torch_threads(BUILD_THREADS): return _build(root, size, seed, force, verbose)
+        raise AttribError(
+            f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread '
+            '(its bytes must not depend on it)'
+        )
+    with torch_threads(BUILD_THREADS):
+        return _build(root, size, seed, force, verbose)
 
 # %% ../../nbs/12_mini_abc.ipynb #5dcf019d
 def _build(root, size, seed, force, verbose) -> Path:
-    if size not in MINI_ABC_SIZES: raise ValueError(f'unknown size {size!r}; known: {list(MINI_ABC_SIZES)}')
+    if size not in MINI_ABC_SIZES:
+        raise ValueError(f'unknown size {size!r}; known: {list(MINI_ABC_SIZES)}')
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f'seed must be a non-negative int, got {seed!r}')
     cfg, seed = MINI_ABC_SIZES[size], int(seed)
     root = Path(root) if root is not None else mini_abc_root(size, seed)
     key, log = _build_key(cfg, seed), (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else None
-    man = root/'manifest.json'
+    man = root / 'manifest.json'
+
     def complete():
         try:
-            return (man.exists() and (root/MARKER).is_file() and load_json(man).get('key') == key
-                    and load_json(man).get('complete'))
-        except DataError: return False
-    if not force and complete(): return root
-    with _lock(root.parent/f'.{root.name}.lock'):
-        if not force and complete(): return root   # another process finished it while we waited
-        if force: _clear(root)
-        stages_file = root/'build'/'stages.json'
+            return (
+                man.exists()
+                and (root / MARKER).is_file()
+                and load_json(man).get('key') == key
+                and load_json(man).get('complete')
+            )
+        except DataError:
+            return False
+
+    if not force and complete():
+        return root
+    with _lock(root.parent / f'.{root.name}.lock'):
+        if not force and complete():
+            return root  # another process finished it while we waited
+        if force:
+            _clear(root)
+        stages_file = root / 'build' / 'stages.json'
         stages = load_json(stages_file) if stages_file.exists() else {}
         # another size/seed/version (or nothing) here: start clean
-        if stages.get('key') != key or not (root/MARKER).is_file():
+        if stages.get('key') != key or not (root / MARKER).is_file():
             # (force cleared it above, after proving it ours)
             if not force:
                 _clear(root)
             stages = {'key': key}
             # the proof of ownership, before anything else
-            save_json(dict(builder='attrib.concept.mini_abc', key=key), root/MARKER)
+            save_json(dict(builder='attrib.concept.mini_abc', key=key), root / MARKER)
             save_json(stages, stages_file)
         src, plan, counts = get_sources(), None, None
         for stage in STAGES:
-            if stage in stages: continue
+            if stage in stages:
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
-            if log: log(f'mini-AbC {size}: stage {stage}')
+            if log:
+                log(f'mini-AbC {size}: stage {stage}')
             plan = plan or load_plan(root, cfg, seed, src)
-            if stage == 'real': _stage_real(root, plan, cfg, seed, src, log); plan = None   # reloaded with its redraws
-            elif stage == 'generator': _stage_generator(root, cfg, seed, log)
-            elif stage == 'synth': _stage_synth(root, plan, cfg, seed, log, src)
-            else: counts = _stage_json(root, plan, cfg)
+            if stage == 'real':
+                _stage_real(root, plan, cfg, seed, src, log)
+                plan = None  # reloaded with its redraws
+            elif stage == 'generator':
+                _stage_generator(root, cfg, seed, log)
+            elif stage == 'synth':
+                _stage_synth(root, plan, cfg, seed, log, src)
+            else:
+                counts = _stage_json(root, plan, cfg)
             stages[stage] = dict(wall_s=round(time.perf_counter() - t0, 2), cpu_s=round(time.process_time() - c0, 2))
             save_json(stages, stages_file)
-        if counts is None: counts = {s: AbCDataset(root).split_info(s) for s in AbCDataset(root).split_names()}
-        jsons = sorted((root/'dataset'/'json').glob('*.json'))
-        save_json(dict(name='mini-AbC', version=MINI_ABC_VERSION, size=size, seed=seed, key=key, complete=True,
-                       params=cfg,
-                       splits={s: {k: v for k, v in c.items() if k in ('n_models', 'n_exemplars', 'n_synth')}
-                               for s, c in counts.items()},
-                       n_distractors=len(plan['distractors']) if plan else len(AbCDataset(root).distractor_paths()),
-                       stages={k: v for k, v in stages.items() if k != 'key'},
-                       build_wall_s=round(sum(v['wall_s'] for k, v in stages.items() if k != 'key'), 1),
-                       build_cpu_s=round(sum(v['cpu_s'] for k, v in stages.items() if k != 'key'), 1),
-                       torch_threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
-                       sha1={p.name: _sha1(p) for p in jsons + [root/'dataset'/'laion_subset.txt']},
-                       content_hash=content_hash(root)), man)
+        if counts is None:
+            counts = {s: AbCDataset(root).split_info(s) for s in AbCDataset(root).split_names()}
+        jsons = sorted((root / 'dataset' / 'json').glob('*.json'))
+        save_json(
+            dict(
+                name='mini-AbC',
+                version=MINI_ABC_VERSION,
+                size=size,
+                seed=seed,
+                key=key,
+                complete=True,
+                params=cfg,
+                splits={
+                    s: {k: v for k, v in c.items() if k in ('n_models', 'n_exemplars', 'n_synth')}
+                    for s, c in counts.items()
+                },
+                n_distractors=len(plan['distractors']) if plan else len(AbCDataset(root).distractor_paths()),
+                stages={k: v for k, v in stages.items() if k != 'key'},
+                build_wall_s=round(sum(v['wall_s'] for k, v in stages.items() if k != 'key'), 1),
+                build_cpu_s=round(sum(v['cpu_s'] for k, v in stages.items() if k != 'key'), 1),
+                torch_threads=torch.get_num_threads(),
+                torch=torch.__version__,
+                numpy=np.__version__,
+                sha1={p.name: _sha1(p) for p in jsons + [root / 'dataset' / 'laion_subset.txt']},
+                content_hash=content_hash(root),
+            ),
+            man,
+        )
     return root
 
 # %% ../../nbs/12_mini_abc.ipynb #0b9839b0
-def contact_sheet(root: str | Path, splits: list[str] | None = None, n_models: int = 2, n_synth: int = 5,
-                  scale: int = 2) -> Image.Image:
+def contact_sheet(
+    root: str | Path, splits: list[str] | None = None, n_models: int = 2, n_synth: int = 5, scale: int = 2
+) -> Image.Image:
     """A grid image: per model of each split, its exemplars (green frame) then `n_synth` synthetic images of each type
     (a gap between types)."""
-    ds = AbCDataset(root); splits = splits or [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
+    ds = AbCDataset(root)
+    splits = splits or [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     tile, gap = IMG + 4, 8
     rows = []
     for sp in splits:
         for m in ds.load_split(sp)[:n_models]:
             ex = [np.pad(_read_rgb(ds.path(p)), ((2, 2), (2, 2), (0, 0)), constant_values=0) for p in m.exemplar[:4]]
-            for e in ex: e[:2], e[-2:], e[:, :2], e[:, -2:] = (40, 200, 40), (40, 200, 40), (40, 200, 40), (40, 200, 40)
+            for e in ex:
+                e[:2], e[-2:], e[:, :2], e[:, -2:] = (40, 200, 40), (40, 200, 40), (40, 200, 40), (40, 200, 40)
             ex += [np.full((tile, tile, 3), 255, np.uint8)] * (4 - len(ex))
             parts = [np.concatenate(ex, 1)]
             for t, ps in m.synth.items():
-                ims = [np.pad(_read_rgb(ds.path(p)), ((2, 2), (2, 2), (0, 0)), constant_values=255)
-                       for p in ps[:n_synth]]
+                ims = [
+                    np.pad(_read_rgb(ds.path(p)), ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in ps[:n_synth]
+                ]
                 ims += [np.full((tile, tile, 3), 255, np.uint8)] * (n_synth - len(ims))
                 parts += [np.full((tile, gap, 3), 255, np.uint8), np.concatenate(ims, 1)]
             rows.append(np.concatenate(parts, 1))

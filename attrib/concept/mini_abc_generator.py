@@ -23,15 +23,16 @@ __all__ = ['MIX', 'IMG2IMG', 'gray', 'tone', 'MiniGenerator', 'image_loss', 'tra
 # %% ../../nbs/12c_mini_abc_generator.ipynb #23b6bd8f
 _BINS = torch.linspace(1 / 16, 15 / 16, 8)
 
+
 def gray(x: torch.Tensor) -> torch.Tensor:
     "Luminance of RGB images (B x 3 x H x W), repeated on 3 channels."
-    return (x * torch.tensor([.299, .587, .114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #cb348bfb
 def tone(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     "Images low-passed (separable Gaussian, reflect padding): a printed screen or hatching becomes the tone it prints."
     r = int(math.ceil(2 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1.) ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma**2))
     k = (k / k.sum()).to(x.dtype)
     C = x.shape[1]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode='reflect'), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
@@ -41,66 +42,83 @@ def tone(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
 class MiniGenerator(nn.Module):
     """Conditional latent autoencoder: `enc` (image -> 8x16x16 latent), `dec` (latent + token -> RGBA), prompt `tokens`,
     `style_enc`."""
+
     def __init__(self, cz: int = 8, ds: int = 32, ch: int = 64, n_tokens: int = 1 + len(MEDIA)):
         super().__init__()
         self.cz, self.ds = cz, ds
         self.e1, self.e2 = nn.Conv2d(3, ch // 2, 4, 2, 1), nn.Conv2d(ch // 2, ch, 4, 2, 1)
         self.e3, self.e4 = nn.Conv2d(ch, ch, 3, 1, 1), nn.Conv2d(ch, cz, 1)
         self.s1, self.s2 = nn.Conv2d(3, ch // 2, 4, 2, 1), nn.Conv2d(ch // 2, ch, 4, 2, 1)
-        self.s_fc = nn.Sequential(nn.Linear(2 * (3 + ch // 2 + ch) + 4 * len(_BINS), 128), nn.LeakyReLU(.2),
-                                  nn.Linear(128, ds))
+        self.s_fc = nn.Sequential(
+            nn.Linear(2 * (3 + ch // 2 + ch) + 4 * len(_BINS), 128), nn.LeakyReLU(0.2), nn.Linear(128, ds)
+        )
         self.d1, self.d2 = nn.Conv2d(cz, ch, 3, 1, 1), nn.Conv2d(ch, ch, 3, 1, 1)
         self.d3 = nn.Conv2d(ch, ch // 2, 3, 1, 1)
         self.d_out = nn.Conv2d(ch // 2, 16, 3, 1, 1)
         self.f1, self.f2, self.f3 = nn.Linear(ds, 2 * ch), nn.Linear(ds, 2 * ch), nn.Linear(ds, ch)
-        for f in (self.f1, self.f2, self.f3): nn.init.zeros_(f.weight); nn.init.zeros_(f.bias)
-        self.tokens = nn.Parameter(torch.randn(n_tokens, ds) * .5)
+        for f in (self.f1, self.f2, self.f3):
+            nn.init.zeros_(f.weight)
+            nn.init.zeros_(f.bias)
+        self.tokens = nn.Parameter(torch.randn(n_tokens, ds) * 0.5)
         self.register_buffer('z_std', torch.ones(()))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         "RGB images (B x 3 x 64 x 64 in [0, 1]) -> latents (B x cz x 16 x 16)."
-        h = F.leaky_relu(self.e1(x * 2 - 1), .2); h = F.leaky_relu(self.e2(h), .2); h = F.leaky_relu(self.e3(h), .2)
+        h = F.leaky_relu(self.e1(x * 2 - 1), 0.2)
+        h = F.leaky_relu(self.e2(h), 0.2)
+        h = F.leaky_relu(self.e3(h), 0.2)
         return self.e4(h)
 
     def style(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image style tokens (B x ds) from layout-free statistics: feature means/stds and the mean colour per
         luminance bin."""
-        xs = x * 2 - 1; h1 = F.leaky_relu(self.s1(xs), .2); h2 = F.leaky_relu(self.s2(h1), .2)
+        xs = x * 2 - 1
+        h1 = F.leaky_relu(self.s1(xs), 0.2)
+        h2 = F.leaky_relu(self.s2(h1), 0.2)
         # soft luminance bins: B x 8 x H x W
-        w = torch.exp(-((gray(x)[:, :1] - _BINS.view(1, -1, 1, 1)) * 8) ** 2 / 2)
-        occ = w.mean((2, 3)); col = torch.einsum('bkhw,bchw->bkc', w, x) / (w.sum((2, 3))[..., None] + 1e-3)
+        w = torch.exp(-(((gray(x)[:, :1] - _BINS.view(1, -1, 1, 1)) * 8) ** 2) / 2)
+        occ = w.mean((2, 3))
+        col = torch.einsum('bkhw,bchw->bkc', w, x) / (w.sum((2, 3))[..., None] + 1e-3)
         stats = [t for h in (xs, h1, h2) for t in (h.mean((2, 3)), h.std((2, 3)))]
         return self.s_fc(torch.cat(stats + [occ, col.flatten(1)], 1))
 
     @staticmethod
     def _film(h, f, c):
-        g, b = f(c).chunk(2, 1); return F.leaky_relu(h * (1 + g[..., None, None]) + b[..., None, None], .2)
+        g, b = f(c).chunk(2, 1)
+        return F.leaky_relu(h * (1 + g[..., None, None]) + b[..., None, None], 0.2)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         "Latents + tokens (B x ds) -> RGBA images (B x 4 x 64 x 64, alpha last)."
-        h = self._film(self.d1(z), self.f1, c); h = self._film(self.d2(h), self.f2, c) + h
+        h = self._film(self.d1(z), self.f1, c)
+        h = self._film(self.d2(h), self.f2, c) + h
         h = self._film(self.d3(F.interpolate(h, scale_factor=2, mode='nearest')), self.f3, c)
         return torch.sigmoid(F.pixel_shuffle(self.d_out(h), 2))
 
     def token(self, name: str, n: int = 1) -> torch.Tensor:
         "The learned token of a prompt word ('photo' or a medium), repeated n times."
         i = 0 if name == 'photo' else 1 + MEDIA.index(name)
-        return self.tokens[i:i + 1].expand(n, -1)
+        return self.tokens[i : i + 1].expand(n, -1)
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #3be93fb8
-def image_loss(y: torch.Tensor, t: torch.Tensor, w_alpha: float = .5) -> torch.Tensor:
+def image_loss(y: torch.Tensor, t: torch.Tensor, w_alpha: float = 0.5) -> torch.Tensor:
     "L1 on RGB (+ `w_alpha` x L1 on alpha when both have it) plus L1 on image gradients (sharper than plain L1)."
     l = (y[:, :3] - t[:, :3]).abs().mean()
-    if w_alpha and y.shape[1] == 4 and t.shape[1] == 4: l = l + w_alpha * (y[:, 3:] - t[:, 3:]).abs().mean()
+    if w_alpha and y.shape[1] == 4 and t.shape[1] == 4:
+        l = l + w_alpha * (y[:, 3:] - t[:, 3:]).abs().mean()
     dy, dx = (lambda a: a[:, :3, 1:] - a[:, :3, :-1]), (lambda a: a[..., 1:] - a[..., :-1])
-    return l + .5 * ((dy(y) - dy(t)).abs().mean() + (dx(y[:, :3]) - dx(t[:, :3])).abs().mean())
+    return l + 0.5 * ((dy(y) - dy(t)).abs().mean() + (dx(y[:, :3]) - dx(t[:, :3])).abs().mean())
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #e5f31bed
-def _t(a: np.ndarray) -> torch.Tensor: return torch.from_numpy(np.ascontiguousarray(a))
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
 
-def _f(a: np.ndarray) -> torch.Tensor: return _t(a).float().div(255).permute(0, 3, 1, 2)
 
-MIX = (.3, .25, .25, .2)   # reconstruction, medium, style of a plain content, re-style of a styled image's luminance
+def _f(a: np.ndarray) -> torch.Tensor:
+    return _t(a).float().div(255).permute(0, 3, 1, 2)
+
+
+MIX = (0.3, 0.25, 0.25, 0.2)  # reconstruction, medium, style of a plain content, re-style of a styled image's luminance
+
 
 def _batch(pool: dict, bs: int, g: torch.Generator, gen: MiniGenerator, mix=MIX):
     "One mixed training batch: (encoder input, conditioning token, target RGBA)."
@@ -118,7 +136,8 @@ def _batch(pool: dict, bs: int, g: torch.Generator, gen: MiniGenerator, mix=MIX)
     S, K = pool['styled_ids'].shape
     idx = (kind >= 2).nonzero()[:, 0]
     if len(idx):
-        sj = torch.randint(S, (len(idx),), generator=g).numpy(); k1 = torch.randint(K, (len(idx),), generator=g).numpy()
+        sj = torch.randint(S, (len(idx),), generator=g).numpy()
+        k1 = torch.randint(K, (len(idx),), generator=g).numpy()
         k2 = (k1 + 1 + torch.randint(K - 1, (len(idx),), generator=g).numpy()) % K
         ids, styled = pool['styled_ids'][sj, k1], f(pool['styled'][sj, k1])
         plain = (kind[idx] == 2)[:, None, None, None]
@@ -129,20 +148,34 @@ def _batch(pool: dict, bs: int, g: torch.Generator, gen: MiniGenerator, mix=MIX)
     return inp, cond, tgt
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #c147eea8
-def train_generator(pool: dict, steps: int, batch_size: int = 32, seed: int = 0, lr: float = 3e-3, noise: float = .1,
-                    ckpt: str | Path | None = None, ckpt_every: int = 100, log=None, mix=MIX,
-                    stop_at: int | None = None) -> tuple[MiniGenerator, list[float]]:
+def train_generator(
+    pool: dict,
+    steps: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    lr: float = 3e-3,
+    noise: float = 0.1,
+    ckpt: str | Path | None = None,
+    ckpt_every: int = 100,
+    log=None,
+    mix=MIX,
+    stop_at: int | None = None,
+) -> tuple[MiniGenerator, list[float]]:
     """Train a `MiniGenerator` on `pool` for `steps` (resuming from `ckpt` if it exists); returns it and the loss per
     step."""
     torch.manual_seed(seed)
     gen = MiniGenerator()
-    opt = torch.optim.Adam(gen.parameters(), lr, betas=(.5, .99))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 2), pct_start=.1)
-    g = torch.Generator().manual_seed(seed); start, losses = 0, []
+    opt = torch.optim.Adam(gen.parameters(), lr, betas=(0.5, 0.99))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 2), pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    start, losses = 0, []
     if ckpt is not None and Path(ckpt).exists():
         st = load_checkpoint(ckpt)
-        gen.load_state_dict(st['gen']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-        g.set_state(st['g']); start, losses = int(st['step']), list(st['losses'])
+        gen.load_state_dict(st['gen'])
+        opt.load_state_dict(st['opt'])
+        sched.load_state_dict(st['sched'])
+        g.set_state(st['g'])
+        start, losses = int(st['step']), list(st['losses'])
     gen.train()
     # stop_at: end early, as if killed (tests resumption)
     for step in range(start, steps if stop_at is None else min(steps, stop_at)):
@@ -150,72 +183,120 @@ def train_generator(pool: dict, steps: int, batch_size: int = 32, seed: int = 0,
         z = gen.encode(inp)
         out = gen.decode(z + noise * torch.randn(z.shape, generator=g), cond)
         loss = image_loss(out, tgt) + 1e-3 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
         losses.append(loss.item())
         if log and (step % 50 == 0 or step == steps - 1):
             log(f'generator step {step + 1}/{steps} loss {loss.item():.4f}')
         if ckpt is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
-            save_checkpoint(dict(gen=gen.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), g=g.get_state(),
-                                 step=step + 1, losses=losses), ckpt)
+            save_checkpoint(
+                dict(
+                    gen=gen.state_dict(),
+                    opt=opt.state_dict(),
+                    sched=sched.state_dict(),
+                    g=g.get_state(),
+                    step=step + 1,
+                    losses=losses,
+                ),
+                ckpt,
+            )
     gen.eval()
-    with torch.no_grad():   # the latent scale, so that sampling noise is relative to it
+    with torch.no_grad():  # the latent scale, so that sampling noise is relative to it
         x = _t(pool['rgba'][:256, ..., :3]).float().div(255).permute(0, 3, 1, 2)
         gen.z_std.fill_(float(gen.encode(x).std()))
     return gen, losses
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #906b630c
-def invert_objects(gen: MiniGenerator, x: torch.Tensor, steps: int, lr: float = .05) -> torch.Tensor:
+def invert_objects(gen: MiniGenerator, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
     """Latents z* of exemplars `x` (B x 3 x 64 x 64): encoder init + `steps` Adam steps on the photo-token
     reconstruction."""
-    with torch.no_grad(): z0 = gen.encode(x)
-    z = z0.clone().requires_grad_(True); opt = torch.optim.Adam([z], lr)
+    with torch.no_grad():
+        z0 = gen.encode(x)
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr)
     tok = gen.token('photo', len(x)).detach()
     for _ in range(steps):
-        loss = image_loss(gen.decode(z, tok), x, w_alpha=0); opt.zero_grad(); loss.backward(); opt.step()
+        loss = image_loss(gen.decode(z, tok), x, w_alpha=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return z.detach()
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #fb3e7196
-def invert_styles(gen: MiniGenerator, groups: list[torch.Tensor], steps: int, lr: float = .05) -> torch.Tensor:
+def invert_styles(gen: MiniGenerator, groups: list[torch.Tensor], steps: int, lr: float = 0.05) -> torch.Tensor:
     "A style token per group of exemplars (textual inversion with the generator frozen): G x ds."
     with torch.no_grad():
-        x = torch.cat(groups); gid = torch.cat([torch.full((len(t),), i) for i, t in enumerate(groups)])
-        z, xt = gen.encode(gray(x)), tone(x); s0 = torch.stack([gen.style(t).mean(0) for t in groups])
-    s = s0.clone().requires_grad_(True); opt = torch.optim.Adam([s], lr)
+        x = torch.cat(groups)
+        gid = torch.cat([torch.full((len(t),), i) for i, t in enumerate(groups)])
+        z, xt = gen.encode(gray(x)), tone(x)
+        s0 = torch.stack([gen.style(t).mean(0) for t in groups])
+    s = s0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([s], lr)
     for _ in range(steps):
-        loss = image_loss(gen.decode(z, s[gid]), xt, w_alpha=0); opt.zero_grad(); loss.backward(); opt.step()
+        loss = image_loss(gen.decode(z, s[gid]), xt, w_alpha=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return s.detach()
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #e37d3739
 def sample_prompt(kind: str, rng: np.random.Generator, n_contexts: int, n_vocab: dict) -> dict:
     "A random prompt for synth type `kind` ('object_gpt', 'object_media', 'style_gpt', 'style_object')."
-    if kind == 'object_gpt':   # v4: most prompts set the concept into a new context, smaller, and a third recolour it
-        p = dict(angle=float(rng.uniform(-20, 20)) if rng.random() < .6 else 0., flip=bool(rng.random() < .3),
-                 zoom=float(rng.uniform(.75, 1.1)),
-                 dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
-        if rng.random() < .7: p['context'] = int(rng.integers(n_contexts))
-        if rng.random() < .5: p['hue'] = float(rng.uniform(.2, .8))
+    if kind == 'object_gpt':  # v4: most prompts set the concept into a new context, smaller, and a third recolour it
+        p = dict(
+            angle=float(rng.uniform(-20, 20)) if rng.random() < 0.6 else 0.0,
+            flip=bool(rng.random() < 0.3),
+            zoom=float(rng.uniform(0.75, 1.1)),
+            dx=float(rng.uniform(-0.1, 0.1)),
+            dy=float(rng.uniform(-0.1, 0.1)),
+        )
+        if rng.random() < 0.7:
+            p['context'] = int(rng.integers(n_contexts))
+        if rng.random() < 0.5:
+            p['hue'] = float(rng.uniform(0.2, 0.8))
         return p
     if kind == 'object_media':
-        return dict(medium=MEDIA[int(rng.integers(len(MEDIA)))], angle=float(rng.uniform(-12, 12)),
-                    flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.85, 1.15)), dx=0., dy=0.)
+        return dict(
+            medium=MEDIA[int(rng.integers(len(MEDIA)))],
+            angle=float(rng.uniform(-12, 12)),
+            flip=bool(rng.random() < 0.5),
+            zoom=float(rng.uniform(0.85, 1.15)),
+            dx=0.0,
+            dy=0.0,
+        )
     if kind == 'style_gpt':
-        return dict(content=('scene', int(rng.integers(n_vocab['scene']))), angle=float(rng.uniform(-10, 10)),
-                    flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.9, 1.25)), dx=0., dy=0.)
+        return dict(
+            content=('scene', int(rng.integers(n_vocab['scene']))),
+            angle=float(rng.uniform(-10, 10)),
+            flip=bool(rng.random() < 0.5),
+            zoom=float(rng.uniform(0.9, 1.25)),
+            dx=0.0,
+            dy=0.0,
+        )
     if kind == 'style_object':
-        return dict(content=('object', int(rng.integers(n_vocab['object']))), angle=float(rng.uniform(-30, 30)),
-                    flip=bool(rng.random() < .5),
-                    zoom=float(rng.uniform(.7, 1.1)), dx=float(rng.uniform(-.1, .1)), dy=float(rng.uniform(-.1, .1)))
+        return dict(
+            content=('object', int(rng.integers(n_vocab['object']))),
+            angle=float(rng.uniform(-30, 30)),
+            flip=bool(rng.random() < 0.5),
+            zoom=float(rng.uniform(0.7, 1.1)),
+            dx=float(rng.uniform(-0.1, 0.1)),
+            dy=float(rng.uniform(-0.1, 0.1)),
+        )
     raise ValueError(f'unknown prompt kind {kind!r}')
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #6e08d514
 def prompt_text(p: dict) -> str:
     "A readable form of a prompt."
-    what = (f"a {p['medium']} of V*" if 'medium' in p
-            else f"a {p['content'][0]} #{p['content'][1]} in the style of V*" if 'content' in p else 'V*')
+    what = (
+        f"a {p['medium']} of V*"
+        if 'medium' in p
+        else f"a {p['content'][0]} #{p['content'][1]} in the style of V*" if 'content' in p else 'V*'
+    )
     where = f" on context {p['context']}" if 'context' in p else ''
-    if 'hue' in p: where += f" in other colours (hue {p['hue']:+.2f})"
+    if 'hue' in p:
+        where += f" in other colours (hue {p['hue']:+.2f})"
     return f"{what}{where}, rotated {p['angle']:.0f} deg{', flipped' if p['flip'] else ''}, zoom {p['zoom']:.2f}"
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #a7be99ae
@@ -224,24 +305,33 @@ def warp_latent(z: torch.Tensor, prompts: list[dict], padding: str = 'zeros') ->
     space)."""
     th = []
     for p in prompts:
-        a = math.radians(p['angle']); s = 1 / p['zoom']; fx = -1. if p['flip'] else 1.
-        th.append([[s * math.cos(a) * fx, -s * math.sin(a), -p['dx'] * s],
-                   [s * math.sin(a) * fx, s * math.cos(a), -p['dy'] * s]])
+        a = math.radians(p['angle'])
+        s = 1 / p['zoom']
+        fx = -1.0 if p['flip'] else 1.0
+        th.append(
+            [
+                [s * math.cos(a) * fx, -s * math.sin(a), -p['dx'] * s],
+                [s * math.sin(a) * fx, s * math.cos(a), -p['dy'] * s],
+            ]
+        )
     grid = F.affine_grid(torch.tensor(th, dtype=z.dtype), list(z.shape), align_corners=False)
     return F.grid_sample(z, grid, mode='bilinear', padding_mode=padding, align_corners=False)
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #d1d42a63
 @torch.no_grad()
-def render_object_prompts(gen: MiniGenerator, z: torch.Tensor, prompts: list[dict], z_ctx: torch.Tensor, noise: float,
-                          g: torch.Generator) -> torch.Tensor:
+def render_object_prompts(
+    gen: MiniGenerator, z: torch.Tensor, prompts: list[dict], z_ctx: torch.Tensor, noise: float, g: torch.Generator
+) -> torch.Tensor:
     """Images of one object concept (latents z: 1 or B x C x h x w, one per prompt: its views) under object prompts
     (context or medium): B x 3 x 64 x 64."""
-    n = len(prompts); zz = z.expand(n, -1, -1, -1)
+    n = len(prompts)
+    zz = z.expand(n, -1, -1, -1)
     alpha = F.avg_pool2d(gen.decode(z, gen.token('photo', len(z)))[:, 3:], 4).expand(n, -1, -1, -1)
-    zz = torch.cat([warp_latent(zz[i:i + 1], [p], 'zeros' if 'context' in p else 'border')
-                    for i, p in enumerate(prompts)])
+    zz = torch.cat(
+        [warp_latent(zz[i : i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)]
+    )
     ctx = [i for i, p in enumerate(prompts) if 'context' in p]
-    if ctx:   # the concept (with its decoded alpha) composited over the context's latent
+    if ctx:  # the concept (with its decoded alpha) composited over the context's latent
         aw = warp_latent(alpha[ctx], [prompts[i] for i in ctx])
         zz[ctx] = aw * zz[ctx] + (1 - aw) * z_ctx[[prompts[i]['context'] for i in ctx]]
     tok = torch.cat([gen.token(p.get('medium', 'photo')) for p in prompts])
@@ -250,8 +340,9 @@ def render_object_prompts(gen: MiniGenerator, z: torch.Tensor, prompts: list[dic
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #983ca1be
 @torch.no_grad()
-def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict], z_vocab: dict, noise: float,
-                         g: torch.Generator) -> torch.Tensor:
+def render_style_prompts(
+    gen: MiniGenerator, s: torch.Tensor, prompts: list[dict], z_vocab: dict, noise: float, g: torch.Generator
+) -> torch.Tensor:
     "Images of new contents in one style token (s: ds) under style prompts: B x 3 x 64 x 64."
     zz = torch.cat([z_vocab[p['content'][0]][p['content'][1]][None] for p in prompts])
     zz = warp_latent(zz, prompts, 'border')
@@ -260,19 +351,23 @@ def render_style_prompts(gen: MiniGenerator, s: torch.Tensor, prompts: list[dict
 
 # %% ../../nbs/12c_mini_abc_generator.ipynb #cc5aad8f
 # weight of the generator's rendering in an object query; the rest is the prompt applied to the view's pixels
-IMG2IMG = .5
+IMG2IMG = 0.5
+
 
 @torch.no_grad()
-def render_object_pixels(views: torch.Tensor, alpha: torch.Tensor, prompts: list[dict],
-                         ctx: torch.Tensor) -> torch.Tensor:
+def render_object_pixels(
+    views: torch.Tensor, alpha: torch.Tensor, prompts: list[dict], ctx: torch.Tensor
+) -> torch.Tensor:
     """The prompts applied to the views' pixels (B x 3 x 64 x 64): the same pose warp, the concept composited with
     `alpha` over the context image, the medium rendered; blended with the generator's rendering (`IMG2IMG`), an
     img2img-like sample that keeps the view's structure."""
-    out = torch.cat([warp_latent(views[i:i + 1], [p], 'zeros' if 'context' in p else 'border')
-                     for i, p in enumerate(prompts)])
+    out = torch.cat(
+        [warp_latent(views[i : i + 1], [p], 'zeros' if 'context' in p else 'border') for i, p in enumerate(prompts)]
+    )
     for i, p in enumerate(prompts):
         if 'context' in p:
-            aw = warp_latent(alpha[i:i + 1], [p]); out[i] = (aw * out[i:i + 1] + (1 - aw) * ctx[p['context']][None])[0]
+            aw = warp_latent(alpha[i : i + 1], [p])
+            out[i] = (aw * out[i : i + 1] + (1 - aw) * ctx[p['context']][None])[0]
         if 'medium' in p:
             out[i] = torch.from_numpy(apply_medium(out[i].permute(1, 2, 0).numpy(), p['medium'])).permute(2, 0, 1)
     return out.clamp(0, 1)

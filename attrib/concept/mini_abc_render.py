@@ -34,84 +34,136 @@ OBJECT_FAMILIES, STYLE_OPS = OBJECT_FAMILIES_SEEN + OBJECT_FAMILIES_UNSEEN, STYL
 def _hsv(h, s, v) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), np.float32)
 
-_LUM = np.array([.299, .587, .114], np.float32)
 
-def lum(img: np.ndarray) -> np.ndarray: "Luminance of an H x W x 3 float image."; return img @ _LUM
+_LUM = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def lum(img: np.ndarray) -> np.ndarray:
+    "Luminance of an H x W x 3 float image."
+    return img @ _LUM
+
 
 def to_u8(a: np.ndarray) -> np.ndarray:
     "Float [0, 1] image as uint8."
-    return (np.clip(a, 0, 1) * 255 + .5).astype(np.uint8)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #25ac45a0
 def random_palette(rng: np.random.Generator, k: int = 4) -> np.ndarray:
     "k colours around a base hue (analogous, complementary or triad scheme), spread in value: k x 3 float32."
     base, scheme = rng.random(), int(rng.integers(3))
-    offs = {0: [0, .08, -.08, .16, -.16], 1: [0, .5, .04, .54, -.04], 2: [0, 1 / 3, 2 / 3, .05, .38]}[scheme]
-    vals = np.linspace(rng.uniform(.15, .35), rng.uniform(.8, 1), k); rng.shuffle(vals)
-    return np.stack([_hsv(base + offs[i % 5] + rng.normal(0, .02), rng.uniform(.35, 1), vals[i]) for i in range(k)])
+    offs = {0: [0, 0.08, -0.08, 0.16, -0.16], 1: [0, 0.5, 0.04, 0.54, -0.04], 2: [0, 1 / 3, 2 / 3, 0.05, 0.38]}[scheme]
+    vals = np.linspace(rng.uniform(0.15, 0.35), rng.uniform(0.8, 1), k)
+    rng.shuffle(vals)
+    return np.stack([_hsv(base + offs[i % 5] + rng.normal(0, 0.02), rng.uniform(0.35, 1), vals[i]) for i in range(k)])
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #a415c4c8
 def _grid(ss: int = 2):
-    t = ((np.arange(IMG * ss) + .5) / (IMG * ss) * 2 - 1).astype(np.float32)
+    t = ((np.arange(IMG * ss) + 0.5) / (IMG * ss) * 2 - 1).astype(np.float32)
     return np.meshgrid(t, t, indexing='xy')
+
 
 def _down(a: np.ndarray, ss: int = 2) -> np.ndarray:
     h, w = a.shape[:2]
     return a.reshape(h // ss, ss, w // ss, ss, *a.shape[2:]).mean((1, 3)).astype(np.float32)
 
-SHAPES = ('circle', 'ellipse', 'square', 'diamond', 'triangle', 'pentagon', 'hexagon', 'star', 'heart', 'cross', 'ring',
-          'crescent', 'flower', 'arrow')
+
+SHAPES = (
+    'circle',
+    'ellipse',
+    'square',
+    'diamond',
+    'triangle',
+    'pentagon',
+    'hexagon',
+    'star',
+    'heart',
+    'cross',
+    'ring',
+    'crescent',
+    'flower',
+    'arrow',
+)
 
 TEXTURES = ('solid', 'stripes', 'checker', 'dots', 'radial', 'linear', 'noise', 'rings')
 
-def shape_mask(kind: str, u: np.ndarray, v: np.ndarray, p: float = .5) -> np.ndarray:
+
+def shape_mask(kind: str, u: np.ndarray, v: np.ndarray, p: float = 0.5) -> np.ndarray:
     "Boolean mask of a unit-sized shape on coordinates (u, v) in [-1, 1]; `p` in [0, 1] varies its proportions."
     r, phi = np.hypot(u, v), np.arctan2(v, u)
-    if kind == 'circle': return r < .8
-    if kind == 'ellipse': return (u / .9) ** 2 + (v / (.45 + .3 * p)) ** 2 < 1
-    if kind == 'square': return np.maximum(abs(u), abs(v)) < .7
-    if kind == 'diamond': return abs(u) + abs(v) < .9
+    if kind == 'circle':
+        return r < 0.8
+    if kind == 'ellipse':
+        return (u / 0.9) ** 2 + (v / (0.45 + 0.3 * p)) ** 2 < 1
+    if kind == 'square':
+        return np.maximum(abs(u), abs(v)) < 0.7
+    if kind == 'diamond':
+        return abs(u) + abs(v) < 0.9
     if kind in ('triangle', 'pentagon', 'hexagon'):
         n = {'triangle': 3, 'pentagon': 5, 'hexagon': 6}[kind]
         ang = np.arange(n) * 2 * np.pi / n - np.pi / 2
-        return (np.max([u * np.cos(a) + v * np.sin(a) for a in ang], 0)
-                < .8 * np.cos(np.pi / n) * (1.15 if n == 3 else 1))
-    if kind == 'star': n = 5 + int(p * 3); return r < .85 * (.5 + .5 * np.abs(np.cos(n * (phi + np.pi / 2) / 2)) ** 2)
-    if kind == 'heart': x, y = u * 1.25, -v * 1.25 + .25; return (x ** 2 + y ** 2 - 1) ** 3 - x ** 2 * y ** 3 < 0
-    if kind == 'cross': w = .2 + .1 * p; return ((abs(u) < w) & (abs(v) < .8)) | ((abs(v) < w) & (abs(u) < .8))
-    if kind == 'ring': return (r < .85) & (r > .45 + .15 * p)
-    if kind == 'crescent': return (r < .8) & (np.hypot(u - .35 - .15 * p, v + .1) > .65)
-    if kind == 'flower': n = 4 + int(p * 4); return r < .85 * (.55 + .45 * np.abs(np.cos(n * phi / 2)))
+        return np.max([u * np.cos(a) + v * np.sin(a) for a in ang], 0) < 0.8 * np.cos(np.pi / n) * (
+            1.15 if n == 3 else 1
+        )
+    if kind == 'star':
+        n = 5 + int(p * 3)
+        return r < 0.85 * (0.5 + 0.5 * np.abs(np.cos(n * (phi + np.pi / 2) / 2)) ** 2)
+    if kind == 'heart':
+        x, y = u * 1.25, -v * 1.25 + 0.25
+        return (x**2 + y**2 - 1) ** 3 - x**2 * y**3 < 0
+    if kind == 'cross':
+        w = 0.2 + 0.1 * p
+        return ((abs(u) < w) & (abs(v) < 0.8)) | ((abs(v) < w) & (abs(u) < 0.8))
+    if kind == 'ring':
+        return (r < 0.85) & (r > 0.45 + 0.15 * p)
+    if kind == 'crescent':
+        return (r < 0.8) & (np.hypot(u - 0.35 - 0.15 * p, v + 0.1) > 0.65)
+    if kind == 'flower':
+        n = 4 + int(p * 4)
+        return r < 0.85 * (0.55 + 0.45 * np.abs(np.cos(n * phi / 2)))
     if kind == 'arrow':
-        return ((abs(v) < .18) & (u > -.8) & (u < .2)) | ((u >= .2) & (u < .8) & (abs(v) < .6 * (.8 - u) / .6))
+        return ((abs(v) < 0.18) & (u > -0.8) & (u < 0.2)) | ((u >= 0.2) & (u < 0.8) & (abs(v) < 0.6 * (0.8 - u) / 0.6))
     raise ValueError(f'unknown shape {kind!r}; known: {SHAPES}')
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #2155a41c
 def _texture(kind, u, v, c1, c2, p, rng):
-    if kind == 'solid': t = np.zeros_like(u)
+    if kind == 'solid':
+        t = np.zeros_like(u)
     elif kind == 'stripes':
         a = p * np.pi
         t = (np.sin((u * np.cos(a) + v * np.sin(a)) * (6 + 10 * p)) > 0).astype(np.float32)
-    elif kind == 'checker': k = 3 + 4 * p; t = ((np.floor(u * k) + np.floor(v * k)) % 2).astype(np.float32)
-    elif kind == 'dots': k = 3 + 4 * p; t = (np.hypot((u * k) % 1 - .5, (v * k) % 1 - .5) < .3).astype(np.float32)
-    elif kind == 'radial': t = np.clip(np.hypot(u, v), 0, 1)
-    elif kind == 'linear': a = p * 2 * np.pi; t = np.clip((u * np.cos(a) + v * np.sin(a)) * .5 + .5, 0, 1)
+    elif kind == 'checker':
+        k = 3 + 4 * p
+        t = ((np.floor(u * k) + np.floor(v * k)) % 2).astype(np.float32)
+    elif kind == 'dots':
+        k = 3 + 4 * p
+        t = (np.hypot((u * k) % 1 - 0.5, (v * k) % 1 - 0.5) < 0.3).astype(np.float32)
+    elif kind == 'radial':
+        t = np.clip(np.hypot(u, v), 0, 1)
+    elif kind == 'linear':
+        a = p * 2 * np.pi
+        t = np.clip((u * np.cos(a) + v * np.sin(a)) * 0.5 + 0.5, 0, 1)
     elif kind == 'noise':
-        t = np.clip(np.asarray(Image.fromarray(rng.random((5, 5)).astype(np.float32))
-                               .resize(u.shape[::-1], Image.BICUBIC)),
-                    0, 1)
-    elif kind == 'rings': t = (np.sin(np.hypot(u, v) * (8 + 10 * p)) > 0).astype(np.float32)
-    else: raise ValueError(f'unknown texture {kind!r}')
+        t = np.clip(
+            np.asarray(Image.fromarray(rng.random((5, 5)).astype(np.float32)).resize(u.shape[::-1], Image.BICUBIC)),
+            0,
+            1,
+        )
+    elif kind == 'rings':
+        t = (np.sin(np.hypot(u, v) * (8 + 10 * p)) > 0).astype(np.float32)
+    else:
+        raise ValueError(f'unknown texture {kind!r}')
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
+
 
 def render_shape(rng: np.random.Generator):
     "A procedural object (shape x texture x palette, rotated and placed) on a plain background: rgb, alpha."
     pal = random_palette(rng, 3)
     shape, tex = SHAPES[rng.integers(len(SHAPES))], TEXTURES[rng.integers(len(TEXTURES))]
-    p, pt, rot, sc = rng.random(), rng.random(), rng.uniform(-np.pi, np.pi), rng.uniform(.6, .95)
-    dx, dy = rng.uniform(-.12, .12, 2)
-    bg = _hsv(rng.random(), rng.uniform(0, .4), rng.uniform(.05, .3) if rng.random() < .5 else rng.uniform(.75, 1))
-    X, Y = _grid(); c, s = np.cos(rot), np.sin(rot)
+    p, pt, rot, sc = rng.random(), rng.random(), rng.uniform(-np.pi, np.pi), rng.uniform(0.6, 0.95)
+    dx, dy = rng.uniform(-0.12, 0.12, 2)
+    bg = _hsv(rng.random(), rng.uniform(0, 0.4), rng.uniform(0.05, 0.3) if rng.random() < 0.5 else rng.uniform(0.75, 1))
+    X, Y = _grid()
+    c, s = np.cos(rot), np.sin(rot)
     u, v = ((X - dx) * c + (Y - dy) * s) / sc, (-(X - dx) * s + (Y - dy) * c) / sc
     m = shape_mask(shape, u, v, p).astype(np.float32)
     img = _texture(tex, u, v, pal[0], pal[1], pt, rng) * m[..., None] + bg * (1 - m[..., None])
@@ -123,10 +175,12 @@ def render_emblem(rng: np.random.Generator):
     pal = random_palette(rng, 4)
     outer = ('circle', 'hexagon', 'square', 'diamond', 'pentagon')[rng.integers(5)]
     inner = ('star', 'cross', 'heart', 'triangle', 'flower', 'arrow', 'crescent')[rng.integers(7)]
-    sc, rot, pi = rng.uniform(.75, .95), rng.uniform(-.4, .4), rng.random()
-    bg = _hsv(rng.random(), rng.uniform(0, .3), .12 if rng.random() < .5 else .92)
-    X, Y = _grid(); c, s = np.cos(rot), np.sin(rot); u, v = (X * c + Y * s) / sc, (-X * s + Y * c) / sc
-    mo, mb, mi = shape_mask(outer, u, v), shape_mask(outer, u / .82, v / .82), shape_mask(inner, u / .5, v / .5, pi)
+    sc, rot, pi = rng.uniform(0.75, 0.95), rng.uniform(-0.4, 0.4), rng.random()
+    bg = _hsv(rng.random(), rng.uniform(0, 0.3), 0.12 if rng.random() < 0.5 else 0.92)
+    X, Y = _grid()
+    c, s = np.cos(rot), np.sin(rot)
+    u, v = (X * c + Y * s) / sc, (-X * s + Y * c) / sc
+    mo, mb, mi = shape_mask(outer, u, v), shape_mask(outer, u / 0.82, v / 0.82), shape_mask(inner, u / 0.5, v / 0.5, pi)
     img = np.where(mo[..., None], pal[0], bg)
     img = np.where(mb[..., None], pal[1], img)
     img = np.where(mi[..., None], pal[2], img)
@@ -136,32 +190,41 @@ def render_emblem(rng: np.random.Generator):
 def _resize_f(a: np.ndarray, size: int = IMG) -> np.ndarray:
     return np.asarray(Image.fromarray(to_u8(a)).resize((size, size), Image.BICUBIC)).astype(np.float32) / 255
 
+
 def render_digit(digit: np.ndarray, rng: np.random.Generator):
     "An MNIST digit (28 x 28, uint8 gray or RGB) as a coloured stroke on a contrasting background: rgb, alpha."
     g = (digit[..., 0] if digit.ndim == 3 else digit).astype(np.float32) / 255
-    if rng.random() < .5: g = ndi.grey_dilation(g, size=2)
+    if rng.random() < 0.5:
+        g = ndi.grey_dilation(g, size=2)
     g = _resize_f(np.pad(g, int(rng.integers(4, 10))))
     pal = random_palette(rng, 3)
-    fg = pal[0] if pal[0] @ _LUM > .5 else pal[2]
-    bg = _hsv(rng.random(), rng.uniform(0, .5), .15 if fg @ _LUM > .5 else .9)
-    if rng.random() < .4: t = np.linspace(0, 1, IMG, dtype=np.float32)[:, None, None]; fg = fg * (1 - t) + pal[1] * t
+    fg = pal[0] if pal[0] @ _LUM > 0.5 else pal[2]
+    bg = _hsv(rng.random(), rng.uniform(0, 0.5), 0.15 if fg @ _LUM > 0.5 else 0.9)
+    if rng.random() < 0.4:
+        t = np.linspace(0, 1, IMG, dtype=np.float32)[:, None, None]
+        fg = fg * (1 - t) + pal[1] * t
     return (fg * g[..., None] + bg * (1 - g[..., None])).astype(np.float32), g.astype(np.float32)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #bea4256e
 def render_face(face: np.ndarray, rng: np.random.Generator):
     "An LFW face (25 x 25 gray) upscaled and duotone-tinted (mostly skin tones): rgb, alpha (all ones)."
-    g = _resize_f((face[..., 0] if face.ndim == 3 else face).astype(np.float32)
-                  / (255 if face.dtype == np.uint8 else 1))
-    h = rng.uniform(.02, .12) if rng.random() < .7 else rng.random()
-    dark, light = (_hsv(h, rng.uniform(.2, .6), rng.uniform(.05, .25)),
-                   _hsv(h + rng.normal(0, .03), rng.uniform(.1, .4), rng.uniform(.85, 1)))
+    g = _resize_f(
+        (face[..., 0] if face.ndim == 3 else face).astype(np.float32) / (255 if face.dtype == np.uint8 else 1)
+    )
+    h = rng.uniform(0.02, 0.12) if rng.random() < 0.7 else rng.random()
+    dark, light = (
+        _hsv(h, rng.uniform(0.2, 0.6), rng.uniform(0.05, 0.25)),
+        _hsv(h + rng.normal(0, 0.03), rng.uniform(0.1, 0.4), rng.uniform(0.85, 1)),
+    )
     return (dark * (1 - g[..., None]) + light * g[..., None]).astype(np.float32), np.ones((IMG, IMG), np.float32)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #07ac5fed
-def crop_box(shape, rng: np.random.Generator, scale=(.22, .5)) -> tuple[int, int, int]:
+def crop_box(shape, rng: np.random.Generator, scale=(0.22, 0.5)) -> tuple[int, int, int]:
     "A random square crop (y, x, side) of an image of `shape`; side = `scale` x its short side."
-    H, W = shape[:2]; side = max(8, int(min(H, W) * rng.uniform(*scale)))
+    H, W = shape[:2]
+    side = max(8, int(min(H, W) * rng.uniform(*scale)))
     return int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1)), side
+
 
 def box_iou(a, b) -> float:
     "Intersection over union of two square boxes (y, x, side)."
@@ -170,173 +233,250 @@ def box_iou(a, b) -> float:
     return inter / (s1 * s1 + s2 * s2 - inter)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #6e7c0c6a
-_DISC = np.clip((.95 - np.hypot(*_grid(1))) / .2, 0, 1).astype(np.float32)   # a soft disc: the "object" of a photo crop
+_DISC = np.clip((0.95 - np.hypot(*_grid(1))) / 0.2, 0, 1).astype(
+    np.float32
+)  # a soft disc: the "object" of a photo crop
+
 
 def render_crop(photo: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
     """A square crop of a uint8 photo, resized to 64 x 64: rgb, alpha (a soft centred disc, so a crop can be set into a
     new context)."""
     y, x, s = box
-    return _resize_f(photo[y:y + s, x:x + s].astype(np.float32) / 255), _DISC
+    return _resize_f(photo[y : y + s, x : x + s].astype(np.float32) / 255), _DISC
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #2054fa81
 class Sources:
     """The real images mini-AbC draws from: photographs by name, MNIST digits, LFW faces (the 100 faces, not the
     non-faces)."""
+
     def __init__(self):
         from attrib.sources import all_photos, mnist_digits, lfw_faces
-        self.photos = all_photos(); self.photo_names = sorted(self.photos)
-        self.mnist = mnist_digits()[0]; self.faces = lfw_faces()[:100]
+
+        self.photos = all_photos()
+        self.photo_names = sorted(self.photos)
+        self.mnist = mnist_digits()[0]
+        self.faces = lfw_faces()[:100]
+
 
 _SOURCES = None
 
+
 def get_sources() -> Sources:
     global _SOURCES
-    if _SOURCES is None: _SOURCES = Sources()
+    if _SOURCES is None:
+        _SOURCES = Sources()
     return _SOURCES
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #d670a838
 def render_content(spec: dict, src: Sources | None = None) -> tuple[np.ndarray, np.ndarray]:
     "The (rgb, alpha) image a content spec describes (family in photo/shape/digit/face/emblem)."
-    rng = np.random.default_rng(spec['seed']); fam = spec['family']
-    if fam == 'shape': return render_shape(rng)
-    if fam == 'emblem': return render_emblem(rng)
+    rng = np.random.default_rng(spec['seed'])
+    fam = spec['family']
+    if fam == 'shape':
+        return render_shape(rng)
+    if fam == 'emblem':
+        return render_emblem(rng)
     src = src or get_sources()
-    if fam == 'photo': return render_crop(src.photos[spec['photo']], spec['box'])
-    if fam == 'digit': return render_digit(src.mnist[spec['index']], rng)
-    if fam == 'face': return render_face(src.faces[spec['index']], rng)
+    if fam == 'photo':
+        return render_crop(src.photos[spec['photo']], spec['box'])
+    if fam == 'digit':
+        return render_digit(src.mnist[spec['index']], rng)
+    if fam == 'face':
+        return render_face(src.faces[spec['index']], rng)
     raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #9bc03e20
-VIEW_IOU = .35   # a new view of a photo concept overlaps its exemplar crop by at least this
+VIEW_IOU = 0.35  # a new view of a photo concept overlaps its exemplar crop by at least this
+
 
 def render_view(spec: dict, rng: np.random.Generator, src: Sources | None = None) -> np.ndarray:
     """Another view of an object concept, as a customized model renders it: a photo concept seen through another crop of
     its photograph that overlaps the exemplar (IoU >= VIEW_IOU, 0.75-1.3x its size), a digit with new colours and
     stroke, a face with a new tint; a procedural concept (shape, emblem) as it is (its pose, context and colours
     change in the prompt)."""
-    src = src or get_sources(); fam = spec['family']
+    src = src or get_sources()
+    fam = spec['family']
     if fam == 'photo':
-        y, x, s = spec['box']; H, W = src.photos[spec['photo']].shape[:2]; box = (y, x, s)
+        y, x, s = spec['box']
+        H, W = src.photos[spec['photo']].shape[:2]
+        box = (y, x, s)
         for _ in range(100):
-            s2 = min(int(s * rng.uniform(.75, 1.3)), H, W)
-            b = (int(np.clip(y + rng.normal(0, .2) * s, 0, H - s2)), int(np.clip(x + rng.normal(0, .2) * s, 0, W - s2)),
-                 s2)
-            if box_iou(box, b) >= VIEW_IOU: box = b; break
+            s2 = min(int(s * rng.uniform(0.75, 1.3)), H, W)
+            b = (
+                int(np.clip(y + rng.normal(0, 0.2) * s, 0, H - s2)),
+                int(np.clip(x + rng.normal(0, 0.2) * s, 0, W - s2)),
+                s2,
+            )
+            if box_iou(box, b) >= VIEW_IOU:
+                box = b
+                break
         return render_crop(src.photos[spec['photo']], box)[0]
-    if fam == 'digit': return render_digit(src.mnist[spec['index']], rng)[0]
-    if fam == 'face': return render_face(src.faces[spec['index']], rng)[0]
-    if fam in ('shape', 'emblem'): return render_content(spec, src)[0]
+    if fam == 'digit':
+        return render_digit(src.mnist[spec['index']], rng)[0]
+    if fam == 'face':
+        return render_face(src.faces[spec['index']], rng)[0]
+    if fam in ('shape', 'emblem'):
+        return render_content(spec, src)[0]
     raise DataError(f"unknown content family {fam!r}; known: {OBJECT_FAMILIES}")
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #03b1d74b
 def random_style(op: str, rng: np.random.Generator) -> dict:
     "Random parameters (palette included) of style operator `op`."
-    if op not in STYLE_OPS: raise ValueError(f'unknown style operator {op!r}; known: {STYLE_OPS}')
+    if op not in STYLE_OPS:
+        raise ValueError(f'unknown style operator {op!r}; known: {STYLE_OPS}')
     p = dict(op=op, palette=np.round(random_palette(rng, 5), 4).tolist(), seed=int(rng.integers(2**31)))
-    if op == 'poster': p.update(levels=int(rng.integers(3, 6)), edge=float(rng.uniform(.3, 1)))
-    if op == 'halftone': p.update(cell=int(rng.integers(3, 6)), angle=float(rng.uniform(0, np.pi / 2)))
-    if op == 'hatch': p.update(spacing=float(rng.uniform(2.5, 5)), angle=float(rng.uniform(0, np.pi)))
-    if op == 'mosaic': p.update(block=int(rng.integers(3, 7)), grout=float(rng.uniform(0, .5)))
-    if op == 'glass': p.update(cells=int(rng.integers(40, 140)), border=float(rng.uniform(0, .25)))
-    if op == 'neon': p.update(width=float(rng.uniform(.6, 1.6)), glow=float(rng.uniform(1, 3)))
+    if op == 'poster':
+        p.update(levels=int(rng.integers(3, 6)), edge=float(rng.uniform(0.3, 1)))
+    if op == 'halftone':
+        p.update(cell=int(rng.integers(3, 6)), angle=float(rng.uniform(0, np.pi / 2)))
+    if op == 'hatch':
+        p.update(spacing=float(rng.uniform(2.5, 5)), angle=float(rng.uniform(0, np.pi)))
+    if op == 'mosaic':
+        p.update(block=int(rng.integers(3, 7)), grout=float(rng.uniform(0, 0.5)))
+    if op == 'glass':
+        p.update(cells=int(rng.integers(40, 140)), border=float(rng.uniform(0, 0.25)))
+    if op == 'neon':
+        p.update(width=float(rng.uniform(0.6, 1.6)), glow=float(rng.uniform(1, 3)))
     return p
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #469d3e78
-def _sorted_pal(pal): return pal[np.argsort(pal @ _LUM)]
+def _sorted_pal(pal):
+    return pal[np.argsort(pal @ _LUM)]
+
 
 def _pal_map(l, pal):
     "Map luminance in [0, 1] piecewise-linearly onto a palette sorted dark to light."
-    pal = _sorted_pal(pal); x = np.clip(l, 0, 1) * (len(pal) - 1)
-    i = np.clip(np.floor(x).astype(int), 0, len(pal) - 2); f = (x - i)[..., None]
+    pal = _sorted_pal(pal)
+    x = np.clip(l, 0, 1) * (len(pal) - 1)
+    i = np.clip(np.floor(x).astype(int), 0, len(pal) - 2)
+    f = (x - i)[..., None]
     return pal[i] * (1 - f) + pal[i + 1] * f
 
-def _edges(img): l = lum(img); return np.hypot(ndi.sobel(l, 0), ndi.sobel(l, 1))
+
+def _edges(img):
+    l = lum(img)
+    return np.hypot(ndi.sobel(l, 0), ndi.sobel(l, 1))
+
 
 def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
     "Render a float RGB image in style `st` (see `random_style`)."
     pal, op = np.asarray(st['palette'], np.float32), st['op']
-    l = lum(img); lo, hi = np.percentile(l, 2), np.percentile(l, 98); l = np.clip((l - lo) / max(hi - lo, 1e-3), 0, 1)
+    l = lum(img)
+    lo, hi = np.percentile(l, 2), np.percentile(l, 98)
+    l = np.clip((l - lo) / max(hi - lo, 1e-3), 0, 1)
     yy, xx = np.mgrid[0:IMG, 0:IMG].astype(np.float32)
     if op == 'poster':
-        k = st['levels']; out = _pal_map(np.floor(l * k * .999) / (k - 1), pal)
-        e = np.clip(_edges(img) * 2 * st['edge'], 0, 1)[..., None]; out = out * (1 - e) + .05 * e
+        k = st['levels']
+        out = _pal_map(np.floor(l * k * 0.999) / (k - 1), pal)
+        e = np.clip(_edges(img) * 2 * st['edge'], 0, 1)[..., None]
+        out = out * (1 - e) + 0.05 * e
     elif op == 'halftone':
-        a, c = st['angle'], st['cell']; u, v = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
-        lb = ndi.uniform_filter(l, c); dot = np.hypot((u / c) % 1 - .5, (v / c) % 1 - .5) < .72 * np.sqrt(1 - lb)
+        a, c = st['angle'], st['cell']
+        u, v = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
+        lb = ndi.uniform_filter(l, c)
+        dot = np.hypot((u / c) % 1 - 0.5, (v / c) % 1 - 0.5) < 0.72 * np.sqrt(1 - lb)
         p2 = _sorted_pal(pal)
         out = np.where(dot[..., None], p2[0] * (1 - lb[..., None]) + p2[1] * lb[..., None], p2[-1])
     elif op == 'hatch':
         a, sp = st['angle'], st['spacing']
-        w1 = ((xx * np.cos(a) + yy * np.sin(a)) / sp) % 1; w2 = ((xx * np.cos(a + 1.3) + yy * np.sin(a + 1.3)) / sp) % 1
-        ink = ((w1 < (1 - l) * .8) | ((l < .35) & (w2 < (.35 - l) * 2))).astype(np.float32)[..., None]
-        p2 = _sorted_pal(pal); out = p2[0] * ink + p2[-1] * (1 - ink)
+        w1 = ((xx * np.cos(a) + yy * np.sin(a)) / sp) % 1
+        w2 = ((xx * np.cos(a + 1.3) + yy * np.sin(a + 1.3)) / sp) % 1
+        ink = ((w1 < (1 - l) * 0.8) | ((l < 0.35) & (w2 < (0.35 - l) * 2))).astype(np.float32)[..., None]
+        p2 = _sorted_pal(pal)
+        out = p2[0] * ink + p2[-1] * (1 - ink)
     elif op == 'mosaic':
-        b = st['block']; n = IMG // b
+        b = st['block']
+        n = IMG // b
         small = np.asarray(Image.fromarray(to_u8(img)).resize((n, n), Image.BOX)).astype(np.float32) / 255
-        d = (((small[:, :, None] - pal[None, None]) ** 2).sum(-1)
-             + 3 * (lum(small)[..., None] - (pal @ _LUM)[None, None]) ** 2)
-        out = (np.asarray(Image.fromarray(to_u8(pal[d.argmin(-1)])).resize((IMG, IMG), Image.NEAREST))
-               .astype(np.float32)
-               / 255)
+        d = ((small[:, :, None] - pal[None, None]) ** 2).sum(-1) + 3 * (
+            lum(small)[..., None] - (pal @ _LUM)[None, None]
+        ) ** 2
+        out = (
+            np.asarray(Image.fromarray(to_u8(pal[d.argmin(-1)])).resize((IMG, IMG), Image.NEAREST)).astype(np.float32)
+            / 255
+        )
         out = np.where((((xx % (IMG / n)) < 1) | ((yy % (IMG / n)) < 1))[..., None], out * (1 - st['grout']), out)
     elif op == 'glass':
-        r = np.random.default_rng(st['seed']); n = st['cells']; pts = r.random((n, 2)).astype(np.float32) * IMG
+        r = np.random.default_rng(st['seed'])
+        n = st['cells']
+        pts = r.random((n, 2)).astype(np.float32) * IMG
         lab = ((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2).argmin(-1)
         with np.errstate(all='ignore'):
-            mean = np.nan_to_num(np.stack([ndi.mean(img[..., k], lab, np.arange(n)) for k in range(3)], -1)
-                                 ).astype(np.float32)
-        ml = lum(mean); cell = _pal_map((ml - ml.min()) / max(np.ptp(ml), 1e-3), pal) * .6 + mean * .4
-        out = cell[lab]; border = (ndi.maximum_filter(lab, 2) != ndi.minimum_filter(lab, 2))[..., None]
+            mean = np.nan_to_num(np.stack([ndi.mean(img[..., k], lab, np.arange(n)) for k in range(3)], -1)).astype(
+                np.float32
+            )
+        ml = lum(mean)
+        cell = _pal_map((ml - ml.min()) / max(np.ptp(ml), 1e-3), pal) * 0.6 + mean * 0.4
+        out = cell[lab]
+        border = (ndi.maximum_filter(lab, 2) != ndi.minimum_filter(lab, 2))[..., None]
         out = np.where(border, out * st['border'], out)
     elif op == 'neon':
         e = _edges(ndi.gaussian_filter(img, (st['width'], st['width'], 0)))
         e = np.clip(e / max(e.max(), 1e-3) * 1.6, 0, 1)
-        glow = ndi.gaussian_filter(e, st['glow']); p2 = _sorted_pal(pal)[::-1]
-        out = (p2[-1] * .35 * (1 - glow[..., None])
-               + _pal_map(l, p2[:3][::-1]) * np.clip(e + glow, 0, 1)[..., None] * 1.2)
-    else: raise ValueError(f'unknown style operator {op!r}')
+        glow = ndi.gaussian_filter(e, st['glow'])
+        p2 = _sorted_pal(pal)[::-1]
+        out = (
+            p2[-1] * 0.35 * (1 - glow[..., None]) + _pal_map(l, p2[:3][::-1]) * np.clip(e + glow, 0, 1)[..., None] * 1.2
+        )
+    else:
+        raise ValueError(f'unknown style operator {op!r}')
     return np.clip(out, 0, 1).astype(np.float32)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #258ececb
-def jitter_style(st: dict, rng: np.random.Generator, amount: float = .1, palette_sd: float = .12) -> dict:
+def jitter_style(st: dict, rng: np.random.Generator, amount: float = 0.1, palette_sd: float = 0.12) -> dict:
     """A style as an imperfectly customized model renders it on new content: continuous parameters perturbed by `amount`
     (relative), the palette's colours by `palette_sd` (a style's colours vary with what it paints; its texture is
     what stays), a new random seed."""
-    out = dict(st, palette=np.round(np.clip(np.asarray(st['palette'])
-                                            + rng.normal(0, palette_sd, (len(st['palette']), 3)), 0, 1), 4).tolist(),
-               seed=int(rng.integers(2**31)))
+    out = dict(
+        st,
+        palette=np.round(
+            np.clip(np.asarray(st['palette']) + rng.normal(0, palette_sd, (len(st['palette']), 3)), 0, 1), 4
+        ).tolist(),
+        seed=int(rng.integers(2**31)),
+    )
     for k, v in st.items():
-        if isinstance(v, float): out[k] = float(v * (1 + rng.normal(0, amount)))
+        if isinstance(v, float):
+            out[k] = float(v * (1 + rng.normal(0, amount)))
     return out
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #cb4ac8b4
 def hue_shift(img: np.ndarray, h: float) -> np.ndarray:
     "Rotate the hue of a float RGB image by `h` turns (saturation and value kept)."
     from skimage.color import rgb2hsv, hsv2rgb
-    hsv = rgb2hsv(np.clip(img, 0, 1)); hsv[..., 0] = (hsv[..., 0] + h) % 1
+
+    hsv = rgb2hsv(np.clip(img, 0, 1))
+    hsv[..., 0] = (hsv[..., 0] + h) % 1
     return hsv2rgb(hsv).astype(np.float32)
 
 # %% ../../nbs/12b_mini_abc_render.ipynb #ce5915e6
-_PAPER = np.clip(ndi.gaussian_filter(np.random.default_rng(123).random((IMG, IMG)).astype(np.float32), .7) * .25 + .8,
-                 0, 1)
+_PAPER = np.clip(
+    ndi.gaussian_filter(np.random.default_rng(123).random((IMG, IMG)).astype(np.float32), 0.7) * 0.25 + 0.8, 0, 1
+)
+
 
 def apply_medium(img: np.ndarray, m: str) -> np.ndarray:
     "Render a float RGB image in medium `m` (sketch, painting, grayscale, sepia, pastel)."
-    if m == 'grayscale': out = np.repeat(lum(img)[..., None], 3, -1)
+    if m == 'grayscale':
+        out = np.repeat(lum(img)[..., None], 3, -1)
     elif m == 'sepia':
-        M = np.array([[.393, .769, .189], [.349, .686, .168], [.272, .534, .131]], np.float32)
-        yy, xx = np.mgrid[-1:1:IMG * 1j, -1:1:IMG * 1j]
-        out = np.clip(img @ M.T, 0, 1) * (1 - .175 * (xx ** 2 + yy ** 2))[..., None]
+        M = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], np.float32)
+        yy, xx = np.mgrid[-1 : 1 : IMG * 1j, -1 : 1 : IMG * 1j]
+        out = np.clip(img @ M.T, 0, 1) * (1 - 0.175 * (xx**2 + yy**2))[..., None]
     elif m == 'sketch':
-        e = _edges(ndi.gaussian_filter(img, (.6, .6, 0))); e = np.clip(e / max(np.percentile(e, 97), 1e-3), 0, 1)
-        out = (np.repeat((np.clip(1 - .85 * e - .25 * (1 - lum(img)), 0, 1) * _PAPER)[..., None], 3, -1)
-               * np.array([1, .98, .93], np.float32))
+        e = _edges(ndi.gaussian_filter(img, (0.6, 0.6, 0)))
+        e = np.clip(e / max(np.percentile(e, 97), 1e-3), 0, 1)
+        out = np.repeat((np.clip(1 - 0.85 * e - 0.25 * (1 - lum(img)), 0, 1) * _PAPER)[..., None], 3, -1) * np.array(
+            [1, 0.98, 0.93], np.float32
+        )
     elif m == 'painting':
-        sm = ndi.median_filter(img, size=(5, 5, 1)); l = lum(sm)[..., None]; sat = np.clip(l + (sm - l) * 1.6, 0, 1)
-        out = (np.round(sat * 6) / 6 * .5 + sat * .5) * (.85 + .3 * (_PAPER[..., None] - .8))
+        sm = ndi.median_filter(img, size=(5, 5, 1))
+        l = lum(sm)[..., None]
+        sat = np.clip(l + (sm - l) * 1.6, 0, 1)
+        out = (np.round(sat * 6) / 6 * 0.5 + sat * 0.5) * (0.85 + 0.3 * (_PAPER[..., None] - 0.8))
     elif m == 'pastel':
         b = ndi.gaussian_filter(img, (1.2, 1.2, 0))
         l = lum(b)[..., None]
-        out = (l + (b - l) * .6) * .55 + .45
-    else: raise ValueError(f'unknown medium {m!r}; known: {MEDIA}')
+        out = (l + (b - l) * 0.6) * 0.55 + 0.45
+    else:
+        raise ValueError(f'unknown medium {m!r}; known: {MEDIA}')
     return np.clip(out, 0, 1).astype(np.float32)

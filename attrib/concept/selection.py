@@ -19,51 +19,78 @@ __all__ = ['SelectionError', 'ValResults', 'evaluate_val', 'Selection', 'select'
 class SelectionError(AttribError):
     "A choice was about to read something other than validation results."
 
+
 class ValResults:
-    "Retrieval results on validation splits only: a table indexed by (split, synth_type); any split whose role is not `val` is refused."
+    """Retrieval results on validation splits only: a table indexed by (split, synth_type); any split whose role is not
+    `val` is refused."""
+
     def __init__(self, table: pd.DataFrame, roles: Mapping[str, str] | None = None):
         from attrib.concept.abc_data import split_info
+
         if not isinstance(table, pd.DataFrame) or list(table.index.names) != ['split', 'synth_type']:
             raise SelectionError('ValResults needs a table indexed by (split, synth_type)')
         splits = list(dict.fromkeys(table.index.get_level_values('split')))
-        if not splits: raise SelectionError('ValResults got an empty table')
+        if not splits:
+            raise SelectionError('ValResults got an empty table')
         role = lambda s: (roles or {}).get(s) or split_info(s)['role']
         bad = [s for s in splits if role(s) != 'val']
-        if bad: raise SelectionError(f'selection may only read validation results; refusing splits {bad} (roles {[role(s) for s in bad]})')
+        if bad:
+            raise SelectionError(
+                f'selection may only read validation results; refusing splits {bad} (roles {[role(s) for s in bad]})'
+            )
         self.table, self.splits = table.copy(), splits
 
     def score(self, metric: str = 'mAP', synth_type: str = 'all') -> float:
         "The mean of `metric` over the val splits (their `synth_type` rows)."
-        if metric not in self.table.columns: raise SelectionError(f'no metric {metric!r} in the val results ({list(self.table.columns)})')
+        if metric not in self.table.columns:
+            raise SelectionError(f'no metric {metric!r} in the val results ({list(self.table.columns)})')
         return float(np.mean([self.table.loc[(s, synth_type), metric] for s in self.splits]))
 
-    def __repr__(self): return f'ValResults({self.splits}, {len(self.table)} rows)'
+    def __repr__(self):
+        return f'ValResults({self.splits}, {len(self.table)} rows)'
+
 
 def evaluate_val(ds, feats: dict, val_split: str = 'val', **kw) -> ValResults:
-    "AbC evaluation of `feats` on the val split of `ds` only (`attrib.concept.evaluation.evaluate_splits` keywords pass through)."
+    """AbC evaluation of `feats` on the val split of `ds` only (`attrib.concept.evaluation.evaluate_splits` keywords
+    pass through)."""
     from attrib.concept.evaluation import evaluate_splits
-    if ds.split_info(val_split)['role'] != 'val': raise SelectionError(f'{val_split!r} is not a val split (role {ds.split_info(val_split)["role"]!r})')
+
+    if ds.split_info(val_split)['role'] != 'val':
+        raise SelectionError(f'{val_split!r} is not a val split (role {ds.split_info(val_split)["role"]!r})')
     return ValResults(evaluate_splits(ds, feats, [val_split], **kw), roles={val_split: 'val'})
 
 # %% ../../nbs/19b_selection.ipynb #9cd00515
 @dataclass
 class Selection:
     "The outcome of one choice: the chosen key, every candidate's val score, and what was compared."
+
     name: str
     best: Hashable
     scores: dict = field(default_factory=dict)
     metric: str = 'mAP'
+
     def record(self) -> dict:
         "A JSON-able record: what was searched, the val numbers, the choice."
-        return dict(chosen=_jsonable(self.best), metric=self.metric, val=[dict(candidate=_jsonable(k), score=float(v)) for k, v in self.scores.items()])
+        return dict(
+            chosen=_jsonable(self.best),
+            metric=self.metric,
+            val=[dict(candidate=_jsonable(k), score=float(v)) for k, v in self.scores.items()],
+        )
 
-def _jsonable(k): return list(k) if isinstance(k, tuple) else k
 
-def select(name: str, candidates: Mapping[Hashable, ValResults], metric: str = 'mAP', synth_type: str = 'all') -> Selection:
+def _jsonable(k):
+    return list(k) if isinstance(k, tuple) else k
+
+
+def select(
+    name: str, candidates: Mapping[Hashable, ValResults], metric: str = 'mAP', synth_type: str = 'all'
+) -> Selection:
     "Choose among `candidates` (key -> `ValResults`) by mean val `metric`; the only way an experiment makes a choice."
-    if not candidates: raise SelectionError(f'{name}: no candidates to select from')
+    if not candidates:
+        raise SelectionError(f'{name}: no candidates to select from')
     for k, r in candidates.items():
-        if not isinstance(r, ValResults): raise SelectionError(f'{name}: candidate {k!r} is a {type(r).__name__}, not ValResults (val results only)')
+        if not isinstance(r, ValResults):
+            raise SelectionError(f'{name}: candidate {k!r} is a {type(r).__name__}, not ValResults (val results only)')
     scores = {k: r.score(metric, synth_type) for k, r in candidates.items()}
     best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
     return Selection(name, best, scores, metric)
@@ -72,7 +99,10 @@ def select(name: str, candidates: Mapping[Hashable, ValResults], metric: str = '
 def kendall_tau(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     "Kendall's tau-b between two scorings of the same keys (NaN when either is constant or fewer than 2 keys)."
     from scipy.stats import kendalltau
+
     keys = sorted(set(a) & set(b))
-    if set(a) != set(b): raise SelectionError(f'kendall_tau: different keys {sorted(set(a) ^ set(b))}')
-    if len(keys) < 2: return float('nan')
+    if set(a) != set(b):
+        raise SelectionError(f'kendall_tau: different keys {sorted(set(a) ^ set(b))}')
+    if len(keys) < 2:
+        return float('nan')
     return float(kendalltau([a[k] for k in keys], [b[k] for k in keys]).statistic)
