@@ -4,7 +4,7 @@
 
 # %% ../../nbs/12a_benchmark_card.ipynb #e6155370
 from __future__ import annotations
-import json, time
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..core import DataError, load_json, save_json, atomic_write
+from ..train import Timer
 
 # %% auto #0
 __all__ = ['HIST', 'MIN_CONTRAST', 'NEAR_DUP', 'THRESHOLDS', 'IMAGENET', 'RANDOM', 'color_histogram', 'color_histogram_features',
@@ -84,14 +85,14 @@ def raw_baselines(
     }
     feats[HIST] = lambda: color_histogram_features(ds, paths, bins)
     for name, fn in feats.items():
-        t0 = time.perf_counter()
-        f = fn()
-        for sp in splits:
-            s, _ = evaluate_split(ds, sp, f, ks=ks)
-            for st, r in s.iterrows():
-                rows.append(dict(method=name, split=sp, synth_type=st, **r.to_dict()))
+        with Timer() as t:
+            f = fn()
+            for sp in splits:
+                s, _ = evaluate_split(ds, sp, f, ks=ks)
+                for st, r in s.iterrows():
+                    rows.append(dict(method=name, split=sp, synth_type=st, **r.to_dict()))
         if log:
-            log(f'{name}: {time.perf_counter() - t0:.0f} s')
+            log(f'{name}: {t.s:.0f} s')
     return pd.DataFrame(rows)
 
 # %% ../../nbs/12a_benchmark_card.ipynb #9acffb9c
@@ -355,7 +356,7 @@ def benchmark_card(
     into `out_dir` (default root)."""
     from attrib.concept.abc_data import AbCDataset
 
-    t0 = time.perf_counter()
+    timer = Timer().__enter__()
     ds = AbCDataset(root)
     splits = (
         list(splits)
@@ -379,8 +380,9 @@ def benchmark_card(
         audit=audit,
         texture=texture,
         properties=card_properties(ds, base, audit, texture, man),
-        wall_s=round(time.perf_counter() - t0, 1),
     )
+    timer.__exit__()
+    card['wall_s'] = round(timer.s, 1)
     out = Path(out_dir) if out_dir is not None else ds.root
     save_json(card, out / 'card.json')
     with atomic_write(out / 'card.md', 'w') as f:

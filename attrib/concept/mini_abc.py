@@ -4,7 +4,7 @@
 
 # %% ../../nbs/12_mini_abc.ipynb #9c6490da
 from __future__ import annotations
-import hashlib, shutil, sys, time
+import hashlib, shutil, sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from attrib.core import (
     save_json,
     stable_hash,
 )
-from ..train import torch_threads
+from ..train import Timer, torch_threads
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 from .benchmark_card import NEAR_DUP, thumb_descriptor
 from attrib.concept.mini_abc_render import (
@@ -733,20 +733,20 @@ def _build(root, size, seed, force, verbose) -> Path:
         for stage in STAGES:
             if stage in stages:
                 continue
-            t0, c0 = time.perf_counter(), time.process_time()
-            if log:
-                log(f'mini-AbC {size}: stage {stage}')
-            plan = plan or load_plan(root, cfg, seed, src)
-            if stage == 'real':
-                _stage_real(root, plan, cfg, seed, src, log)
-                plan = None  # reloaded with its redraws
-            elif stage == 'generator':
-                _stage_generator(root, cfg, seed, log)
-            elif stage == 'synth':
-                _stage_synth(root, plan, cfg, seed, log, src)
-            else:
-                counts = _stage_json(root, plan, cfg)
-            stages[stage] = dict(wall_s=round(time.perf_counter() - t0, 2), cpu_s=round(time.process_time() - c0, 2))
+            with Timer() as t:
+                if log:
+                    log(f'mini-AbC {size}: stage {stage}')
+                plan = plan or load_plan(root, cfg, seed, src)
+                if stage == 'real':
+                    _stage_real(root, plan, cfg, seed, src, log)
+                    plan = None  # reloaded with its redraws
+                elif stage == 'generator':
+                    _stage_generator(root, cfg, seed, log)
+                elif stage == 'synth':
+                    _stage_synth(root, plan, cfg, seed, log, src)
+                else:
+                    counts = _stage_json(root, plan, cfg)
+            stages[stage] = dict(wall_s=round(t.s, 2), cpu_s=round(t.cpu, 2))
             save_json(stages, stages_file)
         if counts is None:
             counts = {s: AbCDataset(root).split_info(s) for s in AbCDataset(root).split_names()}
