@@ -59,13 +59,16 @@ def train_abc_heads(
     weight_decay: float = 0.0,
     temperature: float = 0.07,
     seed: int = 0,
-    val_fn: Callable | None = None,
+    val_fn: Callable | None = None,  # heads -> their `ValResults` on a val split; the epoch is chosen by `select`
     val_every: int = 1,
+    metric: str = 'mAP',  # what the chosen epoch maximises on val
     device=None,
 ) -> tuple[AbCHeads, list[dict]]:
     """Train `AbCHeads` on paired frozen features (row i of `synth_feats` was made from exemplar row i; `model_ids`
-    their model), with AbC's cross-domain contrastive loss. Returns the heads (the best epoch by `val_fn`, checked
-    every `val_every` epochs and at the end, if given; else the last) and per-epoch history."""
+    their model), with AbC's cross-domain contrastive loss. Returns the heads (the epoch that
+    `attrib.concept.selection.select` chooses on `val_fn`'s results, checked every `val_every` epochs and at the end, if
+    given; else the last) and per-epoch history."""
+    from attrib.concept.selection import select
     from attrib.losses import AbCContrastiveLoss
 
     s, e = torch.as_tensor(np.asarray(synth_feats), dtype=torch.float32), torch.as_tensor(
@@ -88,10 +91,18 @@ def train_abc_heads(
     bs = min(batch_size, len(s))
     steps = max(1, len(s) // bs) * epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    hist, best = [], (-math.inf, None)
+    hist, cands, best = [], {}, None
+
+    def validate(ep: int) -> float:
+        nonlocal best
+        heads.eval()
+        cands[ep] = val_fn(heads)
+        if select('AbC heads epoch', cands, metric).best == ep:  # keep only the chosen epoch's weights
+            best = {k: v.clone() for k, v in heads.state_dict().items()}
+        return cands[ep].score(metric)
+
     if val_fn is not None:
-        best = (float(val_fn(heads)), {k: v.clone() for k, v in heads.state_dict().items()})
-        hist.append(dict(epoch=0, loss=float('nan'), val=best[0]))
+        hist.append(dict(epoch=0, loss=float('nan'), val=validate(0)))
     for ep in range(1, epochs + 1):
         heads.train()
         perm, tot, n = torch.randperm(len(s), generator=g), 0.0, 0
@@ -106,13 +117,10 @@ def train_abc_heads(
             n += 1
         row = dict(epoch=ep, loss=tot / max(n, 1))
         if val_fn is not None and (ep % val_every == 0 or ep == epochs):
-            heads.eval()
-            row['val'] = float(val_fn(heads))
-            if row['val'] > best[0]:
-                best = (row['val'], {k: v.clone() for k, v in heads.state_dict().items()})
+            row['val'] = validate(ep)
         hist.append(row)
     if val_fn is not None:
-        heads.load_state_dict(best[1])
+        heads.load_state_dict(best)
     return heads.eval(), hist
 
 

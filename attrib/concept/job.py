@@ -375,8 +375,8 @@ def abc_heads(
     data = Fs.numpy().tobytes() + Fx.numpy().tobytes() + np.asarray(pairs['model']).tobytes()
     digest = hashlib.sha1(data).hexdigest()  # the features the heads are trained on
 
-    def val_score(h):
-        return evaluate_val(ds, raw, val_split, synth_fn=h.embed_synth, real_fn=h.embed_real, ks=ks).score(metric)
+    def val_results(h):
+        return evaluate_val(ds, raw, val_split, synth_fn=h.embed_synth, real_fn=h.embed_real, ks=ks)
 
     heads, tables, selections = {}, {}, {}
     for s in seeds:
@@ -388,7 +388,7 @@ def abc_heads(
             h.load_state_dict(ck['heads'])
             h.eval()
         else:
-            h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_score, **train_kw)
+            h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_results, metric=metric, **train_kw)
             if path is not None:
                 save_checkpoint(dict(heads=h.state_dict(), history=hist, config=config), path)
         heads[s] = h
