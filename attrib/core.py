@@ -16,7 +16,7 @@ import torch
 __all__ = ['AttribError', 'DataError', 'WeightsError', 'seed_everything', 'get_rng_state', 'set_rng_state', 'get_device',
            'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'atomic_write', 'save_json', 'load_json',
            'save_checkpoint', 'load_checkpoint', 'check_finite', 'check_shape', 'progress', 'l2_normalize',
-           'stable_hash', 'to_numpy']
+           'stable_hash', 'to_numpy', 'file_hash']
 
 # %% ../nbs/00_core.ipynb #19166c5e
 class AttribError(Exception):
@@ -193,3 +193,15 @@ def stable_hash(*parts, n: int = 12) -> str:
 def to_numpy(x) -> np.ndarray:
     "A tensor (any device, any grad state) or array-like as a numpy array."
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+# %% ../nbs/00_core.ipynb #75bc90c9
+def file_hash(path: str | Path,        # the file
+              algo: str = 'sha256',    # a `hashlib` algorithm
+              n: int | None = None,    # keep the first `n` hex digits (None: all)
+              header: bytes = b'',     # bytes hashed before the content
+             ) -> str:
+    "Hex digest of `header` followed by the content of the file `path`."
+    h = hashlib.new(algo, header)
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
+    return h.hexdigest()[:n]

@@ -4,16 +4,16 @@
 
 # %% ../../nbs/19a_abc_release.ipynb #f072d282
 from __future__ import annotations
-import fnmatch, hashlib, os, shutil, subprocess, tarfile
+import fnmatch, os, shutil, subprocess, tarfile
 from pathlib import Path
 from typing import Sequence
 
-from ..core import AttribError, DataError, load_json, progress, save_json
+from ..core import AttribError, DataError, file_hash, load_json, progress, save_json
 
 # %% auto #0
-__all__ = ['ABC_REPO', 'ABC_PARTS', 'DEFAULT_PARTS', 'part_patterns', 'select_files', 'git_blob_sha1', 'sha256_file',
-           'verify_file', 'archive_volumes', 'extract_archive', 'download_abc', 'load_testcase_features',
-           'evaluate_official_features', 'add_commands']
+__all__ = ['ABC_REPO', 'ABC_PARTS', 'DEFAULT_PARTS', 'part_patterns', 'select_files', 'git_blob_sha1', 'verify_file',
+           'archive_volumes', 'extract_archive', 'download_abc', 'load_testcase_features', 'evaluate_official_features',
+           'evaluate_official', 'add_commands']
 
 # %% ../../nbs/19a_abc_release.ipynb #9ecda675
 ABC_REPO = 'sywang/GenDataAttribution'
@@ -42,18 +42,7 @@ def select_files(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
 # %% ../../nbs/19a_abc_release.ipynb #449581d0
 def git_blob_sha1(path: str | Path) -> str:
     "git's blob id of a file: SHA-1 of `blob <size>\\0` followed by the content."
-    p = Path(path); h = hashlib.sha1(f'blob {p.stat().st_size}\0'.encode())
-    with open(p, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
-
-# %% ../../nbs/19a_abc_release.ipynb #0549a377
-def sha256_file(path: str | Path) -> str:
-    "Hex SHA-256 of a file."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
+    return file_hash(path, 'sha1', header=f'blob {Path(path).stat().st_size}\0'.encode())
 
 # %% ../../nbs/19a_abc_release.ipynb #f45272fc
 def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None, blob_id: str | None = None) -> str | None:
@@ -62,7 +51,7 @@ def verify_file(path: str | Path, size: int | None = None, sha256: str | None = 
     if not p.is_file(): return 'missing'
     if size is not None and p.stat().st_size != size: return f'size {p.stat().st_size} != {size}'
     if sha256:
-        got = sha256_file(p)
+        got = file_hash(p)
         return None if got == sha256 else f'sha256 {got[:12]}... != {sha256[:12]}...'
     if blob_id:
         got = git_blob_sha1(p)
@@ -143,10 +132,17 @@ def _is_first_volume(name: str) -> bool:
     return n.endswith(('.tar', '.tar.gz', '.tgz', '.7z', '.7z.001'))
 
 # %% ../../nbs/19a_abc_release.ipynb #c2ff6da7
-def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id: str = ABC_REPO, revision: str | None = None,
-                 extract: bool = True, keep_archives: bool = False, validate: bool = True, endpoint: str | None = None) -> dict:
-    "Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate the result."
-    # endpoint: None = huggingface_hub's own (HF_ENDPOINT when it was imported, else the public hub)
+def download_abc(root: str | Path,                     # folder to put dataset/ in (give it to `attrib evaluate` afterwards)
+                 parts: Sequence[str] = DEFAULT_PARTS,  # parts of the release to fetch (names of `ABC_PARTS`)
+                 repo_id: str = ABC_REPO,               # the Hugging Face dataset holding the release
+                 revision: str | None = None,           # a branch, tag or commit of it (None: the default branch)
+                 extract: bool = True,                  # extract the downloaded archives
+                 keep_archives: bool = False,           # keep the archives once they are extracted
+                 validate: bool = True,                 # check the result with `AbCDataset`
+                 endpoint: str | None = None,           # None: huggingface_hub's own (HF_ENDPOINT, else the public hub)
+                ) -> dict:
+    """Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate
+    the result."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import disable_progress_bars
     if os.environ.get('ATTRIB_PROGRESS', '1') == '0': disable_progress_bars()
@@ -233,43 +229,58 @@ def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Se
     keep = em >= 0
     return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks, device=device)
 
-# %% ../../nbs/19a_abc_release.ipynb #bdf0be8b
-def _cmd_download(a):
-    rep = download_abc(a.root, parts=a.parts, repo_id=a.repo, revision=a.revision, extract=not a.no_extract, keep_archives=a.keep_archives)
-    print(f"{a.root}: {rep['files']} file(s) of {a.repo}@{rep['commit'][:10]} ({rep['bytes'] / 1e9:.2f} GB): {len(rep['downloaded'])} downloaded, "
-          f"{len(rep['skipped'])} already there, {len(rep['extracted'])} archive(s) extracted")
-    if 'validated' in rep: print(f"validated: {rep['validated']}")
-
-# %% ../../nbs/19a_abc_release.ipynb #198a389e
-def _cmd_eval_official(a):
+# %% ../../nbs/19a_abc_release.ipynb #448a907c
+def evaluate_official(feats_dir: str | Path,            # AbC's `feats/` folder (their extract_feat.py's output)
+                      model: str,                       # sub-folder of it, e.g. dino, clip, moco, vit, sscd
+                      test_cases: Sequence[str] | None = None,  # test cases (file stems); None: every test_*.pth there
+                      out_dir: str | Path | None = None,  # folder for official_<model>.csv/.json (None: none written)
+                      device=None,                      # where the ranking runs (None: the default device)
+                     ):
+    "`evaluate_official_features` over the test cases of one feature model: one table (a row per test case and synth type)."
     import pandas as pd
-    from attrib.concept.abc_eval import results_dict
-    base = Path(a.feats_dir)/a.model
-    cases = a.test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
+    base = Path(feats_dir)/model
+    cases = test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
     if not cases: raise DataError(f"{base}: no test-case feature files (test_*.pth)")
     rows = []
     for c in cases:
-        s, _ = evaluate_official_features(base/'laion_subset.pth', base/f'{c}.pth', device=a.device)
-        s = s.reset_index().rename(columns={'index': 'synth_type'}); s.insert(0, 'test_case', c); rows.append(s)
+        s, _ = evaluate_official_features(base/'laion_subset.pth', base/f'{c}.pth', device=device)
+        s = s.reset_index().rename(columns={'index': 'synth_type'})
+        s.insert(0, 'test_case', c)
+        rows.append(s)
     t = pd.concat(rows, ignore_index=True)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        t.to_csv(out/f'official_{model}.csv', index=False)
+        save_json(t.to_dict(orient='records'), out/f'official_{model}.json')
+    return t
+
+# %% ../../nbs/19a_abc_release.ipynb #bdf0be8b
+def _cmd_download(a):
+    rep = download_abc(a.root, parts=a.parts, repo_id=a.repo, revision=a.revision, extract=not a.no_extract,
+                       keep_archives=a.keep_archives)
+    print(f"{a.root}: {rep['files']} file(s) of {a.repo}@{rep['commit'][:10]} ({rep['bytes'] / 1e9:.2f} GB): "
+          f"{len(rep['downloaded'])} downloaded, {len(rep['skipped'])} already there, "
+          f"{len(rep['extracted'])} archive(s) extracted")
+    if 'validated' in rep: print(f"validated: {rep['validated']}")
+
+def _cmd_eval_official(a):
+    t = evaluate_official(a.feats_dir, a.model, test_cases=a.test_cases, out_dir=a.out, device=a.device)
     print(t.to_string(index=False))
-    if a.out:
-        out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-        t.to_csv(out/f'official_{a.model}.csv', index=False); save_json(t.to_dict(orient='records'), out/f'official_{a.model}.json')
-        print(f"wrote {out/f'official_{a.model}.csv'}")
+    if a.out: print(f"wrote {Path(a.out)/f'official_{a.model}.csv'}")
 
 # %% ../../nbs/19a_abc_release.ipynb #0fb3250f
 def add_commands(sub):
     "Add `download-abc` and `evaluate-official` to the `attrib` parser's subparsers `sub`."
-    import inspect
-    dd = {k: v.default for k, v in inspect.signature(download_abc).parameters.items() if v.default is not inspect.Parameter.empty}
-    s = sub.add_parser('download-abc', help='fetch the official AbC release from the Hugging Face hub (resumable, checksummed)')
-    s.add_argument('root', help='folder to put dataset/ in (give it to `attrib evaluate` afterwards)')
-    s.add_argument('--parts', nargs='+', default=list(dd['parts']), choices=list(ABC_PARTS))
-    s.add_argument('--repo', default=dd['repo_id']); s.add_argument('--revision', default=dd['revision'])
-    s.add_argument('--no-extract', action='store_true'); s.add_argument('--keep-archives', action='store_true')
+    from attrib.cli import add_function_args
+    s = sub.add_parser('download-abc', help='fetch the official AbC release from the Hugging Face hub (resumable, '
+                                            'checksummed)')
+    add_function_args(s, download_abc, ['root', 'parts', 'repo_id', 'revision', 'keep_archives'],
+                      parts=dict(nargs='+', choices=list(ABC_PARTS)), repo_id=dict(flag='--repo'))
+    s.add_argument('--no-extract', action='store_true', help='leave the downloaded archives unextracted')
     s.set_defaults(fn=_cmd_download)
-    s = sub.add_parser('evaluate-official', help="AbC protocol on AbC's own precomputed feature files (feats/<model>/*.pth)")
-    s.add_argument('feats_dir'); s.add_argument('model', help='sub-folder of FEATS_DIR, e.g. dino, clip, moco, vit, sscd')
-    s.add_argument('--test-cases', nargs='+', default=None); s.add_argument('--out', default=None); s.add_argument('--device', default=None)
+    s = sub.add_parser('evaluate-official', help="AbC protocol on AbC's own precomputed feature files "
+                                                 "(feats/<model>/*.pth)")
+    add_function_args(s, evaluate_official, ['feats_dir', 'model', 'test_cases', 'out_dir', 'device'],
+                      test_cases=dict(nargs='+'), out_dir=dict(flag='--out'))
     s.set_defaults(fn=_cmd_eval_official)

@@ -4,26 +4,18 @@
 
 # %% ../../nbs/19_index.ipynb #88e48872
 from __future__ import annotations
-import base64, hashlib, html, io, json, math, os, time, warnings
+import base64, html, io, json, math, os, time, warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, progress
+from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, progress, file_hash
 
 # %% auto #0
-__all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'file_sha256', 'resolve_checkpoint', 'Embedder', 'load_embedder',
-           'embedder_from_info', 'scan_gallery', 'file_digest', 'embed_files', 'faiss_params', 'make_faiss_index',
-           'train_faiss_index', 'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json',
-           'write_reports', 'calibrate_index', 'train_ad_folders', 'add_commands']
-
-# %% ../../nbs/19_index.ipynb #3deb6a4f
-def file_sha256(path: str | Path, n: int = 16) -> str:
-    "The first `n` hex digits of a file's SHA-256."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()[:n]
+__all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'resolve_checkpoint', 'Embedder', 'load_embedder', 'embedder_from_info',
+           'scan_gallery', 'embed_files', 'faiss_params', 'make_faiss_index', 'train_faiss_index', 'set_search_params',
+           'Index', 'expand_queries', 'thumbnail_b64', 'results_json', 'write_reports', 'calibrate_index',
+           'train_ad_folders', 'add_commands']
 
 # %% ../../nbs/19_index.ipynb #7577e00b
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -85,8 +77,8 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
         def forward(self, x): return self.m.embed(x.to(next(self.m.parameters()).dtype), which, branch=branch)
     with torch.no_grad():
         dim = int(_Embed(model)(torch.zeros(1, 3, bb.img_size, bb.img_size, device=dev)).shape[1])
-    info = dict(kind='ad_checkpoint', backbone=cfg.backbone, spec=cfg.backbone, weights_id=f'ad:{file_sha256(ck)}', checkpoint=str(ck.resolve()),
-                checkpoint_sha256=file_sha256(ck), img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=dim, seed=seed,
+    info = dict(kind='ad_checkpoint', backbone=cfg.backbone, spec=cfg.backbone, weights_id=f'ad:{file_hash(ck, n=16)}', checkpoint=str(ck.resolve()),
+                checkpoint_sha256=file_hash(ck, n=16), img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=dim, seed=seed,
                 embedding=which, branch=branch, method=cfg.method)
     return Embedder(_Embed(model).eval(), bb.transform, info, dev)
 
@@ -116,14 +108,6 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     for p in list_images(root):
         st = p.stat(); out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
-
-# %% ../../nbs/19_index.ipynb #dfeb15c6
-def file_digest(path: str | Path) -> str:
-    "A short content hash (SHA-1, 16 hex digits) of a file, to tell a touched file from a changed one."
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()[:16]
 
 # %% ../../nbs/19_index.ipynb #98e45cab
 def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
@@ -341,7 +325,7 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
             chunk = todo[a:a + shard_size]
             feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size, num_workers=num_workers,
                                           on_batch=on_batch, bar=bar)
-            rows = [(chunk[i][0], (*chunk[i][1], file_digest(gallery/chunk[i][0]))) for i in got]
+            rows = [(chunk[i][0], (*chunk[i][1], file_hash(gallery/chunk[i][0], 'sha1', 16))) for i in got]
             ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
             rep['embedded'] += len(got); rep['unreadable'] += [p for p, _ in bad]; rep['shards_written'] += 1
     finally:
@@ -370,9 +354,9 @@ def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
         cur = current.get(p)
         if cur is None: new_dead.append(i); continue
         if tuple(cur) == sig:
-            if check_content and dig and file_digest(self.gallery/p) != dig: new_dead.append(i)
+            if check_content and dig and file_hash(self.gallery/p, 'sha1', 16) != dig: new_dead.append(i)
             else: keep.add(p)
-        elif dig and cur[0] == sig[0] and file_digest(self.gallery/p) == dig: m['resig'][str(i)] = list(cur); keep.add(p)
+        elif dig and cur[0] == sig[0] and file_hash(self.gallery/p, 'sha1', 16) == dig: m['resig'][str(i)] = list(cur); keep.add(p)
         else: new_dead.append(i)
     todo = sorted((p, sig) for p, sig in current.items()
                   if p not in keep and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
