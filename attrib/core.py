@@ -31,7 +31,8 @@ class WeightsError(AttribError, FileNotFoundError):
 # %% ../nbs/00_core.ipynb #20611c87
 def seed_everything(seed: int, deterministic: bool = False) -> int:
     "Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -71,13 +72,17 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
     "The device to run on: `prefer` if given and available, else cuda > mps > cpu."
     if prefer is not None and str(prefer) != 'auto':
         try: dev = torch.device(prefer)
-        except (RuntimeError, TypeError): raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        except (RuntimeError, TypeError):
+            raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
         if dev.type not in ('cpu', 'cuda', 'mps'):
             raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
         if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
-            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()): raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
+            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")
+        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+            raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
     if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
@@ -95,15 +100,22 @@ def _env_dir(var, default):
     p = Path(os.environ.get(var) or project_root()/default)
     return p.expanduser()
 
-def data_dir() -> Path:    "Where datasets are built and read (`$ATTRIB_DATA` or `<root>/data`)."; return _env_dir('ATTRIB_DATA', 'data')
-def figures_dir() -> Path: "Where figures are saved (`$ATTRIB_FIGURES` or `<root>/figures`)."; return _env_dir('ATTRIB_FIGURES', 'figures')
-def runs_dir() -> Path:    "Where experiment runs write (`$ATTRIB_RUNS` or `<root>/runs`)."; return _env_dir('ATTRIB_RUNS', 'runs')
+def data_dir() -> Path:
+    "Where datasets are built and read (`$ATTRIB_DATA` or `<root>/data`)."
+    return _env_dir('ATTRIB_DATA', 'data')
+def figures_dir() -> Path:
+    "Where figures are saved (`$ATTRIB_FIGURES` or `<root>/figures`)."
+    return _env_dir('ATTRIB_FIGURES', 'figures')
+def runs_dir() -> Path:
+    "Where experiment runs write (`$ATTRIB_RUNS` or `<root>/runs`)."
+    return _env_dir('ATTRIB_RUNS', 'runs')
 
 # %% ../nbs/00_core.ipynb #8ccb48ca
 @contextmanager
 def atomic_write(path: str | Path, mode: str = 'wb'):
     "Open a temporary file beside `path`; move it into place only if the block finishes."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp')
     try:
         os.chmod(tmp, _open_mode(path))   # mkstemp makes 0600 files: give the mode a plain open() would
@@ -119,11 +131,13 @@ def _umask() -> int:
         for line in Path('/proc/self/status').read_text().splitlines():
             if line.startswith('Umask:'): return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError): pass
-    m = os.umask(0o022); os.umask(m)
+    m = os.umask(0o022)
+    os.umask(m)
     return m
 
 def _open_mode(path: Path) -> int:
-    "The permission bits `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 minus the umask."
+    """The permission bits `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 minus the
+    umask."""
     try: return path.stat().st_mode & 0o7777
     except OSError: return 0o666 & ~_umask()
 
@@ -133,12 +147,15 @@ def save_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 def load_json(path: str | Path) -> Any:
-    "Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly deep."
+    """Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly
+    deep."""
     path = Path(path)
-    if not path.is_file(): raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
     try: return json.loads(path.read_bytes())
     except json.JSONDecodeError as e: raise DataError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e: raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except RecursionError: raise DataError(f"{path}: not valid JSON for attrib: nested too deeply") from None
 
 def _to_jsonable(o):
@@ -179,7 +196,8 @@ def check_shape(x, shape: tuple, name: str = 'input'):
 def progress(it: Iterable, desc: str = '', total: int | None = None, **kw):
     "A tqdm progress bar, off when `ATTRIB_PROGRESS=0`."
     from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, total=total, disable=os.environ.get('ATTRIB_PROGRESS', '1') == '0', dynamic_ncols=True, **kw)
+    return tqdm(it, desc=desc, total=total, disable=os.environ.get('ATTRIB_PROGRESS', '1') == '0', dynamic_ncols=True,
+                **kw)
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     "Scale rows of `x` to unit Euclidean norm (zero rows stay zero)."

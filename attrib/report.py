@@ -28,7 +28,8 @@ def save_table(df, name: str, out_dir: str | Path, float_format: str = '%.4f') -
     with atomic_write(p, 'w') as f: df.to_csv(f, float_format=float_format)
     return p
 
-def save_figure(fig, name: str, out_dir: str | Path | None = None, also_figures: bool = False, dpi: int = 120) -> list[Path]:
+def save_figure(fig, name: str, out_dir: str | Path | None = None, also_figures: bool = False,
+                dpi: int = 120) -> list[Path]:
     "Save a matplotlib figure as `out_dir/name.png` (and to `figures/` when `also_figures`)."
     dirs = ([Path(out_dir)] if out_dir is not None else []) + ([figures_dir()] if also_figures else [])
     if not dirs: raise ValueError('save_figure needs out_dir or also_figures=True')

@@ -14,7 +14,8 @@ __all__ = ['SKIMAGE_PHOTOS', 'SKIMAGE_GRAY', 'to_rgb_uint8', 'skimage_photos', '
            'sklearn_digits', 'all_photos', 'resize', 'random_crops']
 
 # %% ../nbs/03_sources.ipynb #3038b537
-SKIMAGE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'retina', 'hubble_deep_field', 'immunohistochemistry', 'colorwheel', 'logo')
+SKIMAGE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'retina', 'hubble_deep_field', 'immunohistochemistry',
+                  'colorwheel', 'logo')
 SKIMAGE_GRAY = ('camera', 'brick', 'grass', 'gravel', 'moon', 'coins', 'clock', 'page', 'text')
 
 def to_rgb_uint8(a: np.ndarray) -> np.ndarray:
@@ -77,17 +78,21 @@ def resize(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     w, h = (size, size) if isinstance(size, int) else size
     return np.asarray(Image.fromarray(a).resize((w, h), Image.LANCZOS))
 
-def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None, scale=(0.15, 0.6)) -> tuple[np.ndarray, list[str]]:
-    "`n` square crops (size x size, RGB uint8) of random photos at random positions; side = `scale` x the photo's short side."
+def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None, scale=(0.15, 0.6)) -> tuple[np.ndarray,
+                                                                                                           list[str]]:
+    """`n` square crops (size x size, RGB uint8) of random photos at random positions; side = `scale` x the photo's
+    short side."""
     if n < 0 or size < 1: raise ValueError(f'need n >= 0 and size >= 1, got n={n}, size={size}')
     photos = photos if photos is not None else all_photos()
     names = sorted(photos)
     rng = np.random.default_rng(seed)
     out, src = np.empty((n, size, size, 3), np.uint8), []
     for i in range(n):
-        name = names[rng.integers(len(names))]; im = photos[name]
+        name = names[rng.integers(len(names))]
+        im = photos[name]
         H, W = im.shape[:2]
         side = max(2, int(min(H, W) * rng.uniform(*scale)))
         y, x = rng.integers(0, H - side + 1), rng.integers(0, W - side + 1)
-        out[i] = resize(im[y:y + side, x:x + side], size); src.append(name)
+        out[i] = resize(im[y:y + side, x:x + side], size)
+        src.append(name)
     return out, src

@@ -45,7 +45,8 @@ def git_blob_sha1(path: str | Path) -> str:
     return file_hash(path, 'sha1', header=f'blob {Path(path).stat().st_size}\0'.encode())
 
 # %% ../../nbs/19a_abc_release.ipynb #f45272fc
-def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None, blob_id: str | None = None) -> str | None:
+def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None,
+                blob_id: str | None = None) -> str | None:
     "None if `path` matches the listed size and checksum, else what is wrong."
     p = Path(path)
     if not p.is_file(): return 'missing'
@@ -62,7 +63,9 @@ def verify_file(path: str | Path, size: int | None = None, sha256: str | None = 
 class _Volumes:
     "Several files read as one (a multi-volume archive): read/seek/tell only."
     def __init__(self, paths):
-        self.paths = [Path(p) for p in paths]; self.sizes = [p.stat().st_size for p in self.paths]; self.pos = 0
+        self.paths = [Path(p) for p in paths]
+        self.sizes = [p.stat().st_size for p in self.paths]
+        self.pos = 0
         self.total = sum(self.sizes)
     def seekable(self): return True
     def readable(self): return True
@@ -77,8 +80,11 @@ class _Volumes:
             if n <= 0: break
             if self.pos < start + s:
                 with open(p, 'rb') as f:
-                    f.seek(self.pos - start); b = f.read(min(n, start + s - self.pos))
-                out += b; self.pos += len(b); n -= len(b)
+                    f.seek(self.pos - start)
+                    b = f.read(min(n, start + s - self.pos))
+                out += b
+                self.pos += len(b)
+                n -= len(b)
             start += s
         return bytes(out)
     def close(self): pass
@@ -89,13 +95,16 @@ def archive_volumes(first: str | Path) -> list[Path]:
     first = Path(first)
     if not first.suffix[1:].isdigit(): return [first]
     stem, w, out, i = first.with_suffix(''), len(first.suffix) - 1, [], int(first.suffix[1:])
-    while (p := stem.with_suffix(stem.suffix + f'.{i:0{w}d}')).is_file(): out.append(p); i += 1
+    while (p := stem.with_suffix(stem.suffix + f'.{i:0{w}d}')).is_file():
+        out.append(p)
+        i += 1
     return out
 
 # %% ../../nbs/19a_abc_release.ipynb #72eac008
 def extract_archive(first: str | Path, dest: str | Path) -> Path:
     "Extract a tar or (multi-volume) 7-zip archive into `dest`."
-    first, dest = Path(first), Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    first, dest = Path(first), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     name = first.name.lower()
     if name.endswith(('.tar', '.tar.gz', '.tgz')):
         with tarfile.open(first) as t: t.extractall(dest, filter='data')
@@ -109,7 +118,8 @@ def extract_archive(first: str | Path, dest: str | Path) -> Path:
         return dest
     exe = shutil.which('7z') or shutil.which('7zz')
     if exe is None:
-        raise DataError(f"{first}: a 7-zip archive; install `py7zr` (pip install py7zr) or p7zip (apt-get install p7zip-full) "
+        raise DataError(f"{first}: a 7-zip archive; install `py7zr` (pip install py7zr) or p7zip (apt-get install "
+                        "p7zip-full) "
                         f"and re-run the same command (the {len(vols)} downloaded volume(s) are kept)")
     r = subprocess.run([exe, 'x', '-y', f'-o{dest}', str(first)], capture_output=True, text=True)
     if r.returncode: raise DataError(f"{first}: 7z failed ({r.stderr.strip()[-300:] or r.stdout.strip()[-300:]})")
@@ -120,9 +130,11 @@ def _hub_files(repo_id: str, revision: str | None, endpoint: str | None = None):
     from huggingface_hub import HfApi
     try: info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, files_metadata=True)
     except Exception as e:
-        raise DataError(f"cannot list the hub dataset {repo_id} ({type(e).__name__}: {str(e)[:300]}); check the network, "
+        raise DataError(f"cannot list the hub dataset {repo_id} ({type(e).__name__}: {str(e)[:300]}); check the "
+                        "network, "
                         "HF_ENDPOINT and HF_HUB_OFFLINE") from None
-    files = {s.rfilename: dict(size=s.size, sha256=s.lfs.sha256 if s.lfs else None, blob_id=None if s.lfs else s.blob_id)
+    files = {s.rfilename: dict(size=s.size, sha256=s.lfs.sha256 if s.lfs else None,
+                               blob_id=None if s.lfs else s.blob_id)
              for s in (info.siblings or [])}
     return info.sha, files
 
@@ -132,7 +144,7 @@ def _is_first_volume(name: str) -> bool:
     return n.endswith(('.tar', '.tar.gz', '.tgz', '.7z', '.7z.001'))
 
 # %% ../../nbs/19a_abc_release.ipynb #c2ff6da7
-def download_abc(root: str | Path,                     # folder to put dataset/ in (give it to `attrib evaluate` afterwards)
+def download_abc(root: str | Path,                     # the folder that gets dataset/ (give it to `attrib evaluate`)
                  parts: Sequence[str] = DEFAULT_PARTS,  # parts of the release to fetch (names of `ABC_PARTS`)
                  repo_id: str = ABC_REPO,               # the Hugging Face dataset holding the release
                  revision: str | None = None,           # a branch, tag or commit of it (None: the default branch)
@@ -146,24 +158,32 @@ def download_abc(root: str | Path,                     # folder to put dataset/ 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import disable_progress_bars
     if os.environ.get('ATTRIB_PROGRESS', '1') == '0': disable_progress_bars()
-    root = Path(root).expanduser(); local = root/'dataset'; local.mkdir(parents=True, exist_ok=True)
+    root = Path(root).expanduser()
+    local = root/'dataset'
+    local.mkdir(parents=True, exist_ok=True)
     sha, listing = _hub_files(repo_id, revision, endpoint)
     names = select_files(list(listing), part_patterns(parts))
     if not names: raise DataError(f"{repo_id}@{sha}: no files match the parts {list(parts)} ({part_patterns(parts)})")
     state_f = local/'.attrib_download.json'
     state = load_json(state_f) if state_f.exists() else {}
-    state.setdefault('verified', {}); state.setdefault('extracted', [])
+    state.setdefault('verified', {})
+    state.setdefault('extracted', [])
     state.update(repo_id=repo_id, commit=sha)
-    rep = dict(commit=sha, files=len(names), downloaded=[], skipped=[], extracted=[], bytes=sum(listing[n]['size'] or 0 for n in names))
+    rep = dict(commit=sha, files=len(names), downloaded=[], skipped=[], extracted=[],
+               bytes=sum(listing[n]['size'] or 0 for n in names))
     for n in progress(names, desc='download-abc', unit='file'):
         meta, p = listing[n], local/n
         rec = state['verified'].get(n)
-        if n in state['extracted'] and not p.exists(): rep['skipped'].append(n); continue   # archive already extracted and removed
+        if n in state['extracted'] and not p.exists():
+            rep['skipped'].append(n)
+            continue   # archive already extracted and removed
         if rec and p.is_file() and rec == [p.stat().st_size, p.stat().st_mtime_ns, meta['sha256'] or meta['blob_id']]:
-            rep['skipped'].append(n); continue
+            rep['skipped'].append(n)
+            continue
         for attempt in (0, 1):
             if not (p.is_file() and verify_file(p, **meta) is None):
-                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local, force_download=attempt > 0,
+                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local,
+                                force_download=attempt > 0,
                                 endpoint=endpoint)
                 rep['downloaded'].append(n)
             why = verify_file(p, **meta)
@@ -176,7 +196,9 @@ def download_abc(root: str | Path,                     # folder to put dataset/ 
         for n in names:
             if not _is_first_volume(n) or n in state['extracted']: continue
             extract_archive(local/n, local)
-            state['extracted'].append(n); rep['extracted'].append(n); save_json(state, state_f)
+            state['extracted'].append(n)
+            rep['extracted'].append(n)
+            save_json(state, state_f)
             if not keep_archives:
                 for v in archive_volumes(local/n):
                     rel = v.relative_to(local).as_posix()
@@ -196,30 +218,40 @@ def load_testcase_features(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: feature file not found")
     try: d = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError(f"{path}: cannot read the test-case feature file ({type(e).__name__}: {str(e)[:200]})") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the test-case feature file "
+                        f"({type(e).__name__}: {str(e)[:200]})") from None
     need = ('exemplar_tensors', 'exemplar_chunks', 'synth_tensors', 'synth_ids')
     if not isinstance(d, dict) or any(k not in d for k in need):
         raise DataError(f"{path}: not an AbC test-case feature file: expected the keys {list(need)}")
     e, ch = d['exemplar_tensors'], [tuple(int(v) for v in c) for c in d['exemplar_chunks']]
-    if not isinstance(e, torch.Tensor) or e.ndim != 2: raise DataError(f"{path}: exemplar_tensors must be an E x D tensor")
-    if any(not (0 <= a < b <= len(e)) for a, b in ch): raise DataError(f"{path}: exemplar_chunks out of range for {len(e)} exemplars")
-    if set(d['synth_tensors']) != set(d['synth_ids']): raise DataError(f"{path}: synth_tensors and synth_ids have different synth types")
+    if not isinstance(e, torch.Tensor) or e.ndim != 2:
+        raise DataError(f"{path}: exemplar_tensors must be an E x D tensor")
+    if any(not (0 <= a < b <= len(e)) for a, b in ch):
+        raise DataError(f"{path}: exemplar_chunks out of range for {len(e)} exemplars")
+    if set(d['synth_tensors']) != set(d['synth_ids']):
+        raise DataError(f"{path}: synth_tensors and synth_ids have different synth types")
     for t, x in d['synth_tensors'].items():
         ids = list(d['synth_ids'][t])
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != e.shape[1] or len(ids) != len(x):
-            raise DataError(f"{path}: synth_tensors[{t!r}] must be a Q x {e.shape[1]} tensor with one synth_ids entry per row")
-        if ids and not (0 <= min(ids) and max(ids) < len(ch)): raise DataError(f"{path}: synth_ids[{t!r}] names a model with no exemplar chunk")
+            raise DataError(f"{path}: synth_tensors[{t!r}] must be a Q x {e.shape[1]} tensor with one synth_ids entry "
+                            "per row")
+        if ids and not (0 <= min(ids) and max(ids) < len(ch)):
+            raise DataError(f"{path}: synth_ids[{t!r}] names a model with no exemplar chunk")
     return {**d, 'exemplar_chunks': ch}
 
 # %% ../../nbs/19a_abc_release.ipynb #0bf11791
-def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Sequence[int] = (5, 10, 100), device=None):
-    "AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file; (summary, per-query)."
+def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Sequence[int] = (5, 10, 100),
+                               device=None):
+    """AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file;
+    (summary, per-query)."""
     import numpy as np, torch
     from attrib.features import load_features
     from attrib.concept.abc_eval import evaluate_abc
     g, t = load_features(gallery), load_testcase_features(testcase)
     if g['feats'].shape[1] != t['exemplar_tensors'].shape[1]:
-        raise DataError(f"{gallery}: features of dimension {g['feats'].shape[1]}, {testcase} has {t['exemplar_tensors'].shape[1]}")
+        raise DataError(f"{gallery}: features of dimension {g['feats'].shape[1]}, {testcase} has "
+                        f"{t['exemplar_tensors'].shape[1]}")
     em = np.full(len(t['exemplar_tensors']), -1, np.int64)
     for i, (a, b) in enumerate(t['exemplar_chunks']): em[a:b] = i
     types = list(t['synth_tensors'])
@@ -227,7 +259,8 @@ def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Se
     qm = np.concatenate([np.asarray(t['synth_ids'][k], np.int64) for k in types])
     qt = [k for k in types for _ in range(len(t['synth_ids'][k]))]
     keep = em >= 0
-    return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks, device=device)
+    return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks,
+                        device=device)
 
 # %% ../../nbs/19a_abc_release.ipynb #448a907c
 def evaluate_official(feats_dir: str | Path,            # AbC's `feats/` folder (their extract_feat.py's output)
@@ -236,7 +269,8 @@ def evaluate_official(feats_dir: str | Path,            # AbC's `feats/` folder 
                       out_dir: str | Path | None = None,  # folder for official_<model>.csv/.json (None: none written)
                       device=None,                      # where the ranking runs (None: the default device)
                      ):
-    "`evaluate_official_features` over the test cases of one feature model: one table (a row per test case and synth type)."
+    """`evaluate_official_features` over the test cases of one feature model: one table (a row per test case and synth
+    type)."""
     import pandas as pd
     base = Path(feats_dir)/model
     cases = test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
