@@ -80,6 +80,7 @@ class BackboneSpec:
     cpu_friendly: bool = False
     desc: str = ''
 
+# %% ../nbs/13_backbones.ipynb #70934471
 _V = Preprocess
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec('dino_vitb16', 'vit_base_patch16_224', 'dino', _V(224, 256, 'bicubic'), 'vit',
@@ -142,6 +143,7 @@ def list_backbones(cpu_friendly: bool | None = None) -> list[str]:
     "Registered backbone names (optionally only the CPU-friendly ones, or only the others)."
     return [n for n, s in BACKBONES.items() if cpu_friendly is None or s.cpu_friendly == cpu_friendly]
 
+# %% ../nbs/13_backbones.ipynb #638fdc2d
 def backbone_spec(name: str) -> BackboneSpec:
     "The registry entry for `name`, with a clear error listing the choices."
     if name not in BACKBONES: raise AttribError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
@@ -152,6 +154,7 @@ def weights_dir() -> Path:
     "Where local weight files are looked for (`$ATTRIB_WEIGHTS`, else `<data>/weights`)."
     return Path(os.environ.get('ATTRIB_WEIGHTS') or data_dir()/'weights').expanduser()
 
+# %% ../nbs/13_backbones.ipynb #f0e862ff
 _REACHABLE: dict = {}
 
 def _truthy(v) -> bool: return str(v).strip().lower() in ('1', 'true', 'yes', 'on')
@@ -253,10 +256,12 @@ def read_state_dict(path: str | Path) -> dict:
             if all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
     return sd
 
+# %% ../nbs/13_backbones.ipynb #9f4e2e4c
 def is_mocov3_state_dict(sd: dict) -> bool:
     "True for a MoCo v3 pre-training state dict (keys under `[module.]base_encoder.`)."
     return any(k.startswith(('module.base_encoder.', 'base_encoder.')) for k in sd)
 
+# %% ../nbs/13_backbones.ipynb #8614d677
 def convert_mocov3_state_dict(sd: dict, encoder: str = 'base') -> dict:
     """MoCo v3 (Chen et al. 2021) checkpoint keys -> timm ViT keys: keep `[module.]{encoder}_encoder.*`, strip the
     prefix, drop the projection `head.*`."""
@@ -282,6 +287,7 @@ class Stage(nn.Module):
         for i, p in enumerate(params): self.register_parameter(f'p{i}', p)
     def extra_repr(self): return self.name
 
+# %% ../nbs/13_backbones.ipynb #1834de02
 def _vit_stages(m) -> list[Stage]:
     stem_mods = [m.patch_embed, getattr(m, 'norm_pre', None)]
     stem_params = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None),
@@ -394,6 +400,7 @@ def load_weights_strict(model: nn.Module, sd: dict, spec: BackboneSpec, where: s
                            f"{len(unexpected)} unexpected keys {unexpected[:4]}")
     return model
 
+# %% ../nbs/13_backbones.ipynb #3118e534
 def _tv_mobilenet_v2(state_dict=None, where=''):
     import torchvision
     m = torchvision.models.mobilenet_v2(weights=None)
@@ -472,6 +479,7 @@ def parse_backbone(spec: str) -> tuple[str, str | None]:
     backbone_spec(name)
     return name, (None if w in ('random', 'none', 'None') else 'default' if w in ('', 'default') else w)
 
+# %% ../nbs/13_backbones.ipynb #a1e6315e
 def backbone_from_string(spec: str, img_size: int | None = None, device=None, seed: int = 0) -> Backbone:
     "`create_backbone` from a 'name[:weights]' string."
     name, w = parse_backbone(spec)

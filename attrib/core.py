@@ -22,9 +22,11 @@ __all__ = ['AttribError', 'DataError', 'WeightsError', 'seed_everything', 'get_r
 class AttribError(Exception):
     "Base class for the errors attrib raises on bad input."
 
+# %% ../nbs/00_core.ipynb #2378a6b7
 class DataError(AttribError, ValueError):
     "A dataset, image or file is missing, malformed or unreadable."
 
+# %% ../nbs/00_core.ipynb #4da0bdad
 class WeightsError(AttribError, FileNotFoundError):
     "Pretrained weights are missing or do not fit the model."
 
@@ -43,6 +45,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
         torch.backends.cudnn.benchmark = False
     return seed
 
+# %% ../nbs/00_core.ipynb #d6df5ebe
 def get_rng_state() -> dict:
     "All random states (python, numpy, torch cpu and cuda) as a checkpoint-safe dict of tensors and plain types."
     st = {'python': _py_state_to_tensor(random.getstate()),
@@ -51,6 +54,7 @@ def get_rng_state() -> dict:
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
+# %% ../nbs/00_core.ipynb #cd9c0eca
 def set_rng_state(st: dict):
     "Restore the random states saved by `get_rng_state`."
     random.setstate(_tensor_to_py_state(st['python']))
@@ -96,6 +100,7 @@ def project_root() -> Path:
             if (p/'settings.ini').exists() and (p/'attrib').is_dir(): return p
     return Path.cwd()
 
+# %% ../nbs/00_core.ipynb #9426d328
 def _env_dir(var, default):
     p = Path(os.environ.get(var) or project_root()/default)
     return p.expanduser()
@@ -103,9 +108,13 @@ def _env_dir(var, default):
 def data_dir() -> Path:
     "Where datasets are built and read (`$ATTRIB_DATA` or `<root>/data`)."
     return _env_dir('ATTRIB_DATA', 'data')
+
+# %% ../nbs/00_core.ipynb #aa7baae6
 def figures_dir() -> Path:
     "Where figures are saved (`$ATTRIB_FIGURES` or `<root>/figures`)."
     return _env_dir('ATTRIB_FIGURES', 'figures')
+
+# %% ../nbs/00_core.ipynb #01452c12
 def runs_dir() -> Path:
     "Where experiment runs write (`$ATTRIB_RUNS` or `<root>/runs`)."
     return _env_dir('ATTRIB_RUNS', 'runs')
@@ -125,6 +134,7 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #db555092
 def _umask() -> int:
     "The process umask (read from /proc where it can be, else set and restored at once)."
     try:
@@ -146,6 +156,7 @@ def save_json(obj: Any, path: str | Path) -> Path:
     with atomic_write(path, 'w') as f: json.dump(obj, f, indent=2, default=_to_jsonable)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #3a3460fd
 def load_json(path: str | Path) -> Any:
     """Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly
     deep."""
@@ -158,6 +169,7 @@ def load_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except RecursionError: raise DataError(f"{path}: not valid JSON for attrib: nested too deeply") from None
 
+# %% ../nbs/00_core.ipynb #d5b3c1d2
 def _to_jsonable(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -171,6 +183,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     with atomic_write(path) as f: torch.save(state, f)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #8d19b225
 def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
     "Load a checkpoint safely (`weights_only=True`); clear errors for missing or corrupt files."
     path = Path(path)
@@ -185,6 +198,7 @@ def check_finite(x: torch.Tensor | np.ndarray, name: str = 'input'):
     if bad: raise DataError(f"{name} holds {bad} non-finite value(s) (NaN or Inf)")
     return x
 
+# %% ../nbs/00_core.ipynb #0cb1cea1
 def check_shape(x, shape: tuple, name: str = 'input'):
     "Raise a `DataError` (a `ValueError` too) unless `x.shape` matches `shape` (None = any size)."
     if len(x.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
@@ -199,15 +213,18 @@ def progress(it: Iterable, desc: str = '', total: int | None = None, **kw):
     return tqdm(it, desc=desc, total=total, disable=os.environ.get('ATTRIB_PROGRESS', '1') == '0', dynamic_ncols=True,
                 **kw)
 
+# %% ../nbs/00_core.ipynb #16fc92fc
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     "Scale rows of `x` to unit Euclidean norm (zero rows stay zero)."
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
 
+# %% ../nbs/00_core.ipynb #8e7b6197
 def stable_hash(*parts, n: int = 12) -> str:
     "A short hex digest of `parts` (their JSON/str form), stable across runs and machines."
     s = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(s.encode()).hexdigest()[:n]
 
+# %% ../nbs/00_core.ipynb #404c7074
 def to_numpy(x) -> np.ndarray:
     "A tensor (any device, any grad state) or array-like as a numpy array."
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

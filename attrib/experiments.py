@@ -18,6 +18,7 @@ def experiments_dir() -> Path:
     "The folder of experiment notebooks (`<root>/experiments`)."
     return project_root()/'experiments'
 
+# %% ../nbs/90_experiments.ipynb #a178f084
 def list_experiments() -> list[str]:
     "Names of the experiment notebooks that can be run."
     return sorted(p.stem for p in experiments_dir().glob('*.ipynb'))

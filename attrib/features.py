@@ -32,10 +32,12 @@ def feature_cache_path(cache_dir: str | Path, backbone_name: str, weights_id: st
         if not isinstance(v, str) or not v: raise AttribError(f"{n} must be a non-empty string, got {v!r}")
     return Path(cache_dir)/_safe(dataset_id)/_safe(backbone_name)/_safe(weights_id)/f'{_safe(split)}.pt'
 
+# %% ../nbs/14_features.ipynb #af5c10d8
 def backbone_cache_path(cache_dir: str | Path, backbone, dataset_id: str, split: str) -> Path:
     "`feature_cache_path` for a `Backbone` (keyed by `backbone.key` = name@img_size and `backbone.weights_id`)."
     return feature_cache_path(cache_dir, backbone.key, backbone.weights_id, dataset_id, split)
 
+# %% ../nbs/14_features.ipynb #96c90632
 def dataset_id(ds) -> str:
     """A cache key for an `AbCDataset` (or root folder): its folder name plus a hash of its absolute path and
     split/distractor list files."""
@@ -44,6 +46,7 @@ def dataset_id(ds) -> str:
     sig = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
     return f'{root.name}-{stable_hash(str(root), sig, n=10)}'
 
+# %% ../nbs/14_features.ipynb #e04d2f33
 def file_stats(paths: Sequence[str | Path], root: str | Path | None = None) -> torch.Tensor:
     """The content signature of each file, (size, mtime in ns) as an N x 2 int64 tensor; (-1, -1) for a file that is not
     there."""
@@ -55,6 +58,7 @@ def file_stats(paths: Sequence[str | Path], root: str | Path | None = None) -> t
         except OSError: out.append((-1, -1))
     return torch.tensor(out, dtype=torch.long).reshape(len(paths), 2)
 
+# %% ../nbs/14_features.ipynb #c678884e
 def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], stat: torch.Tensor | None = None,
                   skipped: Sequence[tuple[str, str]] | None = None, skipped_stat: torch.Tensor | None = None) -> Path:
     """Write an AbC-format feature file atomically (optionally with the rows' file signatures and the files skipped as
@@ -71,6 +75,7 @@ def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], s
     with atomic_write(path) as f: torch.save(d, f)
     return Path(path)
 
+# %% ../nbs/14_features.ipynb #f7247853
 def load_features(path: str | Path) -> dict:
     """Read an AbC-format feature file (`weights_only=True`), checking its structure; `file` names it, `skipped` lists
     unreadable images."""
@@ -94,6 +99,7 @@ def load_features(path: str | Path) -> dict:
                 2) else torch.full((len(sk), 2), -1)
     return out
 
+# %% ../nbs/14_features.ipynb #a48d7503
 def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
     """The rows of a `{'feats', 'paths'}` dict for `paths`, in that order (`DataError` naming a path that has no
     features)."""
@@ -349,6 +355,7 @@ def split_image_paths(ds, split: str) -> list[str]:
     q, _, _ = ds.queries(split)
     return list(dict.fromkeys([*ex, *q]))
 
+# %% ../nbs/14_features.ipynb #219f8080
 def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                          distractors: bool = True, skipped: dict | None = None, **kw) -> dict[str, Path]:
     """Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache

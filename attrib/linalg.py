@@ -207,6 +207,7 @@ class CCAResult:
         if not out: raise ValueError('transform needs X and/or Y')
         return out[0] if len(out) == 1 else tuple(out)
 
+# %% ../nbs/02_linalg.ipynb #4c68cb5c
 def _fit(X, Y, ridge, method, directions):
     X, Y, as_np = _pair(X, Y)
     ridge = _check_ridge(ridge)
@@ -235,10 +236,12 @@ def cca(X, Y, ridge: float = 0.0, method: str = 'auto') -> CCAResult:
     Björck & Golub 1973)."""
     return _fit(X, Y, ridge, method, directions=True)
 
+# %% ../nbs/02_linalg.ipynb #32e76da0
 def canonical_correlations(X, Y, ridge: float = 0.0, method: str = 'auto'):
     "The min(p, q) canonical correlations of X and Y, descending (singular values only: cheaper than `cca`)."
     return _fit(X, Y, ridge, method, directions=False)
 
+# %% ../nbs/02_linalg.ipynb #ef44c3ff
 def cca_transform(res: CCAResult, X=None, Y=None, k: int | None = None):
     "Canonical scores of X and/or Y under a fitted `CCAResult` (same as `res.transform`)."
     return res.transform(X, Y, k)
@@ -270,6 +273,7 @@ def cca_from_cov(Sxx, Syy, Sxy, ridge: float = 0.0) -> CCAResult:
     return CCAResult(f(rho[:k].clamp(0, 1)), f(Wx), f(Wy), f(Sxx.new_zeros(Sxx.shape[0])),
                      f(Syy.new_zeros(Syy.shape[0])), ridge)
 
+# %% ../nbs/02_linalg.ipynb #c78aab63
 def sample_with_cov(S, n: int, seed: int = 0, exact: bool = True) -> np.ndarray:
     """n Gaussian samples (rows) with covariance S (PSD); with `exact` the sample covariance (1/(n-1)) equals S to
     rounding."""
@@ -296,6 +300,7 @@ def gaussian_mi_joint(S: torch.Tensor, d1: int, eps: float = 0.) -> torch.Tensor
     if eps < 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
     return 0.5 * (logdet_pd(S[:d1, :d1], eps, 'S11') + logdet_pd(S[d1:, d1:], eps, 'S22') - logdet_pd(S, eps, 'S'))
 
+# %% ../nbs/02_linalg.ipynb #e2464329
 def gaussian_mi_from_cov(Sxx, Syy, Sxy):
     "I(x;y) in nats of jointly Gaussian views from covariance blocks: (logdet Sxx + logdet Syy - logdet S_joint) / 2."
     Sxx, npx = _as_sq(Sxx, 'Sxx')
@@ -308,6 +313,7 @@ def gaussian_mi_from_cov(Sxx, Syy, Sxy):
     mi = (logdet_pd(Sxx, name='Sxx') + logdet_pd(Syy, name='Syy') - logdet_pd(S, name='the joint covariance')) / 2
     return float(mi) if npx and npy else mi
 
+# %% ../nbs/02_linalg.ipynb #bd1489ba
 def gaussian_mi(X, Y, ridge: float = 0.0):
     "Gaussian mutual information (nats) of paired views from their canonical correlations: -1/2 sum log(1 - rho^2)."
     rho = canonical_correlations(X, Y, ridge)
@@ -324,6 +330,7 @@ def corr_from_cov(S):
     R = S_ / d.sqrt()[:, None] / d.sqrt()[None, :]
     return R.numpy() if is_np else R
 
+# %% ../nbs/02_linalg.ipynb #f8dff705
 def hadamard_gap(S):
     """sum(log S_ii) - logdet S >= 0 for positive definite S (Hadamard); 0 iff S is diagonal. Twice the Gaussian total
     correlation."""

@@ -121,6 +121,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, *, norm
         logits = logits.masked_fill(drop, float('-inf'))
     return F.cross_entropy(logits, labels)
 
+# %% ../nbs/01_losses.ipynb #77742887
 class MoCoV3Loss(nn.Module):
     """MoCo v3 (Chen, Xie, He, ICCV 2021) symmetric contrastive loss: 2τ·[InfoNCE(q1, k2) + InfoNCE(q2, k1)], predictor
     queries vs momentum keys."""
@@ -196,6 +197,7 @@ def logdet_penalty(R: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     loss, Ozsoy et al., NeurIPS 2022)."""
     return -logdet_pd(R, eps, 'the covariance') / R.shape[-1]
 
+# %% ../nbs/01_losses.ipynb #eb43f0eb
 class InfomaxLoss(nn.Module):
     """Infomax decorrelation loss, **inferred** for A&D as CorInfoMax's (Ozsoy et al., NeurIPS 2022): -(1/D)·logdet(R +
     eps·I) of a running (float64) covariance R of l2-normalised embeddings, one (mu, R) per view kept in buffers;
@@ -260,6 +262,7 @@ def ldmi(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     if n < 2: raise DataError(f"ldmi needs at least 2 samples to estimate a covariance, got {n}")
     return gaussian_mi_joint(m2 - torch.outer(m1, m1), z1.shape[1], eps).to(_out_dtype(z1))
 
+# %% ../nbs/01_losses.ipynb #57057fe3
 class LDMILoss(nn.Module):
     """Minus the log-determinant mutual information of two views (`ldmi`): minimising it maximises the (Gaussian)
     information the views share."""

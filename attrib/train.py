@@ -32,6 +32,7 @@ def config_diff(saved: dict, current: dict, ignore=()) -> dict:
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k, KeyError) != current.get(k,
                                                                                                              KeyError)}
 
+# %% ../nbs/00c_train.ipynb #31093f37
 def restart_from_checkpoint(path: str | Path | None, config: dict, ignore=(), map_location='cpu') -> dict | None:
     """The checkpoint at `path` if it exists and was made with `config` (every key but `ignore`), else None; other
     config: error."""
@@ -54,6 +55,7 @@ class Timer:
     def __exit__(self, *exc):
         self.s, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
 
+# %% ../nbs/00c_train.ipynb #a24bdfc4
 @contextmanager
 def torch_threads(n: int | None):
     "Run the block with `n` torch CPU threads (None: leave the setting alone), then restore it."
@@ -65,6 +67,7 @@ def torch_threads(n: int | None):
     finally:
         if torch.get_num_threads() != old: torch.set_num_threads(old)
 
+# %% ../nbs/00c_train.ipynb #095240df
 def local_device(prefer=None) -> torch.device:
     "This process's device: the local rank's GPU under torchrun (CUDA), else `get_device(prefer)`."
     dev = get_device(prefer)

@@ -80,6 +80,7 @@ class AbCModel:
     @property
     def n_synth(self) -> int: return sum(len(v) for v in self.synth.values())
 
+# %% ../../nbs/11_abc_data.ipynb #c267f481
 _KEYS = ('exemplar', 'synth', 'class_id', 'category')
 
 def _is_path_list(v, nonempty: bool) -> bool:
@@ -108,6 +109,7 @@ def validate_entry(e, where: str = 'entry') -> AbCModel:
     return AbCModel(list(e['exemplar']), {k: list(v) for k, v in s.items()}, cid, e['category'],
                     {k: v for k, v in e.items() if k not in _KEYS})
 
+# %% ../../nbs/11_abc_data.ipynb #f5799162
 def _short(v) -> str:
     r = repr(v)
     return f"{type(v).__name__} {r[:60] + '...' if len(r) > 60 else r}"
@@ -124,6 +126,7 @@ def validate_split(entries, where: str = 'split') -> list[AbCModel]:
         seen[m.class_id] = i
     return models
 
+# %% ../../nbs/11_abc_data.ipynb #f490ba6e
 def synth_types_of(models: Sequence[AbCModel]) -> list[str]:
     """The synth types of a split, in first-seen order (a mixed train split has object and style models with different
     types)."""
@@ -267,6 +270,7 @@ def write_abc_split(root: str | Path, name: str, models: Sequence[AbCModel | dic
     if check_paths: _check_exist(root, _split_files(models), f"{out} (being written)")
     return save_json([m.to_json() for m in models], out)
 
+# %% ../../nbs/11_abc_data.ipynb #315181c7
 def write_distractor_list(root: str | Path, paths: Sequence[str]) -> Path:
     "Write `dataset/laion_subset.txt`: the distractor gallery, one root-relative path per line, in this order."
     from attrib.core import atomic_write

@@ -33,6 +33,7 @@ def prepare_features(x, name: str = 'features') -> torch.Tensor:
     if not torch.isfinite(n).all(): check_finite(x, name)   # a NaN or Inf anywhere in a row makes its norm non-finite
     return x / n.clamp_min(1e-12).expand_as(x)               # F.normalize(x, dim=-1), without computing the norms twice
 
+# %% ../../nbs/15_abc_eval.ipynb #2ccdb604
 def score_key(s: torch.Tensor | np.ndarray):
     "Scores (float64) rounded to the 2^-32 grid, as int64: equal keys are ties."
     if isinstance(s, torch.Tensor): return torch.round(s.double() * TIE_SCALE).long()
@@ -283,6 +284,7 @@ def metrics_from_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int] = (5, 10, 
         rows.append(dict(n_pos=len(r), AP=ap, **{f'R@{k}': v for k, v in zip(ks, rec)}, ranks=np.asarray(r).tolist()))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/15_abc_eval.ipynb #35123f4d
 def summarize(per_query: pd.DataFrame, ks: Sequence[int] = (5, 10, 100)) -> pd.DataFrame:
     "Mean AP (mAP) and Recall@K over queries, per synth type and over all queries."
     cols = ['AP'] + [f'R@{k}' for k in ks]
@@ -291,6 +293,7 @@ def summarize(per_query: pd.DataFrame, ks: Sequence[int] = (5, 10, 100)) -> pd.D
     g.insert(0, 'n_queries', per_query.groupby('synth_type').size().reindex(g.index[:-1]).tolist() + [len(per_query)])
     return g.rename(columns={'AP': 'mAP'})
 
+# %% ../../nbs/15_abc_eval.ipynb #28096be3
 def evaluate_abc(query_feats, query_model, query_type, exemplar_feats, exemplar_model, distractor_feats,
                  ks: Sequence[int] = (5, 10, 100), chunk: int = 65536, device=None,
                  show_progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -306,11 +309,13 @@ def evaluate_abc(query_feats, query_model, query_type, exemplar_feats, exemplar_
     pq.insert(2, 'synth_type', list(query_type))
     return summarize(pq, ks), pq
 
+# %% ../../nbs/15_abc_eval.ipynb #9e03dfdd
 def results_dict(summary: pd.DataFrame) -> dict:
     "A summary table as a JSON-ready dict {synth_type: {metric: value}}."
     return {str(t): {k: (int(v) if k == 'n_queries' else float(v)) for k, v in row.items()} for t,
             row in summary.iterrows()}
 
+# %% ../../nbs/15_abc_eval.ipynb #f6deb0af
 def recall_curve(per_query: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
     "Mean Recall@K for every K in `ks`, per synth type (columns) and over all queries, from the per-query ranks."
     ks = np.asarray(list(ks))
@@ -344,6 +349,7 @@ def topk_retrieval(query_feats, gallery_feats, k: int, batch: int = 4096) -> tup
         i.append(j.numpy())
     return np.concatenate(s), np.concatenate(i).astype(np.int64)
 
+# %% ../../nbs/15_abc_eval.ipynb #5fe5fe95
 def abc_topk(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats,
              k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     "Top-k of each query's AbC gallery: (scores, gallery indices); index < N is a distractor, N + j is exemplar j."
@@ -431,6 +437,7 @@ def split_features(ds, split: str, feats, cache_dir=None, on_error: str = 'raise
     return dict(query=select_features(allf, f['query_paths']), exemplar=select_features(allf, f['exemplar_paths']),
                 distractor=select_features(allf, f['distractor_paths']), **f)
 
+# %% ../../nbs/15_abc_eval.ipynb #d923fc29
 def _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw):
     f = split_features(ds, split, feats, cache_dir=cache_dir, device=device, on_error=on_error, **extract_kw) \
         if isinstance(feats, torch.nn.Module) else split_features(ds, split, feats, on_error=on_error)
@@ -447,6 +454,7 @@ def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cach
     s, pq, _ = _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw)
     return s, pq
 
+# %% ../../nbs/15_abc_eval.ipynb #56b27675
 def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequence[int] = (5, 10, 100), cache_dir=None,
                      out_dir=None, name: str = 'abc_eval', on_error: str = 'raise', **kw) -> tuple[pd.DataFrame, dict]:
     """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to

@@ -61,6 +61,7 @@ class BackbonePart(nn.Sequential):
         for mod in self: x = mod(x)
         return x
 
+# %% ../../nbs/16_ssl_model.ipynb #bf8bf22b
 def split_backbone(backbone, n_trainable: int | str = 1, model: nn.Module | None = None) -> tuple[BackbonePart,
                                                                                                   BackbonePart]:
     """Cut `backbone` (an `attrib.backbones.Backbone`) into `(trunk, tail)` with `tail(trunk(x)) == backbone(x)`, the
@@ -114,6 +115,7 @@ class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
         ya = super().forward(xa)
         return ya[rank() * n:(rank() + 1) * n]
 
+# %% ../../nbs/16_ssl_model.ipynb #5d768e18
 def convert_dist_batchnorm(module: nn.Module, sync_on_cuda: bool = True) -> nn.Module:
     """Replace every BatchNorm in `module` by `DistBatchNorm` (or torch's `SyncBatchNorm` for CUDA modules), keeping
     weights and statistics."""
@@ -256,6 +258,7 @@ class DINOHead(nn.Module):
         return F.linear(F.normalize(b, dim=-1), self.g * F.normalize(self.v, dim=1))
     def forward(self, x): return self.logits(self.mlp(x))
 
+# %% ../../nbs/16_ssl_model.ipynb #211afc42
 class _DINOHeadView(nn.Module):
     """A DINO head seen as a projector: `forward` gives the bottleneck (what Infomax and the 'projector' embedding use);
     `.head.logits` the rest."""
