@@ -374,11 +374,21 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
     return out
 
 # %% ../nbs/14_features.ipynb #f67a2cb9
-def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
-                cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None,
-                amp: bool = False,
-                distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
-                allow_outside_root: bool = False, skipped: dict | None = None) -> dict[str, Path]:
+def run_extract(data_root: str | Path,                   # the AbC-layout dataset (the folder holding dataset/json/)
+                backbone: str,                           # 'name[:weights]' of a registered backbone
+                splits: Sequence[str] | None = None,     # splits to cache (None: every split of the dataset)
+                img_size: int | None = None,             # input size (None: the backbone's own)
+                cache_dir: str | Path | None = None,     # feature cache folder (None: $ATTRIB_DATA/features)
+                batch_size: int = 64,                    # images per forward pass
+                num_workers: int = 4,                    # image-reading worker processes (0: in this process)
+                device=None,                             # cpu, cuda, cuda:N, mps (None: cuda > mps > cpu)
+                amp: bool = False,                       # forward in float16/bfloat16 autocast
+                distractors: bool = True,                # also cache the distractor gallery
+                threads: int | None = None,              # torch CPU threads (None: leave torch's setting)
+                on_error: str = 'raise',                 # an unreadable image: 'raise' or 'skip' (left out and listed)
+                allow_outside_root: bool = False,        # read split paths that are absolute or contain ..
+                skipped: dict | None = None,             # receives the skipped images, by cache name
+               ) -> dict[str, Path]:
     """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works
     under torchrun. `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
     from attrib.concept.abc_data import AbCDataset

@@ -494,11 +494,19 @@ def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequenc
     return table, res
 
 # %% ../../nbs/15_abc_eval.ipynb #3d0b037d
-def run_evaluate(data_root, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
-                 cache_dir=None,
-                 out_dir=None, ks: Sequence[int] = (5, 10, 100), batch_size: int = 64, num_workers: int = 0,
-                 device=None,
-                 on_error: str = 'raise', allow_outside_root: bool = False) -> pd.DataFrame:
+def run_evaluate(data_root,                             # the AbC-layout dataset (the folder holding dataset/json/)
+                 backbone: str,                         # 'name[:weights]' of a registered backbone
+                 splits: Sequence[str] | None = None,   # test splits to evaluate (None: every test split)
+                 img_size: int | None = None,           # input size (None: the backbone's own)
+                 cache_dir=None,                        # feature cache folder (None: $ATTRIB_DATA/features)
+                 out_dir=None,                          # folder for the CSV/JSON results (None: none written)
+                 ks: Sequence[int] = (5, 10, 100),      # the K of recall@K
+                 batch_size: int = 64,                  # images per forward pass
+                 num_workers: int = 0,                  # image-reading worker processes (0: in this process)
+                 device=None,                           # cpu, cuda, cuda:N, mps (None: cuda > mps > cpu)
+                 on_error: str = 'raise',               # an unreadable image: 'raise' or 'skip' (left out and listed)
+                 allow_outside_root: bool = False,      # read split paths that are absolute or contain ..
+                ) -> pd.DataFrame:
     """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout
     dataset; CSV + JSON in out_dir. With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split,
     role, path, problem)."""
