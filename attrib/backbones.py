@@ -462,8 +462,8 @@ def _default_weights(spec, ivit):
         raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
     full = f'{spec.arch}.{spec.tag}'
     if not hub_reachable():
-        why = 'HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE',
-                                                                '0')) else 'the Hugging Face hub is unreachable'
+        why = ('HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE', '0'))
+               else 'the Hugging Face hub is unreachable')
         raise _missing_weights(spec, f'{why} and timm/{full} is not in the local cache')
     try: return _build(spec, ivit, pretrained_name=full, where=f'hub timm/{full}'), f'timm:{full}'
     except Exception as e:

@@ -62,7 +62,6 @@ def all_gather_cat(t: torch.Tensor, grad: bool = False) -> torch.Tensor:
     dist.all_gather(out, t.detach().contiguous())
     return torch.cat(out, 0)
 
-# %% ../nbs/00a_dist.ipynb #5614fb97
 class _GatherWithGrad(torch.autograd.Function):
     "all_gather whose backward sums every rank's gradient for this rank's slice (the objective is the sum over ranks)."
     @staticmethod
@@ -77,6 +76,7 @@ class _GatherWithGrad(torch.autograd.Function):
         dist.all_reduce(g)
         return g[rank() * ctx.n:(rank() + 1) * ctx.n]
 
+# %% ../nbs/00a_dist.ipynb #5614fb97
 def shard(n: int, r: int | None = None, ws: int | None = None) -> range:
     "The indices of `range(n)` that rank `r` of `ws` handles (strided, so shards differ by at most one)."
     r = rank() if r is None else r

@@ -95,8 +95,8 @@ def load_features(path: str | Path) -> dict:
     if sk:
         out['skipped'] = [(str(a), str(b)) for a, b in sk]
         ss = d.get('skipped_stat')
-        out['skipped_stat'] = ss.long() if isinstance(ss, torch.Tensor) and ss.shape == (len(sk),
-                2) else torch.full((len(sk), 2), -1)
+        out['skipped_stat'] = (ss.long() if isinstance(ss, torch.Tensor) and ss.shape == (len(sk), 2)
+                               else torch.full((len(sk), 2), -1))
     return out
 
 # %% ../nbs/14_features.ipynb #a48d7503
@@ -244,13 +244,20 @@ def _load_shard(parts: Path, s: int, want: list[str], stat: torch.Tensor, retry_
     lay = _layout(d, want)
     return None if lay is None or _stale(d, want, stat, lay, retry_skipped) else (d, lay)
 
-def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | None = None,
-                     cache: str | Path | None = None,
-                     batch_size: int = 64, num_workers: int = 0, device=None, shard_size: int | None = None,
-                     amp: bool = False,
-                     on_batch: Callable[[int], None] | None = None, show_progress: bool = True,
-                     threads: int | None = None,
-                     on_error: str = 'raise') -> dict:
+def extract_features(backbone,                                 # a `Backbone` (or any module mapping images to vectors)
+                     paths: Sequence[str | Path],              # the images, relative to `root`
+                     root: str | Path | None = None,           # the folder `paths` are relative to
+                     cache: str | Path | None = None,          # the cache file (None: nothing cached)
+                     batch_size: int = 64,                     # images per forward pass
+                     num_workers: int = 0,                     # image-reading worker processes (0: in this process)
+                     device=None,                              # where the backbone runs (None: cuda > mps > cpu)
+                     shard_size: int | None = None,            # images per resumable cache shard (None: the default)
+                     amp: bool = False,                        # forward in float16/bfloat16 autocast
+                     on_batch: Callable[[int], None] | None = None,  # called with each batch index (tests, progress)
+                     show_progress: bool = True,               # a progress bar (main rank only)
+                     threads: int | None = None,               # torch CPU threads (None: leave torch's setting)
+                     on_error: str = 'raise',                  # an unreadable image: 'raise' or 'skip' (listed)
+                    ) -> dict:
     """Features of `paths` (relative to `root`) as `{'feats': N x D float32, 'paths': [...]}`, resumably cached in
     `cache` when given. `threads`: torch CPU threads for the forward passes (None: leave torch's setting).
     `on_error='skip'`: unreadable images get no row and are listed in `'skipped'` as (path, problem); `'raise'`
@@ -310,12 +317,12 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         dist.barrier()
     sl = lambda s: slice(s * S, min(n, (s + 1) * S))
     mine = list(dist.shard(n_shards))
-    done = {s: _load_shard(parts, s, paths[sl(s)], stat[sl(s)],
-                           retry) for s in mine} if parts is not None else {s: None for s in mine}
+    done = ({s: _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in mine} if parts is not None
+            else {s: None for s in mine})
     todo = [s for s in mine if done[s] is None]
     nb = sum(math.ceil(len(paths[sl(s)]) / batch_size) for s in todo)
-    bar = progress(None, desc=f'features {getattr(backbone, "key", "")}',
-                   total=nb) if show_progress and dist.is_main() else None
+    bar = (progress(None, desc=f'features {getattr(backbone, "key", "")}', total=nb) if show_progress
+           and dist.is_main() else None)
     try:
         for s in todo:
             r = run(paths[sl(s)], bar)
@@ -365,8 +372,8 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()/'features'
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     did, out = dataset_id(ds), {}
-    jobs = ([('distractors', ds.distractor_paths())] if distractors else []) + [(s,
-            split_image_paths(ds, s)) for s in splits]
+    jobs = ([('distractors', ds.distractor_paths())] if distractors
+            else []) + [(s, split_image_paths(ds, s)) for s in splits]
     for name, paths in jobs:
         out[name] = backbone_cache_path(cache_dir, backbone, did, name)
         r = extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)

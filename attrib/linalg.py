@@ -57,9 +57,8 @@ def _as_f64(x, name: str):
     return t, is_np
 
 def _check_ridge(ridge, name: str = 'ridge') -> float:
-    if isinstance(ridge, bool) or not isinstance(ridge,
-                                                 (int, float, np.integer,
-                                                  np.floating)) or not math.isfinite(ridge) or ridge < 0:
+    if (isinstance(ridge, bool) or not isinstance(ridge, (int, float, np.integer, np.floating))
+            or not math.isfinite(ridge) or ridge < 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {ridge!r}")
     return float(ridge)
 
@@ -259,8 +258,8 @@ def cca_from_cov(Sxx, Syy, Sxy, ridge: float = 0.0) -> CCAResult:
     "CCA from (population or sample) covariance blocks; `mean_x`, `mean_y` are zero."
     Sxx, npx = _as_sq(Sxx, 'Sxx')
     Syy, npy = _as_sq(Syy, 'Syy')
-    Sxy = torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy,
-                                                                               torch.Tensor) else Sxy.to(torch.float64)
+    Sxy = (torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor)
+           else Sxy.to(torch.float64))
     if tuple(Sxy.shape) != (Sxx.shape[0], Syy.shape[0]):
         raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])} to match Sxx and Syy, got "
                         f"{tuple(Sxy.shape)}")
@@ -305,8 +304,8 @@ def gaussian_mi_from_cov(Sxx, Syy, Sxy):
     "I(x;y) in nats of jointly Gaussian views from covariance blocks: (logdet Sxx + logdet Syy - logdet S_joint) / 2."
     Sxx, npx = _as_sq(Sxx, 'Sxx')
     Syy, npy = _as_sq(Syy, 'Syy')
-    Sxy = torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy,
-                                                                               torch.Tensor) else Sxy.to(torch.float64)
+    Sxy = (torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor)
+           else Sxy.to(torch.float64))
     if tuple(Sxy.shape) != (Sxx.shape[0], Syy.shape[0]):
         raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])}, got {tuple(Sxy.shape)}")
     S = torch.cat([torch.cat([Sxx, Sxy], 1), torch.cat([Sxy.mT, Syy], 1)], 0)

@@ -91,8 +91,15 @@ def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     return m[:D], m[D:].reshape(D, D), n
 
 # %% ../nbs/01_losses.ipynb #a27c396c
-def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, *, normalize: bool = True, gather: bool = True,
-             key_grad: bool = False, ids: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(q: torch.Tensor,                # (N, D) queries
+             k: torch.Tensor,                # (N, D) keys, k[i] the positive of q[i]
+             temperature: float = 0.2,       # τ
+             *,
+             normalize: bool = True,         # l2-normalise q and k first
+             gather: bool = True,            # negatives from every rank when a process group exists
+             key_grad: bool = False,         # let gradients flow into the keys
+             ids: torch.Tensor | None = None,  # (N,) ids: keys sharing a query's id are not its negatives
+            ) -> torch.Tensor:
     """InfoNCE (van den Oord et al. 2018, CPC): mean CE(q kᵀ/τ, arange) of queries `q` (N, D) against keys `k` (N, D),
     k[i] the positive of q[i], every other key of the batch (of all ranks when `gather` and a process group exists) a
     negative. Keys are detached unless `key_grad`; keys sharing a query's `ids` (other than its positive) are left out
@@ -206,8 +213,8 @@ class InfomaxLoss(nn.Module):
                  reduction: str = 'mean', normalize: bool = True, r_init: float = 1.0):
         super().__init__()
         self.dim, self.n_views = _pos_int('dim', dim), _pos_int('n_views', n_views)
-        self.momentum, self.eps, self.r_init = _momentum('momentum', momentum), _positive('eps',
-                eps), _positive('r_init', r_init)
+        self.momentum = _momentum('momentum', momentum)
+        self.eps, self.r_init = _positive('eps', eps), _positive('r_init', r_init)
         if init not in ('identity', 'batch'): raise ValueError(f"init must be 'identity' or 'batch', got {init!r}")
         if reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.init, self.reduction, self.normalize = init, reduction, normalize

@@ -85,8 +85,8 @@ def resize(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize((w, h), Image.LANCZOS))
 
 # %% ../nbs/03_sources.ipynb #c565b585
-def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None, scale=(0.15, 0.6)) -> tuple[np.ndarray,
-                                                                                                           list[str]]:
+def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None,
+                 scale=(0.15, 0.6)) -> tuple[np.ndarray, list[str]]:
     """`n` square crops (size x size, RGB uint8) of random photos at random positions; side = `scale` x the photo's
     short side."""
     if n < 0 or size < 1: raise ValueError(f'need n >= 0 and size >= 1, got n={n}, size={size}')

@@ -29,8 +29,8 @@ def warmup_cosine(step: int, total: int, warmup: int = 0, start: float = 1.0, en
 def config_diff(saved: dict, current: dict, ignore=()) -> dict:
     "The options whose values differ between two configs (missing counts as different): {key: (saved, current)}."
     keys = (set(saved) | set(current)) - set(ignore)
-    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k, KeyError) != current.get(k,
-                                                                                                             KeyError)}
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys)
+            if saved.get(k, KeyError) != current.get(k, KeyError)}
 
 # %% ../nbs/00c_train.ipynb #31093f37
 def restart_from_checkpoint(path: str | Path | None, config: dict, ignore=(), map_location='cpu') -> dict | None:

@@ -202,9 +202,18 @@ def _unit(q, q64, g, a, rt, dch, nd, ct):
             nt += 1
     return nu, nd_, nt
 
-def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, chunk: int = 65536,
-              query_chunk: int | None = None, col_chunk: int | None = None, device=None, show_progress: bool = False,
-              stats: dict | None = None) -> list[np.ndarray]:
+def abc_ranks(query_feats,                    # Q x D query (synthetic image) features
+              query_model,                    # Q model ids: the model each query came from
+              exemplar_feats,                 # E x D exemplar features
+              exemplar_model,                 # E model ids
+              distractor_feats,               # N x D distractors, or an iterable / callable of chunks
+              chunk: int = 65536,             # distractors per chunk
+              query_chunk: int | None = None,  # queries per block (None: 128 on a CPU, by `chunk` on a GPU)
+              col_chunk: int | None = None,   # distractor columns per tile (None: 2048 on a CPU, the chunk on a GPU)
+              device=None,                    # where the scores are computed (None: the CPU)
+              show_progress: bool = False,    # a progress bar over the chunks
+              stats: dict | None = None,      # receives counts (queries, distractors, pairs rescored exactly, ...)
+             ) -> list[np.ndarray]:
     """Sorted 1-based ranks of each query's exemplars in its AbC gallery (distractors + its model's exemplars), by
     counting, not sorting. `distractor_feats`: an N x D array/tensor, or an iterable (or callable returning one) of
     chunks, read once; `chunk`: distractors per chunk."""
@@ -238,9 +247,8 @@ def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distract
                       cnt=torch.zeros(len(qi), P, dtype=torch.long, device=dev)))
     n_unc = n_dist = n_dense = n_tiles = 0
     it = _chunks(distractor_feats, chunk)
-    bar = progress(it, desc='AbC ranks',
-                   total=math.ceil(len(distractor_feats) / chunk) if hasattr(distractor_feats,
-                           '__len__') else None) if show_progress else it
+    bar = (progress(it, desc='AbC ranks', total=math.ceil(len(distractor_feats) / chunk)
+                    if hasattr(distractor_feats, '__len__') else None) if show_progress else it)
     n_workers = torch.get_num_threads() if cpu else 1
     from concurrent.futures import ThreadPoolExecutor
     with _full_fp32(), torch.inference_mode(), _single_thread(dev), ThreadPoolExecutor(n_workers) as pool:
@@ -294,9 +302,17 @@ def summarize(per_query: pd.DataFrame, ks: Sequence[int] = (5, 10, 100)) -> pd.D
     return g.rename(columns={'AP': 'mAP'})
 
 # %% ../../nbs/15_abc_eval.ipynb #28096be3
-def evaluate_abc(query_feats, query_model, query_type, exemplar_feats, exemplar_model, distractor_feats,
-                 ks: Sequence[int] = (5, 10, 100), chunk: int = 65536, device=None,
-                 show_progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_abc(query_feats,                   # Q x D query (synthetic image) features
+                 query_model,                   # Q model ids: the model each query came from
+                 query_type,                    # Q synth types (the summary has a row per type, and 'all')
+                 exemplar_feats,                # E x D exemplar features
+                 exemplar_model,                # E model ids
+                 distractor_feats,              # N x D distractors, or an iterable / callable of chunks
+                 ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                 chunk: int = 65536,            # distractors per chunk
+                 device=None,                   # where the scores are computed (None: the CPU)
+                 show_progress: bool = False,   # a progress bar over the chunks
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "AbC's protocol: (summary per synth type, per-query table) of mAP and Recall@K, computed with `abc_ranks`."
     if any(int(k) < 1 for k in ks): raise AttribError(f"ks must be positive, got {ks}")
     if len(query_type) != len(query_model):
@@ -419,8 +435,8 @@ def split_features(ds, split: str, feats, cache_dir=None, on_error: str = 'raise
                         "nothing to evaluate")
     if isinstance(feats, torch.nn.Module):
         did = dataset_id(ds)
-        cache = (lambda name: backbone_cache_path(cache_dir, feats, did,
-                                                  name)) if cache_dir is not None else (lambda name: None)
+        cache = ((lambda name: backbone_cache_path(cache_dir, feats, did, name)) if cache_dir is not None
+                 else (lambda name: None))
         fd = extract_features(feats, dp, root=ds.root, cache=cache('distractors'), on_error=on_error, **extract_kw)
         fs = extract_features(feats, split_image_paths(ds, split), root=ds.root, cache=cache(split), on_error=on_error,
                               **extract_kw)
@@ -447,16 +463,31 @@ def _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **
     pq['path'] = f['query_paths']
     return s, pq, f
 
-def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cache_dir=None, chunk: int = 65536,
-                   device=None,
-                   on_error: str = 'raise', **extract_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_split(ds,                                # an `AbCDataset`
+                   split: str,                        # one of its test splits
+                   feats,                             # a `Backbone` (features extracted, cached) or given features
+                   ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                   cache_dir=None,                    # feature cache folder of a backbone (None: no cache)
+                   chunk: int = 65536,                # distractors per chunk
+                   device=None,                       # where the backbone and the scores run
+                   on_error: str = 'raise',           # an unreadable image: 'raise' or 'skip' (left out and listed)
+                   **extract_kw,                      # more `extract_features` options (batch_size, num_workers, ...)
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "AbC evaluation of one split of an `AbCDataset`: (summary per synth type, per-query table with paths)."
     s, pq, _ = _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw)
     return s, pq
 
 # %% ../../nbs/15_abc_eval.ipynb #56b27675
-def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequence[int] = (5, 10, 100), cache_dir=None,
-                     out_dir=None, name: str = 'abc_eval', on_error: str = 'raise', **kw) -> tuple[pd.DataFrame, dict]:
+def evaluate_dataset(ds,                                # an `AbCDataset`
+                     feats,                             # a `Backbone` (features extracted, cached) or given features
+                     splits: Sequence[str] | None = None,  # splits to evaluate (None: every test split)
+                     ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                     cache_dir=None,                    # feature cache folder of a backbone (None: no cache)
+                     out_dir=None,                      # folder for `<name>.csv` / `.json` (None: none written)
+                     name: str = 'abc_eval',            # the results' file name
+                     on_error: str = 'raise',           # an unreadable image: 'raise' or 'skip' (left out and listed)
+                     **kw,                              # `evaluate_split` options (chunk, device, extract options)
+                    ) -> tuple[pd.DataFrame, dict]:
     """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to
     out_dir as CSV + JSON if given. `on_error='skip'`: unreadable images are left out; the table gains
     `n_skipped_queries`, the dict a `skipped` list, out_dir `<name>_skipped.csv`."""

@@ -125,8 +125,15 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     return out
 
 # %% ../../nbs/19_index.ipynb #98e45cab
-def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
-                num_workers: int = 0, on_batch: Callable[[int], None] | None = None, bar=None, strict: bool = False):
+def embed_files(embedder: Embedder,                     # what turns an image batch into vectors
+                paths: Sequence[str | Path],            # the images, relative to `root`
+                root: str | Path | None = None,         # the folder `paths` are relative to
+                batch_size: int = 64,                   # images per forward pass
+                num_workers: int = 0,                   # image-reading worker processes (0: in this process)
+                on_batch: Callable[[int], None] | None = None,  # called with each batch index (checkpoints, tests)
+                bar=None,                               # a progress bar to advance by one per batch
+                strict: bool = False,                   # an unreadable image raises instead of being listed
+               ):
     """Vectors (N_ok x D float32, l2-normalised) of the readable `paths`, their indices, and [(path, reason)] for the
     others."""
     import torch
@@ -154,8 +161,17 @@ def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Pat
 # %% ../../nbs/19_index.ipynb #514a88f7
 FAISS_KINDS = ('exact', 'ivfpq', 'hnsw')
 
-def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None, nbits: int | None = None,
-                 nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = 128, rescore: int = 10) -> dict:
+def faiss_params(kind: str,                   # one of `FAISS_KINDS`
+                 n: int,                      # number of vectors the index will hold
+                 dim: int,                    # their dimension
+                 nlist: int | None = None,    # ivfpq: inverted lists (None: from n)
+                 m: int | None = None,        # ivfpq: sub-quantizers, a divisor of dim (None: from dim)
+                 nbits: int | None = None,    # ivfpq: bits per sub-quantizer code (None: from n)
+                 nprobe: int | None = None,   # ivfpq: lists searched per query (None: from nlist)
+                 hnsw_m: int = 32,            # hnsw: neighbours per node
+                 ef_search: int = 128,        # hnsw: search breadth
+                 rescore: int = 10,           # candidates rescored exactly per result (x k)
+                ) -> dict:
     """The parameters of a faiss index of `kind` for `n` vectors of `dim` (explicit values win over the size-based
     defaults)."""
     if kind not in FAISS_KINDS: raise AttribError(f"index kind must be one of {FAISS_KINDS}, got {kind!r}")
@@ -260,9 +276,8 @@ class Index:
 
     def live_ids(self) -> np.ndarray:
         "Global ids of every live row, ascending."
-        ids = np.concatenate([s['offset'] + np.arange(s['n'],
-                                                      dtype=np.int64) for s in self.manifest['shards']] or [np.zeros(0,
-                                                              np.int64)])
+        ids = np.concatenate([s['offset'] + np.arange(s['n'], dtype=np.int64) for s in self.manifest['shards']]
+                             or [np.zeros(0, np.int64)])
         return ids[~np.isin(ids, np.asarray(self.manifest['dead'], dtype=np.int64))] if self.manifest['dead'] else ids
 
     def entries(self):
@@ -771,8 +786,8 @@ def _cmd_calibrate(a):
 def _cmd_train_ad(a):
     from attrib.concept.ad_trainer import ADConfig
     from dataclasses import fields
-    kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig) if getattr(a, 'cfg_' + f.name,
-                                                                                   None) is not None}
+    kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig)
+          if getattr(a, 'cfg_' + f.name, None) is not None}
     run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume,
                                 log_every=a.log_every, **kw)
     from attrib import dist

@@ -39,19 +39,19 @@ def _model_sequence(family: str, m: nn.Module) -> tuple[list[nn.Module], list[in
         return seq, list(range(len(m.features) - 1))
     if family == 'resnet':
         blocks = [b for li in range(1, 5) for b in getattr(m, f'layer{li}')]
-        seq = [_Lambda(lambda x: m.maxpool(m.act1(m.bn1(m.conv1(x)))), [m.conv1, m.bn1, m.act1, m.maxpool],
-                       name='stem')] + blocks + \
-              [_Lambda(lambda x: m.forward_head(x), [m.global_pool, m.fc], name='head')]
+        seq = ([_Lambda(lambda x: m.maxpool(m.act1(m.bn1(m.conv1(x)))), [m.conv1, m.bn1, m.act1, m.maxpool],
+                        name='stem')]
+               + blocks + [_Lambda(lambda x: m.forward_head(x), [m.global_pool, m.fc], name='head')])
         return seq, list(range(len(seq) - 1))
     if family == 'vit':
         if getattr(m, 'grad_checkpointing', False):
             raise AttribError("split_backbone: turn off grad checkpointing on the ViT first")
         tok = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None),
                            getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
-        seq = [_Lambda(lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))), [m.patch_embed, m.norm_pre],
-                       tok, name='embed')] + \
-              list(m.blocks) + [_Lambda(lambda x: m.forward_head(m.norm(x)), [m.norm, m.fc_norm, m.head],
-                                        name='norm+head')]
+        seq = ([_Lambda(lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))), [m.patch_embed, m.norm_pre],
+                        tok, name='embed')]
+               + list(m.blocks)
+               + [_Lambda(lambda x: m.forward_head(m.norm(x)), [m.norm, m.fc_norm, m.head], name='norm+head')])
         return seq, list(range(len(seq) - 1))
     raise AttribError(f"split_backbone: unknown backbone family {family!r}")
 
@@ -62,8 +62,8 @@ class BackbonePart(nn.Sequential):
         return x
 
 # %% ../../nbs/16_ssl_model.ipynb #bf8bf22b
-def split_backbone(backbone, n_trainable: int | str = 1, model: nn.Module | None = None) -> tuple[BackbonePart,
-                                                                                                  BackbonePart]:
+def split_backbone(backbone, n_trainable: int | str = 1,
+                   model: nn.Module | None = None) -> tuple[BackbonePart, BackbonePart]:
     """Cut `backbone` (an `attrib.backbones.Backbone`) into `(trunk, tail)` with `tail(trunk(x)) == backbone(x)`, the
     tail being the last `n_trainable` stages of `backbone.blocks()` ('all': the whole backbone; 0: only the final
     pooling/head). Parameters are shared, not copied; pass `model` (e.g. a deep copy of `backbone.model`) to split that
