@@ -145,15 +145,15 @@ def _check_features(y: torch.Tensor, backbone, paths: list[str], amp: bool):
         why = ("float16/bfloat16 overflowed or its weights are broken (try without amp)" if amp
                else "its weights are broken")
         raise WeightsError(f"backbone {name} (weights {w}) gave non-finite features (NaN or Inf) for {int(bad.sum())} "
-                           f"of {len(y)} "
-                           f"images, e.g. {paths[int(bad.nonzero()[0])]}: {why}; nothing was cached for them")
+                           f"of {len(y)} images, e.g. {paths[int(bad.nonzero()[0])]}: {why}; "
+                           "nothing was cached for them")
 
 def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers, amp, threads, on_error, step) -> dict:
     """Features of one list of images: `{'feats', 'paths', 'skipped'}` (unreadable files skipped or raised, by
     `on_error`)."""
     from attrib.images import ImagePathsDataset
-    ac = torch.autocast(dev.type,
-                        dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp else nullcontext()
+    ac = (torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp
+          else nullcontext())
     ds = _Tagged(ImagePathsDataset(paths, root=root, transform=backbone.transform))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_tagged,
                                          pin_memory=dev.type == 'cuda')

@@ -206,8 +206,8 @@ class AbCDataset:
     def exemplars(self, split: str) -> tuple[list[str], np.ndarray]:
         "Exemplar images of `split`: paths and the index of the model each one customized."
         models = self.load_split(split)
-        return [p for m in models for p in m.exemplar], np.asarray([i for i,
-                m in enumerate(models) for _ in m.exemplar], dtype=np.int64)
+        return ([p for m in models for p in m.exemplar],
+                np.asarray([i for i, m in enumerate(models) for _ in m.exemplar], dtype=np.int64))
 
     def distractor_paths(self, check: bool = False) -> list[str]:
         "Root-relative paths of the distractor images (the list file if present, else a sorted recursive listing)."

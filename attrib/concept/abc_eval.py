@@ -328,8 +328,8 @@ def evaluate_abc(query_feats,                   # Q x D query (synthetic image) 
 # %% ../../nbs/15_abc_eval.ipynb #9e03dfdd
 def results_dict(summary: pd.DataFrame) -> dict:
     "A summary table as a JSON-ready dict {synth_type: {metric: value}}."
-    return {str(t): {k: (int(v) if k == 'n_queries' else float(v)) for k, v in row.items()} for t,
-            row in summary.iterrows()}
+    return {str(t): {k: (int(v) if k == 'n_queries' else float(v)) for k, v in row.items()}
+            for t, row in summary.iterrows()}
 
 # %% ../../nbs/15_abc_eval.ipynb #f6deb0af
 def recall_curve(per_query: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
@@ -408,12 +408,11 @@ def _drop_skipped(f: dict, skipped: dict) -> dict:
     alive = set(f['exemplar_model'][ek].tolist())
     qk = [i for i, p in enumerate(f['query_paths']) if p not in skipped and f['query_model'][i] in alive]
     keep = set(qk)
-    rep = [dict(role=r, path=p, problem=skipped[p]) for r,
-           k in (('query', 'query_paths'), ('exemplar', 'exemplar_paths'),
-           ('distractor', 'distractor_paths')) for p in f[k] if p in skipped]
-    rep += [dict(role='query', path=p, problem="every exemplar of its model was skipped") for i,
-            p in enumerate(f['query_paths'])
-            if p not in skipped and f['query_model'][i] not in alive]
+    rep = [dict(role=r, path=p, problem=skipped[p])
+           for r, k in (('query', 'query_paths'), ('exemplar', 'exemplar_paths'), ('distractor', 'distractor_paths'))
+           for p in f[k] if p in skipped]
+    rep += [dict(role='query', path=p, problem="every exemplar of its model was skipped")
+            for i, p in enumerate(f['query_paths']) if p not in skipped and f['query_model'][i] not in alive]
     sub = lambda key, idx: [f[key][i] for i in idx] if isinstance(f[key], list) else f[key][idx]
     return dict(query_paths=sub('query_paths', qk), query_model=sub('query_model', qk),
                 query_type=sub('query_type', qk),
@@ -510,8 +509,8 @@ def evaluate_dataset(ds,                                # an `AbCDataset`
             skipped += [dict(split=sp, **r) for r in f['skipped']]
         rows.append(s)
     table = pd.concat(rows, ignore_index=True).set_index(['split', 'synth_type'])
-    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k.startswith('n_') else float(v)) for k,
-                         v in r.items()}
+    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k.startswith('n_') else float(v))
+                         for k, v in r.items()}
            for (sp, t), r in table.iterrows()}
     if on_error == 'skip': res['skipped'] = skipped
     if out_dir is not None:

@@ -733,8 +733,8 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
 # %% ../../nbs/19_index.ipynb #40de3283
 def _defaults(fn) -> dict:
     import inspect
-    return {k: v.default for k,
-            v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
+    return {k: v.default for k, v in inspect.signature(fn).parameters.items()
+            if v.default is not inspect.Parameter.empty}
 
 # %% ../../nbs/19_index.ipynb #d9c35659
 def _literal(s: str):
