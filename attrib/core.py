@@ -16,22 +16,25 @@ import torch
 __all__ = ['AttribError', 'DataError', 'WeightsError', 'seed_everything', 'get_rng_state', 'set_rng_state', 'get_device',
            'project_root', 'data_dir', 'figures_dir', 'runs_dir', 'atomic_write', 'save_json', 'load_json',
            'save_checkpoint', 'load_checkpoint', 'check_finite', 'check_shape', 'progress', 'l2_normalize',
-           'stable_hash', 'to_numpy']
+           'stable_hash', 'to_numpy', 'file_hash']
 
 # %% ../nbs/00_core.ipynb #19166c5e
 class AttribError(Exception):
     "Base class for the errors attrib raises on bad input."
 
+# %% ../nbs/00_core.ipynb #2378a6b7
 class DataError(AttribError, ValueError):
     "A dataset, image or file is missing, malformed or unreadable."
 
+# %% ../nbs/00_core.ipynb #4da0bdad
 class WeightsError(AttribError, FileNotFoundError):
     "Pretrained weights are missing or do not fit the model."
 
 # %% ../nbs/00_core.ipynb #20611c87
 def seed_everything(seed: int, deterministic: bool = False) -> int:
     "Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -42,6 +45,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
         torch.backends.cudnn.benchmark = False
     return seed
 
+# %% ../nbs/00_core.ipynb #d6df5ebe
 def get_rng_state() -> dict:
     "All random states (python, numpy, torch cpu and cuda) as a checkpoint-safe dict of tensors and plain types."
     st = {'python': _py_state_to_tensor(random.getstate()),
@@ -50,6 +54,7 @@ def get_rng_state() -> dict:
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
+# %% ../nbs/00_core.ipynb #cd9c0eca
 def set_rng_state(st: dict):
     "Restore the random states saved by `get_rng_state`."
     random.setstate(_tensor_to_py_state(st['python']))
@@ -71,13 +76,17 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
     "The device to run on: `prefer` if given and available, else cuda > mps > cpu."
     if prefer is not None and str(prefer) != 'auto':
         try: dev = torch.device(prefer)
-        except (RuntimeError, TypeError): raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        except (RuntimeError, TypeError):
+            raise AttribError(f"unknown device {prefer!r}; use cpu, cuda, cuda:N, mps or auto") from None
         if dev.type not in ('cpu', 'cuda', 'mps'):
             raise AttribError(f"device {prefer!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            raise AttribError(f"device {prefer!r} asked for, but CUDA is not available here")
         if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
-            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()): raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
+            raise AttribError(f"device {prefer!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")
+        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+            raise AttribError(f"device {prefer!r} asked for, but MPS is not available here")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
     if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
@@ -91,19 +100,31 @@ def project_root() -> Path:
             if (p/'settings.ini').exists() and (p/'attrib').is_dir(): return p
     return Path.cwd()
 
+# %% ../nbs/00_core.ipynb #9426d328
 def _env_dir(var, default):
     p = Path(os.environ.get(var) or project_root()/default)
     return p.expanduser()
 
-def data_dir() -> Path:    "Where datasets are built and read (`$ATTRIB_DATA` or `<root>/data`)."; return _env_dir('ATTRIB_DATA', 'data')
-def figures_dir() -> Path: "Where figures are saved (`$ATTRIB_FIGURES` or `<root>/figures`)."; return _env_dir('ATTRIB_FIGURES', 'figures')
-def runs_dir() -> Path:    "Where experiment runs write (`$ATTRIB_RUNS` or `<root>/runs`)."; return _env_dir('ATTRIB_RUNS', 'runs')
+def data_dir() -> Path:
+    "Where datasets are built and read (`$ATTRIB_DATA` or `<root>/data`)."
+    return _env_dir('ATTRIB_DATA', 'data')
+
+# %% ../nbs/00_core.ipynb #aa7baae6
+def figures_dir() -> Path:
+    "Where figures are saved (`$ATTRIB_FIGURES` or `<root>/figures`)."
+    return _env_dir('ATTRIB_FIGURES', 'figures')
+
+# %% ../nbs/00_core.ipynb #01452c12
+def runs_dir() -> Path:
+    "Where experiment runs write (`$ATTRIB_RUNS` or `<root>/runs`)."
+    return _env_dir('ATTRIB_RUNS', 'runs')
 
 # %% ../nbs/00_core.ipynb #8ccb48ca
 @contextmanager
 def atomic_write(path: str | Path, mode: str = 'wb'):
     "Open a temporary file beside `path`; move it into place only if the block finishes."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.', suffix='.tmp')
     try:
         os.chmod(tmp, _open_mode(path))   # mkstemp makes 0600 files: give the mode a plain open() would
@@ -113,17 +134,20 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #db555092
 def _umask() -> int:
     "The process umask (read from /proc where it can be, else set and restored at once)."
     try:
         for line in Path('/proc/self/status').read_text().splitlines():
             if line.startswith('Umask:'): return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError): pass
-    m = os.umask(0o022); os.umask(m)
+    m = os.umask(0o022)
+    os.umask(m)
     return m
 
 def _open_mode(path: Path) -> int:
-    "The permission bits `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 minus the umask."
+    """The permission bits `open(path, 'w')` would leave: an existing file keeps its own, a new one gets 0666 minus the
+    umask."""
     try: return path.stat().st_mode & 0o7777
     except OSError: return 0o666 & ~_umask()
 
@@ -132,15 +156,20 @@ def save_json(obj: Any, path: str | Path) -> Path:
     with atomic_write(path, 'w') as f: json.dump(obj, f, indent=2, default=_to_jsonable)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #3a3460fd
 def load_json(path: str | Path) -> Any:
-    "Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly deep."
+    """Read JSON (UTF-8), with an error that names the file when it is missing, malformed, not UTF-8 or nested absurdly
+    deep."""
     path = Path(path)
-    if not path.is_file(): raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ''))
     try: return json.loads(path.read_bytes())
     except json.JSONDecodeError as e: raise DataError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e: raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except RecursionError: raise DataError(f"{path}: not valid JSON for attrib: nested too deeply") from None
 
+# %% ../nbs/00_core.ipynb #d5b3c1d2
 def _to_jsonable(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -154,6 +183,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     with atomic_write(path) as f: torch.save(state, f)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #8d19b225
 def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
     "Load a checkpoint safely (`weights_only=True`); clear errors for missing or corrupt files."
     path = Path(path)
@@ -168,6 +198,7 @@ def check_finite(x: torch.Tensor | np.ndarray, name: str = 'input'):
     if bad: raise DataError(f"{name} holds {bad} non-finite value(s) (NaN or Inf)")
     return x
 
+# %% ../nbs/00_core.ipynb #0cb1cea1
 def check_shape(x, shape: tuple, name: str = 'input'):
     "Raise a `DataError` (a `ValueError` too) unless `x.shape` matches `shape` (None = any size)."
     if len(x.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
@@ -179,17 +210,33 @@ def check_shape(x, shape: tuple, name: str = 'input'):
 def progress(it: Iterable, desc: str = '', total: int | None = None, **kw):
     "A tqdm progress bar, off when `ATTRIB_PROGRESS=0`."
     from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, total=total, disable=os.environ.get('ATTRIB_PROGRESS', '1') == '0', dynamic_ncols=True, **kw)
+    return tqdm(it, desc=desc, total=total, disable=os.environ.get('ATTRIB_PROGRESS', '1') == '0', dynamic_ncols=True,
+                **kw)
 
+# %% ../nbs/00_core.ipynb #16fc92fc
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     "Scale rows of `x` to unit Euclidean norm (zero rows stay zero)."
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
 
+# %% ../nbs/00_core.ipynb #8e7b6197
 def stable_hash(*parts, n: int = 12) -> str:
     "A short hex digest of `parts` (their JSON/str form), stable across runs and machines."
     s = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(s.encode()).hexdigest()[:n]
 
+# %% ../nbs/00_core.ipynb #404c7074
 def to_numpy(x) -> np.ndarray:
     "A tensor (any device, any grad state) or array-like as a numpy array."
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+# %% ../nbs/00_core.ipynb #75bc90c9
+def file_hash(path: str | Path,        # the file
+              algo: str = 'sha256',    # a `hashlib` algorithm
+              n: int | None = None,    # keep the first `n` hex digits (None: all)
+              header: bytes = b'',     # bytes hashed before the content
+             ) -> str:
+    "Hex digest of `header` followed by the content of the file `path`."
+    h = hashlib.new(algo, header)
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
+    return h.hexdigest()[:n]

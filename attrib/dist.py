@@ -17,24 +17,43 @@ def is_dist() -> bool:
     "True inside an initialised process group."
     return dist.is_available() and dist.is_initialized()
 
-def world_size() -> int: "Number of processes (1 without a process group)."; return dist.get_world_size() if is_dist() else 1
-def rank() -> int:       "This process's rank (0 without a process group)."; return dist.get_rank() if is_dist() else 0
-def is_main() -> bool:   "True on rank 0: the process that logs, saves and plots."; return rank() == 0
+# %% ../nbs/00a_dist.ipynb #d1023c22
+def world_size() -> int:
+    "Number of processes (1 without a process group)."
+    return dist.get_world_size() if is_dist() else 1
 
+# %% ../nbs/00a_dist.ipynb #cac2bd93
+def rank() -> int:
+    "This process's rank (0 without a process group)."
+    return dist.get_rank() if is_dist() else 0
+
+# %% ../nbs/00a_dist.ipynb #afb5accc
+def is_main() -> bool:
+    "True on rank 0: the process that logs, saves and plots."
+    return rank() == 0
+
+# %% ../nbs/00a_dist.ipynb #b4dc05f7
 def barrier():
     "Wait for every rank (no-op without a process group)."
     if is_dist(): dist.barrier()
 
+# %% ../nbs/00a_dist.ipynb #8484d37b
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     "Mean of `t` over ranks (a copy; `t` itself is untouched). No gradient flows."
     if not is_dist(): return t
-    t = t.detach().clone(); dist.all_reduce(t); return t / world_size()
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / world_size()
 
+# %% ../nbs/00a_dist.ipynb #68c30989
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     "Sum of `t` over ranks (a copy). No gradient flows."
     if not is_dist(): return t
-    t = t.detach().clone(); dist.all_reduce(t); return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t
 
+# %% ../nbs/00a_dist.ipynb #0e122193
 def all_gather_cat(t: torch.Tensor, grad: bool = False) -> torch.Tensor:
     "Concatenate `t` from every rank along dim 0; with `grad=True` gradients flow back to each rank's slice."
     if not is_dist(): return t
@@ -53,14 +72,18 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(out, 0)
     @staticmethod
     def backward(ctx, g):
-        g = g.contiguous().clone(); dist.all_reduce(g)
+        g = g.contiguous().clone()
+        dist.all_reduce(g)
         return g[rank() * ctx.n:(rank() + 1) * ctx.n]
 
+# %% ../nbs/00a_dist.ipynb #5614fb97
 def shard(n: int, r: int | None = None, ws: int | None = None) -> range:
     "The indices of `range(n)` that rank `r` of `ws` handles (strided, so shards differ by at most one)."
-    r = rank() if r is None else r; ws = world_size() if ws is None else ws
+    r = rank() if r is None else r
+    ws = world_size() if ws is None else ws
     return range(r, n, ws)
 
+# %% ../nbs/00a_dist.ipynb #da506c48
 def init_distributed(backend: str | None = None) -> bool:
     "Join the process group `torchrun` describes in the environment; False (and nothing done) when not launched by it."
     if is_dist(): return True
@@ -70,6 +93,9 @@ def init_distributed(backend: str | None = None) -> bool:
     dist.init_process_group(backend=backend)
     return True
 
+# %% ../nbs/00a_dist.ipynb #d77de167
 def cleanup_distributed():
     "Leave the process group if one is open (after a barrier, so no rank leaves mid-collective)."
-    if is_dist(): dist.barrier(); dist.destroy_process_group()
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()

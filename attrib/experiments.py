@@ -18,13 +18,15 @@ def experiments_dir() -> Path:
     "The folder of experiment notebooks (`<root>/experiments`)."
     return project_root()/'experiments'
 
+# %% ../nbs/90_experiments.ipynb #a178f084
 def list_experiments() -> list[str]:
     "Names of the experiment notebooks that can be run."
     return sorted(p.stem for p in experiments_dir().glob('*.ipynb'))
 
 def _notebook(name: str) -> Path:
     src = experiments_dir()/f'{name}.ipynb'
-    if not src.exists(): raise AttribError(f"no experiment {name!r} in {experiments_dir()}; available: {list_experiments()}")
+    if not src.exists():
+        raise AttribError(f"no experiment {name!r} in {experiments_dir()}; available: {list_experiments()}")
     return src
 
 # %% ../nbs/90_experiments.ipynb #a605d62c
@@ -34,25 +36,30 @@ def experiment_defaults(name: str) -> dict:
     out = {}
     for k, v in pm.inspect_notebook(str(_notebook(name))).items():
         try: out[k] = ast.literal_eval(v['default'])
-        except (ValueError, SyntaxError): raise AttribError(f"{name}: parameter {k} = {v['default']} is not a literal") from None
+        except (ValueError, SyntaxError):
+            raise AttribError(f"{name}: parameter {k} = {v['default']} is not a literal") from None
     return out
 
 # %% ../nbs/90_experiments.ipynb #eb292ca9
 def experiment_params(name: str, namespace: Mapping) -> dict:
-    "Every parameter of experiment `name` with its value in `namespace` (a notebook's `globals()` after its parameters cell), copied."
+    """Every parameter of experiment `name` with its value in `namespace` (a notebook's `globals()` after its parameters
+    cell), copied."""
     import copy
     names = experiment_defaults(name)
     missing = [k for k in names if k not in namespace]
-    if missing: raise AttribError(f"{name}: parameter(s) {missing} are not defined here (call this after the parameters cell)")
+    if missing:
+        raise AttribError(f"{name}: parameter(s) {missing} are not defined here (call this after the parameters cell)")
     return {k: copy.deepcopy(namespace[k]) for k in names}
 
 # %% ../nbs/90_experiments.ipynb #d2731341
 PRESETS: dict[str, dict[str, dict]] = {
-    'concept_attribution': {   # DINO ViT-B/16 on a GPU: fresh augmentations, full forward passes, DINO's 65536 prototypes
+    # DINO ViT-B/16 on a GPU: fresh augmentations, full forward passes, DINO's 65536 prototypes
+    'concept_attribution': {
         'gpu': dict(backbone='dino_vitb16', weights='default', img_size=None, device='cuda', amp='bf16', epochs=10,
                     batch_size=256, aug_bank=None, trunk_cache=False, dino_out_dim=65536, threads=None)},
     'concept_baselines': {
-        'gpu': dict(backbones=['dino_vitb16', 'clip_vitb16', 'mobilenetv2'], img_size=None, device='cuda', threads=None)},
+        'gpu': dict(backbones=['dino_vitb16', 'clip_vitb16', 'mobilenetv2'], img_size=None, device='cuda',
+                    threads=None)},
     'origin_attribution': {
         'gpu': dict(device='cuda', n=200, n_calib=200, steps=1500, restarts=8)},
     'model_attribution': {     # the paper's setting: 20 seeds of the 288 architectures, ResNet-50, 40 epochs
@@ -61,7 +68,8 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 def resolve_params(name: str, preset: str | None = None, **overrides) -> dict:
-    "Experiment `name`'s parameters: notebook defaults, then `PRESETS[name][preset]`, then `overrides`; unknown keys refused."
+    """Experiment `name`'s parameters: notebook defaults, then `PRESETS[name][preset]`, then `overrides`; unknown keys
+    refused."""
     defaults = experiment_defaults(name)
     if preset is not None and preset not in PRESETS.get(name, {}):
         raise AttribError(f"{name}: no preset {preset!r}; presets: {sorted(PRESETS.get(name, {}))}")
@@ -77,7 +85,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, log_output: boo
     import papermill as pm
     src = _notebook(name)
     out_dir = Path(out_dir) if out_dir else runs_dir()/name/time.strftime('%Y%m%d-%H%M%S')
-    resolved = resolve_params(name, preset, **{**params, 'out_dir': str(out_dir.resolve())})   # checked before anything is written
+    # checked before anything is written
+    resolved = resolve_params(name, preset, **{**params, 'out_dir': str(out_dir.resolve())})
     chosen = {**(PRESETS[name][preset] if preset else {}), **params, 'out_dir': resolved['out_dir']}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json({'experiment': name, 'preset': preset, 'overrides': params, 'params': resolved}, out_dir/'params.json')

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from .core import AttribError, DataError, WeightsError, atomic_write, get_device, progress, stable_hash, save_json, load_json
+from .core import (AttribError, DataError, WeightsError, atomic_write, get_device, progress, stable_hash,
+                         save_json, load_json)
 from . import dist
 from .train import torch_threads
 
@@ -25,35 +26,46 @@ def _safe(part) -> str:
     return t if t == s else f'{t}-{stable_hash(s, n=6)}'
 
 def feature_cache_path(cache_dir: str | Path, backbone_name: str, weights_id: str, dataset_id: str, split: str) -> Path:
-    "Where the features of (backbone, weights, dataset, split) are cached: `cache_dir/dataset/backbone/weights/split.pt`."
+    """Where the features of (backbone, weights, dataset, split) are cached:
+    `cache_dir/dataset/backbone/weights/split.pt`."""
     for n, v in dict(backbone_name=backbone_name, weights_id=weights_id, dataset_id=dataset_id, split=split).items():
         if not isinstance(v, str) or not v: raise AttribError(f"{n} must be a non-empty string, got {v!r}")
     return Path(cache_dir)/_safe(dataset_id)/_safe(backbone_name)/_safe(weights_id)/f'{_safe(split)}.pt'
 
+# %% ../nbs/14_features.ipynb #af5c10d8
 def backbone_cache_path(cache_dir: str | Path, backbone, dataset_id: str, split: str) -> Path:
     "`feature_cache_path` for a `Backbone` (keyed by `backbone.key` = name@img_size and `backbone.weights_id`)."
     return feature_cache_path(cache_dir, backbone.key, backbone.weights_id, dataset_id, split)
 
+# %% ../nbs/14_features.ipynb #96c90632
 def dataset_id(ds) -> str:
-    "A cache key for an `AbCDataset` (or root folder): its folder name plus a hash of its absolute path and split/distractor list files."
+    """A cache key for an `AbCDataset` (or root folder): its folder name plus a hash of its absolute path and
+    split/distractor list files."""
     root = Path(getattr(ds, 'root', ds)).resolve()
     files = sorted((root/'dataset'/'json').glob('*.json')) + [root/'dataset'/'laion_subset.txt']
     sig = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
     return f'{root.name}-{stable_hash(str(root), sig, n=10)}'
 
+# %% ../nbs/14_features.ipynb #e04d2f33
 def file_stats(paths: Sequence[str | Path], root: str | Path | None = None) -> torch.Tensor:
-    "The content signature of each file, (size, mtime in ns) as an N x 2 int64 tensor; (-1, -1) for a file that is not there."
+    """The content signature of each file, (size, mtime in ns) as an N x 2 int64 tensor; (-1, -1) for a file that is not
+    there."""
     out = []
     for p in paths:
-        try: st = os.stat(os.path.join(root, p) if root is not None else p); out.append((st.st_size, st.st_mtime_ns))
+        try:
+            st = os.stat(os.path.join(root, p) if root is not None else p)
+            out.append((st.st_size, st.st_mtime_ns))
         except OSError: out.append((-1, -1))
     return torch.tensor(out, dtype=torch.long).reshape(len(paths), 2)
 
+# %% ../nbs/14_features.ipynb #c678884e
 def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], stat: torch.Tensor | None = None,
                   skipped: Sequence[tuple[str, str]] | None = None, skipped_stat: torch.Tensor | None = None) -> Path:
-    "Write an AbC-format feature file atomically (optionally with the rows' file signatures and the files skipped as unreadable)."
+    """Write an AbC-format feature file atomically (optionally with the rows' file signatures and the files skipped as
+    unreadable)."""
     feats = torch.as_tensor(feats).detach().float().cpu().contiguous()
-    if feats.ndim != 2 or feats.shape[0] != len(paths): raise AttribError(f"feats must be len(paths) x D, got {tuple(feats.shape)} for {len(paths)} paths")
+    if feats.ndim != 2 or feats.shape[0] != len(paths):
+        raise AttribError(f"feats must be len(paths) x D, got {tuple(feats.shape)} for {len(paths)} paths")
     d = {'feats': feats, 'paths': [str(p) for p in paths]}
     if stat is not None: d['stat'] = torch.as_tensor(stat, dtype=torch.long).reshape(len(paths), 2)
     if skipped:
@@ -63,8 +75,10 @@ def save_features(path: str | Path, feats: torch.Tensor, paths: Sequence[str], s
     with atomic_write(path) as f: torch.save(d, f)
     return Path(path)
 
+# %% ../nbs/14_features.ipynb #f7247853
 def load_features(path: str | Path) -> dict:
-    "Read an AbC-format feature file (`weights_only=True`), checking its structure; `file` names it, `skipped` lists unreadable images."
+    """Read an AbC-format feature file (`weights_only=True`), checking its structure; `file` names it, `skipped` lists
+    unreadable images."""
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: feature file not found")
     try: d = torch.load(path, map_location='cpu', weights_only=True)
@@ -73,18 +87,22 @@ def load_features(path: str | Path) -> dict:
         raise DataError(f"{path}: not a feature file: expected a dict with 'feats' and 'paths'")
     f, p = d['feats'], d['paths']
     if not isinstance(f, torch.Tensor) or f.ndim != 2 or not isinstance(p, (list, tuple)) or len(p) != f.shape[0]:
-        raise DataError(f"{path}: malformed feature file: feats {getattr(f, 'shape', type(f))}, {len(p) if isinstance(p, (list, tuple)) else type(p)} paths")
+        raise DataError(f"{path}: malformed feature file: feats {getattr(f, 'shape', type(f))}, "
+                        f"{len(p) if isinstance(p, (list, tuple)) else type(p)} paths")
     out = {'feats': f.float(), 'paths': list(map(str, p)), 'file': str(path)}
     st, sk = d.get('stat'), d.get('skipped') or []
     if isinstance(st, torch.Tensor) and st.shape == (len(p), 2): out['stat'] = st.long()
     if sk:
         out['skipped'] = [(str(a), str(b)) for a, b in sk]
         ss = d.get('skipped_stat')
-        out['skipped_stat'] = ss.long() if isinstance(ss, torch.Tensor) and ss.shape == (len(sk), 2) else torch.full((len(sk), 2), -1)
+        out['skipped_stat'] = (ss.long() if isinstance(ss, torch.Tensor) and ss.shape == (len(sk), 2)
+                               else torch.full((len(sk), 2), -1))
     return out
 
+# %% ../nbs/14_features.ipynb #a48d7503
 def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
-    "The rows of a `{'feats', 'paths'}` dict for `paths`, in that order (`DataError` naming a path that has no features)."
+    """The rows of a `{'feats', 'paths'}` dict for `paths`, in that order (`DataError` naming a path that has no
+    features)."""
     index = {p: i for i, p in enumerate(feats['paths'])}
     missing = [p for p in paths if str(p) not in index]
     if missing:
@@ -96,7 +114,8 @@ def select_features(feats: dict, paths: Sequence[str]) -> torch.Tensor:
 
 # %% ../nbs/14_features.ipynb #b3ffc787
 def _batches(loader, in_process: bool):
-    "Iterate a DataLoader; when it loads in this process, decode and transform on one thread (tiny per-image tensor ops only lose to thread sync)."
+    """Iterate a DataLoader; when it loads in this process, decode and transform on one thread (tiny per-image tensor
+    ops only lose to thread sync)."""
     it = iter(loader)
     while True:
         with torch_threads(1 if in_process else None): b = next(it, None)
@@ -118,18 +137,23 @@ def _collate_tagged(batch):
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good], dtype=torch.long), bad
 
 def _check_features(y: torch.Tensor, backbone, paths: list[str], amp: bool):
-    "Non-finite features are the backbone's fault (images are finite by construction): an error naming it, before anything is cached."
+    """Non-finite features are the backbone's fault (images are finite by construction): an error naming it, before
+    anything is cached."""
     bad = ~torch.isfinite(y).all(1)
     if bad.any():
         name, w = getattr(backbone, 'key', type(backbone).__name__), getattr(backbone, 'weights_id', '?')
-        why = "float16/bfloat16 overflowed or its weights are broken (try without amp)" if amp else "its weights are broken"
-        raise WeightsError(f"backbone {name} (weights {w}) gave non-finite features (NaN or Inf) for {int(bad.sum())} of {len(y)} "
-                           f"images, e.g. {paths[int(bad.nonzero()[0])]}: {why}; nothing was cached for them")
+        why = ("float16/bfloat16 overflowed or its weights are broken (try without amp)" if amp
+               else "its weights are broken")
+        raise WeightsError(f"backbone {name} (weights {w}) gave non-finite features (NaN or Inf) for {int(bad.sum())} "
+                           f"of {len(y)} images, e.g. {paths[int(bad.nonzero()[0])]}: {why}; "
+                           "nothing was cached for them")
 
 def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers, amp, threads, on_error, step) -> dict:
-    "Features of one list of images: `{'feats', 'paths', 'skipped'}` (unreadable files skipped or raised, by `on_error`)."
+    """Features of one list of images: `{'feats', 'paths', 'skipped'}` (unreadable files skipped or raised, by
+    `on_error`)."""
     from attrib.images import ImagePathsDataset
-    ac = torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp else nullcontext()
+    ac = (torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == 'cpu' else torch.float16) if amp
+          else nullcontext())
     ds = _Tagged(ImagePathsDataset(paths, root=root, transform=backbone.transform))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_tagged,
                                          pin_memory=dev.type == 'cuda')
@@ -137,9 +161,12 @@ def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers
     for x, idx, b in _batches(loader, in_process=num_workers == 0):
         if b and on_error == 'raise': raise DataError(f"{b[0][1]} [dataset item {b[0][0]}]")
         if x is not None:
-            with torch.inference_mode(), ac, torch_threads(threads or None): y = backbone(x.to(dev, non_blocking=True)).float().cpu()
-            ip = idx.tolist(); _check_features(y, backbone, [paths[i] for i in ip], amp)
-            fs.append(y); good += ip
+            with torch.inference_mode(), ac, torch_threads(threads or None):
+                y = backbone(x.to(dev, non_blocking=True)).float().cpu()
+            ip = idx.tolist()
+            _check_features(y, backbone, [paths[i] for i in ip], amp)
+            fs.append(y)
+            good += ip
         bad += b
         step()
     D = fs[0].shape[1] if fs else backbone.embed_dim
@@ -147,37 +174,54 @@ def _extract_list(backbone, paths: list[str], root, dev, batch_size, num_workers
             'skipped': [(paths[i], m) for i, m in sorted(bad)]}
 
 def _layout(d: dict, paths: list[str]) -> list | None:
-    "For each of `paths`: its row in feature dict `d` (int) or, if `d` skipped it, its problem (str); None if `d` covers other files."
+    """For each of `paths`: its row in feature dict `d` (int) or, if `d` skipped it, its problem (str); None if `d`
+    covers other files."""
     why = dict(d.get('skipped') or [])
     rows, out = iter(range(len(d['paths']))), []
     for p in paths:
-        if p in why: out.append(why[p]); continue
+        if p in why:
+            out.append(why[p])
+            continue
         j = next(rows, None)
         if j is None or d['paths'][j] != p: return None
         out.append(j)
     return out if next(rows, None) is None and set(why) <= set(paths) else None
 
 def _stale(d: dict, paths: list[str], stat: torch.Tensor, lay: list, retry_skipped: bool) -> list[int]:
-    "Indices of `paths` that `d` cannot serve: the file changed (size or mtime) since, or it was skipped and is to be retried."
-    if 'stat' not in d: return list(range(len(paths)))   # written without file signatures (an older attrib): nothing can be trusted
+    """Indices of `paths` that `d` cannot serve: the file changed (size or mtime) since, or it was skipped and is to be
+    retried."""
+    if 'stat' not in d:
+        return list(range(len(paths)))   # written without file signatures (an older attrib): nothing can be trusted
     rows = torch.as_tensor([o if isinstance(o, int) else -1 for o in lay], dtype=torch.long)
     good = rows >= 0
-    old = torch.full((len(paths), 2), -1, dtype=torch.long); old[good] = d['stat'][rows[good]]
+    old = torch.full((len(paths), 2), -1, dtype=torch.long)
+    old[good] = d['stat'][rows[good]]
     sst = {p: d['skipped_stat'][k] for k, (p, _) in enumerate(d.get('skipped') or [])}
     for i in (~good).nonzero().flatten().tolist(): old[i] = sst[paths[i]]
     changed = (old != stat).any(1) | (~good if retry_skipped else torch.zeros_like(good))
     return changed.nonzero().flatten().tolist()
 
 def _assemble(paths: list[str], stat: torch.Tensor, srcs: list[tuple[dict, list]], which: list[int], D: int) -> dict:
-    "One feature dict for `paths`: entry i from source `srcs[which[i]]` = (dict, its layout over the paths it covers, in order)."
-    pos = [0] * len(srcs); take = [[] for _ in srcs]; at = [[] for _ in srcs]
+    """One feature dict for `paths`: entry i from source `srcs[which[i]]` = (dict, its layout over the paths it covers,
+    in order)."""
+    pos = [0] * len(srcs)
+    take = [[] for _ in srcs]
+    at = [[] for _ in srcs]
     fpaths, fstat, skipped, sstat = [], [], [], []
     for i, (p, w) in enumerate(zip(paths, which)):
-        o = srcs[w][1][pos[w]]; pos[w] += 1
-        if isinstance(o, int): take[w].append(o); at[w].append(len(fpaths)); fpaths.append(p); fstat.append(i)
-        else: skipped.append((p, o)); sstat.append(i)
+        o = srcs[w][1][pos[w]]
+        pos[w] += 1
+        if isinstance(o, int):
+            take[w].append(o)
+            at[w].append(len(fpaths))
+            fpaths.append(p)
+            fstat.append(i)
+        else:
+            skipped.append((p, o))
+            sstat.append(i)
     widths = {s[0]['feats'].shape[1] for s, t in zip(srcs, take) if t}
-    if len(widths) > 1: raise DataError(f"features of different dimensions {sorted(widths)} cannot be merged into one cache")
+    if len(widths) > 1:
+        raise DataError(f"features of different dimensions {sorted(widths)} cannot be merged into one cache")
     F = torch.empty(len(fpaths), widths.pop() if widths else D)
     for (d, _), t, a in zip(srcs, take, at):
         if t: F[torch.as_tensor(a, dtype=torch.long)] = d['feats'][torch.as_tensor(t, dtype=torch.long)]
@@ -185,7 +229,8 @@ def _assemble(paths: list[str], stat: torch.Tensor, srcs: list[tuple[dict, list]
             'skipped': skipped, 'skipped_stat': stat[torch.as_tensor(sstat, dtype=torch.long)].reshape(-1, 2)}
 
 def _save(path: Path, d: dict) -> Path:
-    return save_features(path, d['feats'], d['paths'], stat=d['stat'], skipped=d['skipped'], skipped_stat=d['skipped_stat'])
+    return save_features(path, d['feats'], d['paths'], stat=d['stat'], skipped=d['skipped'],
+                         skipped_stat=d['skipped_stat'])
 
 def _parts_dir(cache: Path) -> Path: return cache.parent/(cache.name + '.parts')
 def _shard_file(parts: Path, s: int) -> Path: return parts/f'shard_{s:06d}.pt'
@@ -199,20 +244,33 @@ def _load_shard(parts: Path, s: int, want: list[str], stat: torch.Tensor, retry_
     lay = _layout(d, want)
     return None if lay is None or _stale(d, want, stat, lay, retry_skipped) else (d, lay)
 
-def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | None = None, cache: str | Path | None = None,
-                     batch_size: int = 64, num_workers: int = 0, device=None, shard_size: int | None = None, amp: bool = False,
-                     on_batch: Callable[[int], None] | None = None, show_progress: bool = True, threads: int | None = None,
-                     on_error: str = 'raise') -> dict:
-    """Features of `paths` (relative to `root`) as `{'feats': N x D float32, 'paths': [...]}`, resumably cached in `cache` when given.
-    `threads`: torch CPU threads for the forward passes (None: leave torch's setting). `on_error='skip'`: unreadable images get no row
-    and are listed in `'skipped'` as (path, problem); `'raise'` (default): the first one is a `DataError`."""
+def extract_features(backbone,                                 # a `Backbone` (or any module mapping images to vectors)
+                     paths: Sequence[str | Path],              # the images, relative to `root`
+                     root: str | Path | None = None,           # the folder `paths` are relative to
+                     cache: str | Path | None = None,          # the cache file (None: nothing cached)
+                     batch_size: int = 64,                     # images per forward pass
+                     num_workers: int = 0,                     # image-reading worker processes (0: in this process)
+                     device=None,                              # where the backbone runs (None: cuda > mps > cpu)
+                     shard_size: int | None = None,            # images per resumable cache shard (None: the default)
+                     amp: bool = False,                        # forward in float16/bfloat16 autocast
+                     on_batch: Callable[[int], None] | None = None,  # called with each batch index (tests, progress)
+                     show_progress: bool = True,               # a progress bar (main rank only)
+                     threads: int | None = None,               # torch CPU threads (None: leave torch's setting)
+                     on_error: str = 'raise',                  # an unreadable image: 'raise' or 'skip' (listed)
+                    ) -> dict:
+    """Features of `paths` (relative to `root`) as `{'feats': N x D float32, 'paths': [...]}`, resumably cached in
+    `cache` when given. `threads`: torch CPU threads for the forward passes (None: leave torch's setting).
+    `on_error='skip'`: unreadable images get no row and are listed in `'skipped'` as (path, problem); `'raise'`
+    (default): the first one is a `DataError`."""
     paths = [str(p) for p in paths]
     if batch_size < 1: raise AttribError(f"batch_size must be >= 1, got {batch_size}")
     if on_error not in ('raise', 'skip'): raise AttribError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     cache = Path(cache) if cache is not None else None
-    retry = on_error == 'raise'                  # files skipped by an earlier run are read again (and raise) unless skipping
+    # files skipped by an earlier run are read again (and raise) unless skipping
+    retry = on_error == 'raise'
     dev = get_device(device) if device is not None else next(backbone.parameters()).device
-    stat = file_stats(paths, root) if cache is not None else None   # taken before reading: a file changed meanwhile is redone next time
+    # taken before reading: a file changed meanwhile is redone next time
+    stat = file_stats(paths, root) if cache is not None else None
     bi = [0]
     def run(ps: list[str], bar=None) -> dict:
         def step():
@@ -226,7 +284,8 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
         lay = _layout(old, paths)
         if lay is None:
             n_old = len(old['paths']) + len(old.get('skipped', []))
-            raise DataError(f"{cache}: cached features are for a different list of {n_old} paths (asked for {len(paths)}); "
+            raise DataError(f"{cache}: cached features are for a different list of {n_old} paths (asked for "
+                            f"{len(paths)}); "
                             "the cache key does not match the data: remove the file or use another cache path")
         redo = _stale(old, paths, stat, lay, retry)
         if not redo: return old
@@ -237,7 +296,8 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
             which = [0] * len(paths)
             for i in redo: which[i] = 1
             _save(cache, _assemble(paths, stat, [(old, [o for i, o in enumerate(lay) if not which[i]]),
-                                                 (new, _layout(new, [paths[i] for i in redo]))], which, backbone.embed_dim))
+                                                 (new, _layout(new, [paths[i] for i in redo]))], which,
+                                                 backbone.embed_dim))
         dist.barrier()
         return load_features(cache)
     backbone.to(dev).eval()
@@ -245,26 +305,31 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
     n_shards = max(1, math.ceil(n / S))
     parts = _parts_dir(cache) if cache is not None else None
     if parts is not None:
-        manifest = dict(n=n, shard_size=S, paths=stable_hash(paths, n=16), backbone=getattr(backbone, 'key', type(backbone).__name__),
+        manifest = dict(n=n, shard_size=S, paths=stable_hash(paths, n=16),
+                        backbone=getattr(backbone, 'key', type(backbone).__name__),
                         weights_id=getattr(backbone, 'weights_id', ''))
         if dist.is_main():
             mf = parts/'manifest.json'
             if parts.exists() and (not mf.exists() or load_json(mf) != manifest):
-                warnings.warn(f"{parts}: discarding shards of a different extraction"); shutil.rmtree(parts)
+                warnings.warn(f"{parts}: discarding shards of a different extraction")
+                shutil.rmtree(parts)
             save_json(manifest, mf)
         dist.barrier()
     sl = lambda s: slice(s * S, min(n, (s + 1) * S))
     mine = list(dist.shard(n_shards))
-    done = {s: _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in mine} if parts is not None else {s: None for s in mine}
+    done = ({s: _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry) for s in mine} if parts is not None
+            else {s: None for s in mine})
     todo = [s for s in mine if done[s] is None]
     nb = sum(math.ceil(len(paths[sl(s)]) / batch_size) for s in todo)
-    bar = progress(None, desc=f'features {getattr(backbone, "key", "")}', total=nb) if show_progress and dist.is_main() else None
+    bar = (progress(None, desc=f'features {getattr(backbone, "key", "")}', total=nb) if show_progress
+           and dist.is_main() else None)
     try:
         for s in todo:
             r = run(paths[sl(s)], bar)
             lay_s = _layout(r, paths[sl(s)])
             if parts is not None:
-                _save(_shard_file(parts, s), _assemble(paths[sl(s)], stat[sl(s)], [(r, lay_s)], [0] * len(lay_s), backbone.embed_dim))
+                _save(_shard_file(parts, s),
+                      _assemble(paths[sl(s)], stat[sl(s)], [(r, lay_s)], [0] * len(lay_s), backbone.embed_dim))
             done[s] = (r, lay_s)
     finally:
         if bar is not None: bar.close()
@@ -275,7 +340,8 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
             got = [done[s] if done.get(s) is not None else _load_shard(parts, s, paths[sl(s)], stat[sl(s)], retry)
                    for s in range(n_shards)]
             if any(g is None for g in got):
-                raise DataError(f"{parts}: shards {[s for s, g in enumerate(got) if g is None]} missing after extraction")
+                raise DataError(f"{parts}: shards {[s for s, g in enumerate(got) if g is None]} missing after "
+                                "extraction")
             which = [s for s in range(n_shards) for _ in range(len(paths[sl(s)]))]
             _save(cache, _assemble(paths, stat, got, which, backbone.embed_dim))
             shutil.rmtree(parts, ignore_errors=True)
@@ -292,18 +358,22 @@ def extract_features(backbone, paths: Sequence[str | Path], root: str | Path | N
 # %% ../nbs/14_features.ipynb #13b56d6e
 def split_image_paths(ds, split: str) -> list[str]:
     "Every image a split's evaluation needs besides the distractors: its exemplars, then its queries (duplicates once)."
-    ex, _ = ds.exemplars(split); q, _, _ = ds.queries(split)
+    ex, _ = ds.exemplars(split)
+    q, _, _ = ds.queries(split)
     return list(dict.fromkeys([*ex, *q]))
 
+# %% ../nbs/14_features.ipynb #219f8080
 def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                          distractors: bool = True, skipped: dict | None = None, **kw) -> dict[str, Path]:
-    """Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache file}.
-    `skipped`, a dict, receives {name: [(path, problem)]} of the images skipped as unreadable (with `on_error='skip'`)."""
+    """Extract and cache features of `ds`'s distractors and of each split's exemplars + queries; returns {name: cache
+    file}. `skipped`, a dict, receives {name: [(path, problem)]} of the images skipped as unreadable (with
+    `on_error='skip'`)."""
     from attrib.core import data_dir
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir()/'features'
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
     did, out = dataset_id(ds), {}
-    jobs = ([('distractors', ds.distractor_paths())] if distractors else []) + [(s, split_image_paths(ds, s)) for s in splits]
+    jobs = ([('distractors', ds.distractor_paths())] if distractors
+            else []) + [(s, split_image_paths(ds, s)) for s in splits]
     for name, paths in jobs:
         out[name] = backbone_cache_path(cache_dir, backbone, did, name)
         r = extract_features(backbone, paths, root=ds.root, cache=out[name], **kw)
@@ -311,20 +381,33 @@ def extract_abc_features(backbone, ds, splits: Sequence[str] | None = None, cach
     return out
 
 # %% ../nbs/14_features.ipynb #f67a2cb9
-def run_extract(data_root: str | Path, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None,
-                cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 4, device=None, amp: bool = False,
-                distractors: bool = True, threads: int | None = None, on_error: str = 'raise',
-                allow_outside_root: bool = False, skipped: dict | None = None) -> dict[str, Path]:
-    """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works under torchrun.
-    `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
+def run_extract(data_root: str | Path,                   # the AbC-layout dataset (the folder holding dataset/json/)
+                backbone: str,                           # 'name[:weights]' of a registered backbone
+                splits: Sequence[str] | None = None,     # splits to cache (None: every split of the dataset)
+                img_size: int | None = None,             # input size (None: the backbone's own)
+                cache_dir: str | Path | None = None,     # feature cache folder (None: $ATTRIB_DATA/features)
+                batch_size: int = 64,                    # images per forward pass
+                num_workers: int = 4,                    # image-reading worker processes (0: in this process)
+                device=None,                             # cpu, cuda, cuda:N, mps (None: cuda > mps > cpu)
+                amp: bool = False,                       # forward in float16/bfloat16 autocast
+                distractors: bool = True,                # also cache the distractor gallery
+                threads: int | None = None,              # torch CPU threads (None: leave torch's setting)
+                on_error: str = 'raise',                 # an unreadable image: 'raise' or 'skip' (left out and listed)
+                allow_outside_root: bool = False,        # read split paths that are absolute or contain ..
+                skipped: dict | None = None,             # receives the skipped images, by cache name
+               ) -> dict[str, Path]:
+    """The `attrib extract` job: features of an AbC-layout dataset for `backbone` ('name[:weights]'), cached; works
+    under torchrun. `skipped` (a dict) receives the unreadable images left out with `on_error='skip'`, by cache name."""
     from attrib.concept.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     launched = dist.init_distributed()
     try:
-        if device is None and launched and torch.cuda.is_available(): device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if device is None and launched and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
-        return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors, batch_size=batch_size,
+        return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors,
+                                    batch_size=batch_size,
                                     num_workers=num_workers, device=device, amp=amp, threads=threads, on_error=on_error,
                                     skipped=skipped)
     finally:

@@ -42,7 +42,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     "Any PIL mode as 8-bit RGB; transparency composited on white, 16/32-bit rescaled."
     mode = im.mode
     if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
-        src = np.asarray(im); mx = np.nanmax(src) if src.size else 0
+        src = np.asarray(im)
+        mx = np.nanmax(src) if src.size else 0
         out = np.empty(src.shape, np.uint8)
         rows = max(1, _BLOCK // max(1, src.shape[1]))
         # float64 in row blocks: the temporary stays small whatever the image size
@@ -85,7 +86,9 @@ def load_image(path: str | Path, min_size: int | None = 16, max_pixels: int | No
             if im.size[0] * im.size[1] > max_pixels:
                 raise DataError(f"{path}: {w} x {h} = {w*h:,} pixels exceeds max_pixels={max_pixels:,} "
                                 "(refused as a possible decompression bomb; raise max_pixels to allow it)")
-        try: im.seek(0); im.load()
+        try:
+            im.seek(0)
+            im.load()
         # PIL reports truncation as OSError
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: truncated or corrupt image data ({e})") from None
@@ -164,7 +167,8 @@ def check_images(paths: Sequence[str | Path], root: str | Path | None = None, mi
         full = Path(root)/p if root is not None else Path(p)
         try: load_image(full, min_size=min_size, max_pixels=max_pixels)
         except DataError as e:
-            msg = str(e); prefix = f"{full}: "
+            msg = str(e)
+            prefix = f"{full}: "
             bad.append((str(p), msg[len(prefix):] if msg.startswith(prefix) else msg))
     return bad
 

@@ -36,7 +36,8 @@ class _CholeskyLogdet(torch.autograd.Function):
 
 def logdet_pd(S: torch.Tensor, eps: float = 0., name: str = 'the matrix') -> torch.Tensor:
     "logdet(S + eps·I) of a symmetric positive-definite (D, D) matrix, float64, via Cholesky (differentiable)."
-    if S.ndim != 2 or S.shape[0] != S.shape[1]: raise DataError(f"{name}: expected a square (D, D) matrix, got shape {tuple(S.shape)}")
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise DataError(f"{name}: expected a square (D, D) matrix, got shape {tuple(S.shape)}")
     A = S.to(torch.float64)
     A = 0.5 * (A + A.T) + eps * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     return _CholeskyLogdet.apply(A, eps, name)
@@ -56,23 +57,28 @@ def _as_f64(x, name: str):
     return t, is_np
 
 def _check_ridge(ridge, name: str = 'ridge') -> float:
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float, np.integer, np.floating)) or not math.isfinite(ridge) or ridge < 0:
+    if (isinstance(ridge, bool) or not isinstance(ridge, (int, float, np.integer, np.floating))
+            or not math.isfinite(ridge) or ridge < 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {ridge!r}")
     return float(ridge)
 
 def _pair(X, Y):
     "Validate two paired views; returns float64 tensors (on X's device) and whether to answer in numpy."
-    X, npx = _as_f64(X, 'X'); Y, npy = _as_f64(Y, 'Y')
+    X, npx = _as_f64(X, 'X')
+    Y, npy = _as_f64(Y, 'Y')
     if X.shape[0] != Y.shape[0]:
         raise DataError(f"X and Y must pair the same samples: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
     if X.shape[0] < 2: raise DataError(f"CCA needs at least 2 samples, got n={X.shape[0]}")
-    if X.shape[1] == 0 or Y.shape[1] == 0: raise DataError(f"X and Y need at least one feature, got {X.shape[1]} and {Y.shape[1]}")
+    if X.shape[1] == 0 or Y.shape[1] == 0:
+        raise DataError(f"X and Y need at least one feature, got {X.shape[1]} and {Y.shape[1]}")
     return X, Y.to(X.device), npx and npy
 
 def cov_blocks(X, Y, ridge: float = 0.0):
     "Sample covariances (Sxx + ridge*I, Syy + ridge*I, Sxy) of two paired views, normalised by n-1."
-    X, Y, as_np = _pair(X, Y); ridge = _check_ridge(ridge)
-    n = X.shape[0]; Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    X, Y, as_np = _pair(X, Y)
+    ridge = _check_ridge(ridge)
+    n = X.shape[0]
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     Sxx, Syy, Sxy = Xc.mT @ Xc / (n - 1), Yc.mT @ Yc / (n - 1), Xc.mT @ Yc / (n - 1)
     if ridge:
         Sxx = Sxx + ridge * torch.eye(Sxx.shape[0], dtype=Sxx.dtype, device=Sxx.device)
@@ -87,7 +93,8 @@ class _InvSqrtm(torch.autograd.Function):
         lam, V = torch.linalg.eigh(S)
         lmax = lam.amax(-1, keepdim=True).clamp_min(_TINY)
         if bool((lam <= S.shape[-1] * torch.finfo(S.dtype).eps * lmax).any()):
-            raise DataError(f"matrix is not (numerically) positive definite: eigenvalues in [{lam.min().item():.3g}, {lam.max().item():.3g}]; "
+            raise DataError(f"matrix is not (numerically) positive definite: eigenvalues in [{lam.min().item():.3g}, "
+                            f"{lam.max().item():.3g}]; "
                             "add a ridge / eps")
         r = lam.rsqrt()
         ctx.save_for_backward(r, V)
@@ -97,17 +104,20 @@ class _InvSqrtm(torch.autograd.Function):
     def backward(ctx, G):
         r, V = ctx.saved_tensors
         ri, rj = r.unsqueeze(-1), r.unsqueeze(-2)
-        L = -(ri * rj) / (1 / ri + 1 / rj)                 # divided differences of lam^(-1/2): finite for equal eigenvalues
+        # divided differences of lam^(-1/2): finite for equal eigenvalues
+        L = -(ri * rj) / (1 / ri + 1 / rj)
         G = (G + G.mT) / 2
         return V @ (L * (V.mT @ G @ V)) @ V.mT
 
 def inv_sqrtm(S, eps: float = 0.0):
-    "(S + eps*I)^(-1/2) of a symmetric positive definite matrix (or batch) via `eigh`; differentiable, stable at repeated eigenvalues."
+    """(S + eps*I)^(-1/2) of a symmetric positive definite matrix (or batch) via `eigh`; differentiable, stable at
+    repeated eigenvalues."""
     is_np = not isinstance(S, torch.Tensor)
     t = torch.as_tensor(np.asarray(S, dtype=np.float64)) if is_np else S
     if t.ndim < 2 or t.shape[-1] != t.shape[-2] or t.shape[-1] == 0:
         raise DataError(f"inv_sqrtm needs a square matrix (or a batch of them), got shape {tuple(t.shape)}")
-    check_finite(t.detach(), 'S'); eps = _check_ridge(eps, 'eps')
+    check_finite(t.detach(), 'S')
+    eps = _check_ridge(eps, 'eps')
     t = (t + t.mT) / 2
     if eps: t = t + eps * torch.eye(t.shape[-1], dtype=t.dtype, device=t.device)
     out = _InvSqrtm.apply(t)
@@ -117,7 +127,8 @@ def inv_sqrtm(S, eps: float = 0.0):
 def _singular(name, rank, p, n=None):
     where = f" after centring (n={n})" if n is not None else ''
     return DataError(f"{name} has (numerical) rank {rank} < {p} features{where}: its covariance is singular, so the "
-                     f"canonical correlations are not identifiable. Pass ridge > 0, or drop constant / collinear features.")
+                     "canonical correlations are not identifiable. Pass ridge > 0, or drop constant / collinear "
+                     "features.")
 
 def _chol_factor(S, ridge, name, n):
     "Lower Cholesky factor of S + ridge*I; a clear error when S is (numerically) singular and ridge is 0."
@@ -129,7 +140,8 @@ def _chol_factor(S, ridge, name, n):
     return L
 
 def _svd_basis(Xc, ridge, name):
-    "Björck-Golub: A (n x p) with A_x^T A_y = the whitened cross-covariance in V-coordinates, and B (p x p) mapping to directions."
+    """Björck-Golub: A (n x p) with A_x^T A_y = the whitened cross-covariance in V-coordinates, and B (p x p) mapping to
+    directions."""
     n, p = Xc.shape
     U, s, Vh = torch.linalg.svd(Xc, full_matrices=n < p)
     if s.shape[0] < p: s = torch.cat([s, s.new_zeros(p - s.shape[0])])
@@ -146,7 +158,8 @@ def _cca_chol(Sxx, Syy, Sxy, ridge, n, directions):
     M = torch.linalg.solve_triangular(Ly, M.mT, upper=False).mT                           # Lx^-1 Sxy Ly^-T
     if not directions: return torch.linalg.svdvals(M), None, None
     P, s, Qh = torch.linalg.svd(M, full_matrices=False)
-    return s, torch.linalg.solve_triangular(Lx.mT, P, upper=True), torch.linalg.solve_triangular(Ly.mT, Qh.mT, upper=True)
+    return s, torch.linalg.solve_triangular(Lx.mT, P, upper=True), torch.linalg.solve_triangular(Ly.mT, Qh.mT,
+                                                                                                 upper=True)
 
 def _cca_svd(Xc, Yc, ridge, directions):
     (Ax, Bx), (Ay, By) = _svd_basis(Xc, ridge, 'X'), _svd_basis(Yc, ridge, 'Y')
@@ -157,13 +170,15 @@ def _cca_svd(Xc, Yc, ridge, directions):
 
 def _fix_signs(Wx, Wy):
     "Make the largest-|.| entry of each x-direction positive, flipping its y-partner with it."
-    s = torch.sign(Wx.gather(0, Wx.abs().argmax(0, keepdim=True))[0]); s[s == 0] = 1
+    s = torch.sign(Wx.gather(0, Wx.abs().argmax(0, keepdim=True))[0])
+    s[s == 0] = 1
     return Wx * s, Wy * s
 
 # %% ../nbs/02_linalg.ipynb #ca555aa5
 @dataclass
 class CCAResult:
-    "Canonical correlations `rho` (descending) and directions `Wx` (p x k), `Wy` (q x k): scores (X - mean_x) @ Wx have unit (ridge-regularised) variance and are uncorrelated."
+    """Canonical correlations `rho` (descending) and directions `Wx` (p x k), `Wy` (q x k): scores (X - mean_x) @ Wx
+    have unit (ridge-regularised) variance and are uncorrelated."""
     rho: np.ndarray | torch.Tensor
     Wx: np.ndarray | torch.Tensor
     Wy: np.ndarray | torch.Tensor
@@ -184,23 +199,30 @@ class CCAResult:
             if Z is None: continue
             Zt, is_np = _as_f64(Z, name)
             Wt, mt = (torch.as_tensor(a, dtype=torch.float64, device=Zt.device) for a in (W, mu))
-            if Zt.shape[1] != Wt.shape[0]: raise DataError(f"{name} has {Zt.shape[1]} features, the CCA was fitted on {Wt.shape[0]}")
+            if Zt.shape[1] != Wt.shape[0]:
+                raise DataError(f"{name} has {Zt.shape[1]} features, the CCA was fitted on {Wt.shape[0]}")
             s = (Zt - mt) @ Wt[:, :k]
             out.append(s.cpu().numpy() if is_np else s)
         if not out: raise ValueError('transform needs X and/or Y')
         return out[0] if len(out) == 1 else tuple(out)
 
+# %% ../nbs/02_linalg.ipynb #4c68cb5c
 def _fit(X, Y, ridge, method, directions):
-    X, Y, as_np = _pair(X, Y); ridge = _check_ridge(ridge)
-    if method not in ('auto', 'svd', 'chol'): raise ValueError(f"method must be 'auto', 'svd' or 'chol', got {method!r}")
-    n, p, q = X.shape[0], X.shape[1], Y.shape[1]; k = min(p, q)
-    mx, my = X.mean(0), Y.mean(0); Xc, Yc = X - mx, Y - my
+    X, Y, as_np = _pair(X, Y)
+    ridge = _check_ridge(ridge)
+    if method not in ('auto', 'svd', 'chol'):
+        raise ValueError(f"method must be 'auto', 'svd' or 'chol', got {method!r}")
+    n, p, q = X.shape[0], X.shape[1], Y.shape[1]
+    k = min(p, q)
+    mx, my = X.mean(0), Y.mean(0)
+    Xc, Yc = X - mx, Y - my
     res = None
     if method in ('auto', 'chol'):
         try: res = _cca_chol(Xc.mT @ Xc / (n - 1), Yc.mT @ Yc / (n - 1), Xc.mT @ Yc / (n - 1), ridge, n, directions)
         except DataError:
             if method == 'chol' or ridge: raise
-    if res is None: res = _cca_svd(Xc, Yc, ridge, directions)      # 'svd', or 'auto' on a numerically singular covariance
+    if res is None:
+        res = _cca_svd(Xc, Yc, ridge, directions)      # 'svd', or 'auto' on a numerically singular covariance
     rho, Wx, Wy = res
     rho = rho[:k].clamp(0, 1)
     f = (lambda t: t.cpu().numpy()) if as_np else (lambda t: t)
@@ -209,13 +231,16 @@ def _fit(X, Y, ridge, method, directions):
     return CCAResult(f(rho), f(Wx), f(Wy), f(mx), f(my), ridge)
 
 def cca(X, Y, ridge: float = 0.0, method: str = 'auto') -> CCAResult:
-    "Linear CCA of paired views X (n x p), Y (n x q) with optional ridge on the auto-covariances (Hotelling 1936; Björck & Golub 1973)."
+    """Linear CCA of paired views X (n x p), Y (n x q) with optional ridge on the auto-covariances (Hotelling 1936;
+    Björck & Golub 1973)."""
     return _fit(X, Y, ridge, method, directions=True)
 
+# %% ../nbs/02_linalg.ipynb #32e76da0
 def canonical_correlations(X, Y, ridge: float = 0.0, method: str = 'auto'):
     "The min(p, q) canonical correlations of X and Y, descending (singular values only: cheaper than `cca`)."
     return _fit(X, Y, ridge, method, directions=False)
 
+# %% ../nbs/02_linalg.ipynb #ef44c3ff
 def cca_transform(res: CCAResult, X=None, Y=None, k: int | None = None):
     "Canonical scores of X and/or Y under a fitted `CCAResult` (same as `res.transform`)."
     return res.transform(X, Y, k)
@@ -224,28 +249,39 @@ def cca_transform(res: CCAResult, X=None, Y=None, k: int | None = None):
 def _as_sq(S, name):
     is_np = not isinstance(S, torch.Tensor)
     t = torch.as_tensor(np.asarray(S, dtype=np.float64)) if is_np else S.to(torch.float64)
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0: raise DataError(f"{name} must be a square matrix, got shape {tuple(t.shape)}")
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
+        raise DataError(f"{name} must be a square matrix, got shape {tuple(t.shape)}")
     check_finite(t.detach(), name)
     return (t + t.mT) / 2, is_np
 
 def cca_from_cov(Sxx, Syy, Sxy, ridge: float = 0.0) -> CCAResult:
     "CCA from (population or sample) covariance blocks; `mean_x`, `mean_y` are zero."
-    Sxx, npx = _as_sq(Sxx, 'Sxx'); Syy, npy = _as_sq(Syy, 'Syy')
-    Sxy = torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor) else Sxy.to(torch.float64)
+    Sxx, npx = _as_sq(Sxx, 'Sxx')
+    Syy, npy = _as_sq(Syy, 'Syy')
+    Sxy = (torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor)
+           else Sxy.to(torch.float64))
     if tuple(Sxy.shape) != (Sxx.shape[0], Syy.shape[0]):
-        raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])} to match Sxx and Syy, got {tuple(Sxy.shape)}")
-    check_finite(Sxy.detach(), 'Sxy'); ridge = _check_ridge(ridge)
+        raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])} to match Sxx and Syy, got "
+                        f"{tuple(Sxy.shape)}")
+    check_finite(Sxy.detach(), 'Sxy')
+    ridge = _check_ridge(ridge)
     rho, Wx, Wy = _cca_chol(Sxx, Syy.to(Sxx.device), Sxy.to(Sxx.device), ridge, None, True)
-    k = min(Sxy.shape); Wx, Wy = _fix_signs(Wx[:, :k], Wy[:, :k])
+    k = min(Sxy.shape)
+    Wx, Wy = _fix_signs(Wx[:, :k], Wy[:, :k])
     f = (lambda t: t.cpu().numpy()) if npx and npy else (lambda t: t)
-    return CCAResult(f(rho[:k].clamp(0, 1)), f(Wx), f(Wy), f(Sxx.new_zeros(Sxx.shape[0])), f(Syy.new_zeros(Syy.shape[0])), ridge)
+    return CCAResult(f(rho[:k].clamp(0, 1)), f(Wx), f(Wy), f(Sxx.new_zeros(Sxx.shape[0])),
+                     f(Syy.new_zeros(Syy.shape[0])), ridge)
 
+# %% ../nbs/02_linalg.ipynb #c78aab63
 def sample_with_cov(S, n: int, seed: int = 0, exact: bool = True) -> np.ndarray:
-    "n Gaussian samples (rows) with covariance S (PSD); with `exact` the sample covariance (1/(n-1)) equals S to rounding."
-    S, _ = _as_sq(S, 'S'); d = S.shape[0]
+    """n Gaussian samples (rows) with covariance S (PSD); with `exact` the sample covariance (1/(n-1)) equals S to
+    rounding."""
+    S, _ = _as_sq(S, 'S')
+    d = S.shape[0]
     if exact and n <= d: raise DataError(f"an exact sample covariance of size {d} needs n > {d} samples, got n={n}")
     lam, V = torch.linalg.eigh(S)
-    if bool(lam.min() < -1e-10 * lam.abs().max().clamp_min(1.0)): raise DataError(f"S is not positive semi-definite (eigenvalue {lam.min().item():.3g})")
+    if bool(lam.min() < -1e-10 * lam.abs().max().clamp_min(1.0)):
+        raise DataError(f"S is not positive semi-definite (eigenvalue {lam.min().item():.3g})")
     Z = torch.as_tensor(np.random.default_rng(seed).standard_normal((n, d)), dtype=torch.float64)
     if exact:
         Z = Z - Z.mean(0)
@@ -254,21 +290,29 @@ def sample_with_cov(S, n: int, seed: int = 0, exact: bool = True) -> np.ndarray:
 
 # %% ../nbs/02_linalg.ipynb #2511feb1
 def gaussian_mi_joint(S: torch.Tensor, d1: int, eps: float = 0.) -> torch.Tensor:
-    "I(x;y) of two views with joint covariance `S` (x = its first `d1` dims), `eps·I` added to each block; float64, differentiable."
-    if S.ndim != 2 or S.shape[0] != S.shape[1]: raise DataError(f"S must be a square joint covariance, got shape {tuple(S.shape)}")
-    if not 0 < d1 < S.shape[0]: raise DataError(f"d1 must split S's {S.shape[0]} dims into two non-empty views, got {d1}")
+    """I(x;y) of two views with joint covariance `S` (x = its first `d1` dims), `eps·I` added to each block; float64,
+    differentiable."""
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise DataError(f"S must be a square joint covariance, got shape {tuple(S.shape)}")
+    if not 0 < d1 < S.shape[0]:
+        raise DataError(f"d1 must split S's {S.shape[0]} dims into two non-empty views, got {d1}")
     if eps < 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
     return 0.5 * (logdet_pd(S[:d1, :d1], eps, 'S11') + logdet_pd(S[d1:, d1:], eps, 'S22') - logdet_pd(S, eps, 'S'))
 
+# %% ../nbs/02_linalg.ipynb #e2464329
 def gaussian_mi_from_cov(Sxx, Syy, Sxy):
     "I(x;y) in nats of jointly Gaussian views from covariance blocks: (logdet Sxx + logdet Syy - logdet S_joint) / 2."
-    Sxx, npx = _as_sq(Sxx, 'Sxx'); Syy, npy = _as_sq(Syy, 'Syy')
-    Sxy = torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor) else Sxy.to(torch.float64)
-    if tuple(Sxy.shape) != (Sxx.shape[0], Syy.shape[0]): raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])}, got {tuple(Sxy.shape)}")
+    Sxx, npx = _as_sq(Sxx, 'Sxx')
+    Syy, npy = _as_sq(Syy, 'Syy')
+    Sxy = (torch.as_tensor(np.asarray(Sxy, dtype=np.float64)) if not isinstance(Sxy, torch.Tensor)
+           else Sxy.to(torch.float64))
+    if tuple(Sxy.shape) != (Sxx.shape[0], Syy.shape[0]):
+        raise DataError(f"Sxy must have shape {(Sxx.shape[0], Syy.shape[0])}, got {tuple(Sxy.shape)}")
     S = torch.cat([torch.cat([Sxx, Sxy], 1), torch.cat([Sxy.mT, Syy], 1)], 0)
     mi = (logdet_pd(Sxx, name='Sxx') + logdet_pd(Syy, name='Syy') - logdet_pd(S, name='the joint covariance')) / 2
     return float(mi) if npx and npy else mi
 
+# %% ../nbs/02_linalg.ipynb #bd1489ba
 def gaussian_mi(X, Y, ridge: float = 0.0):
     "Gaussian mutual information (nats) of paired views from their canonical correlations: -1/2 sum log(1 - rho^2)."
     rho = canonical_correlations(X, Y, ridge)
@@ -279,22 +323,27 @@ def gaussian_mi(X, Y, ridge: float = 0.0):
 # %% ../nbs/02_linalg.ipynb #be5b804c
 def corr_from_cov(S):
     "The correlation matrix D^-1/2 S D^-1/2 of a covariance matrix (zero-variance coordinates are an error)."
-    S_, is_np = _as_sq(S, 'S'); d = S_.diagonal()
+    S_, is_np = _as_sq(S, 'S')
+    d = S_.diagonal()
     if bool((d <= 0).any()): raise DataError(f"S has {int((d <= 0).sum())} coordinate(s) with non-positive variance")
     R = S_ / d.sqrt()[:, None] / d.sqrt()[None, :]
     return R.numpy() if is_np else R
 
+# %% ../nbs/02_linalg.ipynb #f8dff705
 def hadamard_gap(S):
-    "sum(log S_ii) - logdet S >= 0 for positive definite S (Hadamard); 0 iff S is diagonal. Twice the Gaussian total correlation."
+    """sum(log S_ii) - logdet S >= 0 for positive definite S (Hadamard); 0 iff S is diagonal. Twice the Gaussian total
+    correlation."""
     S_, is_np = _as_sq(S, 'S')
     gap = S_.diagonal().log().sum() - logdet_pd(S_, name='S')
     return float(gap) if is_np else gap
 
 # %% ../nbs/02_linalg.ipynb #32e5c237
 def cca_objective(X, Y, k: int | None = None, eps: float = 1e-6):
-    "Sum of the top-k canonical correlations of X (n x p) and Y (n x q) with ridge eps; differentiable (Andrew et al. 2013, Deep CCA)."
+    """Sum of the top-k canonical correlations of X (n x p) and Y (n x q) with ridge eps; differentiable (Andrew et al.
+    2013, Deep CCA)."""
     dtype = X.dtype if isinstance(X, torch.Tensor) and X.is_floating_point() else torch.float64
-    X, Y, as_np = _pair(X, Y); eps = _check_ridge(eps, 'eps')
+    X, Y, as_np = _pair(X, Y)
+    eps = _check_ridge(eps, 'eps')
     n, p, q = X.shape[0], X.shape[1], Y.shape[1]
     k = min(p, q) if k is None else k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= min(p, q):
@@ -311,7 +360,8 @@ def cca_objective(X, Y, k: int | None = None, eps: float = 1e-6):
 # %% ../nbs/02_linalg.ipynb #ec8259cf
 @dataclass
 class PCAWhitening:
-    "PCA whitening x -> (x - mu) W (W = U_k (Lambda_k + ridge * mean Lambda_k)^-1/2) fitted on unpaired features; rows l2-normalised first if `normalize`."
+    """PCA whitening x -> (x - mu) W (W = U_k (Lambda_k + ridge * mean Lambda_k)^-1/2) fitted on unpaired features; rows
+    l2-normalised first if `normalize`."""
     mu: torch.Tensor
     W: torch.Tensor
     normalize: bool = True
@@ -319,13 +369,15 @@ class PCAWhitening:
     @classmethod
     def fit(cls, X, k: int | None = None, ridge: float = 1e-2, normalize: bool = True) -> 'PCAWhitening':
         "Fit on features X (n x p); `k` directions (all when None), `ridge` relative to the mean kept eigenvalue."
-        X = _as_f64(X, 'X')[0].detach(); ridge = _check_ridge(ridge, 'ridge')
+        X = _as_f64(X, 'X')[0].detach()
+        ridge = _check_ridge(ridge, 'ridge')
         if len(X) < 2: raise DataError(f"PCAWhitening.fit needs at least 2 samples, got {len(X)}")
         k = X.shape[1] if k is None else k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= X.shape[1]:
             raise ValueError(f"k must be an int in 1..{X.shape[1]}, got {k!r}")
         if normalize: X = torch.nn.functional.normalize(X, dim=1)
-        mu = X.mean(0); Xc = X - mu
+        mu = X.mean(0)
+        Xc = X - mu
         lam, U = torch.linalg.eigh(Xc.mT @ Xc / (len(X) - 1))
         lam, U = lam.flip(0)[:k], U.flip(1)[:, :k]
         d = lam + ridge * lam.clamp_min(0).mean()
@@ -335,8 +387,10 @@ class PCAWhitening:
 
     def __call__(self, X):
         "Whitened features (same type as X: NumPy in, NumPy out; float32 tensors stay float32)."
-        x, is_np = _as_f64(X, 'X'); x = x.detach()
-        if x.shape[1] != len(self.mu): raise DataError(f"expected (n, {len(self.mu)}) features, got shape {tuple(x.shape)}")
+        x, is_np = _as_f64(X, 'X')
+        x = x.detach()
+        if x.shape[1] != len(self.mu):
+            raise DataError(f"expected (n, {len(self.mu)}) features, got shape {tuple(x.shape)}")
         if self.normalize: x = torch.nn.functional.normalize(x, dim=1)
         out = (x - self.mu) @ self.W
         return out.numpy() if is_np else out.to(X.dtype if X.is_floating_point() else torch.float64)

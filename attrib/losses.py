@@ -28,26 +28,32 @@ def _out_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 def _check_emb(x, name: str = 'embeddings', min_n: int = 1, dim: int | None = None) -> torch.Tensor:
-    "Raise a `DataError` unless `x` is a finite floating (batch, dim) tensor with at least `min_n` rows (and `dim` columns if given)."
+    """Raise a `DataError` unless `x` is a finite floating (batch, dim) tensor with at least `min_n` rows (and `dim`
+    columns if given)."""
     if not isinstance(x, torch.Tensor): raise DataError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2: raise DataError(f"{name} must be a 2-D (batch, dim) tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point(): raise DataError(f"{name} must be floating point, got {x.dtype}")
     if x.shape[1] < 1: raise DataError(f"{name} has no feature columns (shape {tuple(x.shape)})")
     if dim is not None and x.shape[1] != dim: raise DataError(f"{name} must have dim {dim}, got shape {tuple(x.shape)}")
-    if x.shape[0] < min_n: raise DataError(f"{name} has batch size {x.shape[0]}; this loss needs at least {min_n} samples")
+    if x.shape[0] < min_n:
+        raise DataError(f"{name} has batch size {x.shape[0]}; this loss needs at least {min_n} samples")
     bad = int((~torch.isfinite(x.detach())).sum())
     if bad: raise DataError(f"{name} holds {bad} non-finite value(s) (NaN or Inf)")
     return x
 
 def _check_same_batch(a: torch.Tensor, b: torch.Tensor, na: str, nb: str, same_dim: bool = True):
     "Raise a `DataError` unless `a` and `b` have the same batch size (and, with `same_dim`, the same shape)."
-    if a.shape[0] != b.shape[0]: raise DataError(f"{na} and {nb} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
-    if same_dim and a.shape != b.shape: raise DataError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0]:
+        raise DataError(f"{na} and {nb} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+    if same_dim and a.shape != b.shape:
+        raise DataError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 def _check_ids(ids, n: int, name: str = 'ids') -> torch.Tensor:
     "Raise a `DataError` unless `ids` is a 1-D integer tensor of length `n`."
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise DataError(f"{name} must be a 1-D integer tensor, got {type(ids).__name__} {getattr(ids, 'dtype', '')} {tuple(getattr(ids, 'shape', ()))}")
+    if (not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.is_floating_point() or ids.is_complex()
+            or ids.dtype == torch.bool):
+        raise DataError(f"{name} must be a 1-D integer tensor, got {type(ids).__name__} {getattr(ids, 'dtype', '')} "
+                        f"{tuple(getattr(ids, 'shape', ()))}")
     if len(ids) != n: raise DataError(f"{name} has {len(ids)} entries for a batch of {n}")
     return ids
 
@@ -62,12 +68,14 @@ def _momentum(name: str, v) -> float:
     return float(v)
 
 def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     return v
 
 def _global_mean(s: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
-    """Mean over the samples of every rank, from this rank's per-sample sum `s` over its `n` samples, and the total count.
-    Value: the full-batch mean, the same on every rank. Gradient: `world_size` x this rank's share (DDP then averages to the full-batch gradient)."""
+    """Mean over the samples of every rank, from this rank's per-sample sum `s` over its `n` samples, and the total
+    count. Value: the full-batch mean, the same on every rank. Gradient: `world_size` x this rank's share (DDP then
+    averages to the full-batch gradient)."""
     if not is_dist(): return s / n, n
     tot = all_reduce_sum(torch.cat([s.detach().reshape(-1), s.new_tensor([float(n)])]))
     n_all = int(round(tot[-1].item()))
@@ -76,19 +84,30 @@ def _global_mean(s: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
     return local + (g - local).detach(), n_all
 
 def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    "Full-batch (all ranks) first and second moments of the rows of `z` (N, D): mean z (D,), mean z z^T (D, D), and the total N."
+    """Full-batch (all ranks) first and second moments of the rows of `z` (N, D): mean z (D,), mean z z^T (D, D), and
+    the total N."""
     N, D = z.shape
     m, n = _global_mean(torch.cat([z.sum(0), (z.T @ z).reshape(-1)]), N)
     return m[:D], m[D:].reshape(D, D), n
 
 # %% ../nbs/01_losses.ipynb #a27c396c
-def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, *, normalize: bool = True, gather: bool = True,
-             key_grad: bool = False, ids: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE (van den Oord et al. 2018, CPC): mean CE(q kᵀ/τ, arange) of queries `q` (N, D) against keys `k` (N, D), k[i] the positive of q[i],
-    every other key of the batch (of all ranks when `gather` and a process group exists) a negative. Keys are detached unless `key_grad`;
-    keys sharing a query's `ids` (other than its positive) are left out of its denominator."""
+def info_nce(q: torch.Tensor,                # (N, D) queries
+             k: torch.Tensor,                # (N, D) keys, k[i] the positive of q[i]
+             temperature: float = 0.2,       # τ
+             *,
+             normalize: bool = True,         # l2-normalise q and k first
+             gather: bool = True,            # negatives from every rank when a process group exists
+             key_grad: bool = False,         # let gradients flow into the keys
+             ids: torch.Tensor | None = None,  # (N,) ids: keys sharing a query's id are not its negatives
+            ) -> torch.Tensor:
+    """InfoNCE (van den Oord et al. 2018, CPC): mean CE(q kᵀ/τ, arange) of queries `q` (N, D) against keys `k` (N, D),
+    k[i] the positive of q[i], every other key of the batch (of all ranks when `gather` and a process group exists) a
+    negative. Keys are detached unless `key_grad`; keys sharing a query's `ids` (other than its positive) are left out
+    of its denominator."""
     temperature = _positive('temperature', temperature)
-    _check_emb(q, 'queries'); _check_emb(k, 'keys'); _check_same_batch(q, k, 'queries', 'keys')
+    _check_emb(q, 'queries')
+    _check_emb(k, 'keys')
+    _check_same_batch(q, k, 'queries', 'keys')
     N = q.shape[0]
     if ids is not None: ids = _check_ids(ids, N).to(q.device)
     q, k = _upcast(q), _upcast(k)
@@ -96,9 +115,11 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, *, norm
     if not key_grad: k = k.detach()
     offset, k_ids = 0, ids
     if gather and is_dist():
-        k = all_gather_cat(k, grad=key_grad); offset = rank() * N
+        k = all_gather_cat(k, grad=key_grad)
+        offset = rank() * N
         if ids is not None: k_ids = all_gather_cat(ids)
-    if k.shape[0] < 2: raise DataError(f"InfoNCE needs at least 2 keys in the batch (in-batch negatives), got {k.shape[0]}")
+    if k.shape[0] < 2:
+        raise DataError(f"InfoNCE needs at least 2 keys in the batch (in-batch negatives), got {k.shape[0]}")
     logits = q @ k.T / temperature
     labels = torch.arange(N, device=q.device) + offset
     if ids is not None:
@@ -107,8 +128,10 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, *, norm
         logits = logits.masked_fill(drop, float('-inf'))
     return F.cross_entropy(logits, labels)
 
+# %% ../nbs/01_losses.ipynb #77742887
 class MoCoV3Loss(nn.Module):
-    "MoCo v3 (Chen, Xie, He, ICCV 2021) symmetric contrastive loss: 2τ·[InfoNCE(q1, k2) + InfoNCE(q2, k1)], predictor queries vs momentum keys."
+    """MoCo v3 (Chen, Xie, He, ICCV 2021) symmetric contrastive loss: 2τ·[InfoNCE(q1, k2) + InfoNCE(q2, k1)], predictor
+    queries vs momentum keys."""
     def __init__(self, temperature: float = 0.2, gather: bool = True):
         super().__init__()
         self.temperature, self.gather = _positive('temperature', temperature), gather
@@ -119,21 +142,30 @@ class MoCoV3Loss(nn.Module):
 
 # %% ../nbs/01_losses.ipynb #a5b45fa2
 class DINOLoss(nn.Module):
-    """DINO self-distillation loss (Caron et al., ICCV 2021): cross-entropy between the centred, sharpened teacher (global crops) and the student (all crops),
-    same-view pairs skipped; the centre is an EMA of the teacher's batch mean (all ranks), updated in training mode."""
-    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9):
+    """DINO self-distillation loss (Caron et al., ICCV 2021): cross-entropy between the centred, sharpened teacher
+    (global crops) and the student (all crops), same-view pairs skipped; the centre is an EMA of the teacher's batch
+    mean (all ranks), updated in training mode."""
+    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1,
+                 center_momentum: float = 0.9):
         super().__init__()
         self.out_dim = _pos_int('out_dim', out_dim)
-        self.teacher_temp, self.student_temp = _positive('teacher_temp', teacher_temp), _positive('student_temp', student_temp)
+        self.teacher_temp, self.student_temp = _positive('teacher_temp', teacher_temp), _positive('student_temp',
+                                                                                                  student_temp)
         self.center_momentum = _momentum('center_momentum', center_momentum)
         self.register_buffer('center', torch.zeros(1, out_dim))
 
     def _check(self, student_out, teacher_out):
         for name, xs in (('student_out', student_out), ('teacher_out', teacher_out)):
-            if not isinstance(xs, (list, tuple)) or not xs: raise DataError(f"{name} must be a non-empty list/tuple of per-crop (batch, out_dim) tensors, got {type(xs).__name__}")
+            if not isinstance(xs, (list, tuple)) or not xs:
+                raise DataError(f"{name} must be a non-empty list/tuple of per-crop (batch, out_dim) tensors, got "
+                                f"{type(xs).__name__}")
             for i, x in enumerate(xs): _check_emb(x, f'{name}[{i}]', dim=self.out_dim)
-        if len(teacher_out) > len(student_out): raise DataError(f"teacher_out has {len(teacher_out)} crops but student_out only {len(student_out)}; the student sees every crop, global ones first")
-        if len(student_out) == 1: raise DataError("with one student crop and one teacher crop every pair is a same-view pair: DINO needs at least 2 crops")
+        if len(teacher_out) > len(student_out):
+            raise DataError(f"teacher_out has {len(teacher_out)} crops but student_out only {len(student_out)}; the "
+                            "student sees every crop, global ones first")
+        if len(student_out) == 1:
+            raise DataError("with one student crop and one teacher crop every pair is a same-view pair: DINO needs at "
+                            "least 2 crops")
         B = student_out[0].shape[0]
         for name, xs in (('student_out', student_out), ('teacher_out', teacher_out)):
             for i, x in enumerate(xs):
@@ -150,7 +182,8 @@ class DINOLoss(nn.Module):
         for iq, p in enumerate(t_prob):
             for v, lp in enumerate(s_logp):
                 if v == iq: continue
-                total = total + (-(p * lp).sum(-1)).mean(); n += 1
+                total = total + (-(p * lp).sum(-1)).mean()
+                n += 1
         if self.training: self.update_center(teacher_out)
         return total / n
 
@@ -162,21 +195,26 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(mean * (1 - self.center_momentum))
 
     def extra_repr(self):
-        return f'out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, student_temp={self.student_temp}, center_momentum={self.center_momentum}'
+        return (f'out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, student_temp={self.student_temp}, '
+                f'center_momentum={self.center_momentum}')
 
 # %% ../nbs/01_losses.ipynb #38c2dbb4
 def logdet_penalty(R: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    "-(1/D)·logdet(R + eps·I) of a symmetric PSD (D, D) matrix, in float64 via Cholesky (the CorInfoMax covariance loss, Ozsoy et al., NeurIPS 2022)."
+    """-(1/D)·logdet(R + eps·I) of a symmetric PSD (D, D) matrix, in float64 via Cholesky (the CorInfoMax covariance
+    loss, Ozsoy et al., NeurIPS 2022)."""
     return -logdet_pd(R, eps, 'the covariance') / R.shape[-1]
 
+# %% ../nbs/01_losses.ipynb #eb43f0eb
 class InfomaxLoss(nn.Module):
-    """Infomax decorrelation loss, **inferred** for A&D as CorInfoMax's (Ozsoy et al., NeurIPS 2022): -(1/D)·logdet(R + eps·I) of a running (float64) covariance R
-    of l2-normalised embeddings, one (mu, R) per view kept in buffers; `momentum` weighs the old estimate; batch moments all-reduced over ranks."""
+    """Infomax decorrelation loss, **inferred** for A&D as CorInfoMax's (Ozsoy et al., NeurIPS 2022): -(1/D)·logdet(R +
+    eps·I) of a running (float64) covariance R of l2-normalised embeddings, one (mu, R) per view kept in buffers;
+    `momentum` weighs the old estimate; batch moments all-reduced over ranks."""
     def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-8, n_views: int = 2, init: str = 'identity',
                  reduction: str = 'mean', normalize: bool = True, r_init: float = 1.0):
         super().__init__()
         self.dim, self.n_views = _pos_int('dim', dim), _pos_int('n_views', n_views)
-        self.momentum, self.eps, self.r_init = _momentum('momentum', momentum), _positive('eps', eps), _positive('r_init', r_init)
+        self.momentum = _momentum('momentum', momentum)
+        self.eps, self.r_init = _positive('eps', eps), _positive('r_init', r_init)
         if init not in ('identity', 'batch'): raise ValueError(f"init must be 'identity' or 'batch', got {init!r}")
         if reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.init, self.reduction, self.normalize = init, reduction, normalize
@@ -186,7 +224,8 @@ class InfomaxLoss(nn.Module):
 
     def forward(self, *views) -> torch.Tensor:
         if len(views) == 1 and isinstance(views[0], (list, tuple)): views = tuple(views[0])
-        if len(views) != self.n_views: raise DataError(f"InfomaxLoss was built for {self.n_views} view(s), got {len(views)}")
+        if len(views) != self.n_views:
+            raise DataError(f"InfomaxLoss was built for {self.n_views} view(s), got {len(views)}")
         for i, z in enumerate(views):
             _check_emb(z, f'view {i}', dim=self.dim)
             if i: _check_same_batch(views[0], z, 'view 0', f'view {i}')
@@ -198,40 +237,53 @@ class InfomaxLoss(nn.Module):
             m1, m2, n = _moments(z)
             if n < 2: raise DataError(f"InfomaxLoss needs at least 2 samples to estimate a covariance, got {n}")
             mu = m1 if first else l * self.mu[v].to(z.device, torch.float64) + (1 - l) * m1
-            C = m2 - torch.outer(mu, m1) - torch.outer(m1, mu) + torch.outer(mu, mu)     # (z-mu)ᵀ(z-mu)/N from the moments
+            # (z-mu)ᵀ(z-mu)/N from the moments
+            C = m2 - torch.outer(mu, m1) - torch.outer(m1, mu) + torch.outer(mu, mu)
             R = C if first else l * self.R[v].to(z.device, torch.float64) + (1 - l) * C
-            losses.append(logdet_penalty(R, self.eps)); mus.append(mu); Rs.append(R)
+            losses.append(logdet_penalty(R, self.eps))
+            mus.append(mu)
+            Rs.append(R)
         if self.training:
             with torch.no_grad():
-                self.mu.copy_(torch.stack(mus)); self.R.copy_(torch.stack(Rs)); self.steps += 1
+                self.mu.copy_(torch.stack(mus))
+                self.R.copy_(torch.stack(Rs))
+                self.steps += 1
         loss = torch.stack(losses)
         return (loss.mean() if self.reduction == 'mean' else loss.sum()).to(_out_dtype(views[0]))
 
     def extra_repr(self):
-        return (f'dim={self.dim}, momentum={self.momentum}, eps={self.eps}, n_views={self.n_views}, init={self.init!r}, '
+        return (f'dim={self.dim}, momentum={self.momentum}, eps={self.eps}, n_views={self.n_views}, '
+                f'init={self.init!r}, '
                 f'reduction={self.reduction!r}, r_init={self.r_init}')
 
 # %% ../nbs/01_losses.ipynb #98f0b0dc
 def ldmi(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Log-determinant (Gaussian) mutual information of two views (N, D1), (N, D2) from their batch covariance (/N, float64, all ranks' samples),
-    eps·I added to each covariance block (as in CorInfoMax, Ozsoy et al., NeurIPS 2022)."""
+    """Log-determinant (Gaussian) mutual information of two views (N, D1), (N, D2) from their batch covariance (/N,
+    float64, all ranks' samples), eps·I added to each covariance block (as in CorInfoMax, Ozsoy et al., NeurIPS 2022).
+    """
     eps = _positive('eps', eps)
-    _check_emb(z1, 'z1'); _check_emb(z2, 'z2'); _check_same_batch(z1, z2, 'z1', 'z2', same_dim=False)
+    _check_emb(z1, 'z1')
+    _check_emb(z2, 'z2')
+    _check_same_batch(z1, z2, 'z1', 'z2', same_dim=False)
     m1, m2, n = _moments(torch.cat([z1.to(torch.float64), z2.to(torch.float64)], 1))
     if n < 2: raise DataError(f"ldmi needs at least 2 samples to estimate a covariance, got {n}")
     return gaussian_mi_joint(m2 - torch.outer(m1, m1), z1.shape[1], eps).to(_out_dtype(z1))
 
+# %% ../nbs/01_losses.ipynb #57057fe3
 class LDMILoss(nn.Module):
-    "Minus the log-determinant mutual information of two views (`ldmi`): minimising it maximises the (Gaussian) information the views share."
+    """Minus the log-determinant mutual information of two views (`ldmi`): minimising it maximises the (Gaussian)
+    information the views share."""
     def __init__(self, eps: float = 1e-6):
-        super().__init__(); self.eps = _positive('eps', eps)
+        super().__init__()
+        self.eps = _positive('eps', eps)
     def forward(self, z1, z2) -> torch.Tensor: return -ldmi(z1, z2, self.eps)
     def extra_repr(self): return f'eps={self.eps}'
 
 # %% ../nbs/01_losses.ipynb #cde8e7a3
 class AbCContrastiveLoss(nn.Module):
-    """Supervised cross-domain contrastive loss of AbC (Wang, Efros, Zhu, Zhang, ICCV 2023): InfoNCE between synthetic-image and exemplar embeddings,
-    in-batch (all ranks) negatives, symmetric by default; optional `ids` keep same-exemplar pairs out of the negatives."""
+    """Supervised cross-domain contrastive loss of AbC (Wang, Efros, Zhu, Zhang, ICCV 2023): InfoNCE between
+    synthetic-image and exemplar embeddings, in-batch (all ranks) negatives, symmetric by default; optional `ids` keep
+    same-exemplar pairs out of the negatives."""
     def __init__(self, temperature: float = 0.07, symmetric: bool = True, gather: bool = True):
         super().__init__()
         self.temperature, self.symmetric, self.gather = _positive('temperature', temperature), symmetric, gather
@@ -243,23 +295,27 @@ class AbCContrastiveLoss(nn.Module):
 
 # %% ../nbs/01_losses.ipynb #bd0d559c
 class BatchHardTripletLoss(nn.Module):
-    """Batch-hard triplet loss (Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person Re-Identification", 2017): per anchor, hardest positive and
-    hardest negative in the batch, hinge with `margin`, mean over anchors that have both; Euclidean or cosine distance."""
+    """Batch-hard triplet loss (Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person Re-Identification",
+    2017): per anchor, hardest positive and hardest negative in the batch, hinge with `margin`, mean over anchors that
+    have both; Euclidean or cosine distance."""
     def __init__(self, margin: float = 0.3, distance: str = 'euclidean'):
         super().__init__()
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-        if distance not in ('euclidean', 'cosine'): raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
+        if distance not in ('euclidean', 'cosine'):
+            raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
         self.margin, self.distance = float(margin), distance
 
     def pairwise(self, emb: torch.Tensor) -> torch.Tensor:
         "The (N, N) distance matrix of the rows of `emb`."
         if self.distance == 'cosine':
-            e = F.normalize(emb, dim=1); return 1 - e @ e.T
+            e = F.normalize(emb, dim=1)
+            return 1 - e @ e.T
         return torch.cdist(emb, emb, compute_mode='donot_use_mm_for_euclid_dist')
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        _check_emb(emb, 'embeddings', min_n=2); labels = _check_ids(labels, emb.shape[0], 'labels').to(emb.device)
+        _check_emb(emb, 'embeddings', min_n=2)
+        labels = _check_ids(labels, emb.shape[0], 'labels').to(emb.device)
         emb = _upcast(emb)
         d = self.pairwise(emb)
         same = labels[:, None] == labels[None, :]
@@ -267,7 +323,8 @@ class BatchHardTripletLoss(nn.Module):
         neg = ~same
         valid = pos.any(1) & neg.any(1)
         if not bool(valid.any()):
-            raise DataError(f"no anchor has both a positive (another sample with its label) and a negative in this batch of {len(labels)} "
+            raise DataError("no anchor has both a positive (another sample with its label) and a negative in this "
+                            f"batch of {len(labels)} "
                             f"with {int(labels.unique().numel())} label(s); sample P labels x K >= 2 images each")
         d_ap = d.masked_fill(~pos, float('-inf')).amax(1)
         d_an = d.masked_fill(~neg, float('inf')).amin(1)

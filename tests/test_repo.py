@@ -156,3 +156,52 @@ def test_layout():
     flat = {p.stem for p in (ROOT / 'attrib').glob('*.py')} - {'__init__', '_modidx'}
     assert flat <= {'core', 'dist', 'report', 'train', 'images', 'sources', 'linalg', 'losses', 'backbones', 'features', 'zoo',
                     'experiments', 'cli'}, flat
+
+
+# notebooks held to the notebook form of issue 13 (item 6); the others join as they are converted
+FORM_NOTEBOOKS = ['00_core', '00a_dist', '00b_report', '00c_train', '01_losses', '02_linalg', '03_sources', '10_images',
+                  '11_abc_data', '13_backbones', '14_features', '15_abc_eval', '16_ssl_model', '19_index', '19a_abc_release',
+                  '90_experiments', '99_cli']
+MAX_LINE = 120
+
+
+def _form_problems(src: str) -> list:
+    "(line, problem) of one code cell: a line over MAX_LINE characters, a `;` that chains statements (tokens, not text)."
+    import io, tokenize
+    out = [(i, f'{len(l)} characters (> {MAX_LINE})') for i, l in enumerate(src.splitlines(), 1) if len(l) > MAX_LINE]
+    code = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines()) + '\n'   # magics
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(code).readline):
+            if t.type == tokenize.OP and t.string == ';': out.append((t.start[0], '`;` chains statements'))
+    except (tokenize.TokenError, SyntaxError) as e: out.append((0, f'cannot be tokenized ({e})'))
+    return sorted(out)
+
+
+def _notebook_form_problems(path: Path) -> list:
+    import json
+    out = []
+    for k, c in enumerate(json.loads(path.read_text())['cells']):
+        if c['cell_type'] != 'code': continue
+        out += [f"{path.name} cell {k} (id {c.get('id')}) line {ln}: {why}" for ln, why in _form_problems(''.join(c['source']))]
+    return out
+
+
+def test_notebook_form_checker_fails_on_bad_cells():
+    "The checker sees a long line and a `;` chain, and not a `;` in a string or a comment."
+    bad = 'x = 1; y = 2\n' + 'z = ' + '1 + ' * 40 + '1\n' + 'if x: f(); g()\n'
+    got = _form_problems(bad)
+    assert got == [(1, '`;` chains statements'), (2, '165 characters (> 120)'), (3, '`;` chains statements')], got
+    assert _form_problems("s = 'a; b'  # c; d\nprint(f'{s};')\n%time x = 1; y = 2\n") == []
+    import json, tempfile
+    nb = dict(cells=[dict(cell_type='markdown', id='m', source=['a; b ' * 40]),
+                     dict(cell_type='code', id='c1', source=['#| export\n', 'def f(x): "doc"; return x'])])
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / 'bad.ipynb'
+        p.write_text(json.dumps(nb))
+        assert _notebook_form_problems(p) == ['bad.ipynb cell 1 (id c1) line 2: `;` chains statements']
+
+
+def test_notebook_form():
+    "Code cells of FORM_NOTEBOOKS: lines of at most 120 characters, no `;` statement chains."
+    problems = [q for n in FORM_NOTEBOOKS for q in _notebook_form_problems(ROOT / 'nbs' / f'{n}.ipynb')]
+    assert not problems, f'{len(problems)} problem(s):\n' + '\n'.join(problems)

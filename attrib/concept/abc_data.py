@@ -23,26 +23,37 @@ __all__ = ['SPLIT_INFO', 'MINI_TO_OFFICIAL', 'DISTRACTOR_DIR', 'DISTRACTOR_LIST'
 # %% ../../nbs/11_abc_data.ipynb #41b9313e
 SPLIT_INFO = {
     # the official AbC names
-    'test_observed_imagenet':   dict(centric='object', seen=True,  role='test',  synth_types=('gpt', 'media'), scheme='abc'),
-    'test_unobserved_imagenet': dict(centric='object', seen=False, role='test',  synth_types=('gpt', 'media'), scheme='abc'),
-    'test_bamfg':               dict(centric='style',  seen=True,  role='test',  synth_types=('gpt', 'object'), scheme='abc'),
-    'test_artchive':            dict(centric='style',  seen=False, role='test',  synth_types=('gpt', 'object'), scheme='abc'),
+    'test_observed_imagenet':   dict(centric='object', seen=True,  role='test',  synth_types=('gpt', 'media'),
+                                     scheme='abc'),
+    'test_unobserved_imagenet': dict(centric='object', seen=False, role='test',  synth_types=('gpt', 'media'),
+                                     scheme='abc'),
+    'test_bamfg':               dict(centric='style',  seen=True,  role='test',  synth_types=('gpt', 'object'),
+                                     scheme='abc'),
+    'test_artchive':            dict(centric='style',  seen=False, role='test',  synth_types=('gpt', 'object'),
+                                     scheme='abc'),
     'train_all':                dict(centric='mixed',  seen=True,  role='train', synth_types=None, scheme='abc'),
-    'train_imagenet':           dict(centric='object', seen=True,  role='train', synth_types=('gpt', 'media'), scheme='abc'),
+    'train_imagenet':           dict(centric='object', seen=True,  role='train', synth_types=('gpt', 'media'),
+                                     scheme='abc'),
     'val':                      dict(centric='mixed',  seen=True,  role='val',   synth_types=None, scheme='abc'),
     # the mini-AbC names (attrib.concept.mini_abc); train_all and val are shared with the official scheme
-    'test_seen_object':         dict(centric='object', seen=True,  role='test',  synth_types=('gpt', 'media'), scheme='mini'),
-    'test_unseen_object':       dict(centric='object', seen=False, role='test',  synth_types=('gpt', 'media'), scheme='mini'),
-    'test_seen_style':          dict(centric='style',  seen=True,  role='test',  synth_types=('gpt', 'object'), scheme='mini'),
-    'test_unseen_style':        dict(centric='style',  seen=False, role='test',  synth_types=('gpt', 'object'), scheme='mini'),
-    'train_object':             dict(centric='object', seen=True,  role='train', synth_types=('gpt', 'media'), scheme='mini'),
+    'test_seen_object':         dict(centric='object', seen=True,  role='test',  synth_types=('gpt', 'media'),
+                                     scheme='mini'),
+    'test_unseen_object':       dict(centric='object', seen=False, role='test',  synth_types=('gpt', 'media'),
+                                     scheme='mini'),
+    'test_seen_style':          dict(centric='style',  seen=True,  role='test',  synth_types=('gpt', 'object'),
+                                     scheme='mini'),
+    'test_unseen_style':        dict(centric='style',  seen=False, role='test',  synth_types=('gpt', 'object'),
+                                     scheme='mini'),
+    'train_object':             dict(centric='object', seen=True,  role='train', synth_types=('gpt', 'media'),
+                                     scheme='mini'),
 }
 MINI_TO_OFFICIAL = {'test_seen_object': 'test_observed_imagenet', 'test_unseen_object': 'test_unobserved_imagenet',
                     'test_seen_style': 'test_bamfg', 'test_unseen_style': 'test_artchive',
                     'train_object': 'train_imagenet', 'train_all': 'train_all', 'val': 'val'}
 
 def split_info(name: str, models: Sequence | None = None) -> dict:
-    "What split `name` measures: `centric` ('object'|'style'|'mixed'), `seen`, `role`; unknown names are inferred (`inferred=True`)."
+    """What split `name` measures: `centric` ('object'|'style'|'mixed'), `seen`, `role`; unknown names are inferred
+    (`inferred=True`)."""
     if name in SPLIT_INFO: return {**SPLIT_INFO[name], 'name': name, 'inferred': False}
     role = 'train' if name.startswith('train') else 'val' if name.startswith('val') else 'test'
     if models:   # style-centric models have several exemplars
@@ -69,6 +80,7 @@ class AbCModel:
     @property
     def n_synth(self) -> int: return sum(len(v) for v in self.synth.values())
 
+# %% ../../nbs/11_abc_data.ipynb #c267f481
 _KEYS = ('exemplar', 'synth', 'class_id', 'category')
 
 def _is_path_list(v, nonempty: bool) -> bool:
@@ -76,7 +88,8 @@ def _is_path_list(v, nonempty: bool) -> bool:
 
 def validate_entry(e, where: str = 'entry') -> AbCModel:
     "Check one split entry against the AbC schema and return it as an `AbCModel`; `DataError` naming `where` otherwise."
-    if not isinstance(e, dict): raise DataError(f"{where}: expected an object with keys {list(_KEYS)}, got {type(e).__name__}")
+    if not isinstance(e, dict):
+        raise DataError(f"{where}: expected an object with keys {list(_KEYS)}, got {type(e).__name__}")
     cid = e.get('class_id')
     if isinstance(cid, str): where = f"{where} (class_id={cid!r})"
     missing = [k for k in _KEYS if k not in e]
@@ -84,50 +97,65 @@ def validate_entry(e, where: str = 'entry') -> AbCModel:
     if not _is_path_list(e['exemplar'], True):
         raise DataError(f"{where}: 'exemplar' must be a non-empty list of path strings, got {_short(e['exemplar'])}")
     s = e['synth']
-    if not isinstance(s, dict) or not s: raise DataError(f"{where}: 'synth' must be a non-empty object {{type: [paths]}}, got {_short(s)}")
+    if not isinstance(s, dict) or not s:
+        raise DataError(f"{where}: 'synth' must be a non-empty object {{type: [paths]}}, got {_short(s)}")
     for k, v in s.items():
-        if not _is_path_list(v, False): raise DataError(f"{where}: 'synth'[{k!r}] must be a list of path strings, got {_short(v)}")
-    if not isinstance(cid, str) or not cid: raise DataError(f"{where}: 'class_id' must be a non-empty string, got {_short(cid)}")
+        if not _is_path_list(v, False):
+            raise DataError(f"{where}: 'synth'[{k!r}] must be a list of path strings, got {_short(v)}")
+    if not isinstance(cid, str) or not cid:
+        raise DataError(f"{where}: 'class_id' must be a non-empty string, got {_short(cid)}")
     if e['category'] is not None and not isinstance(e['category'], str):
         raise DataError(f"{where}: 'category' must be a string or null, got {_short(e['category'])}")
     return AbCModel(list(e['exemplar']), {k: list(v) for k, v in s.items()}, cid, e['category'],
                     {k: v for k, v in e.items() if k not in _KEYS})
 
+# %% ../../nbs/11_abc_data.ipynb #f5799162
 def _short(v) -> str:
-    r = repr(v); return f"{type(v).__name__} {r[:60] + '...' if len(r) > 60 else r}"
+    r = repr(v)
+    return f"{type(v).__name__} {r[:60] + '...' if len(r) > 60 else r}"
 
 def validate_split(entries, where: str = 'split') -> list[AbCModel]:
     "Validate a whole split: a non-empty list of entries with unique class_ids."
-    if not isinstance(entries, list) or not entries: raise DataError(f"{where}: expected a non-empty JSON list of model entries, got {_short(entries)}")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{where}: expected a non-empty JSON list of model entries, got {_short(entries)}")
     models = [validate_entry(e, f"{where}: entry {i}") for i, e in enumerate(entries)]
     seen = {}
     for i, m in enumerate(models):
-        if m.class_id in seen: raise DataError(f"{where}: entry {i}: duplicate class_id {m.class_id!r} (also entry {seen[m.class_id]})")
+        if m.class_id in seen:
+            raise DataError(f"{where}: entry {i}: duplicate class_id {m.class_id!r} (also entry {seen[m.class_id]})")
         seen[m.class_id] = i
     return models
 
+# %% ../../nbs/11_abc_data.ipynb #f490ba6e
 def synth_types_of(models: Sequence[AbCModel]) -> list[str]:
-    "The synth types of a split, in first-seen order (a mixed train split has object and style models with different types)."
+    """The synth types of a split, in first-seen order (a mixed train split has object and style models with different
+    types)."""
     return list(dict.fromkeys(t for m in models for t in m.synth))
 
 # %% ../../nbs/11_abc_data.ipynb #28dcce8c
 DISTRACTOR_DIR, DISTRACTOR_LIST = 'dataset/laion_subset', 'dataset/laion_subset.txt'
 
 class AbCDataset:
-    "An AbC-layout benchmark on disk: split JSONs, exemplars, synthetic queries and distractors (Wang et al., ICCV 2023)."
+    """An AbC-layout benchmark on disk: split JSONs, exemplars, synthetic queries and distractors (Wang et al., ICCV
+    2023)."""
     def __init__(self, root: str | Path, allow_outside_root: bool = False):
         root = Path(root).expanduser()
         if (root/'dataset'/'json').is_dir(): self.root = root
         elif root.name == 'dataset' and (root/'json').is_dir(): self.root = root.parent
-        else: raise DataError(f"{root}: not an AbC dataset root: expected a folder holding dataset/json/ (or the dataset/ folder itself)")
+        else:
+            raise DataError(f"{root}: not an AbC dataset root: expected a folder holding dataset/json/ (or the "
+                            "dataset/ folder itself)")
         self.json_dir = self.root/'dataset'/'json'
         self.allow_outside_root = allow_outside_root
         self._splits: dict[str, list[AbCModel]] = {}
-        self._checked: set[str] = set()   # splits whose files were checked (an unchecked load caches the JSON, not the check)
+        # splits whose files were checked (an unchecked load caches the JSON, not the check)
+        self._checked: set[str] = set()
         self._distractors: list[str] | None = None
 
     def __repr__(self): return f"AbCDataset({str(self.root)!r}, splits={self.split_names()})"
-    def path(self, p: str) -> Path: "Absolute path of a root-relative path."; return self.root/p
+    def path(self, p: str) -> Path:
+        "Absolute path of a root-relative path."
+        return self.root/p
 
     def split_names(self) -> list[str]:
         "Names of the split JSON files in dataset/json/ (sorted)."
@@ -137,40 +165,49 @@ class AbCDataset:
         "The validated models of split `name`; with `check_paths`, every referenced file must exist."
         p = self.json_dir/f'{name}.json'
         if name not in self._splits:
-            if not p.is_file(): raise DataError(f"{p}: split file not found; this dataset has splits {self.split_names()}")
+            if not p.is_file():
+                raise DataError(f"{p}: split file not found; this dataset has splits {self.split_names()}")
             models = validate_split(load_json(p), str(p))
             if not self.allow_outside_root: _check_inside(self.root, _split_files(models), str(p))
             self._splits[name] = models
         models = self._splits[name]
         if check_paths and name not in self._checked:
-            _check_exist(self.root, _split_files(models), str(p)); self._checked.add(name)
+            _check_exist(self.root, _split_files(models), str(p))
+            self._checked.add(name)
         return models
 
     def split_info(self, name: str) -> dict:
         "`centric`, `seen`, `role` of split `name` (see `split_info`), plus its synth types and sizes."
         models = self.load_split(name, check_paths=False)
         info = split_info(name, models)
-        info.update(synth_types=synth_types_of(models), n_models=len(models), n_exemplars=sum(len(m.exemplar) for m in models),
+        info.update(synth_types=synth_types_of(models), n_models=len(models),
+                    n_exemplars=sum(len(m.exemplar) for m in models),
                     n_synth=sum(m.n_synth for m in models))
         return info
 
-    def synth_types(self, split: str) -> list[str]: "Synth types of `split` (first-seen order)."; return synth_types_of(self.load_split(split))
+    def synth_types(self, split: str) -> list[str]:
+        "Synth types of `split` (first-seen order)."
+        return synth_types_of(self.load_split(split))
 
     def queries(self, split: str, synth_type: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
         "Synthetic images of `split` (optionally of one type): paths, the index of the model that made each, its type."
         models, paths, idx, types = self.load_split(split), [], [], []
         if synth_type is not None and synth_type not in synth_types_of(models):
-            raise DataError(f"{self.json_dir/split}.json: no synth type {synth_type!r}; it has {synth_types_of(models)}")
+            raise DataError(f"{self.json_dir/split}.json: no synth type {synth_type!r}; "
+                            f"it has {synth_types_of(models)}")
         for i, m in enumerate(models):
             for t in ([synth_type] if synth_type else m.synth):
                 if t not in m.synth: continue
-                paths += m.synth[t]; idx += [i] * len(m.synth[t]); types += [t] * len(m.synth[t])
+                paths += m.synth[t]
+                idx += [i] * len(m.synth[t])
+                types += [t] * len(m.synth[t])
         return paths, np.asarray(idx, dtype=np.int64), types
 
     def exemplars(self, split: str) -> tuple[list[str], np.ndarray]:
         "Exemplar images of `split`: paths and the index of the model each one customized."
         models = self.load_split(split)
-        return [p for m in models for p in m.exemplar], np.asarray([i for i, m in enumerate(models) for _ in m.exemplar], dtype=np.int64)
+        return ([p for m in models for p in m.exemplar],
+                np.asarray([i for i, m in enumerate(models) for _ in m.exemplar], dtype=np.int64))
 
     def distractor_paths(self, check: bool = False) -> list[str]:
         "Root-relative paths of the distractor images (the list file if present, else a sorted recursive listing)."
@@ -181,10 +218,13 @@ class AbCDataset:
                 except UnicodeDecodeError as e:
                     raise DataError(f"{lst}: distractor list is not UTF-8 text (byte {e.start}: {e.reason})") from None
                 paths = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith('#')]
-                if not paths: raise DataError(f"{lst}: distractor list is empty; expected one root-relative image path per line")
+                if not paths:
+                    raise DataError(f"{lst}: distractor list is empty; expected one root-relative image path per line")
                 if not self.allow_outside_root: _check_inside(self.root, paths, str(lst))
             elif folder.is_dir(): paths = [p.relative_to(self.root).as_posix() for p in list_images(folder)]
-            else: raise DataError(f"{self.root}: no distractors: expected the folder {DISTRACTOR_DIR}/ or the list file {DISTRACTOR_LIST}")
+            else:
+                raise DataError(f"{self.root}: no distractors: expected the folder {DISTRACTOR_DIR}/ or the list file "
+                                f"{DISTRACTOR_LIST}")
             if not paths: raise DataError(f"{folder}: no images found (extensions {IMG_EXTENSIONS})")
             self._distractors = paths
         if check: _check_exist(self.root, self._distractors, 'distractors')
@@ -207,7 +247,8 @@ def _outside(p: str) -> bool:
 def _check_inside(root: Path, paths: Sequence[str], where: str):
     bad = [p for p in paths if _outside(p)]
     if bad:
-        raise DataError(f"{where}: {len(bad)} of {len(paths)} path(s) leave the dataset root {root} (absolute or with '..'), "
+        raise DataError(f"{where}: {len(bad)} of {len(paths)} path(s) leave the dataset root {root} (absolute or with "
+                        "'..'), "
                         f"e.g. {bad[:3]}; paths must be relative to the folder holding dataset/ "
                         "(allow_outside_root=True, or --allow-outside-root, reads them anyway)")
 
@@ -220,13 +261,16 @@ def _check_exist(root: Path, paths: Sequence[str], where: str):
 # %% ../../nbs/11_abc_data.ipynb #dd14a6df
 def write_abc_split(root: str | Path, name: str, models: Sequence[AbCModel | dict], check_paths: bool = True) -> Path:
     "Validate `models` and write them as split `name` under `root/dataset/json/` (atomically)."
-    if not re.fullmatch(r'[A-Za-z0-9_\-]+', name or ''): raise DataError(f"split name must be letters, digits, '_' or '-', got {name!r}")
-    root = Path(root); out = root/'dataset'/'json'/f'{name}.json'
+    if not re.fullmatch(r'[A-Za-z0-9_\-]+', name or ''):
+        raise DataError(f"split name must be letters, digits, '_' or '-', got {name!r}")
+    root = Path(root)
+    out = root/'dataset'/'json'/f'{name}.json'
     entries = [m.to_json() if isinstance(m, AbCModel) else m for m in models]
     models = validate_split(entries, f"{out} (being written)")
     if check_paths: _check_exist(root, _split_files(models), f"{out} (being written)")
     return save_json([m.to_json() for m in models], out)
 
+# %% ../../nbs/11_abc_data.ipynb #315181c7
 def write_distractor_list(root: str | Path, paths: Sequence[str]) -> Path:
     "Write `dataset/laion_subset.txt`: the distractor gallery, one root-relative path per line, in this order."
     from attrib.core import atomic_write
@@ -238,19 +282,24 @@ def write_distractor_list(root: str | Path, paths: Sequence[str]) -> Path:
 def train_images_unpaired(ds: AbCDataset, split: str = 'train_all', seed: int = 0) -> dict[str, list[str]]:
     "Real (exemplar) and synthetic train image paths as two independently shuffled, unpaired lists (no model ids)."
     models = ds.load_split(split)
-    real = sorted({p for m in models for p in m.exemplar})                      # sets: pairing and grouping are dropped here
+    # sets: pairing and grouping are dropped here
+    real = sorted({p for m in models for p in m.exemplar})
     synth = sorted({p for m in models for ps in m.synth.values() for p in ps})
-    random.Random(f'{seed}-real').shuffle(real); random.Random(f'{seed}-synth').shuffle(synth)
+    random.Random(f'{seed}-real').shuffle(real)
+    random.Random(f'{seed}-synth').shuffle(synth)
     return {'real': real, 'synth': synth}
 
 # %% ../../nbs/11_abc_data.ipynb #b2c3d4e5
 def train_pairs(ds: AbCDataset, split: str = 'train_all') -> dict:
-    """Every (synthetic, exemplar) pair of `split` with its model index: dict(synth=[paths], exemplar=[paths], model=int64 array).
-    Supervised baselines only (the unsupervised method may not read them)."""
+    """Every (synthetic, exemplar) pair of `split` with its model index: dict(synth=[paths], exemplar=[paths],
+    model=int64 array). Supervised baselines only (the unsupervised method may not read them)."""
     s, e, m = [], [], []
     for i, mod in enumerate(ds.load_split(split)):
         for ps in mod.synth.values():
             for p in ps:
-                for q in mod.exemplar: s.append(p); e.append(q); m.append(i)
+                for q in mod.exemplar:
+                    s.append(p)
+                    e.append(q)
+                    m.append(i)
     if not s: raise DataError(f"split {split!r} has no (synthetic, exemplar) pairs")
     return dict(synth=s, exemplar=e, model=np.asarray(m, dtype=np.int64))

@@ -24,7 +24,8 @@ __all__ = ['TIE_SCALE', 'prepare_features', 'score_key', 'reference_abc_eval', '
 TIE_SCALE = 2.0 ** 32
 
 def prepare_features(x, name: str = 'features') -> torch.Tensor:
-    "Features as a float32 CPU tensor with unit-norm rows (what `F.normalize` computes, as AbC's eval does); checks shape and finiteness."
+    """Features as a float32 CPU tensor with unit-norm rows (what `F.normalize` computes, as AbC's eval does); checks
+    shape and finiteness."""
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if x.ndim != 2: raise AttribError(f"{name} must be a 2-D array (N x D), got shape {tuple(x.shape)}")
     x = x.detach().to('cpu', torch.float32)
@@ -32,6 +33,7 @@ def prepare_features(x, name: str = 'features') -> torch.Tensor:
     if not torch.isfinite(n).all(): check_finite(x, name)   # a NaN or Inf anywhere in a row makes its norm non-finite
     return x / n.clamp_min(1e-12).expand_as(x)               # F.normalize(x, dim=-1), without computing the norms twice
 
+# %% ../../nbs/15_abc_eval.ipynb #2ccdb604
 def score_key(s: torch.Tensor | np.ndarray):
     "Scores (float64) rounded to the 2^-32 grid, as int64: equal keys are ties."
     if isinstance(s, torch.Tensor): return torch.round(s.double() * TIE_SCALE).long()
@@ -45,7 +47,8 @@ def _ap_recall(ranks: np.ndarray, ks: Sequence[int]) -> tuple[float, list[float]
 
 def reference_abc_eval(query_feats, query_model, query_type, exemplar_feats, exemplar_model, distractor_feats,
                        ks: Sequence[int] = (5, 10, 100)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "AbC's evaluation as their eval.py runs it: per query, a full argsort over distractors + that model's exemplars. Slow; for tests."
+    """AbC's evaluation as their eval.py runs it: per query, a full argsort over distractors + that model's exemplars.
+    Slow; for tests."""
     q = prepare_features(query_feats, 'query_feats').double().numpy()
     e = prepare_features(exemplar_feats, 'exemplar_feats').double().numpy()
     d = prepare_features(distractor_feats, 'distractor_feats').double().numpy()
@@ -69,9 +72,12 @@ def _full_fp32():
     "float32 matmuls at full precision (no TF32 / bf16 shortcuts) inside the block; the error bound relies on it."
     old = torch.get_float32_matmul_precision()
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.set_float32_matmul_precision('highest'); torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision('highest')
+    torch.backends.cuda.matmul.allow_tf32 = False
     try: yield
-    finally: torch.set_float32_matmul_precision(old); torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    finally:
+        torch.set_float32_matmul_precision(old)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 def _chunks(distractor_feats, chunk: int):
     "Yield float32 unit-norm distractor chunks from an array/tensor (sliced) or an iterable / callable of chunks."
@@ -98,8 +104,10 @@ def _groups(query_model, exemplar_model, Q):
         out.append((idx, np.stack([pos_of[m] for m in qm[idx].tolist()])))
     return out
 
-def _exact_keys(a64: torch.Tensor, b: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    "score_key of the dot products of rows a64[ia] (float64) and b[ib] (float32, made float64): exact products, float64 sums."
+def _exact_keys(a64: torch.Tensor, b: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                batch: int = 1024) -> torch.Tensor:
+    """score_key of the dot products of rows a64[ia] (float64) and b[ib] (float32, made float64): exact products,
+    float64 sums."""
     if not len(ia): return torch.zeros(0, dtype=torch.long, device=b.device)
     out = []
     for i in range(0, len(ia), batch):   # small batches: large temporaries cost more in page faults than in arithmetic
@@ -108,7 +116,8 @@ def _exact_keys(a64: torch.Tensor, b: torch.Tensor, ia: torch.Tensor, ib: torch.
     return torch.cat(out)
 
 def _rowcount(m: torch.Tensor) -> torch.Tensor:
-    "Number of True per row of a bool matrix; on the CPU it sums 8 booleans per int64 word (torch's bool sums are ~10x slower)."
+    """Number of True per row of a bool matrix; on the CPU it sums 8 booleans per int64 word (torch's bool sums are ~10x
+    slower)."""
     R, C = m.shape
     if m.device.type != 'cpu' or C % 1024 or not m.is_contiguous(): return m.sum(1)
     s = m.view(torch.int64).view(R, C // 1024, 128).sum(2)     # each byte lane now counts <= 128: no carries
@@ -125,19 +134,25 @@ def _nonzero(m: torch.Tensor):
     return r[k], c[k] * 8 + b
 
 def _single_thread(dev):
-    "Run small CPU ops on one thread: with cores shared, a 2-thread op on a few thousand elements waits ~10x longer for its partner than it computes."
+    """Run small CPU ops on one thread: with cores shared, a 2-thread op on a few thousand elements waits ~10x longer
+    for its partner than it computes."""
     return torch_threads(1 if dev.type == 'cpu' else None)
 
 def _count_tile(S, qq64, dch, ts, hi, lo, cnt, bufs):
-    """Add to `cnt` (rows x P, sorted thresholds) the number of distractors of this tile whose exact key is >= each exemplar key.
-    Returns (number of pairs rescored exactly, whether the dense path ran)."""
-    R, C = S.shape; P = ts.shape[1]; dev = S.device
+    """Add to `cnt` (rows x P, sorted thresholds) the number of distractors of this tile whose exact key is >= each
+    exemplar key. Returns (number of pairs rescored exactly, whether the dense path ran)."""
+    R, C = S.shape
+    P = ts.shape[1]
+    dev = S.device
     m1, m2 = bufs
-    torch.ge(S, lo[:, :1], out=m1)                                    # at or above the lowest window: the only candidates
-    if C % 8 == 0 and dev.type == 'cpu': dense = m1.view(torch.int64).count_nonzero().item() * 16 > m1.numel() // 8   # > 1/16 of the words
+    # at or above the lowest window: the only candidates
+    torch.ge(S, lo[:, :1], out=m1)
+    if C % 8 == 0 and dev.type == 'cpu':
+        dense = m1.view(torch.int64).count_nonzero().item() * 16 > m1.numel() // 8   # > 1/16 of the words
     else: dense = m1.float().mean().item() > 1 / 64
     n_unc = 0
-    if not dense:                                                      # few candidates (positives rank high): gather them
+    # few candidates (positives rank high): gather them
+    if not dense:
         with _single_thread(dev):
             ri, ci = _nonzero(m1)
             v = S[ri, ci][:, None]
@@ -154,7 +169,8 @@ def _count_tile(S, qq64, dch, ts, hi, lo, cnt, bufs):
     for j in range(P):                                                 # many candidates: one dense pass per threshold
         torch.ge(S, hi[:, j:j + 1], out=m1)
         cnt[:, j] += _rowcount(m1)
-        torch.ge(S, lo[:, j:j + 1], out=m2); m2.bitwise_xor_(m1)      # inside the window [lo, hi)
+        torch.ge(S, lo[:, j:j + 1], out=m2)
+        m2.bitwise_xor_(m1)      # inside the window [lo, hi)
         with _single_thread(dev):
             ui, di = _nonzero(m2)
             if len(ui):
@@ -163,39 +179,56 @@ def _count_tile(S, qq64, dch, ts, hi, lo, cnt, bufs):
     return n_unc, True
 
 def _unit(q, q64, g, a, rt, dch, nd, ct):
-    "Count one block of `rt` queries of group `g` against a distractor chunk, in column tiles of `ct`: (n rescored, n dense tiles, n tiles)."
+    """Count one block of `rt` queries of group `g` against a distractor chunk, in column tiles of `ct`: (n rescored, n
+    dense tiles, n tiles)."""
     qi = g['qi'][a:a + rt]
     qq, qq64 = q.index_select(0, qi), q64.index_select(0, qi)
     ts, hi, lo, cnt = g['ts'][a:a + rt], g['hi'][a:a + rt], g['lo'][a:a + rt], g['cnt'][a:a + rt]
     R, dev = len(qi), q.device
-    buf = (torch.empty(R, ct, device=dev), torch.empty(R, ct, dtype=torch.bool, device=dev), torch.empty(R, ct, dtype=torch.bool, device=dev))
+    buf = (torch.empty(R, ct, device=dev), torch.empty(R, ct, dtype=torch.bool, device=dev),
+           torch.empty(R, ct, dtype=torch.bool, device=dev))
     nu = nd_ = nt = 0
     with torch.inference_mode():   # (thread-local: set again in each worker thread)
         for c in range(0, len(dch), ct):
             dsub = dch[c:c + ct]
-            S, m1, m2 = buf if len(dsub) == ct else (torch.empty(R, len(dsub), device=dev), torch.empty(R, len(dsub), dtype=torch.bool, device=dev),
+            S, m1, m2 = buf if len(dsub) == ct else (torch.empty(R, len(dsub), device=dev),
+                                                     torch.empty(R, len(dsub), dtype=torch.bool, device=dev),
                                                      torch.empty(R, len(dsub), dtype=torch.bool, device=dev))
             torch.matmul(qq, dsub.T, out=S)
             if c + len(dsub) > nd: S[:, nd - c:] = -math.inf             # padding columns never count
             u, dense = _count_tile(S, qq64, dsub, ts, hi, lo, cnt, (m1, m2))
-            nu += u; nd_ += dense; nt += 1
+            nu += u
+            nd_ += dense
+            nt += 1
     return nu, nd_, nt
 
-def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, chunk: int = 65536,
-              query_chunk: int | None = None, col_chunk: int | None = None, device=None, show_progress: bool = False,
-              stats: dict | None = None) -> list[np.ndarray]:
-    """Sorted 1-based ranks of each query's exemplars in its AbC gallery (distractors + its model's exemplars), by counting, not sorting.
-    `distractor_feats`: an N x D array/tensor, or an iterable (or callable returning one) of chunks, read once; `chunk`: distractors per chunk."""
+def abc_ranks(query_feats,                    # Q x D query (synthetic image) features
+              query_model,                    # Q model ids: the model each query came from
+              exemplar_feats,                 # E x D exemplar features
+              exemplar_model,                 # E model ids
+              distractor_feats,               # N x D distractors, or an iterable / callable of chunks
+              chunk: int = 65536,             # distractors per chunk
+              query_chunk: int | None = None,  # queries per block (None: 128 on a CPU, by `chunk` on a GPU)
+              col_chunk: int | None = None,   # distractor columns per tile (None: 2048 on a CPU, the chunk on a GPU)
+              device=None,                    # where the scores are computed (None: the CPU)
+              show_progress: bool = False,    # a progress bar over the chunks
+              stats: dict | None = None,      # receives counts (queries, distractors, pairs rescored exactly, ...)
+             ) -> list[np.ndarray]:
+    """Sorted 1-based ranks of each query's exemplars in its AbC gallery (distractors + its model's exemplars), by
+    counting, not sorting. `distractor_feats`: an N x D array/tensor, or an iterable (or callable returning one) of
+    chunks, read once; `chunk`: distractors per chunk."""
     dev = get_device(device) if device is not None else torch.device('cpu')
     q = prepare_features(query_feats, 'query_feats').to(dev)
     e = prepare_features(exemplar_feats, 'exemplar_feats').to(dev)
     Q, D = q.shape
     if not Q: raise DataError("no queries to evaluate (query_feats has 0 rows)")
     if e.shape[1] != D: raise AttribError(f"exemplar_feats have dim {e.shape[1]}, query_feats {D}")
-    if len(exemplar_model) != len(e): raise AttribError(f"exemplar_model has {len(exemplar_model)} entries for {len(e)} exemplars")
+    if len(exemplar_model) != len(e):
+        raise AttribError(f"exemplar_model has {len(exemplar_model)} entries for {len(e)} exemplars")
     if chunk < 1: raise AttribError(f"chunk must be >= 1, got {chunk}")
     cpu = dev.type == 'cpu'
-    # CPU: cache-sized tiles (128 x 2048 scores = 1 MB), one thread per tile stream; GPU: one big tile per query block and chunk
+    # CPU: cache-sized tiles (128 x 2048 scores = 1 MB), one thread per tile stream; GPU: one big tile per query block
+    # and chunk
     rt = query_chunk or (128 if cpu else max(1, (1 << 24) // chunk))
     ct = col_chunk or (2048 if cpu else None)
     q64 = q.double()
@@ -205,14 +238,17 @@ def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distract
     for qidx, pos in _groups(query_model, exemplar_model, Q):
         qi, pi = torch.as_tensor(qidx, device=dev), torch.as_tensor(pos, device=dev)
         P = pi.shape[1]
-        kp = _exact_keys(q64, e, qi.repeat_interleave(P), pi.reshape(-1)).view(len(qi), P)   # exemplar keys, dataset order
+        # exemplar keys, dataset order
+        kp = _exact_keys(q64, e, qi.repeat_interleave(P), pi.reshape(-1)).view(len(qi), P)
         ts, perm = kp.sort(dim=1, stable=True)
         t = ts.double() / TIE_SCALE
-        G.append(dict(qi=qi, P=P, kp=kp, ts=ts, perm=perm, hi=(t + w).float().contiguous(), lo=(t - w).float().contiguous(),
+        G.append(dict(qi=qi, P=P, kp=kp, ts=ts, perm=perm, hi=(t + w).float().contiguous(),
+                      lo=(t - w).float().contiguous(),
                       cnt=torch.zeros(len(qi), P, dtype=torch.long, device=dev)))
     n_unc = n_dist = n_dense = n_tiles = 0
     it = _chunks(distractor_feats, chunk)
-    bar = progress(it, desc='AbC ranks', total=math.ceil(len(distractor_feats) / chunk) if hasattr(distractor_feats, '__len__') else None) if show_progress else it
+    bar = (progress(it, desc='AbC ranks', total=math.ceil(len(distractor_feats) / chunk)
+                    if hasattr(distractor_feats, '__len__') else None) if show_progress else it)
     n_workers = torch.get_num_threads() if cpu else 1
     from concurrent.futures import ThreadPoolExecutor
     with _full_fp32(), torch.inference_mode(), _single_thread(dev), ThreadPoolExecutor(n_workers) as pool:
@@ -221,22 +257,29 @@ def abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distract
             if dch.shape[1] != D: raise AttribError(f"distractor_feats have dim {dch.shape[1]}, query_feats {D}")
             n_dist += (nd := len(dch))
             if not nd: continue
-            if cpu and nd > 1024 and nd % 1024:   # pad to whole 1024-column words for the fast counting; padded scores are set to -inf
+            # pad to whole 1024-column words for the fast counting; padded scores are set to -inf
+            if cpu and nd > 1024 and nd % 1024:
                 dch = torch.cat([dch, dch.new_zeros(1024 - nd % 1024, D)])
             units = [(g, a) for g in G for a in range(0, len(g['qi']), rt)]
             run = lambda u: _unit(q, q64, u[0], u[1], rt, dch, nd, min(ct or len(dch), len(dch)))
-            for nu, nd_, nt in (pool.map(run, units) if n_workers > 1 else map(run, units)):   # units write disjoint rows of cnt
-                n_unc += nu; n_dense += nd_; n_tiles += nt
+            # units write disjoint rows of cnt
+            for nu, nd_, nt in (pool.map(run, units) if n_workers > 1 else map(run, units)):
+                n_unc += nu
+                n_dense += nd_
+                n_tiles += nt
     out = [None] * Q
     for g in G:
         A = torch.empty_like(g['cnt']).scatter_(1, g['perm'], g['cnt'])   # back to dataset order of the exemplars
-        kp = g['kp']; P = g['P']
+        kp = g['kp']
+        P = g['P']
         l_ = torch.arange(P, device=dev)
         earlier = (l_[None, :, None] < l_[None, None, :])                  # [l < j]
-        B = ((kp[:, :, None] > kp[:, None, :]) | ((kp[:, :, None] == kp[:, None, :]) & earlier)).sum(1)   # other exemplars above j
+        # other exemplars above j
+        B = ((kp[:, :, None] > kp[:, None, :]) | ((kp[:, :, None] == kp[:, None, :]) & earlier)).sum(1)
         R = (1 + A + B).sort(dim=1).values.cpu().numpy()
         for i, r in zip(g['qi'].tolist(), R): out[i] = r
-    if stats is not None: stats.update(n_queries=Q, n_distractors=n_dist, dim=D, n_uncertain=n_unc, window=2 * w, delta=delta,
+    if stats is not None:
+        stats.update(n_queries=Q, n_distractors=n_dist, dim=D, n_uncertain=n_unc, window=2 * w, delta=delta,
                                       tiles=n_tiles, dense_tiles=n_dense)
     return out
 
@@ -249,6 +292,7 @@ def metrics_from_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int] = (5, 10, 
         rows.append(dict(n_pos=len(r), AP=ap, **{f'R@{k}': v for k, v in zip(ks, rec)}, ranks=np.asarray(r).tolist()))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/15_abc_eval.ipynb #35123f4d
 def summarize(per_query: pd.DataFrame, ks: Sequence[int] = (5, 10, 100)) -> pd.DataFrame:
     "Mean AP (mAP) and Recall@K over queries, per synth type and over all queries."
     cols = ['AP'] + [f'R@{k}' for k in ks]
@@ -257,25 +301,43 @@ def summarize(per_query: pd.DataFrame, ks: Sequence[int] = (5, 10, 100)) -> pd.D
     g.insert(0, 'n_queries', per_query.groupby('synth_type').size().reindex(g.index[:-1]).tolist() + [len(per_query)])
     return g.rename(columns={'AP': 'mAP'})
 
-def evaluate_abc(query_feats, query_model, query_type, exemplar_feats, exemplar_model, distractor_feats,
-                 ks: Sequence[int] = (5, 10, 100), chunk: int = 65536, device=None, show_progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+# %% ../../nbs/15_abc_eval.ipynb #28096be3
+def evaluate_abc(query_feats,                   # Q x D query (synthetic image) features
+                 query_model,                   # Q model ids: the model each query came from
+                 query_type,                    # Q synth types (the summary has a row per type, and 'all')
+                 exemplar_feats,                # E x D exemplar features
+                 exemplar_model,                # E model ids
+                 distractor_feats,              # N x D distractors, or an iterable / callable of chunks
+                 ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                 chunk: int = 65536,            # distractors per chunk
+                 device=None,                   # where the scores are computed (None: the CPU)
+                 show_progress: bool = False,   # a progress bar over the chunks
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "AbC's protocol: (summary per synth type, per-query table) of mAP and Recall@K, computed with `abc_ranks`."
     if any(int(k) < 1 for k in ks): raise AttribError(f"ks must be positive, got {ks}")
-    if len(query_type) != len(query_model): raise AttribError(f"query_type has {len(query_type)} entries for {len(query_model)} queries")
-    ranks = abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, chunk=chunk, device=device, show_progress=show_progress)
+    if len(query_type) != len(query_model):
+        raise AttribError(f"query_type has {len(query_type)} entries for {len(query_model)} queries")
+    ranks = abc_ranks(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, chunk=chunk,
+                      device=device, show_progress=show_progress)
     pq = metrics_from_ranks(ranks, ks)
-    pq.insert(0, 'query', np.arange(len(ranks))); pq.insert(1, 'model', np.asarray(query_model)); pq.insert(2, 'synth_type', list(query_type))
+    pq.insert(0, 'query', np.arange(len(ranks)))
+    pq.insert(1, 'model', np.asarray(query_model))
+    pq.insert(2, 'synth_type', list(query_type))
     return summarize(pq, ks), pq
 
+# %% ../../nbs/15_abc_eval.ipynb #9e03dfdd
 def results_dict(summary: pd.DataFrame) -> dict:
     "A summary table as a JSON-ready dict {synth_type: {metric: value}}."
-    return {str(t): {k: (int(v) if k == 'n_queries' else float(v)) for k, v in row.items()} for t, row in summary.iterrows()}
+    return {str(t): {k: (int(v) if k == 'n_queries' else float(v)) for k, v in row.items()}
+            for t, row in summary.iterrows()}
 
+# %% ../../nbs/15_abc_eval.ipynb #f6deb0af
 def recall_curve(per_query: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
     "Mean Recall@K for every K in `ks`, per synth type (columns) and over all queries, from the per-query ranks."
     ks = np.asarray(list(ks))
     rec = np.stack([(np.asarray(r)[:, None] <= ks[None]).mean(0) for r in per_query['ranks']])   # queries x K
-    df = pd.DataFrame(rec, columns=ks); df['synth_type'] = per_query['synth_type'].values
+    df = pd.DataFrame(rec, columns=ks)
+    df['synth_type'] = per_query['synth_type'].values
     out = df.groupby('synth_type').mean().T
     out['all'] = df.drop(columns='synth_type').mean()
     out.index.name = 'K'
@@ -283,7 +345,8 @@ def recall_curve(per_query: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
 
 # %% ../../nbs/15_abc_eval.ipynb #7c365024
 def topk_retrieval(query_feats, gallery_feats, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    "The `k` most similar gallery items per query by cosine similarity: (scores Q x k float32, indices Q x k int64), best first."
+    """The `k` most similar gallery items per query by cosine similarity: (scores Q x k float32, indices Q x k int64),
+    best first."""
     q, g = prepare_features(query_feats, 'query_feats'), prepare_features(gallery_feats, 'gallery_feats')
     if q.shape[1] != g.shape[1]: raise AttribError(f"gallery_feats have dim {g.shape[1]}, query_feats {q.shape[1]}")
     k = min(int(k), len(g))
@@ -291,17 +354,23 @@ def topk_retrieval(query_feats, gallery_feats, k: int, batch: int = 4096) -> tup
     try: import faiss
     except ImportError: faiss = None
     if faiss is not None:
-        index = faiss.IndexFlatIP(g.shape[1]); index.add(g.numpy())
+        index = faiss.IndexFlatIP(g.shape[1])
+        index.add(g.numpy())
         res = [index.search(q[a:a + batch].numpy(), k) for a in range(0, len(q), batch)]
         return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]).astype(np.int64)
     s, i = [], []
     for a in range(0, len(q), batch):
-        v, j = (q[a:a + batch] @ g.T).topk(k, dim=1); s.append(v.numpy()); i.append(j.numpy())
+        v, j = (q[a:a + batch] @ g.T).topk(k, dim=1)
+        s.append(v.numpy())
+        i.append(j.numpy())
     return np.concatenate(s), np.concatenate(i).astype(np.int64)
 
-def abc_topk(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+# %% ../../nbs/15_abc_eval.ipynb #5fe5fe95
+def abc_topk(query_feats, query_model, exemplar_feats, exemplar_model, distractor_feats,
+             k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     "Top-k of each query's AbC gallery: (scores, gallery indices); index < N is a distractor, N + j is exemplar j."
-    q = prepare_features(query_feats, 'query_feats'); e = prepare_features(exemplar_feats, 'exemplar_feats')
+    q = prepare_features(query_feats, 'query_feats')
+    e = prepare_features(exemplar_feats, 'exemplar_feats')
     N = len(distractor_feats)
     ds, di = topk_retrieval(q, distractor_feats, k)
     em, qm = np.asarray(exemplar_model), np.asarray(query_model)
@@ -309,14 +378,16 @@ def abc_topk(query_feats, query_model, exemplar_feats, exemplar_model, distracto
     for i in range(len(q)):
         pos = np.where(em == qm[i])[0]
         es = (e[pos] @ q[i]).numpy()
-        s = np.concatenate([ds[i], es]); idx = np.concatenate([di[i], N + pos])
+        s = np.concatenate([ds[i], es])
+        idx = np.concatenate([di[i], N + pos])
         o = np.argsort(-s, kind='stable')[:k]
         S[i, :len(o)], I[i, :len(o)] = s[o], idx[o]
     return S, I
 
 # %% ../../nbs/15_abc_eval.ipynb #287b06ec
 def _merge_feats(feats) -> dict:
-    "One `{'feats', 'paths'}` dict (plus `skipped`) from a dict or a list of them; their dimensions must agree (the files are named)."
+    """One `{'feats', 'paths'}` dict (plus `skipped`) from a dict or a list of them; their dimensions must agree (the
+    files are named)."""
     if isinstance(feats, dict) and 'feats' in feats: return feats
     if isinstance(feats, (list, tuple)):
         fs = [_merge_feats(f) for f in feats]
@@ -330,67 +401,98 @@ def _merge_feats(feats) -> dict:
     raise AttribError("feats must be a Backbone, a {'feats', 'paths'} dict or a list of them")
 
 def _drop_skipped(f: dict, skipped: dict) -> dict:
-    "`split_features`' lists without the images skipped as unreadable, and without the queries whose model lost every exemplar."
+    """`split_features`' lists without the images skipped as unreadable, and without the queries whose model lost every
+    exemplar."""
     ek = [i for i, p in enumerate(f['exemplar_paths']) if p not in skipped]
     dk = [i for i, p in enumerate(f['distractor_paths']) if p not in skipped]
     alive = set(f['exemplar_model'][ek].tolist())
     qk = [i for i, p in enumerate(f['query_paths']) if p not in skipped and f['query_model'][i] in alive]
     keep = set(qk)
-    rep = [dict(role=r, path=p, problem=skipped[p]) for r, k in (('query', 'query_paths'), ('exemplar', 'exemplar_paths'),
-           ('distractor', 'distractor_paths')) for p in f[k] if p in skipped]
-    rep += [dict(role='query', path=p, problem="every exemplar of its model was skipped") for i, p in enumerate(f['query_paths'])
-            if p not in skipped and f['query_model'][i] not in alive]
+    rep = [dict(role=r, path=p, problem=skipped[p])
+           for r, k in (('query', 'query_paths'), ('exemplar', 'exemplar_paths'), ('distractor', 'distractor_paths'))
+           for p in f[k] if p in skipped]
+    rep += [dict(role='query', path=p, problem="every exemplar of its model was skipped")
+            for i, p in enumerate(f['query_paths']) if p not in skipped and f['query_model'][i] not in alive]
     sub = lambda key, idx: [f[key][i] for i in idx] if isinstance(f[key], list) else f[key][idx]
-    return dict(query_paths=sub('query_paths', qk), query_model=sub('query_model', qk), query_type=sub('query_type', qk),
+    return dict(query_paths=sub('query_paths', qk), query_model=sub('query_model', qk),
+                query_type=sub('query_type', qk),
                 exemplar_paths=sub('exemplar_paths', ek), exemplar_model=sub('exemplar_model', ek),
                 distractor_paths=sub('distractor_paths', dk), skipped=rep,
                 dropped_types=[t for i, t in enumerate(f['query_type']) if i not in keep])
 
 def split_features(ds, split: str, feats, cache_dir=None, on_error: str = 'raise', **extract_kw) -> dict:
-    """Query, exemplar and distractor features of `split` (from a Backbone, extracting and caching, or from given features).
-    `on_error='skip'`: images skipped as unreadable at extraction are left out and listed in `skipped` (role, path, problem)."""
+    """Query, exemplar and distractor features of `split` (from a Backbone, extracting and caching, or from given
+    features). `on_error='skip'`: images skipped as unreadable at extraction are left out and listed in `skipped` (role,
+    path, problem)."""
     from attrib.features import select_features, extract_features, backbone_cache_path, dataset_id, split_image_paths
     if on_error not in ('raise', 'skip'): raise AttribError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    qp, qm, qt = ds.queries(split); ep, em = ds.exemplars(split); dp = ds.distractor_paths()
+    qp, qm, qt = ds.queries(split)
+    ep, em = ds.exemplars(split)
+    dp = ds.distractor_paths()
     if not qp:
-        raise DataError(f"{ds.json_dir/split}.json: split {split!r} has no queries (every 'synth' list is empty): nothing to evaluate")
+        raise DataError(f"{ds.json_dir/split}.json: split {split!r} has no queries (every 'synth' list is empty): "
+                        "nothing to evaluate")
     if isinstance(feats, torch.nn.Module):
         did = dataset_id(ds)
-        cache = (lambda name: backbone_cache_path(cache_dir, feats, did, name)) if cache_dir is not None else (lambda name: None)
+        cache = ((lambda name: backbone_cache_path(cache_dir, feats, did, name)) if cache_dir is not None
+                 else (lambda name: None))
         fd = extract_features(feats, dp, root=ds.root, cache=cache('distractors'), on_error=on_error, **extract_kw)
-        fs = extract_features(feats, split_image_paths(ds, split), root=ds.root, cache=cache(split), on_error=on_error, **extract_kw)
+        fs = extract_features(feats, split_image_paths(ds, split), root=ds.root, cache=cache(split), on_error=on_error,
+                              **extract_kw)
         allf = _merge_feats([fd, fs])
     else: allf = _merge_feats(feats)
     f = dict(query_model=qm, query_type=qt, exemplar_model=em, query_paths=qp, exemplar_paths=ep, distractor_paths=dp)
     skipped = dict(allf.get('skipped') or [])
     if on_error == 'skip':
         f = _drop_skipped(f, skipped)
-        if not f['query_paths']: raise DataError(f"{ds.json_dir/split}.json: no query of split {split!r} is left to evaluate: "
-                                                 f"{len(f['skipped'])} image(s) skipped as unreadable, e.g. {f['skipped'][:2]}")
+        if not f['query_paths']:
+            raise DataError(f"{ds.json_dir/split}.json: no query of split {split!r} is left to evaluate: "
+                                                 f"{len(f['skipped'])} image(s) skipped as unreadable, e.g. "
+                                                 f"{f['skipped'][:2]}")
     return dict(query=select_features(allf, f['query_paths']), exemplar=select_features(allf, f['exemplar_paths']),
                 distractor=select_features(allf, f['distractor_paths']), **f)
 
+# %% ../../nbs/15_abc_eval.ipynb #d923fc29
 def _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw):
     f = split_features(ds, split, feats, cache_dir=cache_dir, device=device, on_error=on_error, **extract_kw) \
         if isinstance(feats, torch.nn.Module) else split_features(ds, split, feats, on_error=on_error)
-    s, pq = evaluate_abc(f['query'], f['query_model'], f['query_type'], f['exemplar'], f['exemplar_model'], f['distractor'],
+    s, pq = evaluate_abc(f['query'], f['query_model'], f['query_type'], f['exemplar'], f['exemplar_model'],
+                         f['distractor'],
                          ks=ks, chunk=chunk, device=device)
     pq['path'] = f['query_paths']
     return s, pq, f
 
-def evaluate_split(ds, split: str, feats, ks: Sequence[int] = (5, 10, 100), cache_dir=None, chunk: int = 65536, device=None,
-                   on_error: str = 'raise', **extract_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_split(ds,                                # an `AbCDataset`
+                   split: str,                        # one of its test splits
+                   feats,                             # a `Backbone` (features extracted, cached) or given features
+                   ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                   cache_dir=None,                    # feature cache folder of a backbone (None: no cache)
+                   chunk: int = 65536,                # distractors per chunk
+                   device=None,                       # where the backbone and the scores run
+                   on_error: str = 'raise',           # an unreadable image: 'raise' or 'skip' (left out and listed)
+                   **extract_kw,                      # more `extract_features` options (batch_size, num_workers, ...)
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "AbC evaluation of one split of an `AbCDataset`: (summary per synth type, per-query table with paths)."
     s, pq, _ = _evaluate_split(ds, split, feats, ks, cache_dir, chunk, device, on_error, **extract_kw)
     return s, pq
 
-def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequence[int] = (5, 10, 100), cache_dir=None,
-                     out_dir=None, name: str = 'abc_eval', on_error: str = 'raise', **kw) -> tuple[pd.DataFrame, dict]:
-    """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to out_dir as
-    CSV + JSON if given. `on_error='skip'`: unreadable images are left out; the table gains `n_skipped_queries`, the dict a
-    `skipped` list, out_dir `<name>_skipped.csv`."""
+# %% ../../nbs/15_abc_eval.ipynb #56b27675
+def evaluate_dataset(ds,                                # an `AbCDataset`
+                     feats,                             # a `Backbone` (features extracted, cached) or given features
+                     splits: Sequence[str] | None = None,  # splits to evaluate (None: every test split)
+                     ks: Sequence[int] = (5, 10, 100),  # the K of Recall@K
+                     cache_dir=None,                    # feature cache folder of a backbone (None: no cache)
+                     out_dir=None,                      # folder for `<name>.csv` / `.json` (None: none written)
+                     name: str = 'abc_eval',            # the results' file name
+                     on_error: str = 'raise',           # an unreadable image: 'raise' or 'skip' (left out and listed)
+                     **kw,                              # `evaluate_split` options (chunk, device, extract options)
+                    ) -> tuple[pd.DataFrame, dict]:
+    """Evaluate every (test) split: a table indexed by (split, synth_type) with centric/seen, and its dict; written to
+    out_dir as CSV + JSON if given. `on_error='skip'`: unreadable images are left out; the table gains
+    `n_skipped_queries`, the dict a `skipped` list, out_dir `<name>_skipped.csv`."""
     splits = list(splits) if splits is not None else [s for s in ds.split_names() if ds.split_info(s)['role'] == 'test']
-    if not splits: raise DataError(f"{ds.json_dir}: no test split to evaluate (this dataset has splits {ds.split_names()}); "
+    if not splits:
+        raise DataError(f"{ds.json_dir}: no test split to evaluate (this dataset has splits {ds.split_names()}); "
                                    "name the splits to evaluate (splits=..., or --splits)")
     rows, skipped = [], []
     for sp in splits:
@@ -398,36 +500,53 @@ def evaluate_dataset(ds, feats, splits: Sequence[str] | None = None, ks: Sequenc
         s, _, f = _evaluate_split(ds, sp, feats, ks, cache_dir, kw.get('chunk', 65536), kw.get('device'), on_error,
                                   **{k: v for k, v in kw.items() if k not in ('chunk', 'device')})
         s = s.reset_index().rename(columns={'index': 'synth_type'})
-        s.insert(0, 'split', sp); s.insert(1, 'centric', info['centric']); s.insert(2, 'seen', info['seen'])
+        s.insert(0, 'split', sp)
+        s.insert(1, 'centric', info['centric'])
+        s.insert(2, 'seen', info['seen'])
         if on_error == 'skip':
             lost = pd.Series(f['dropped_types'], dtype=object).value_counts()
             s['n_skipped_queries'] = [int(lost.sum()) if t == 'all' else int(lost.get(t, 0)) for t in s['synth_type']]
             skipped += [dict(split=sp, **r) for r in f['skipped']]
         rows.append(s)
     table = pd.concat(rows, ignore_index=True).set_index(['split', 'synth_type'])
-    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k.startswith('n_') else float(v)) for k, v in r.items()}
+    res = {f'{sp}/{t}': {k: (v if isinstance(v, (str, bool)) else int(v) if k.startswith('n_') else float(v))
+                         for k, v in r.items()}
            for (sp, t), r in table.iterrows()}
     if on_error == 'skip': res['skipped'] = skipped
     if out_dir is not None:
         from attrib.report import save_table
         from attrib.core import save_json
-        save_table(table, name, out_dir); save_json(res, __import__('pathlib').Path(out_dir)/f'{name}.json')
+        save_table(table, name, out_dir)
+        save_json(res, __import__('pathlib').Path(out_dir)/f'{name}.json')
         if on_error == 'skip':
-            save_table(pd.DataFrame(skipped, columns=['split', 'role', 'path', 'problem']).set_index('split'), f'{name}_skipped', out_dir)
+            save_table(pd.DataFrame(skipped, columns=['split', 'role', 'path', 'problem']).set_index('split'),
+                       f'{name}_skipped', out_dir)
     return table, res
 
 # %% ../../nbs/15_abc_eval.ipynb #3d0b037d
-def run_evaluate(data_root, backbone: str, splits: Sequence[str] | None = None, img_size: int | None = None, cache_dir=None,
-                 out_dir=None, ks: Sequence[int] = (5, 10, 100), batch_size: int = 64, num_workers: int = 0, device=None,
-                 on_error: str = 'raise', allow_outside_root: bool = False) -> pd.DataFrame:
-    """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout dataset;
-    CSV + JSON in out_dir. With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split, role, path, problem)."""
+def run_evaluate(data_root,                             # the AbC-layout dataset (the folder holding dataset/json/)
+                 backbone: str,                         # 'name[:weights]' of a registered backbone
+                 splits: Sequence[str] | None = None,   # test splits to evaluate (None: every test split)
+                 img_size: int | None = None,           # input size (None: the backbone's own)
+                 cache_dir=None,                        # feature cache folder (None: $ATTRIB_DATA/features)
+                 out_dir=None,                          # folder for the CSV/JSON results (None: none written)
+                 ks: Sequence[int] = (5, 10, 100),      # the K of recall@K
+                 batch_size: int = 64,                  # images per forward pass
+                 num_workers: int = 0,                  # image-reading worker processes (0: in this process)
+                 device=None,                           # cpu, cuda, cuda:N, mps (None: cuda > mps > cpu)
+                 on_error: str = 'raise',               # an unreadable image: 'raise' or 'skip' (left out and listed)
+                 allow_outside_root: bool = False,      # read split paths that are absolute or contain ..
+                ) -> pd.DataFrame:
+    """The `attrib evaluate` job: AbC evaluation of `backbone` ('name[:weights]') on every test split of an AbC-layout
+    dataset; CSV + JSON in out_dir. With `on_error='skip'`, `table.attrs['skipped']` lists the images left out (split,
+    role, path, problem)."""
     from attrib.concept.abc_data import AbCDataset
     from attrib.backbones import backbone_from_string
     from attrib.core import data_dir
     ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
     bb = backbone_from_string(backbone, img_size=img_size, device=device)
-    table, res = evaluate_dataset(ds, bb, splits=splits, ks=ks, cache_dir=cache_dir if cache_dir is not None else data_dir()/'features',
+    table, res = evaluate_dataset(ds, bb, splits=splits, ks=ks,
+                                  cache_dir=cache_dir if cache_dir is not None else data_dir()/'features',
                                 out_dir=out_dir, name=f"abc_eval_{bb.key.replace('@', '_')}", batch_size=batch_size,
                                 num_workers=num_workers, show_progress=False, on_error=on_error)
     if on_error == 'skip': table.attrs['skipped'] = res['skipped']

