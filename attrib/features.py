@@ -13,7 +13,7 @@ import torch
 from .core import (AttribError, DataError, WeightsError, atomic_write, get_device, progress, stable_hash,
                          save_json, load_json)
 from . import dist
-from .train import torch_threads
+from .train import local_device, torch_threads
 
 # %% auto #0
 __all__ = ['feature_cache_path', 'backbone_cache_path', 'dataset_id', 'file_stats', 'save_features', 'load_features',
@@ -403,7 +403,7 @@ def run_extract(data_root: str | Path,                   # the AbC-layout datase
     launched = dist.init_distributed()
     try:
         if device is None and launched and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            device = local_device('cuda')   # this rank's GPU
         ds = AbCDataset(data_root, allow_outside_root=allow_outside_root)
         bb = backbone_from_string(backbone, img_size=img_size, device=device)
         return extract_abc_features(bb, ds, splits=splits, cache_dir=cache_dir, distractors=distractors,

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from ..core import AttribError, DataError, WeightsError, atomic_write, save_json, load_json, progress, file_hash
+from ..train import Timer
 
 # %% auto #0
 __all__ = ['FAISS_KINDS', 'MANIFEST_VERSION', 'DTYPES', 'resolve_checkpoint', 'Embedder', 'load_embedder', 'embedder_from_info',
@@ -371,27 +372,27 @@ def _build(cls, gallery, out, backbone='mobilenetv2', checkpoint=None, img_size=
                             "(--rebuild) to re-index")
         ix._embedder = emb
     else: ix = Index.create(out, gallery, emb.info, emb.dim, dtype=dtype, kind=kind, embedder=emb, device=device)
-    t0 = time.perf_counter()
-    todo, n_dead = ix._plan(scan_gallery(gallery), check_content=check_content)
-    rep = dict(new_or_changed=len(todo), marked_dead=n_dead, embedded=0, unreadable=[], shards_written=0)
-    nb = sum(math.ceil(len(todo[a:a + shard_size]) / batch_size) for a in range(0, len(todo), shard_size))
-    bar = progress(None, desc='index: embedding', total=nb, unit='batch') if show_progress and todo else None
-    try:
-        for a in range(0, len(todo), shard_size):
-            chunk = todo[a:a + shard_size]
-            feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size,
-                                          num_workers=num_workers,
-                                          on_batch=on_batch, bar=bar)
-            rows = [(chunk[i][0], (*chunk[i][1], file_hash(gallery/chunk[i][0], 'sha1', 16))) for i in got]
-            ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
-            rep['embedded'] += len(got)
-            rep['unreadable'] += [p for p, _ in bad]
-            rep['shards_written'] += 1
-    finally:
-        if bar is not None: bar.close()
-    if rebuild: ix.manifest['faiss'] = dict(kind=kind, file='index.faiss', shards=[], removed=[])
-    ix.sync_faiss(kind, rebuild=rebuild, seed=seed, **faiss_kw)
-    rep['seconds'] = round(time.perf_counter() - t0, 3)
+    with Timer() as t:
+        todo, n_dead = ix._plan(scan_gallery(gallery), check_content=check_content)
+        rep = dict(new_or_changed=len(todo), marked_dead=n_dead, embedded=0, unreadable=[], shards_written=0)
+        nb = sum(math.ceil(len(todo[a:a + shard_size]) / batch_size) for a in range(0, len(todo), shard_size))
+        bar = progress(None, desc='index: embedding', total=nb, unit='batch') if show_progress and todo else None
+        try:
+            for a in range(0, len(todo), shard_size):
+                chunk = todo[a:a + shard_size]
+                feats, got, bad = embed_files(emb, [p for p, _ in chunk], root=gallery, batch_size=batch_size,
+                                              num_workers=num_workers,
+                                              on_batch=on_batch, bar=bar)
+                rows = [(chunk[i][0], (*chunk[i][1], file_hash(gallery/chunk[i][0], 'sha1', 16))) for i in got]
+                ix._commit_shard(feats, rows, {p: (dict(chunk)[p], why) for p, why in bad})
+                rep['embedded'] += len(got)
+                rep['unreadable'] += [p for p, _ in bad]
+                rep['shards_written'] += 1
+        finally:
+            if bar is not None: bar.close()
+        if rebuild: ix.manifest['faiss'] = dict(kind=kind, file='index.faiss', shards=[], removed=[])
+        ix.sync_faiss(kind, rebuild=rebuild, seed=seed, **faiss_kw)
+    rep['seconds'] = round(t.s, 3)
     rep['size'] = len(ix)
     ix.manifest['last_build'] = rep
     ix.manifest['updated'] = _now()
