@@ -65,6 +65,29 @@ def _supports(g, method):
 
 def _weights_digest(zoo: dict) -> str: return stable_hash([weights_digest(g) for g in zoo.values()])
 
+_SCORE_COLUMNS = ('score', 'raw', 'complexity', 'n_steps', 'l1', 'l2', 'homogeneity')
+
+def _score_part(g, srcs, method, dev, kw):
+    "Score the image sets `srcs` [(split, source, images)] in one `origin_scores` call: (frame, timing, recon)."
+    x = torch.cat([s[2] for s in srcs])
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = origin_scores(g, x.to(dev), method, **kw)
+    timing = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, n_images=len(x))
+    df = pd.DataFrame([(sp, src, i) for sp, src, s in srcs for i in range(len(s))], columns=['split', 'source', 'idx'])
+    for c in _SCORE_COLUMNS:
+        if c in out: df[c] = np.asarray(out[c])
+    return df, timing, out.get('recon')
+
+def _cached(cache, key):
+    "The frame and timing cached at `cache` under `key`, or None."
+    if cache is None or not cache.exists() or load_json(cache.with_suffix('.json')).get('key') != key: return None
+    return pd.read_csv(cache), load_json(cache.with_suffix('.json'))['timing']
+
+def _save_part(cache, key, params, df, timing):
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache, 'w') as f: df.to_csv(f, index=False)
+    save_json({'key': key, 'params': params, 'timing': timing}, cache.with_suffix('.json'))
+
 def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40,
                  method: str = 'ronan',
                  steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None,
@@ -77,7 +100,7 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     dev = get_device(device)
     # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
     zoo = {k: load_world_model(k, size, root).to(dev) for k in names}
-    digest = _weights_digest(zoo)
+    digests = {k: weights_digest(g) for k, g in zoo.items()}; digest = stable_hash(list(digests.values()))
     if channels_last and dev.type == 'cpu':
         zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
     inspected = [k for k in (inspect or names) if _supports(zoo[k], method)]
@@ -94,44 +117,44 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     all_scores, examples, timing = [], {}, {}
     for k in inspected:
         g = zoo[k]
-        srcs = [('calib', k, sets['calib'][k]), ('test', k, sets['test'][k]), ('test', 'real',
-                                                                               sets['test']['real'])] + \
+        # calibration and test images are scored in two calls: the calibration scores (clean, and the same for every
+        # test set and perturbation) are cached once per model and setting
+        cparams = dict(model=k, size=size, seed=seed, n_calib=n_calib, method=method, quantize=quantize, inv=kw)
+        ckey = stable_hash(cparams, digests[k])
+        ccache = score_dir/f'{method}-{k}-calib-{ckey[:12]}.csv' if score_dir is not None else None
+        srcs = [('test', k, sets['test'][k]), ('test', 'real', sets['test']['real'])] + \
                [('test', o, sets['test'][o]) for o in names if o != k]
         cache = score_dir/f'{method}-{k}.csv' if score_dir is not None else None
-        if cache is not None and cache.exists() and load_json(cache.with_suffix('.json')).get('key') == key:
-            df = pd.read_csv(cache); timing[k] = load_json(cache.with_suffix('.json'))['timing']; rec = None
+        got = _cached(ccache, ckey)
+        if got is None:
+            cdf, ct, _ = _score_part(g, [('calib', k, sets['calib'][k])], method, dev, kw)
+            if ccache is not None: _save_part(ccache, ckey, cparams, cdf, ct)
+        else: cdf, ct = got
+        got, rec = _cached(cache, key), None
+        if got is None:
+            tdf, tt, rec = _score_part(g, srcs, method, dev, kw)
+            if cache is not None: _save_part(cache, key, params, tdf, tt)
+        else:
+            tdf, tt = got
             exf = cache.with_name(cache.stem + '-examples.npz')
             if exf.exists():
                 z = np.load(exf, allow_pickle=False)
                 examples[k] = [(str(z[f'src{i}']), z[f'in{i}'], z[f'rec{i}'],
                                 z[f'score{i}']) for i in range(int(z['n']))]
-        else:
-            x = torch.cat([s[2] for s in srcs])
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = origin_scores(g, x.to(dev), method, **kw)
-            timing[k] = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, n_images=len(x))
-            lab = [(sp, src, i) for sp, src, s in srcs for i in range(len(s))]
-            df = pd.DataFrame(lab, columns=['split', 'source', 'idx'])
-            for c in ('score', 'raw', 'complexity', 'n_steps', 'l1', 'l2', 'homogeneity'):
-                if c in out: df[c] = np.asarray(out[c])
-            rec = out.get('recon')
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(cache, 'w') as f: df.to_csv(f, index=False)
-                save_json({'key': key, 'params': params, 'timing': timing[k]}, cache.with_suffix('.json'))
-        df.insert(0, 'inspected', k); all_scores.append(df)
+        timing[k] = {c: ct[c] + tt[c] for c in ('wall_s', 'cpu_s', 'n_images')}
         if rec is not None:     # a few inputs and their reconstructions per source
             ex = []
-            for sp, src, s in srcs[1:]:
-                idx = df.index[(df.split == sp) & (df.source == src)][:n_examples].to_numpy()
+            for sp, src, s in srcs:
+                idx = tdf.index[(tdf.split == sp) & (tdf.source == src)][:n_examples].to_numpy()
                 ex += [(src, tensor_to_images(s[:n_examples]), tensor_to_images(rec[torch.as_tensor(np.array(idx))]),
-                        df.score.to_numpy()[idx])]
+                        tdf.score.to_numpy()[idx])]
             examples[k] = ex
             if cache is not None:
                 arrs = {'n': np.array(len(ex))}
                 for i, (src, a, b, v) in enumerate(ex):
                     arrs.update({f'src{i}': np.array(src), f'in{i}': a, f'rec{i}': b, f'score{i}': v})
                 with atomic_write(cache.with_name(cache.stem + '-examples.npz')) as f: np.savez_compressed(f, **arrs)
+        df = pd.concat([cdf, tdf], ignore_index=True); df.insert(0, 'inspected', k); all_scores.append(df)
     return dict(scores=pd.concat(all_scores, ignore_index=True), examples=examples, timing=timing, params=params)
 
 # %% ../../nbs/22_origin_eval.ipynb #85ad1b5e
