@@ -49,14 +49,16 @@ def _check_size(size):
 PHOTO_SUBSETS = ('all', 'a', 'b')   # 'a' / 'b': alternate photos (sorted by name), two disjoint sets of real images
 
 def _region_crops(n, size, seed, split, subset='all'):
-    photos = all_photos(gray=True); names = sorted(photos)
+    photos = all_photos(gray=True)
+    names = sorted(photos)
     if subset not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {subset!r}")
     if subset != 'all': names = names[PHOTO_SUBSETS.index(subset) - 1::2]
     rng = np.random.default_rng([seed, 0 if split == 'train' else 1])
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
         im = photos[names[rng.integers(len(names))]]
-        H, W = im.shape[:2]; cut = int(round(H * (1 - TEST_FRACTION)))
+        H, W = im.shape[:2]
+        cut = int(round(H * (1 - TEST_FRACTION)))
         r0, r1 = (0, cut) if split == 'train' else (cut, H)
         side = max(4, min(r1 - r0, int(min(H, W) * rng.uniform(*CROP_SCALE))))
         y, x = rng.integers(r0, r1 - side + 1), rng.integers(0, W - side + 1)
@@ -115,7 +117,8 @@ class ConvDecoder(nn.Module):
     "Latent vector -> image: linear to 4 x 4, `log2(img_size/4)` upsampling blocks, conv3 to RGB, output activation."
     def __init__(self, nz, img_size, width, upsampling, norm='bn', act='relu', out='tanh'):
         super().__init__()
-        n = _n_up(img_size); ch = [max(8, (width * 2 ** n) // 2 ** (i + 1)) for i in range(n + 1)]
+        n = _n_up(img_size)
+        ch = [max(8, (width * 2 ** n) // 2 ** (i + 1)) for i in range(n + 1)]
         self.c0 = ch[0]
         self.fc = nn.Linear(nz, ch[0] * 16)
         self.pre = nn.Sequential(_norm(norm, ch[0]), _act(act))
@@ -132,7 +135,8 @@ class ConvEncoder(nn.Module):
     "Image in [0, 1] -> `n_out` features: conv3, `log2(img_size/4)` stride-2 conv4 blocks, linear."
     def __init__(self, img_size, width, n_out, norm='none', act='lrelu', spectral=False):
         super().__init__()
-        n = _n_up(img_size); ch = [max(8, width * 2 ** i // 2) for i in range(n + 1)]
+        n = _n_up(img_size)
+        ch = [max(8, width * 2 ** i // 2) for i in range(n + 1)]
         sn = nn.utils.spectral_norm if spectral else (lambda m: m)
         layers = [sn(nn.Conv2d(3, ch[0], 3, 1, 1)), _act(act)]
         for i in range(n): layers += [sn(nn.Conv2d(ch[i], ch[i + 1], 4, 2, 1)), _norm(norm, ch[i + 1]), _act(act)]
@@ -173,7 +177,8 @@ class ZooGenerator(nn.Module):
         """n images (n, 3, H, W) in [0, 1] from latents seeded by `seed` (eval mode; the same seed gives the same
         images)."""
         z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
-        was = self.training; self.eval()
+        was = self.training
+        self.eval()
         try:
             if not n: return z.new_zeros(0, 3, self.img_size, self.img_size)
             return torch.cat([self(z[i:i + batch_size]) for i in range(0, n, batch_size)])
@@ -213,7 +218,9 @@ class GANGenerator(ZooGenerator):
 # %% ../nbs/20_zoo.ipynb #a5117edb
 class _MeanHead(nn.Module):
     "Encoder output (mu, logvar) -> mu. Holds the encoder in a list so its weights are registered once (in the VAE)."
-    def __init__(self, enc, nz): super().__init__(); self._enc, self.nz = [enc], nz
+    def __init__(self, enc, nz):
+        super().__init__()
+        self._enc, self.nz = [enc], nz
     def forward(self, x): return self._enc[0](x)[:, :self.nz]
 
 class VAEGenerator(ZooGenerator):
@@ -226,7 +233,9 @@ class VAEGenerator(ZooGenerator):
         self.enc = ConvEncoder(img_size, width, 2 * nz, norm='gn', act='silu')
         self._mean = _MeanHead(self.enc, nz)
     def forward(self, z): return self.net(self.check_latent(z))
-    def stats(self, x): h = self.enc(x); return h[:, :self.latent_shape[0]], h[:, self.latent_shape[0]:].clamp(-10, 10)
+    def stats(self, x):
+        h = self.enc(x)
+        return h[:, :self.latent_shape[0]], h[:, self.latent_shape[0]:].clamp(-10, 10)
     @property
     def encoder(self): return self._mean
     @property
@@ -249,9 +258,12 @@ class VelocityMLP(nn.Module):
 class _FlowEncoder(nn.Module):
     """Image -> AE latent mean -> normalised -> reverse Euler ODE to t=0: an approximate inverse of the sampler
     (DDIM-inversion style)."""
-    def __init__(self, g): super().__init__(); self.g = [g]   # list: do not register the parent as a child (no cycle)
+    def __init__(self, g):
+        super().__init__()
+        self.g = [g]   # list: do not register the parent as a child (no cycle)
     def forward(self, x):
-        g = self.g[0]; h = (g.enc(x)[:, :g.latent_shape[0]] - g.lat_mean) / g.lat_std
+        g = self.g[0]
+        h = (g.enc(x)[:, :g.latent_shape[0]] - g.lat_mean) / g.lat_std
         return g.integrate(h, reverse=True)
 
 class FlowGenerator(ZooGenerator):
@@ -264,17 +276,21 @@ class FlowGenerator(ZooGenerator):
         self.net = ConvDecoder(nz, img_size, width, upsampling, norm='none', act='silu', out='sigmoid')   # AE decoder
         self.enc = ConvEncoder(img_size, width, 2 * nz, norm='none', act='silu')                        # AE encoder
         self.velocity = VelocityMLP(nz)
-        self.register_buffer('lat_mean', torch.zeros(nz)); self.register_buffer('lat_std', torch.ones(nz))
+        self.register_buffer('lat_mean', torch.zeros(nz))
+        self.register_buffer('lat_std', torch.ones(nz))
         self._encoder = _FlowEncoder(self)
 
     def integrate(self, x, reverse=False):
         "Euler steps of dx/dt = v(x, t): t 0 -> 1 (noise -> latent), or 1 -> 0 with `reverse`."
-        K = self.n_steps; dt = 1.0 / K
+        K = self.n_steps
+        dt = 1.0 / K
         for k in (range(K - 1, -1, -1) if reverse else range(K)):
             t = torch.full((1,), (k + 1) * dt if reverse else k * dt, device=x.device)
             x = x - dt * self.velocity(x, t) if reverse else x + dt * self.velocity(x, t)
         return x
-    def decode_latent(self, h): "Normalised AE latent -> image." ; return self.net(h * self.lat_std + self.lat_mean)
+    def decode_latent(self, h):
+        "Normalised AE latent -> image."
+        return self.net(h * self.lat_std + self.lat_mean)
     def forward(self, z): return self.decode_latent(self.integrate(self.check_latent(z)))
     @property
     def encoder(self): return self._encoder
@@ -297,7 +313,9 @@ def _check_name(name):
 
 def zoo_config(name: str, size: str = 'default') -> dict:
     "The architecture and training configuration of zoo model `name` at `size`."
-    _check_name(name); s = _check_size(size); cls, kw = _SPEC[name]
+    _check_name(name)
+    s = _check_size(size)
+    cls, kw = _SPEC[name]
     return dict(name=name, size=size, img_size=s['img_size'], width=s['width'], nz=s['latent'][name],
                 steps=s['steps'][name],
                 batch=s['batch'], **kw)
@@ -305,7 +323,8 @@ def zoo_config(name: str, size: str = 'default') -> dict:
 # %% ../nbs/20_zoo.ipynb #e36e71e3
 def build_zoo_model(name: str, size: str = 'default') -> ZooGenerator:
     "An untrained zoo generator (architecture only)."
-    c = zoo_config(name, size); cls, kw = _SPEC[name]
+    c = zoo_config(name, size)
+    cls, kw = _SPEC[name]
     return cls(name, c['nz'], c['img_size'], c['width'], config=c, **kw)
 
 # %% ../nbs/20_zoo.ipynb #f91691e5
@@ -359,19 +378,25 @@ def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
     get, B = _batches(data, c['batch']), c['batch']
     def step(i):
         for _ in range(n_dis):
-            x = get(); z = torch.randn(B, *g.latent_shape)
+            x = get()
+            z = torch.randn(B, *g.latent_shape)
             with torch.no_grad(): f = g(z)
             dr, df = D(x), D(f)
             if name == 'dcgan': ld = F.softplus(-dr).mean() + F.softplus(df).mean()
             elif name == 'sngan': ld = F.relu(1 - dr).mean() + F.relu(1 + df).mean()
             else:
-                a = torch.rand(B, 1, 1, 1); xi = (a * x + (1 - a) * f).requires_grad_(True)
+                a = torch.rand(B, 1, 1, 1)
+                xi = (a * x + (1 - a) * f).requires_grad_(True)
                 gr, = torch.autograd.grad(D(xi).sum(), xi, create_graph=True)
                 ld = df.mean() - dr.mean() + 10 * ((gr.flatten(1).norm(dim=1) - 1) ** 2).mean()
-            oD.zero_grad(set_to_none=True); ld.backward(); oD.step()
+            oD.zero_grad(set_to_none=True)
+            ld.backward()
+            oD.step()
         out = D(g(torch.randn(B, *g.latent_shape)))
         lg = F.softplus(-out).mean() if name == 'dcgan' else -out.mean()
-        oG.zero_grad(set_to_none=True); lg.backward(); oG.step()
+        oG.zero_grad(set_to_none=True)
+        lg.backward()
+        oG.step()
         return {'d': ld.item(), 'g': lg.item()}
     return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}',
                      {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis})
@@ -384,11 +409,15 @@ def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, param
     opt = torch.optim.Adam(params if params is not None else g.parameters(), 1e-3)
     get, nz = _batches(data, c['batch']), g.latent_shape[0]
     def step(i):
-        x = get(); h = g.enc(x); mu, lv = h[:, :nz], h[:, nz:].clamp(-10, 10)
+        x = get()
+        h = g.enc(x)
+        mu, lv = h[:, :nz], h[:, nz:].clamp(-10, 10)
         z = mu + torch.randn_like(mu) * (0.5 * lv).exp()
         rec = ((g.net(z) - x) ** 2).flatten(1).sum(1) / (2 * sigma ** 2)
         loss = (rec + beta * _kl(mu, lv)).mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'loss': loss.item(), 'mse': ((g.net(mu) - x) ** 2).mean().item() if i % 50 == 0 else float('nan')}
     return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}',
                      {**c, 'beta': beta, 'sigma': sigma})
@@ -401,13 +430,18 @@ def _train_flow(g, name, data, c, ckpt, ckpt_every):
     g.eval()
     with torch.no_grad():
         lat = torch.cat([g.enc(data[i:i + 512])[:, :g.latent_shape[0]] for i in range(0, len(data), 512)])
-    g.lat_mean.copy_(lat.mean(0)); g.lat_std.copy_(lat.std(0).clamp_min(1e-4))
+    g.lat_mean.copy_(lat.mean(0))
+    g.lat_std.copy_(lat.std(0).clamp_min(1e-4))
     lat = (lat - g.lat_mean) / g.lat_std
     opt = torch.optim.Adam(g.velocity.parameters(), 1e-3)
     def step(i):
-        x1 = lat[torch.randint(len(lat), (256,))]; z = torch.randn_like(x1); t = torch.rand(len(x1), 1)
+        x1 = lat[torch.randint(len(lat), (256,))]
+        z = torch.randn_like(x1)
+        t = torch.rand(len(x1), 1)
         loss = ((g.velocity((1 - t) * z + t * x1, t) - (x1 - z)) ** 2).mean()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'flow': loss.item()}
     return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps,
                            None if ckpt is None else ckpt.with_suffix('.flow.pt'),
@@ -421,7 +455,8 @@ def zoo_root(root=None) -> Path:
 # %% ../nbs/20_zoo.ipynb #0fbb0c4d
 def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> Path:
     "Where zoo model `name` (size, seed, trained on `photos`) is cached."
-    _check_name(name); _check_size(size)
+    _check_name(name)
+    _check_size(size)
     if photos not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {photos!r}")
     return zoo_root(root)/(f'{name}-{size}-s{int(seed)}' + ('' if photos == 'all' else f'-p{photos}') + '.safetensors')
 
@@ -441,7 +476,8 @@ def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, 
     with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
 
 def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
-    c = zoo_config(name, size); path = zoo_path(name, size, seed, root, photos)
+    c = zoo_config(name, size)
+    path = zoo_path(name, size, seed, root, photos)
     seed_everything(seed)
     g = build_zoo_model(name, size)
     data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
@@ -533,10 +569,12 @@ class DiffusersGenerator(ZooGenerator):
     def __init__(self, name, vae=None, unet=None, scheduler=None, n_sample_steps: int = 20, config=None):
         if vae is None and unet is None: raise AttribError(f"{name}: a diffusers generator needs a VAE or a UNet")
         if vae is not None:
-            n_down = len(vae.config.block_out_channels) - 1; img = int(vae.config.sample_size)
+            n_down = len(vae.config.block_out_channels) - 1
+            img = int(vae.config.sample_size)
             lat = (int(vae.config.latent_channels), img // 2 ** n_down, img // 2 ** n_down)
         else:
-            img = int(unet.config.sample_size); lat = (int(unet.config.in_channels), img, img)
+            img = int(unet.config.sample_size)
+            lat = (int(unet.config.in_channels), img, img)
         super().__init__(name, lat, img, config or {})
         self.vae, self.unet, self.scheduler, self.n_sample_steps = vae, unet, scheduler, int(n_sample_steps)
         vq = 'vq' if type(vae).__name__ == 'VQModel' else ''
@@ -546,7 +584,8 @@ class DiffusersGenerator(ZooGenerator):
             if m is not None: m.eval().requires_grad_(False)
     def ddim(self, x):
         "Deterministic DDIM (eta 0) from initial noise x over `n_sample_steps` steps; differentiable in x."
-        s = self.scheduler; s.set_timesteps(self.n_sample_steps)
+        s = self.scheduler
+        s.set_timesteps(self.n_sample_steps)
         for t in s.timesteps: x = s.step(self.unet(x, t).sample, t, x, eta=0.0).prev_sample
         return x
     def forward(self, z):
@@ -591,7 +630,8 @@ def load_diffusers_generator(folder, n_sample_steps: int | None = None) -> Diffu
     bare VAE; DDIM steps default 50 (the zoo's: as trained)."""
     folder = Path(folder)
     if (folder/'model_index.json').is_file():
-        idx = load_json(folder/'model_index.json'); comp = {}
+        idx = load_json(folder/'model_index.json')
+        comp = {}
         for k in ('vae', 'vqvae', 'unet', 'scheduler'):
             v = idx.get(k)
             if isinstance(v, list) and len(v) == 2 and v[1] is not None:
@@ -622,12 +662,17 @@ def diffusers_path(kind: str, size: str = 'default', seed: int = 0, root=None) -
 # %% ../nbs/20_zoo.ipynb #d19ead2f
 def _ddpm_loss(unet, sched, x0):
     "DDPM noise-prediction loss (Ho et al. 2020) at uniform random timesteps."
-    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),))
+    e = torch.randn_like(x0)
     return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
 
 def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
     from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
-    c = DIFFUSERS_SIZES[size]; seed_everything(seed); B = c['batch']; get = _batches(data, B); log = {}
+    c = DIFFUSERS_SIZES[size]
+    seed_everything(seed)
+    B = c['batch']
+    get = _batches(data, B)
+    log = {}
     run = {**c, 'kind': kind, 'size': size, 'seed': int(seed)}          # what a checkpoint must have been made with
     ck = lambda phase: None if ckpt is None else ckpt.with_suffix(f'.{phase}.pt')
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False)
@@ -645,13 +690,18 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
         def ae_step(i):
             x = 2 * get() - 1
             if kind == 'ldm':
-                d = vae.encode(x).latent_dist; rec = ((vae.decode(d.sample()).sample - x) ** 2).mean()
+                d = vae.encode(x).latent_dist
+                rec = ((vae.decode(d.sample()).sample - x) ** 2).mean()
                 loss = rec + 1e-5 * d.kl().mean()
             # VQ: straight-through codes, codebook + commitment loss inside decode
             else:
-                o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean()
+                o = vae.decode(vae.encode(x).latents)
+                rec = ((o.sample - x) ** 2).mean()
                 loss = rec + o.commit_loss.mean()
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'rec': rec.item()}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {'rec': rec.item()}
         log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], ck('ae'), ckpt_every, f'{kind}-ae',
                               run)[-1]
         vae.eval()
@@ -671,7 +721,10 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
     def unet_step(i):
         x0 = train[torch.randint(len(train), (B,))]
         if kind == 'ddim': x0 = 2 * _flip((x0 + 1) / 2) - 1
-        loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        loss = _ddpm_loss(unet, sched, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'eps': loss.item()}
     log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, ck('unet'), ckpt_every, f'{kind}-unet',
                             run)[-1]
@@ -712,7 +765,8 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for phase in ('ae', 'unet'): ckpt.with_suffix(f'.{phase}.pt').unlink(missing_ok=True)   # the run's own checkpoints
     return folder
 
@@ -740,7 +794,8 @@ def load_world_model(name: str, size: str = 'default', root=None, train_if_missi
             train_diffusers_model(base, size, seed, root)
         g = load_diffusers_generator(f)
     else: g = load_zoo_model(base, size, seed, root, train_if_missing, photos=photos)
-    g.name = name; return g
+    g.name = name
+    return g
 
 # %% ../nbs/20_zoo.ipynb #35e793da
 def world_info(name: str, size: str = 'default', root=None) -> dict:
@@ -757,7 +812,9 @@ def world_cached(name: str, size: str = 'default', root=None) -> bool:
     return zoo_path(base, size, seed, root, photos).exists()
 
 # %% ../nbs/20_zoo.ipynb #13238bdf
-def _train_one(name, size, root): load_world_model(name, size, root); return name
+def _train_one(name, size, root):
+    load_world_model(name, size, root)
+    return name
 
 def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> dict:
     """Train (or load) `ZOO_WORLD` models (default all), `jobs` at a time in separate processes; returns {name:
