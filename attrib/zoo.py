@@ -341,13 +341,25 @@ def _flip(x):
     m = torch.rand(len(x), 1, 1, 1) < 0.5
     return torch.where(m, x.flip(-1), x)
 
+def _clock() -> dict:
+    "Seconds earlier processes spent on a resumed training (`_run_loop` adds them); `complete` False if not recorded."
+    return dict(wall_s=0.0, cpu_s=0.0, resumed=False, complete=True)
+
 def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str,
-              config: dict) -> list:
+              config: dict, clock: dict | None = None) -> list:
     """Run `step_fn(step) -> loss dict` n_steps times, checkpointing to `ckpt` and resuming from it; returns the loss
     log."""
     config = {**config, 'phase': desc, 'n_steps': int(n_steps)}     # every option of the run; another one is refused
     st, start, log = restart_from_checkpoint(ckpt, config), 0, []
+    t_run, c_run, prior = time.perf_counter(), time.process_time(), {'wall_s': 0.0, 'cpu_s': 0.0}
     if st is not None:
+        # the time the killed processes spent on this phase travels in the checkpoint
+        prior = st.get('elapsed', prior)
+        if clock is not None:
+            clock['resumed'] = True
+            clock['complete'] &= 'elapsed' in st
+            clock['wall_s'] += prior['wall_s']
+            clock['cpu_s'] += prior['cpu_s']
         for k, m in modules.items(): m.load_state_dict(st['modules'][k])
         for k, o in opts.items(): o.load_state_dict(st['opts'][k])
         start, log = st['step'], [dict(zip(st['log_keys'], r)) for r in st['log'].tolist()] if len(st['log']) else []
@@ -360,6 +372,8 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
             save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()},
                              'opts': {k: o.state_dict() for k, o in opts.items()}, 'config': config,
                              'step': step + 1, 'rng': get_rng_state(), 'log_keys': keys,
+                             'elapsed': {'wall_s': prior['wall_s'] + time.perf_counter() - t_run,
+                                         'cpu_s': prior['cpu_s'] + time.process_time() - c_run},
                              'log': torch.tensor([[r[k] for k in keys] for r in log], dtype=torch.float64)}, ckpt)
     return log
 
@@ -369,7 +383,7 @@ def _batches(data, batch):
         return _flip(data[idx])
     return get
 
-def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
+def _train_gan(g, name, size, data, c, ckpt, ckpt_every, clock=None):
     D = discriminator(name, size)
     if name == 'wgangp': lr, betas, n_dis = 2e-4, (0.5, 0.9), 2
     elif name == 'sngan': lr, betas, n_dis = 2e-4, (0.5, 0.999), 1
@@ -399,13 +413,13 @@ def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
         oG.step()
         return {'d': ld.item(), 'g': lg.item()}
     return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}',
-                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis})
+                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis}, clock)
 
 VAE_SIGMA = 0.2   # decoder std of the zoo VAE: 0.1 gave sharp reconstructions but saturated prior samples (prior holes)
 
 def _kl(mu, logvar): return 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
 
-def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, params=None):
+def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, params=None, clock=None):
     opt = torch.optim.Adam(params if params is not None else g.parameters(), 1e-3)
     get, nz = _batches(data, c['batch']), g.latent_shape[0]
     def step(i):
@@ -420,13 +434,13 @@ def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, param
         opt.step()
         return {'loss': loss.item(), 'mse': ((g.net(mu) - x) ** 2).mean().item() if i % 50 == 0 else float('nan')}
     return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}',
-                     {**c, 'beta': beta, 'sigma': sigma})
+                     {**c, 'beta': beta, 'sigma': sigma}, clock)
 
-def _train_flow(g, name, data, c, ckpt, ckpt_every):
+def _train_flow(g, name, data, c, ckpt, ckpt_every, clock=None):
     ae_steps, fl_steps = c['steps']
     log = _train_vae(g, name + '-ae', data, c, None if ckpt is None else ckpt.with_suffix('.ae.pt'), ckpt_every,
                      ae_steps, beta=1e-3,
-                     params=list(g.net.parameters()) + list(g.enc.parameters()))
+                     params=list(g.net.parameters()) + list(g.enc.parameters()), clock=clock)
     g.eval()
     with torch.no_grad():
         lat = torch.cat([g.enc(data[i:i + 512])[:, :g.latent_shape[0]] for i in range(0, len(data), 512)])
@@ -445,7 +459,7 @@ def _train_flow(g, name, data, c, ckpt, ckpt_every):
         return {'flow': loss.item()}
     return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps,
                            None if ckpt is None else ckpt.with_suffix('.flow.pt'),
-                           ckpt_every, f'{name}-flow', c)
+                           ckpt_every, f'{name}-flow', c, clock)
 
 # %% ../nbs/20_zoo.ipynb #34567a58
 def zoo_root(root=None) -> Path:
@@ -484,15 +498,16 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
     t0, c0 = time.perf_counter(), time.process_time()
     run = {**c, 'seed': int(seed), 'photos': photos}                  # what the checkpoint must have been made with
-    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every)
+    clock = _clock()                                                  # + the time of killed runs it resumes
+    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every, clock)
     elif g.family == 'vae':
-        log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
-    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA, clock=clock)
+    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every, clock)
+    wall, cpu = time.perf_counter() - t0 + clock['wall_s'], time.process_time() - c0 + clock['cpu_s']
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
     _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu,
-                    'threads': torch.get_num_threads(),
+                    'threads': torch.get_num_threads(), 'resumed': clock['resumed'], 'timing_complete': clock['complete'],
                     'final_losses': last, 'n_log': len(log), 'torch': torch.__version__})
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g
@@ -666,7 +681,7 @@ def _ddpm_loss(unet, sched, x0):
     e = torch.randn_like(x0)
     return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
 
-def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
+def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0, clock=None):
     from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
     c = DIFFUSERS_SIZES[size]
     seed_everything(seed)
@@ -703,7 +718,7 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
             opt.step()
             return {'rec': rec.item()}
         log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], ck('ae'), ckpt_every, f'{kind}-ae',
-                              run)[-1]
+                              run, clock)[-1]
         vae.eval()
         with torch.no_grad():
             lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor
@@ -727,7 +742,7 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
         opt.step()
         return {'eps': loss.item()}
     log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, ck('unet'), ckpt_every, f'{kind}-unet',
-                            run)[-1]
+                            run, clock)[-1]
     comps['unet'] = unet.eval()
     return comps, log
 
@@ -742,7 +757,8 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
     t0, c0 = time.perf_counter(), time.process_time()
     ckpt = zoo_root(root)/'.ckpt'/folder.name                     # <name>.ae.pt / <name>.unet.pt while it trains
     with torch_threads(ZOO_TRAIN_THREADS):
-        comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every)
+        clock = _clock()
+        comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every, clock)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
     # write beside, then move into place: never half a folder
@@ -753,8 +769,9 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
                'unet': ['diffusers', 'UNet2DModel'], 'scheduler': ['diffusers', 'DDIMScheduler']}
         if kind != 'ddim': idx['vqvae'] = ['diffusers', type(comps['vqvae']).__name__]
         (tmp/'model_index.json').write_text(json.dumps(idx, indent=2))
-        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0,
-                   'train_cpu_s': time.process_time() - c0,
+        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0 + clock['wall_s'],
+                   'train_cpu_s': time.process_time() - c0 + clock['cpu_s'], 'resumed': clock['resumed'],
+                   'timing_complete': clock['complete'],
                    'threads': ZOO_TRAIN_THREADS, 'final_losses': log,
                    'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__,
                    'diffusers': diffusers.__version__},
