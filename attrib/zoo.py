@@ -507,7 +507,8 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
     _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu,
-                    'threads': torch.get_num_threads(), 'resumed': clock['resumed'], 'timing_complete': clock['complete'],
+                    'threads': torch.get_num_threads(), 'resumed': clock['resumed'],
+                    'timing_complete': clock['complete'],
                     'final_losses': last, 'n_log': len(log), 'torch': torch.__version__})
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g

@@ -405,11 +405,14 @@ def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distanc
     check_image_batch(images, None, 'images')
     if not getattr(gen, 'has_autoencoder', False):
         raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
-    d = (distance or PerceptualDistance()).to(gen.device); s, m = [], []
+    d = (distance or PerceptualDistance()).to(gen.device)
+    s, m = [], []
     with frozen(gen):
         for i in range(0, len(images), batch_images):
-            x = images[i:i + batch_images].to(gen.device).float(); r = gen.autoencode(x).clamp(0, 1)
-            s.append(d(r, x).cpu()); m.append(_per_image_mse(r, x).cpu())
+            x = images[i:i + batch_images].to(gen.device).float()
+            r = gen.autoencode(x).clamp(0, 1)
+            s.append(d(r, x).cpu())
+            m.append(_per_image_mse(r, x).cpu())
     return dict(score=torch.cat(s).double().numpy(), mse=torch.cat(m).double().numpy())
 
 # %% ../../nbs/21_inversion.ipynb #00921937
