@@ -125,7 +125,8 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
         ccache = score_dir/f'{method}-{k}-calib-{ckey[:12]}.csv' if score_dir is not None else None
         srcs = [('test', k, sets['test'][k]), ('test', 'real', sets['test']['real'])] + \
                [('test', o, sets['test'][o]) for o in names if o != k]
-        cache = score_dir/f'{method}-{k}.csv' if score_dir is not None else None
+        # one file per setting: the runs of a notebook that share a method (full, short, perturbed) keep their own
+        cache = score_dir/f'{method}-{k}-{key}.csv' if score_dir is not None else None
         got = _cached(ccache, ckey)
         if got is None:
             cdf, ct, _ = _score_part(g, [('calib', k, sets['calib'][k])], method, dev, kw)
