@@ -49,14 +49,16 @@ def _check_size(size):
 PHOTO_SUBSETS = ('all', 'a', 'b')   # 'a' / 'b': alternate photos (sorted by name), two disjoint sets of real images
 
 def _region_crops(n, size, seed, split, subset='all'):
-    photos = all_photos(gray=True); names = sorted(photos)
+    photos = all_photos(gray=True)
+    names = sorted(photos)
     if subset not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {subset!r}")
     if subset != 'all': names = names[PHOTO_SUBSETS.index(subset) - 1::2]
     rng = np.random.default_rng([seed, 0 if split == 'train' else 1])
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
         im = photos[names[rng.integers(len(names))]]
-        H, W = im.shape[:2]; cut = int(round(H * (1 - TEST_FRACTION)))
+        H, W = im.shape[:2]
+        cut = int(round(H * (1 - TEST_FRACTION)))
         r0, r1 = (0, cut) if split == 'train' else (cut, H)
         side = max(4, min(r1 - r0, int(min(H, W) * rng.uniform(*CROP_SCALE))))
         y, x = rng.integers(r0, r1 - side + 1), rng.integers(0, W - side + 1)
@@ -115,7 +117,8 @@ class ConvDecoder(nn.Module):
     "Latent vector -> image: linear to 4 x 4, `log2(img_size/4)` upsampling blocks, conv3 to RGB, output activation."
     def __init__(self, nz, img_size, width, upsampling, norm='bn', act='relu', out='tanh'):
         super().__init__()
-        n = _n_up(img_size); ch = [max(8, (width * 2 ** n) // 2 ** (i + 1)) for i in range(n + 1)]
+        n = _n_up(img_size)
+        ch = [max(8, (width * 2 ** n) // 2 ** (i + 1)) for i in range(n + 1)]
         self.c0 = ch[0]
         self.fc = nn.Linear(nz, ch[0] * 16)
         self.pre = nn.Sequential(_norm(norm, ch[0]), _act(act))
@@ -132,7 +135,8 @@ class ConvEncoder(nn.Module):
     "Image in [0, 1] -> `n_out` features: conv3, `log2(img_size/4)` stride-2 conv4 blocks, linear."
     def __init__(self, img_size, width, n_out, norm='none', act='lrelu', spectral=False):
         super().__init__()
-        n = _n_up(img_size); ch = [max(8, width * 2 ** i // 2) for i in range(n + 1)]
+        n = _n_up(img_size)
+        ch = [max(8, width * 2 ** i // 2) for i in range(n + 1)]
         sn = nn.utils.spectral_norm if spectral else (lambda m: m)
         layers = [sn(nn.Conv2d(3, ch[0], 3, 1, 1)), _act(act)]
         for i in range(n): layers += [sn(nn.Conv2d(ch[i], ch[i + 1], 4, 2, 1)), _norm(norm, ch[i + 1]), _act(act)]
@@ -173,7 +177,8 @@ class ZooGenerator(nn.Module):
         """n images (n, 3, H, W) in [0, 1] from latents seeded by `seed` (eval mode; the same seed gives the same
         images)."""
         z = self.sample_latent(n, torch.Generator().manual_seed(int(seed)))
-        was = self.training; self.eval()
+        was = self.training
+        self.eval()
         try:
             if not n: return z.new_zeros(0, 3, self.img_size, self.img_size)
             return torch.cat([self(z[i:i + batch_size]) for i in range(0, n, batch_size)])
@@ -213,7 +218,9 @@ class GANGenerator(ZooGenerator):
 # %% ../nbs/20_zoo.ipynb #a5117edb
 class _MeanHead(nn.Module):
     "Encoder output (mu, logvar) -> mu. Holds the encoder in a list so its weights are registered once (in the VAE)."
-    def __init__(self, enc, nz): super().__init__(); self._enc, self.nz = [enc], nz
+    def __init__(self, enc, nz):
+        super().__init__()
+        self._enc, self.nz = [enc], nz
     def forward(self, x): return self._enc[0](x)[:, :self.nz]
 
 class VAEGenerator(ZooGenerator):
@@ -226,7 +233,9 @@ class VAEGenerator(ZooGenerator):
         self.enc = ConvEncoder(img_size, width, 2 * nz, norm='gn', act='silu')
         self._mean = _MeanHead(self.enc, nz)
     def forward(self, z): return self.net(self.check_latent(z))
-    def stats(self, x): h = self.enc(x); return h[:, :self.latent_shape[0]], h[:, self.latent_shape[0]:].clamp(-10, 10)
+    def stats(self, x):
+        h = self.enc(x)
+        return h[:, :self.latent_shape[0]], h[:, self.latent_shape[0]:].clamp(-10, 10)
     @property
     def encoder(self): return self._mean
     @property
@@ -249,9 +258,12 @@ class VelocityMLP(nn.Module):
 class _FlowEncoder(nn.Module):
     """Image -> AE latent mean -> normalised -> reverse Euler ODE to t=0: an approximate inverse of the sampler
     (DDIM-inversion style)."""
-    def __init__(self, g): super().__init__(); self.g = [g]   # list: do not register the parent as a child (no cycle)
+    def __init__(self, g):
+        super().__init__()
+        self.g = [g]   # list: do not register the parent as a child (no cycle)
     def forward(self, x):
-        g = self.g[0]; h = (g.enc(x)[:, :g.latent_shape[0]] - g.lat_mean) / g.lat_std
+        g = self.g[0]
+        h = (g.enc(x)[:, :g.latent_shape[0]] - g.lat_mean) / g.lat_std
         return g.integrate(h, reverse=True)
 
 class FlowGenerator(ZooGenerator):
@@ -264,17 +276,21 @@ class FlowGenerator(ZooGenerator):
         self.net = ConvDecoder(nz, img_size, width, upsampling, norm='none', act='silu', out='sigmoid')   # AE decoder
         self.enc = ConvEncoder(img_size, width, 2 * nz, norm='none', act='silu')                        # AE encoder
         self.velocity = VelocityMLP(nz)
-        self.register_buffer('lat_mean', torch.zeros(nz)); self.register_buffer('lat_std', torch.ones(nz))
+        self.register_buffer('lat_mean', torch.zeros(nz))
+        self.register_buffer('lat_std', torch.ones(nz))
         self._encoder = _FlowEncoder(self)
 
     def integrate(self, x, reverse=False):
         "Euler steps of dx/dt = v(x, t): t 0 -> 1 (noise -> latent), or 1 -> 0 with `reverse`."
-        K = self.n_steps; dt = 1.0 / K
+        K = self.n_steps
+        dt = 1.0 / K
         for k in (range(K - 1, -1, -1) if reverse else range(K)):
             t = torch.full((1,), (k + 1) * dt if reverse else k * dt, device=x.device)
             x = x - dt * self.velocity(x, t) if reverse else x + dt * self.velocity(x, t)
         return x
-    def decode_latent(self, h): "Normalised AE latent -> image." ; return self.net(h * self.lat_std + self.lat_mean)
+    def decode_latent(self, h):
+        "Normalised AE latent -> image."
+        return self.net(h * self.lat_std + self.lat_mean)
     def forward(self, z): return self.decode_latent(self.integrate(self.check_latent(z)))
     @property
     def encoder(self): return self._encoder
@@ -297,7 +313,9 @@ def _check_name(name):
 
 def zoo_config(name: str, size: str = 'default') -> dict:
     "The architecture and training configuration of zoo model `name` at `size`."
-    _check_name(name); s = _check_size(size); cls, kw = _SPEC[name]
+    _check_name(name)
+    s = _check_size(size)
+    cls, kw = _SPEC[name]
     return dict(name=name, size=size, img_size=s['img_size'], width=s['width'], nz=s['latent'][name],
                 steps=s['steps'][name],
                 batch=s['batch'], **kw)
@@ -305,7 +323,8 @@ def zoo_config(name: str, size: str = 'default') -> dict:
 # %% ../nbs/20_zoo.ipynb #e36e71e3
 def build_zoo_model(name: str, size: str = 'default') -> ZooGenerator:
     "An untrained zoo generator (architecture only)."
-    c = zoo_config(name, size); cls, kw = _SPEC[name]
+    c = zoo_config(name, size)
+    cls, kw = _SPEC[name]
     return cls(name, c['nz'], c['img_size'], c['width'], config=c, **kw)
 
 # %% ../nbs/20_zoo.ipynb #f91691e5
@@ -322,13 +341,25 @@ def _flip(x):
     m = torch.rand(len(x), 1, 1, 1) < 0.5
     return torch.where(m, x.flip(-1), x)
 
+def _clock() -> dict:
+    "Seconds earlier processes spent on a resumed training (`_run_loop` adds them); `complete` False if not recorded."
+    return dict(wall_s=0.0, cpu_s=0.0, resumed=False, complete=True)
+
 def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | None, ckpt_every: int, desc: str,
-              config: dict) -> list:
+              config: dict, clock: dict | None = None) -> list:
     """Run `step_fn(step) -> loss dict` n_steps times, checkpointing to `ckpt` and resuming from it; returns the loss
     log."""
     config = {**config, 'phase': desc, 'n_steps': int(n_steps)}     # every option of the run; another one is refused
     st, start, log = restart_from_checkpoint(ckpt, config), 0, []
+    t_run, c_run, prior = time.perf_counter(), time.process_time(), {'wall_s': 0.0, 'cpu_s': 0.0}
     if st is not None:
+        # the time the killed processes spent on this phase travels in the checkpoint
+        prior = st.get('elapsed', prior)
+        if clock is not None:
+            clock['resumed'] = True
+            clock['complete'] &= 'elapsed' in st
+            clock['wall_s'] += prior['wall_s']
+            clock['cpu_s'] += prior['cpu_s']
         for k, m in modules.items(): m.load_state_dict(st['modules'][k])
         for k, o in opts.items(): o.load_state_dict(st['opts'][k])
         start, log = st['step'], [dict(zip(st['log_keys'], r)) for r in st['log'].tolist()] if len(st['log']) else []
@@ -341,6 +372,8 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
             save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()},
                              'opts': {k: o.state_dict() for k, o in opts.items()}, 'config': config,
                              'step': step + 1, 'rng': get_rng_state(), 'log_keys': keys,
+                             'elapsed': {'wall_s': prior['wall_s'] + time.perf_counter() - t_run,
+                                         'cpu_s': prior['cpu_s'] + time.process_time() - c_run},
                              'log': torch.tensor([[r[k] for k in keys] for r in log], dtype=torch.float64)}, ckpt)
     return log
 
@@ -350,7 +383,7 @@ def _batches(data, batch):
         return _flip(data[idx])
     return get
 
-def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
+def _train_gan(g, name, size, data, c, ckpt, ckpt_every, clock=None):
     D = discriminator(name, size)
     if name == 'wgangp': lr, betas, n_dis = 2e-4, (0.5, 0.9), 2
     elif name == 'sngan': lr, betas, n_dis = 2e-4, (0.5, 0.999), 1
@@ -359,59 +392,74 @@ def _train_gan(g, name, size, data, c, ckpt, ckpt_every):
     get, B = _batches(data, c['batch']), c['batch']
     def step(i):
         for _ in range(n_dis):
-            x = get(); z = torch.randn(B, *g.latent_shape)
+            x = get()
+            z = torch.randn(B, *g.latent_shape)
             with torch.no_grad(): f = g(z)
             dr, df = D(x), D(f)
             if name == 'dcgan': ld = F.softplus(-dr).mean() + F.softplus(df).mean()
             elif name == 'sngan': ld = F.relu(1 - dr).mean() + F.relu(1 + df).mean()
             else:
-                a = torch.rand(B, 1, 1, 1); xi = (a * x + (1 - a) * f).requires_grad_(True)
+                a = torch.rand(B, 1, 1, 1)
+                xi = (a * x + (1 - a) * f).requires_grad_(True)
                 gr, = torch.autograd.grad(D(xi).sum(), xi, create_graph=True)
                 ld = df.mean() - dr.mean() + 10 * ((gr.flatten(1).norm(dim=1) - 1) ** 2).mean()
-            oD.zero_grad(set_to_none=True); ld.backward(); oD.step()
+            oD.zero_grad(set_to_none=True)
+            ld.backward()
+            oD.step()
         out = D(g(torch.randn(B, *g.latent_shape)))
         lg = F.softplus(-out).mean() if name == 'dcgan' else -out.mean()
-        oG.zero_grad(set_to_none=True); lg.backward(); oG.step()
+        oG.zero_grad(set_to_none=True)
+        lg.backward()
+        oG.step()
         return {'d': ld.item(), 'g': lg.item()}
     return _run_loop(step, {'G': g, 'D': D}, {'G': oG, 'D': oD}, c['steps'], ckpt, ckpt_every, f'{name}',
-                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis})
+                     {**c, 'lr': lr, 'betas': betas, 'n_dis': n_dis}, clock)
 
 VAE_SIGMA = 0.2   # decoder std of the zoo VAE: 0.1 gave sharp reconstructions but saturated prior samples (prior holes)
 
 def _kl(mu, logvar): return 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
 
-def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, params=None):
+def _train_vae(g, name, data, c, ckpt, ckpt_every, steps, beta, sigma=0.1, params=None, clock=None):
     opt = torch.optim.Adam(params if params is not None else g.parameters(), 1e-3)
     get, nz = _batches(data, c['batch']), g.latent_shape[0]
     def step(i):
-        x = get(); h = g.enc(x); mu, lv = h[:, :nz], h[:, nz:].clamp(-10, 10)
+        x = get()
+        h = g.enc(x)
+        mu, lv = h[:, :nz], h[:, nz:].clamp(-10, 10)
         z = mu + torch.randn_like(mu) * (0.5 * lv).exp()
         rec = ((g.net(z) - x) ** 2).flatten(1).sum(1) / (2 * sigma ** 2)
         loss = (rec + beta * _kl(mu, lv)).mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'loss': loss.item(), 'mse': ((g.net(mu) - x) ** 2).mean().item() if i % 50 == 0 else float('nan')}
     return _run_loop(step, {'G': g}, {'opt': opt}, steps, ckpt, ckpt_every, f'{name}',
-                     {**c, 'beta': beta, 'sigma': sigma})
+                     {**c, 'beta': beta, 'sigma': sigma}, clock)
 
-def _train_flow(g, name, data, c, ckpt, ckpt_every):
+def _train_flow(g, name, data, c, ckpt, ckpt_every, clock=None):
     ae_steps, fl_steps = c['steps']
     log = _train_vae(g, name + '-ae', data, c, None if ckpt is None else ckpt.with_suffix('.ae.pt'), ckpt_every,
                      ae_steps, beta=1e-3,
-                     params=list(g.net.parameters()) + list(g.enc.parameters()))
+                     params=list(g.net.parameters()) + list(g.enc.parameters()), clock=clock)
     g.eval()
     with torch.no_grad():
         lat = torch.cat([g.enc(data[i:i + 512])[:, :g.latent_shape[0]] for i in range(0, len(data), 512)])
-    g.lat_mean.copy_(lat.mean(0)); g.lat_std.copy_(lat.std(0).clamp_min(1e-4))
+    g.lat_mean.copy_(lat.mean(0))
+    g.lat_std.copy_(lat.std(0).clamp_min(1e-4))
     lat = (lat - g.lat_mean) / g.lat_std
     opt = torch.optim.Adam(g.velocity.parameters(), 1e-3)
     def step(i):
-        x1 = lat[torch.randint(len(lat), (256,))]; z = torch.randn_like(x1); t = torch.rand(len(x1), 1)
+        x1 = lat[torch.randint(len(lat), (256,))]
+        z = torch.randn_like(x1)
+        t = torch.rand(len(x1), 1)
         loss = ((g.velocity((1 - t) * z + t * x1, t) - (x1 - z)) ** 2).mean()
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'flow': loss.item()}
     return log + _run_loop(step, {'V': g.velocity}, {'opt': opt}, fl_steps,
                            None if ckpt is None else ckpt.with_suffix('.flow.pt'),
-                           ckpt_every, f'{name}-flow', c)
+                           ckpt_every, f'{name}-flow', c, clock)
 
 # %% ../nbs/20_zoo.ipynb #34567a58
 def zoo_root(root=None) -> Path:
@@ -421,7 +469,8 @@ def zoo_root(root=None) -> Path:
 # %% ../nbs/20_zoo.ipynb #0fbb0c4d
 def zoo_path(name: str, size: str = 'default', seed: int = 0, root=None, photos: str = 'all') -> Path:
     "Where zoo model `name` (size, seed, trained on `photos`) is cached."
-    _check_name(name); _check_size(size)
+    _check_name(name)
+    _check_size(size)
     if photos not in PHOTO_SUBSETS: raise AttribError(f"photos must be one of {PHOTO_SUBSETS}, got {photos!r}")
     return zoo_root(root)/(f'{name}-{size}-s{int(seed)}' + ('' if photos == 'all' else f'-p{photos}') + '.safetensors')
 
@@ -441,22 +490,25 @@ def train_zoo_model(name: str, size: str = 'default', seed: int = 0, root=None, 
     with torch_threads(ZOO_TRAIN_THREADS): return _train_zoo_model(name, size, seed, root, ckpt_every, photos)
 
 def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
-    c = zoo_config(name, size); path = zoo_path(name, size, seed, root, photos)
+    c = zoo_config(name, size)
+    path = zoo_path(name, size, seed, root, photos)
     seed_everything(seed)
     g = build_zoo_model(name, size)
     data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
     ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
     t0, c0 = time.perf_counter(), time.process_time()
     run = {**c, 'seed': int(seed), 'photos': photos}                  # what the checkpoint must have been made with
-    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every)
+    clock = _clock()                                                  # + the time of killed runs it resumes
+    if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every, clock)
     elif g.family == 'vae':
-        log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA)
-    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA, clock=clock)
+    else: log = _train_flow(g, name, data, run, ckpt, ckpt_every, clock)
+    wall, cpu = time.perf_counter() - t0 + clock['wall_s'], time.process_time() - c0 + clock['cpu_s']
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
     _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu,
-                    'threads': torch.get_num_threads(),
+                    'threads': torch.get_num_threads(), 'resumed': clock['resumed'],
+                    'timing_complete': clock['complete'],
                     'final_losses': last, 'n_log': len(log), 'torch': torch.__version__})
     for p in ckpt.parent.glob(ckpt.stem + '*'): p.unlink()
     return g
@@ -533,10 +585,12 @@ class DiffusersGenerator(ZooGenerator):
     def __init__(self, name, vae=None, unet=None, scheduler=None, n_sample_steps: int = 20, config=None):
         if vae is None and unet is None: raise AttribError(f"{name}: a diffusers generator needs a VAE or a UNet")
         if vae is not None:
-            n_down = len(vae.config.block_out_channels) - 1; img = int(vae.config.sample_size)
+            n_down = len(vae.config.block_out_channels) - 1
+            img = int(vae.config.sample_size)
             lat = (int(vae.config.latent_channels), img // 2 ** n_down, img // 2 ** n_down)
         else:
-            img = int(unet.config.sample_size); lat = (int(unet.config.in_channels), img, img)
+            img = int(unet.config.sample_size)
+            lat = (int(unet.config.in_channels), img, img)
         super().__init__(name, lat, img, config or {})
         self.vae, self.unet, self.scheduler, self.n_sample_steps = vae, unet, scheduler, int(n_sample_steps)
         vq = 'vq' if type(vae).__name__ == 'VQModel' else ''
@@ -546,7 +600,8 @@ class DiffusersGenerator(ZooGenerator):
             if m is not None: m.eval().requires_grad_(False)
     def ddim(self, x):
         "Deterministic DDIM (eta 0) from initial noise x over `n_sample_steps` steps; differentiable in x."
-        s = self.scheduler; s.set_timesteps(self.n_sample_steps)
+        s = self.scheduler
+        s.set_timesteps(self.n_sample_steps)
         for t in s.timesteps: x = s.step(self.unet(x, t).sample, t, x, eta=0.0).prev_sample
         return x
     def forward(self, z):
@@ -591,7 +646,8 @@ def load_diffusers_generator(folder, n_sample_steps: int | None = None) -> Diffu
     bare VAE; DDIM steps default 50 (the zoo's: as trained)."""
     folder = Path(folder)
     if (folder/'model_index.json').is_file():
-        idx = load_json(folder/'model_index.json'); comp = {}
+        idx = load_json(folder/'model_index.json')
+        comp = {}
         for k in ('vae', 'vqvae', 'unet', 'scheduler'):
             v = idx.get(k)
             if isinstance(v, list) and len(v) == 2 and v[1] is not None:
@@ -622,12 +678,17 @@ def diffusers_path(kind: str, size: str = 'default', seed: int = 0, root=None) -
 # %% ../nbs/20_zoo.ipynb #d19ead2f
 def _ddpm_loss(unet, sched, x0):
     "DDPM noise-prediction loss (Ho et al. 2020) at uniform random timesteps."
-    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),)); e = torch.randn_like(x0)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),))
+    e = torch.randn_like(x0)
     return ((unet(sched.add_noise(x0, e, t), t).sample - e) ** 2).mean()
 
-def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
+def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0, clock=None):
     from diffusers import AutoencoderKL, VQModel, UNet2DModel, DDIMScheduler
-    c = DIFFUSERS_SIZES[size]; seed_everything(seed); B = c['batch']; get = _batches(data, B); log = {}
+    c = DIFFUSERS_SIZES[size]
+    seed_everything(seed)
+    B = c['batch']
+    get = _batches(data, B)
+    log = {}
     run = {**c, 'kind': kind, 'size': size, 'seed': int(seed)}          # what a checkpoint must have been made with
     ck = lambda phase: None if ckpt is None else ckpt.with_suffix(f'.{phase}.pt')
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=False)
@@ -645,15 +706,20 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
         def ae_step(i):
             x = 2 * get() - 1
             if kind == 'ldm':
-                d = vae.encode(x).latent_dist; rec = ((vae.decode(d.sample()).sample - x) ** 2).mean()
+                d = vae.encode(x).latent_dist
+                rec = ((vae.decode(d.sample()).sample - x) ** 2).mean()
                 loss = rec + 1e-5 * d.kl().mean()
             # VQ: straight-through codes, codebook + commitment loss inside decode
             else:
-                o = vae.decode(vae.encode(x).latents); rec = ((o.sample - x) ** 2).mean()
+                o = vae.decode(vae.encode(x).latents)
+                rec = ((o.sample - x) ** 2).mean()
                 loss = rec + o.commit_loss.mean()
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); return {'rec': rec.item()}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {'rec': rec.item()}
         log['ae'] = _run_loop(ae_step, {'vae': vae}, {'opt': opt}, c['ae_steps'], ck('ae'), ckpt_every, f'{kind}-ae',
-                              run)[-1]
+                              run, clock)[-1]
         vae.eval()
         with torch.no_grad():
             lat = torch.cat([_vae_latent(vae, data[i:i + 256]) / vae.config.scaling_factor
@@ -671,10 +737,13 @@ def _train_diffusers(kind, size, seed, folder, data, ckpt=None, ckpt_every=0):
     def unet_step(i):
         x0 = train[torch.randint(len(train), (B,))]
         if kind == 'ddim': x0 = 2 * _flip((x0 + 1) / 2) - 1
-        loss = _ddpm_loss(unet, sched, x0); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        loss = _ddpm_loss(unet, sched, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return {'eps': loss.item()}
     log['unet'] = _run_loop(unet_step, {'unet': unet}, {'opt': opt}, steps, ck('unet'), ckpt_every, f'{kind}-unet',
-                            run)[-1]
+                            run, clock)[-1]
     comps['unet'] = unet.eval()
     return comps, log
 
@@ -689,7 +758,8 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
     t0, c0 = time.perf_counter(), time.process_time()
     ckpt = zoo_root(root)/'.ckpt'/folder.name                     # <name>.ae.pt / <name>.unet.pt while it trains
     with torch_threads(ZOO_TRAIN_THREADS):
-        comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every)
+        clock = _clock()
+        comps, log = _train_diffusers(kind, size, seed, folder, data, ckpt, ckpt_every, clock)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
     # write beside, then move into place: never half a folder
@@ -700,8 +770,9 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
                'unet': ['diffusers', 'UNet2DModel'], 'scheduler': ['diffusers', 'DDIMScheduler']}
         if kind != 'ddim': idx['vqvae'] = ['diffusers', type(comps['vqvae']).__name__]
         (tmp/'model_index.json').write_text(json.dumps(idx, indent=2))
-        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0,
-                   'train_cpu_s': time.process_time() - c0,
+        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0 + clock['wall_s'],
+                   'train_cpu_s': time.process_time() - c0 + clock['cpu_s'], 'resumed': clock['resumed'],
+                   'timing_complete': clock['complete'],
                    'threads': ZOO_TRAIN_THREADS, 'final_losses': log,
                    'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__,
                    'diffusers': diffusers.__version__},
@@ -712,7 +783,8 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for phase in ('ae', 'unet'): ckpt.with_suffix(f'.{phase}.pt').unlink(missing_ok=True)   # the run's own checkpoints
     return folder
 
@@ -740,7 +812,8 @@ def load_world_model(name: str, size: str = 'default', root=None, train_if_missi
             train_diffusers_model(base, size, seed, root)
         g = load_diffusers_generator(f)
     else: g = load_zoo_model(base, size, seed, root, train_if_missing, photos=photos)
-    g.name = name; return g
+    g.name = name
+    return g
 
 # %% ../nbs/20_zoo.ipynb #35e793da
 def world_info(name: str, size: str = 'default', root=None) -> dict:
@@ -757,7 +830,9 @@ def world_cached(name: str, size: str = 'default', root=None) -> bool:
     return zoo_path(base, size, seed, root, photos).exists()
 
 # %% ../nbs/20_zoo.ipynb #13238bdf
-def _train_one(name, size, root): load_world_model(name, size, root); return name
+def _train_one(name, size, root):
+    load_world_model(name, size, root)
+    return name
 
 def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> dict:
     """Train (or load) `ZOO_WORLD` models (default all), `jobs` at a time in separate processes; returns {name:

@@ -14,7 +14,8 @@ def run(tmp_path_factory):
     from attrib.experiments import run_experiment
     d = tmp_path_factory.mktemp('origin_attribution')
     return run_experiment('origin_attribution', out_dir=d / 'run', zoo_size='tiny', n=8, n_calib=10, steps=40, restarts=2, lr=0.05,
-                          patience=20, n_candidates=16, alpha=0.2, lt_steps=10, seed=0, threads=1, cheap_steps=5, robust_steps=5)
+                          patience=20, n_candidates=16, alpha=0.2, lt_steps=10, seed=0, threads=1, cheap_steps=5, robust_steps=5,
+                          robust_inspect=['dcgan', 'vae'], robust_n=4)
 
 
 def test_metrics(run):
@@ -70,6 +71,15 @@ def test_cost_cascade_robustness(run):
     assert r.drop(columns='perturbation').apply(lambda v: v.between(0, 1).all()).all()
     M = json.loads((run / 'metrics.json').read_text())['metrics']
     assert set(M['cascade']) == set(ZOO) and len(M['robustness']) == 7 and 'cascade' in M['cost_mean']
+    rp = pd.read_csv(run / 'robustness_per_model.csv')                  # the robustness runs inspect only robust_inspect
+    assert len(rp) == 7 * 2 and set(rp.inspected) == {'dcgan', 'vae'}
+    assert np.allclose(rp.groupby('perturbation', sort=False).acc_real.mean().to_numpy(), r.acc_real_mean.to_numpy())
+    t = pd.read_csv(run / 'targets.csv', index_col=0)                    # issue 15's targets, per model
+    s = pd.read_csv(run / 'summary_ronan.csv', index_col=0)
+    assert list(t.index) == ZOO and (t.acc_real_met == (s.acc_real >= 0.98)).all() and (t.auc_others_min_met == (s.auc_others_min >= 0.99)).all()
+    assert (t.all_met == t[['acc_real_met', 'acc_others_min_met', 'auc_real_met', 'auc_others_min_met']].all(1)).all()
+    cv = pd.read_csv(run / 'cascade_vs_full.csv', index_col=0)
+    assert list(cv.index) == ZOO and (cv.cost_met == (cv.s_per_image <= 1)).all() and set(M['targets']) == set(ZOO)
 
 
 def test_figures(run):

@@ -116,7 +116,8 @@ def embed(model: nn.Module, images, batch_size: int = 256, device=None) -> torch
     x = as_images(images)
     net = model.module if hasattr(model, 'module') else model
     dev = get_device(device) if device is not None else next(net.parameters()).device
-    was = net.training; net.eval()
+    was = net.training
+    net.eval()
     try:
         out = [net.features(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
     finally: net.train(was)
@@ -131,12 +132,16 @@ def content_key(*parts) -> str:
     def add(o):
         if isinstance(o, nn.Module): o = o.state_dict()
         if isinstance(o, dict):
-            for k in sorted(o): h.update(str(k).encode()); add(o[k])
+            for k in sorted(o):
+                h.update(str(k).encode())
+                add(o[k])
         elif isinstance(o, (list, tuple)):
-            h.update(b'[%d' % len(o)); [add(v) for v in o]
+            h.update(b'[%d' % len(o))
+            [add(v) for v in o]
         elif isinstance(o, (torch.Tensor, np.ndarray)):
             a = o.detach().cpu().contiguous().numpy() if isinstance(o, torch.Tensor) else np.ascontiguousarray(o)
-            h.update(f'{a.dtype}{a.shape}'.encode()); h.update(a.tobytes())
+            h.update(f'{a.dtype}{a.shape}'.encode())
+            h.update(a.tobytes())
         else: h.update(repr(o).encode())
     for p in parts: add(p)
     return h.hexdigest()[:16]
@@ -178,7 +183,8 @@ class BankSource:
         if not hasattr(self, '_key'): self._key = content_key('banks', self.banks)
         return self._key
     def draw(self, c: int, k: int, g: torch.Generator) -> torch.Tensor:
-        b = self.banks[c]; return b[torch.randint(len(b), (k,), generator=g)]
+        b = self.banks[c]
+        return b[torch.randint(len(b), (k,), generator=g)]
 
 # %% ../../nbs/31_fingerprint.ipynb #c04dfcef
 class PKSampler:
@@ -210,7 +216,8 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     """Train a `FingerprintNet` on the classes of `source` (Yang et al. 2023: CE + batch-hard triplet, AdamW);
     checkpoint every epoch into `out_dir` and resume from it. Returns (model in eval mode, per-epoch history)."""
     from attrib.losses import BatchHardTripletLoss
-    out_dir = Path(out_dir); last, final = out_dir/'last.pt', out_dir/'final.pt'
+    out_dir = Path(out_dir)
+    last, final = out_dir/'last.pt', out_dir/'final.pt'
     if epochs < 1 or steps_per_epoch < 1:
         raise DataError(f'need epochs >= 1 and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}')
     sampler = PKSampler(len(source), P, K)
@@ -232,7 +239,9 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     start, history = 0, []
     ck = restart_from_checkpoint(last if resume else None, config, map_location=dev)
     if ck is not None:
-        net.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
+        net.load_state_dict(ck['model'])
+        opt.load_state_dict(ck['opt'])
+        sched.load_state_dict(ck['sched'])
         start, history = int(ck['epoch']), list(ck['history'])
         set_rng_state(ck['rng'])
     model = net
@@ -241,10 +250,12 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
         model = DDP(net, device_ids=[dev.index] if dev.type == 'cuda' else None)
     use_amp = bool(amp) and dev.type == 'cuda'
     for epoch in range(start, epochs):
-        g = _epoch_generator(seed, epoch); model.train()
+        g = _epoch_generator(seed, epoch)
+        model.train()
         sums, t0 = {'ce': 0., 'triplet': 0., 'acc': 0.}, time.perf_counter()
         for step in progress(range(steps_per_epoch), desc=f'fingerprint epoch {epoch + 1}/{epochs}', leave=False):
-            x, y = sampler.batch(source, g); x, y = x.to(dev), y.to(dev)
+            x, y = sampler.batch(source, g)
+            x, y = x.to(dev), y.to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, f = model(x)
             l_ce, l_tri = ce(logits.float(), y), tri(f.float(), y)
@@ -252,10 +263,13 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
             if not torch.isfinite(loss):
                 raise AttribError(f'non-finite loss at epoch {epoch + 1}, step '
                                   f'{step + 1} (ce {l_ce.item()}, triplet {l_tri.item()})')
-            opt.zero_grad(set_to_none=True); loss.backward()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             if grad_clip: torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            opt.step(); sched.step()
-            sums['ce'] += l_ce.item(); sums['triplet'] += l_tri.item()
+            opt.step()
+            sched.step()
+            sums['ce'] += l_ce.item()
+            sums['triplet'] += l_tri.item()
             sums['acc'] += (logits.argmax(1) == y).float().mean().item()
         rec = {k: float(all_reduce_mean(torch.tensor(v / steps_per_epoch))) for k, v in sums.items()}
         rec.update(epoch=epoch + 1, lr=float(sched.get_last_lr()[0]), seconds=time.perf_counter() - t0)

@@ -18,7 +18,8 @@ __all__ = ['PERTURBATIONS', 'l2n', 'auroc', 'support_split', 'centroids', 'ident
 
 # %% ../../nbs/32_model_attribution.ipynb #aa9a75b5
 def _feats_labels(feats, labels, name='features'):
-    f = np.asarray(to_numpy(feats), np.float64); y = np.asarray(to_numpy(labels))
+    f = np.asarray(to_numpy(feats), np.float64)
+    y = np.asarray(to_numpy(labels))
     if f.ndim != 2: raise DataError(f"{name} must be (N, D), got shape {f.shape}")
     if y.ndim != 1 or len(y) != len(f): raise DataError(f"labels must be (N,) with N = {len(f)}, got shape {y.shape}")
     check_finite(f, name)
@@ -35,15 +36,18 @@ def auroc(pos, neg) -> float:
     pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
     if len(pos) == 0 or len(neg) == 0:
         raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
-    check_finite(pos, 'positive scores'); check_finite(neg, 'negative scores')
+    check_finite(pos, 'positive scores')
+    check_finite(neg, 'negative scores')
     r = rankdata(np.concatenate([pos, neg]))
     return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 # %% ../../nbs/32_model_attribution.ipynb #d5bf0f7b
 def support_split(labels, n_shot: int = 10, seed: int = 0, classes=None) -> tuple[np.ndarray, np.ndarray]:
     "Indices of `n_shot` random support images per class (of `classes`, default all) and of the remaining query images."
-    y = np.asarray(to_numpy(labels)); classes = np.unique(y) if classes is None else np.asarray(classes)
-    rng = np.random.default_rng(seed); sup = []
+    y = np.asarray(to_numpy(labels))
+    classes = np.unique(y) if classes is None else np.asarray(classes)
+    rng = np.random.default_rng(seed)
+    sup = []
     for c in classes:
         idx = np.flatnonzero(y == c)
         if len(idx) <= n_shot: raise DataError(f"class {c!r} has {len(idx)} images; need more than n_shot={n_shot}")
@@ -66,7 +70,8 @@ def identification(feats, labels, n_shot: int = 10, seed: int = 0, center=None) 
     """Few-shot identification by nearest centroid (cosine): accuracy, macro-F1, confusion matrix, predictions of the
     query images."""
     from sklearn.metrics import confusion_matrix
-    f, y = _feats_labels(feats, labels); f = _centre(f, center)
+    f, y = _feats_labels(feats, labels)
+    f = _centre(f, center)
     classes = np.unique(y)
     if len(classes) < 2: raise DataError(f"identification needs at least 2 classes, got {len(classes)}")
     sup, qry = support_split(y, n_shot, seed)
@@ -78,13 +83,16 @@ def identification(feats, labels, n_shot: int = 10, seed: int = 0, center=None) 
                 confusion=confusion_matrix(y[qry], pred, labels=classes))
 
 def _f1(y, p, c):
-    tp = np.sum((p == c) & (y == c)); fp = np.sum((p == c) & (y != c)); fn = np.sum((p != c) & (y == c))
+    tp = np.sum((p == c) & (y == c))
+    fp = np.sum((p == c) & (y != c))
+    fn = np.sum((p != c) & (y == c))
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 # %% ../../nbs/32_model_attribution.ipynb #0dd0e1da
 def sample_pairs(labels, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "(pairs (M, 2), same (M,)): n_pairs // 2 same-class and n_pairs // 2 different-class pairs of distinct indices."
-    y = np.asarray(to_numpy(labels)); rng = np.random.default_rng(seed)
+    y = np.asarray(to_numpy(labels))
+    rng = np.random.default_rng(seed)
     if len(np.unique(y)) < 2: raise DataError('verification needs at least 2 classes')
     if np.bincount(np.unique(y, return_inverse=True)[1]).max() < 2:
         raise DataError('verification needs a class with at least 2 images')
@@ -103,7 +111,8 @@ def sample_pairs(labels, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray
 def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "Pairwise verification: ROC-AUC of cosine similarity for same- vs different-model pairs (plus the ROC curve)."
     from sklearn.metrics import roc_curve
-    f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
+    f, y = _feats_labels(feats, labels)
+    f = l2n(_centre(f, center))
     pairs, same = sample_pairs(y, n_pairs, seed)
     s = (f[pairs[:, 0]] * f[pairs[:, 1]]).sum(1)
     fpr, tpr, _ = roc_curve(same, s)
@@ -113,26 +122,36 @@ def verification(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None)
 def best_threshold(scores, same) -> tuple[float, float]:
     """(threshold, accuracy): the cut `score >= t` that maximises accuracy on these pairs (midpoints of distinct
     scores; lowest on ties)."""
-    s = np.asarray(scores, np.float64); same = np.asarray(same, bool)
+    s = np.asarray(scores, np.float64)
+    same = np.asarray(same, bool)
     if len(s) == 0 or len(s) != len(same):
         raise DataError(f"need one same/different flag per score, got {len(s)} scores and {len(same)} flags")
-    u = np.unique(s); cuts = np.r_[u[0] - 1, (u[1:] + u[:-1]) / 2, u[-1] + 1]
-    o = np.argsort(s); ss, yy = s[o], same[o]
+    u = np.unique(s)
+    cuts = np.r_[u[0] - 1, (u[1:] + u[:-1]) / 2, u[-1] + 1]
+    o = np.argsort(s)
+    ss, yy = s[o], same[o]
     below = np.searchsorted(ss, cuts, side='left')                      # pairs with score < cut: called different
-    neg_below = np.r_[0, np.cumsum(~yy)][below]; pos_above = same.sum() - np.r_[0, np.cumsum(yy)][below]
-    acc = (neg_below + pos_above) / len(s); i = int(np.argmax(acc))
+    neg_below = np.r_[0, np.cumsum(~yy)][below]
+    pos_above = same.sum() - np.r_[0, np.cumsum(yy)][below]
+    acc = (neg_below + pos_above) / len(s)
+    i = int(np.argmax(acc))
     return float(cuts[i]), float(acc[i])
 
 # %% ../../nbs/32_model_attribution.ipynb #0670a762
 def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, center=None) -> dict:
     "1:1 accuracy at a threshold chosen on pairs of one half of each model's images, tested on pairs of the other half."
-    f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
-    rng = np.random.default_rng(seed); half = np.zeros(len(y), bool)
+    f, y = _feats_labels(feats, labels)
+    f = l2n(_centre(f, center))
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), bool)
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c)); half[idx[:len(idx) // 2]] = True
+        idx = rng.permutation(np.flatnonzero(y == c))
+        half[idx[:len(idx) // 2]] = True
     sides = []
     for m in (half, ~half):
-        i = np.flatnonzero(m); pairs, same = sample_pairs(y[i], n_pairs, seed); pairs = i[pairs]
+        i = np.flatnonzero(m)
+        pairs, same = sample_pairs(y[i], n_pairs, seed)
+        pairs = i[pairs]
         sides.append(((f[pairs[:, 0]] * f[pairs[:, 1]]).sum(1), same))
     (s_cal, y_cal), (s_te, y_te) = sides
     t, acc_cal = best_threshold(s_cal, y_cal)
@@ -143,16 +162,21 @@ def verification_accuracy(feats, labels, n_pairs: int = 2000, seed: int = 0, cen
 def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: int = 0) -> dict:
     """Verification where every negative pair holds two different models of the same group (e.g. architecture): AUC
     and split-threshold accuracy."""
-    f, y = _feats_labels(feats, labels); f = l2n(f); g = np.asarray(to_numpy(groups))
+    f, y = _feats_labels(feats, labels)
+    f = l2n(f)
+    g = np.asarray(to_numpy(groups))
     if len(g) != len(y): raise DataError(f"groups must be (N,) with N = {len(y)}, got {len(g)}")
     ok = np.array([len(np.unique(y[g == v])) >= 2 for v in g])
     if not ok.any(): raise DataError('no group holds two different models')
-    rng = np.random.default_rng(seed); half = np.zeros(len(y), bool)
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), bool)
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c)); half[idx[:len(idx) // 2]] = True
+        idx = rng.permutation(np.flatnonzero(y == c))
+        half[idx[:len(idx) // 2]] = True
     out = []
     for m in (half & ok, ~half & ok):
-        i = np.flatnonzero(m); pos, neg = [], []
+        i = np.flatnonzero(m)
+        pos, neg = [], []
         while len(pos) < n_pairs // 2 or len(neg) < n_pairs // 2:
             a, b = rng.choice(i, size=(2, 4 * n_pairs + 8))
             for u, v in zip(a, b):
@@ -160,7 +184,8 @@ def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: in
                 if y[u] == y[v]:
                     if len(pos) < n_pairs // 2: pos.append((u, v))
                 elif len(neg) < n_pairs // 2: neg.append((u, v))
-        p = np.array(pos + neg); same = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+        p = np.array(pos + neg)
+        same = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
         out.append(((f[p[:, 0]] * f[p[:, 1]]).sum(1), same))
     (s_cal, y_cal), (s_te, y_te) = out
     t, _ = best_threshold(s_cal, y_cal)
@@ -170,7 +195,8 @@ def same_group_verification(feats, labels, groups, n_pairs: int = 2000, seed: in
 # %% ../../nbs/32_model_attribution.ipynb #6c88cb06
 def oscr(correct, score_known, score_unknown) -> float:
     "OSCR: area under CCR(t) vs FPR(t) as the threshold t sweeps all scores (correct: bool per known sample)."
-    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64)
+    correct = np.asarray(correct, bool)
+    sk = np.asarray(score_known, np.float64)
     su = np.asarray(score_unknown, np.float64)
     if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0:
         raise DataError('oscr needs known scores (with correctness) and unknown scores')
@@ -183,7 +209,8 @@ def oscr(correct, score_known, score_unknown) -> float:
 # %% ../../nbs/32_model_attribution.ipynb #46d1efb9
 def open_set(feats, labels, known, n_shot: int = 10, seed: int = 0, center=None) -> dict:
     "Unknown-model detection with enrolled centroids: AUROC (max cosine), closed-set accuracy on known queries, OSCR."
-    f, y = _feats_labels(feats, labels); f = l2n(_centre(f, center))
+    f, y = _feats_labels(feats, labels)
+    f = l2n(_centre(f, center))
     known = np.asarray(sorted(set(np.asarray(known).tolist())))
     unknown = np.setdiff1d(np.unique(y), known)
     if len(known) < 1 or len(unknown) < 1:
@@ -205,28 +232,39 @@ def auroc_pose(pos, neg) -> float:
     pos, neg = np.sort(np.asarray(pos, np.float64).ravel()), np.sort(np.asarray(neg, np.float64).ravel())
     if len(pos) == 0 or len(neg) == 0:
         raise DataError(f"AUROC needs positives and negatives, got {len(pos)} and {len(neg)}")
-    check_finite(pos, 'positive scores'); check_finite(neg, 'negative scores')
-    v = np.r_[pos, neg]; is_neg = np.r_[np.zeros(len(pos), bool), np.ones(len(neg), bool)]
+    check_finite(pos, 'positive scores')
+    check_finite(neg, 'negative scores')
+    v = np.r_[pos, neg]
+    is_neg = np.r_[np.zeros(len(pos), bool), np.ones(len(neg), bool)]
     order = np.lexsort((is_neg, v))                          # ascending; on a tie the known (positive) one first
-    tp = len(pos) - np.r_[0, np.cumsum(~is_neg[order])]; fp = len(neg) - np.r_[0, np.cumsum(is_neg[order])]
-    tpr = np.r_[1., tp / len(pos), 0.]; fpr = np.r_[1., fp / len(neg), 0.]
+    tp = len(pos) - np.r_[0, np.cumsum(~is_neg[order])]
+    fp = len(neg) - np.r_[0, np.cumsum(is_neg[order])]
+    tpr = np.r_[1., tp / len(pos), 0.]
+    fpr = np.r_[1., fp / len(neg), 0.]
     return float(-np.sum(np.diff(tpr) * ((1 - fpr[1:]) + (1 - fpr[:-1])) / 2))
 
 # %% ../../nbs/32_model_attribution.ipynb #0a7751e0
 def oscr_pose(correct, score_known, score_unknown) -> float:
     """OSCR as UniversalAttribution's `compute_oscr` computes it (ascending argsort, its off-by-one, added (0,0) and
     (1,1))."""
-    correct = np.asarray(correct, bool); sk = np.asarray(score_known, np.float64)
+    correct = np.asarray(correct, bool)
+    sk = np.asarray(score_known, np.float64)
     su = np.asarray(score_unknown, np.float64)
     if len(sk) != len(correct) or len(sk) == 0 or len(su) == 0:
         raise DataError('oscr needs known scores (with correctness) and unknown scores')
-    pred = np.r_[sk, su]; n = len(pred)
-    k_t = np.r_[correct.astype(float), np.zeros(len(su))]; u_t = np.r_[np.zeros(len(sk)), np.ones(len(su))]
-    idx = pred.argsort(); sk_t, su_t = k_t[idx], u_t[idx]
-    suf_k = np.r_[np.cumsum(sk_t[::-1])[::-1], 0.]; suf_u = np.r_[np.cumsum(su_t[::-1])[::-1], 0.]   # suffix sums
+    pred = np.r_[sk, su]
+    n = len(pred)
+    k_t = np.r_[correct.astype(float), np.zeros(len(su))]
+    u_t = np.r_[np.zeros(len(sk)), np.ones(len(su))]
+    idx = pred.argsort()
+    sk_t, su_t = k_t[idx], u_t[idx]
+    suf_k = np.r_[np.cumsum(sk_t[::-1])[::-1], 0.]
+    suf_u = np.r_[np.cumsum(su_t[::-1])[::-1], 0.]   # suffix sums
     ks = np.arange(n - 1)
-    ccr = np.zeros(n + 2); fpr = np.zeros(n + 2)
-    ccr[ks] = suf_k[ks + 1] / len(sk); fpr[ks] = suf_u[ks] / len(su)
+    ccr = np.zeros(n + 2)
+    fpr = np.zeros(n + 2)
+    ccr[ks] = suf_k[ks + 1] / len(sk)
+    fpr[ks] = suf_u[ks] / len(su)
     ccr[n + 1] = fpr[n + 1] = 1.0
     roc = sorted(zip(fpr, ccr), reverse=True)
     return float(sum((roc[j][0] - roc[j + 1][0]) * (roc[j][1] + roc[j + 1][1]) / 2 for j in range(n + 1)))
@@ -251,8 +289,11 @@ def logreg_open_set(train_feats, train_labels, test_feats, test_labels, Cs=(0.01
     sc = StandardScaler().fit(a)
     val = {float(C): float((fit(sc.transform(a), ya, C).predict(sc.transform(b)) == yb).mean()) for C in Cs}
     best = max(val, key=lambda C: (val[C], -C))      # ties: the stronger regularisation
-    sc = StandardScaler().fit(Xtr); clf = fit(sc.transform(Xtr), ytr, best)
-    P = clf.predict_proba(sc.transform(Xte)); score = P.max(1); pred = clf.classes_[P.argmax(1)]
+    sc = StandardScaler().fit(Xtr)
+    clf = fit(sc.transform(Xtr), ytr, best)
+    P = clf.predict_proba(sc.transform(Xte))
+    score = P.max(1)
+    pred = clf.classes_[P.argmax(1)]
     is_known = np.isin(yte, known)
     if not is_known.any(): raise DataError('the test set holds no image of a known class')
     out = dict(C=best, val_accuracy=val, closed_accuracy=float((pred[is_known] == yte[is_known]).mean()), known=known,
@@ -268,11 +309,13 @@ def backbone_features(backbone, images, batch_size: int = 64, img_size: int | No
     """Features (N, D) of images (uint8 N x H x W x 3 or float (N, 3, H, W) in [0, 1]) from an
     `attrib.backbones.Backbone`."""
     from attrib.images import as_images
-    x = as_images(images); size = img_size or backbone.img_size
+    x = as_images(images)
+    size = img_size or backbone.img_size
     dev = get_device(device) if device is not None else next(backbone.parameters()).device
     mean = torch.tensor(backbone.pre.mean, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(backbone.pre.std, device=dev).view(1, 3, 1, 1)
-    backbone.eval(); out = []
+    backbone.eval()
+    out = []
     for i in range(0, len(x), batch_size):
         xb = F.interpolate(x[i:i + batch_size].to(dev), size=(size, size), mode='bilinear', align_corners=False)
         out.append(backbone((xb - mean) / std).float().cpu())
@@ -291,7 +334,8 @@ def spectrum_features_raw(images, kind: str = 'median', batch_size: int = 512) -
 def open_set_splits(classes, n_splits: int = 5, seed: int = 0, n_known: int | None = None) -> list[np.ndarray]:
     "`n_splits` distinct random choices of known classes (default half, rounded up) among `classes`."
     import itertools, math
-    classes = np.unique(np.asarray(classes)); k = n_known or (len(classes) + 1) // 2
+    classes = np.unique(np.asarray(classes))
+    k = n_known or (len(classes) + 1) // 2
     if not 1 <= k < len(classes):
         raise DataError(f"cannot split {len(classes)} classes into {k} known and some unknown")
     rng = np.random.default_rng(seed)
@@ -305,7 +349,8 @@ def evaluate_method(feats, labels, n_shot: int = 10, n_pairs: int = 2000, n_spli
                     center=None) -> dict:
     "Identification, verification and open-set detection (mean over known/unknown splits) of one method's features."
     f, y = _feats_labels(feats, labels)
-    ident = identification(f, y, n_shot, seed, center); ver = verification(f, y, n_pairs, seed, center)
+    ident = identification(f, y, n_shot, seed, center)
+    ver = verification(f, y, n_pairs, seed, center)
     splits = open_set_splits(y, n_splits, seed)
     opens = [open_set(f, y, k, n_shot, seed, center) for k in splits]
     va = verification_accuracy(f, y, n_pairs, seed, center)
@@ -344,7 +389,9 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     from PIL import Image
     out = []
     for im in (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy():
-        b = io.BytesIO(); Image.fromarray(im).save(b, format='JPEG', quality=int(quality)); b.seek(0)
+        b = io.BytesIO()
+        Image.fromarray(im).save(b, format='JPEG', quality=int(quality))
+        b.seek(0)
         out.append(torch.from_numpy(np.array(Image.open(b).convert('RGB'))))
     return torch.stack(out).permute(0, 3, 1, 2).float() / 255
 
@@ -355,7 +402,9 @@ def _resize_back(x, s):
     return F.interpolate(small, size=(h, w), mode='bilinear', align_corners=False)
 
 def _centre_crop(x, frac, resize_back=True):
-    h, w = x.shape[-2:]; ch, cw = max(3, round(h * frac)), max(3, round(w * frac)); t, l = (h - ch) // 2, (w - cw) // 2
+    h, w = x.shape[-2:]
+    ch, cw = max(3, round(h * frac)), max(3, round(w * frac))
+    t, l = (h - ch) // 2, (w - cw) // 2
     c = x[..., t:t + ch, l:l + cw]
     return F.interpolate(c, size=(h, w), mode='bilinear', align_corners=False) if resize_back else c
 
@@ -383,18 +432,23 @@ def robustness(embed_fn, images, labels, kinds=None, n_shot: int = 10, n_splits:
     DataFrame, one row per edit."""
     import pandas as pd
     from attrib.images import as_images
-    x = as_images(images); y = np.asarray(to_numpy(labels))
+    x = as_images(images)
+    y = np.asarray(to_numpy(labels))
     if len(x) != len(y): raise DataError(f"{len(x)} images but {len(y)} labels")
-    classes = np.unique(y); sup, qry = support_split(y, n_shot, seed)
-    f_clean = l2n(np.asarray(to_numpy(embed_fn(x)), np.float64)); rows = []
+    classes = np.unique(y)
+    sup, qry = support_split(y, n_shot, seed)
+    f_clean = l2n(np.asarray(to_numpy(embed_fn(x)), np.float64))
+    rows = []
     splits = open_set_splits(y, n_splits, seed) if len(classes) > 1 else []
     for kind in (list(PERTURBATIONS) if kinds is None else kinds):
         fp = f_clean if kind == 'clean' else l2n(np.asarray(to_numpy(embed_fn(perturb(x, kind))), np.float64))
-        C = centroids(f_clean[sup], y[sup], classes); pred = classes[(fp[qry] @ C.T).argmax(1)]
+        C = centroids(f_clean[sup], y[sup], classes)
+        pred = classes[(fp[qry] @ C.T).argmax(1)]
         aur = []
         for known in splits:
             ks, kq = support_split(y, n_shot, seed, classes=known)
-            Ck = centroids(f_clean[ks], y[ks], known); unk = np.flatnonzero(~np.isin(y, known))
+            Ck = centroids(f_clean[ks], y[ks], known)
+            unk = np.flatnonzero(~np.isin(y, known))
             aur.append(auroc((fp[kq] @ Ck.T).max(1), (fp[unk] @ Ck.T).max(1)))
         rows.append(dict(perturbation=kind, identification_acc=float((pred == y[qry]).mean()),
                          open_set_auroc=float(np.mean(aur)) if aur else float('nan'), n_queries=int(len(qry))))

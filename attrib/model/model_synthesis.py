@@ -120,7 +120,8 @@ class SynthAE(nn.Module):
         a, enc, cin = self.arch, [], 3
         for i in range(a.block_num):
             co = self.channels * 2 ** i
-            enc += [nn.AvgPool2d(2), nn.Conv2d(cin, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU()]; cin = co
+            enc += [nn.AvgPool2d(2), nn.Conv2d(cin, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU()]
+            cin = co
         dec = []
         for i in reversed(range(a.block_num)):
             co = 3 if i == 0 else self.channels * 2 ** (i - 1)
@@ -163,7 +164,8 @@ def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: floa
     x = as_images(real_images, 'real_images')
     if len(x) == 0: raise DataError('real_images is empty')
     if steps < 0 or batch_size < 1: raise DataError(f'need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}')
-    dev = get_device(device); model.to(dev).train()
+    dev = get_device(device)
+    model.to(dev).train()
     g = torch.Generator().manual_seed(model_seed(model.arch, seed) + 1)
     loss = torch.tensor(float('nan'))
     if steps:
@@ -172,7 +174,10 @@ def train_synthetic_model(model: SynthAE, real_images, steps: int = 60, lr: floa
         for _ in range(steps):
             xb = x[torch.randint(len(x), (batch_size,), generator=g)].to(dev)
             loss = F.mse_loss(model(xb), xb)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     model.eval()
     return float(loss.item())
 
@@ -199,10 +204,13 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
         from attrib.sources import random_crops
         real_images = random_crops(n_real, img_size, seed=0)[0]
     x = as_images(real_images, 'real_images')
-    n_val = min(64, len(x) // 8); xtr, xval = x[n_val:], x[:n_val]
+    n_val = min(64, len(x) // 8)
+    xtr, xval = x[n_val:], x[:n_val]
     cfg = dict(channels=int(channels), steps=int(steps), lr=float(lr), batch_size=int(batch_size),
                images=_images_key(x))
-    key = stable_hash(cfg); root = synth_root(root); index = []
+    key = stable_hash(cfg)
+    root = synth_root(root)
+    index = []
     for arch, seed in progress([(a, s) for a in archs for s in seeds], desc='synthesize models'):
         # run: every option of the model
         path, run = root/key/arch.name/f's{seed}.pt', dict(arch=arch.name, seed=seed, **cfg)
@@ -228,7 +236,8 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
 def load_synthetic_model(entry, device=None) -> SynthAE:
     "A trained synthetic model (eval mode) from an index entry (dict) or a checkpoint path."
     path = Path(entry['path'] if isinstance(entry, dict) else entry)
-    ck = load_checkpoint(path); meta = ck.get('meta', {})
+    ck = load_checkpoint(path)
+    meta = ck.get('meta', {})
     m = SynthAE(meta.get('arch', 'b1-l1-post-bilinear-none-none'), meta.get('channels', 16))
     try: m.load_state_dict(ck['state_dict'])
     except RuntimeError as e:
@@ -247,7 +256,8 @@ def fingerprinted_images(model: nn.Module, real_images, batch_size: int = 256,
     """Real images passed through a (synthetic) model: float (N, 3, H, W) in [0, 1], 8-bit rounded unless
     `quantize_output=False`."""
     x = as_images(real_images, 'real_images')
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     try:
         dev = next(model.parameters()).device
         out = torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]) \

@@ -52,7 +52,8 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
     from attrib.model.model_synthesis import ARCH_GRID, synthesize_models, load_synthetic_model
     from attrib.zoo import zoo_config, zoo_real_images, ZOO_NAMES
     from attrib.sources import random_crops
-    c = fingerprint_config(**(cfg or {})); seed = c['seed']
+    c = fingerprint_config(**(cfg or {}))
+    seed = c['seed']
     img_size = zoo_config(ZOO_NAMES[0], c['zoo_size'])['img_size']
     rng = np.random.default_rng(seed)
     archs = list(ARCH_GRID) if c['n_archs'] is None else \
@@ -65,7 +66,8 @@ def synthesized_training_set(cfg: dict | None = None, synth_root=None, device=No
     index = synthesize_models(archs, seeds=c['seeds'], steps=c['synth_steps'], root=synth_root,
                               channels=c['synth_channels'], img_size=img_size, device=device)
     held = {a.name for a in held_archs}
-    train_entries = [e for e in index if e['arch'] not in held]; held_entries = [e for e in index if e['arch'] in held]
+    train_entries = [e for e in index if e['arch'] not in held]
+    held_entries = [e for e in index if e['arch'] in held]
     if c['real_source'] == 'zoo': real = zoo_real_images('train', c['n_real_train'], size=c['zoo_size'])
     else: real = random_crops(c['n_real_train'], img_size, seed=seed + 101)[0]
     train_models = [load_synthetic_model(e, device) for e in train_entries]
@@ -82,7 +84,8 @@ def _held_out_check(net, data, n_per_model=30, n_shot=5, seed=0, device=None) ->
     real = random_crops(n_per_model, data['img_size'], seed=seed + 102)[0]
     X = torch.cat([fingerprinted_images(load_synthetic_model(e, device), real) for e in data['held_entries']])
     y = np.repeat(np.arange(len(data['held_entries'])), n_per_model)
-    f = embed(net, X).numpy(); fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    f = embed(net, X).numpy()
+    fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     # 0 when every image gets the same fingerprint (a collapsed run)
     spread = float(fn.std(0).mean())
     return dict(heldout_feature_spread=spread, collapsed=spread < 1e-6,
@@ -152,13 +155,15 @@ def folder_images(paths, img_size: int) -> tuple[torch.Tensor, str]:
     from attrib.images import load_image, pil_to_float_tensor
     ims, parts = [], []
     for p in paths:
-        p = Path(p); im = load_image(p, min_size=None)
+        p = Path(p)
+        im = load_image(p, min_size=None)
         w, h = im.size
         if min(w, h) < img_size:
             raise DataError(f"{p}: {w} x {h} is smaller than the extractor's "
                             f"{img_size} x {img_size} input (images are not upscaled)")
         l, t = (w - img_size) // 2, (h - img_size) // 2
-        ims.append(pil_to_float_tensor(im.crop((l, t, l + img_size, t + img_size)))); parts += [p.name, p.read_bytes()]
+        ims.append(pil_to_float_tensor(im.crop((l, t, l + img_size, t + img_size))))
+        parts += [p.name, p.read_bytes()]
     return (torch.stack(ims) if ims else torch.zeros(0, 3, img_size, img_size)), content_key(parts)
 
 # %% ../../nbs/33_which_model.ipynb #a27dd35c
@@ -183,13 +188,17 @@ class ModelAttributor:
         the cache."""
         from safetensors.torch import save, load_file
         if isinstance(images, (str, Path, list, tuple)) and not isinstance(images, torch.Tensor):
-            paths = image_paths(images); x, k = folder_images(paths, self.img_size); names = [str(p) for p in paths]
+            paths = image_paths(images)
+            x, k = folder_images(paths, self.img_size)
+            names = [str(p) for p in paths]
             cache = self.cache_dir/f'{content_key(self.key, k)}.safetensors'
             if cache.exists():
                 try: return load_file(str(cache))['feats'].numpy(), names, True
                 except Exception: pass                   # a broken cache entry is recomputed
         else:
-            x = images; names = [f'#{i}' for i in range(len(x))]; cache = None
+            x = images
+            names = [f'#{i}' for i in range(len(x))]
+            cache = None
         f = embed(self.net, x, self.batch_size).double()
         f = (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
         if cache is not None:
@@ -215,7 +224,8 @@ class ModelAttributor:
         if f.ndim != 2 or len(f) < 2:
             raise DataError(f"model {name!r}: features must be (N >= 2, D), got shape {f.shape}")
         self.feats[str(name)] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-        self.info[str(name)] = dict(n_images=len(f), cached=False, source=None); self.threshold = None
+        self.info[str(name)] = dict(n_images=len(f), cached=False, source=None)
+        self.threshold = None
         return self
 
     @property
@@ -230,14 +240,17 @@ class ModelAttributor:
         """Set the threshold from leave-one-out scores of the enrolment images (at most a share `fpr` below it);
         returns it."""
         if not self.feats: raise DataError('enrol at least one model before calibrating')
-        C = self.centroids(); scores, correct = [], []
+        C = self.centroids()
+        scores, correct = [], []
         for c, f in enumerate(self.feats.values()):
             S = f @ C.T
             loo = f.sum(0, keepdims=True) - f                        # each image's own model without it
             loo /= np.maximum(np.linalg.norm(loo, axis=1, keepdims=True), 1e-12)
             S[:, c] = (f * loo).sum(1)
-            scores.append(S.max(1)); correct.append(S.argmax(1) == c)
-        s = np.concatenate(scores); ok = np.concatenate(correct)
+            scores.append(S.max(1))
+            correct.append(S.argmax(1) == c)
+        s = np.concatenate(scores)
+        ok = np.concatenate(correct)
         self.threshold = float(np.sort(s)[int(np.floor(self.fpr * len(s)))])
         self.calibration = dict(threshold=self.threshold, fpr=self.fpr, n_images=int(len(s)), loo_scores=s,
                                 loo_rejected=float((s < self.threshold).mean()), loo_accuracy=float(ok.mean()))
@@ -251,9 +264,11 @@ class ModelAttributor:
     def predict_features(self, feats, names=None) -> dict:
         "`predict` for fingerprints (N, D) already computed."
         if self.threshold is None: self.calibrate()
-        f = np.asarray(to_numpy(feats), np.float64); f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        f = np.asarray(to_numpy(feats), np.float64)
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         names = list(names) if names is not None else [f'#{i}' for i in range(len(f))]
-        S = f @ self.centroids().T; order = np.argsort(-S, axis=1, kind='stable')
+        S = f @ self.centroids().T
+        order = np.argsort(-S, axis=1, kind='stable')
         m = np.array(self.models, dtype=object)
         score = S[np.arange(len(S)), order[:, 0]]
         two = S.shape[1] > 1
@@ -272,7 +287,8 @@ class ModelAttributor:
             raise DataError(f"{len(truth)} true sources for {len(pred['answer'])} queries")
         true = [t if t in self.feats else UNKNOWN for t in truth]
         labels = self.models + [UNKNOWN]
-        known = np.array([t != UNKNOWN for t in true]); s = np.asarray(pred['score'])
+        known = np.array([t != UNKNOWN for t in true])
+        s = np.asarray(pred['score'])
         au = auroc(s[known], s[~known]) if known.any() and (~known).any() else float('nan')
         return dict(accuracy=float(np.mean([a == t for a, t in zip(pred['answer'], true)])),
                     macro_f1=float(f1_score(true, pred['answer'], labels=sorted(set(true) | set(pred['answer'])),
@@ -302,25 +318,35 @@ def _truth_for(names, truth: dict, path) -> list[str]:
     for n in names:
         p = Path(n)
         for k in (n, str(p.resolve()), p.name):
-            if k in truth: out.append(truth[k]); break
+            if k in truth:
+                out.append(truth[k])
+                break
         else: raise DataError(f"{path}: no true source for query {n}")
     return out
 
 def confusion_figure(ev: dict, path):
     "Save the row-normalised confusion matrix of `ModelAttributor.evaluate` as a PNG."
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from attrib.report import save_figure
-    cm = ev['confusion'].astype(float); cm = cm / np.maximum(cm.sum(1, keepdims=True), 1); L = ev['labels']
+    cm = ev['confusion'].astype(float)
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    L = ev['labels']
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(L), 1 + 0.6 * len(L)))
     ax.imshow(cm, cmap='Blues', vmin=0, vmax=1)
-    ax.set_xticks(range(len(L))); ax.set_xticklabels(L, rotation=90, fontsize=7); ax.set_yticks(range(len(L)))
+    ax.set_xticks(range(len(L)))
+    ax.set_xticklabels(L, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(L)))
     ax.set_yticklabels(L, fontsize=7)
     for i in range(len(L)):
         for j in range(len(L)): ax.text(j, i, f'{cm[i, j]:.2f}', ha='center', va='center', fontsize=6)
-    ax.set_xlabel('answer'); ax.set_ylabel('true source')
+    ax.set_xlabel('answer')
+    ax.set_ylabel('true source')
     ax.set_title(f"accuracy {ev['accuracy']:.3f}, macro-F1 {ev['macro_f1']:.3f}, AUROC {ev['auroc']:.3f}", fontsize=8)
-    path = Path(path); save_figure(fig, path.stem, path.parent); plt.close(fig)
+    path = Path(path)
+    save_figure(fig, path.stem, path.parent)
+    plt.close(fig)
     return path
 
 # %% ../../nbs/33_which_model.ipynb #15f6d59f
@@ -358,7 +384,8 @@ def which_model(queries,                # query images or folders of them
         ev = att.evaluate(p, df['truth'])
         res['metrics'] = {k: v for k, v in ev.items() if k != 'confusion'}
         res['metrics']['confusion'] = ev['confusion'].tolist()
-        save_json(res['metrics'], out/'metrics.json'); confusion_figure(ev, out/'confusion_matrix.png')
+        save_json(res['metrics'], out/'metrics.json')
+        confusion_figure(ev, out/'confusion_matrix.png')
     with atomic_write(out/'predictions.csv', 'w') as f: df.to_csv(f, index=False)
     save_json(res, out/'predictions.json')
     res['table'], res['out'] = df, out

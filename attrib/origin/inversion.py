@@ -137,7 +137,8 @@ def initial_latents(gen, n: int, restarts: int, seed: int = 0) -> torch.Tensor:
 def frozen(module: nn.Module):
     "Eval mode and no parameter gradients inside the block; the module's previous state is restored after."
     was, flags = module.training, [p.requires_grad for p in module.parameters()]
-    module.eval(); module.requires_grad_(False)
+    module.eval()
+    module.requires_grad_(False)
     try: yield module
     finally:
         module.train(was)
@@ -221,10 +222,12 @@ def invert(gen: nn.Module,                 # the generator (a `latent_shape`, im
           ) -> InversionResult:
     """Invert `gen` for all `images` (n, 3, H, W) in [0, 1] at once: Adam on latents only, n x restarts rows; see the
     text above."""
-    _validate(gen, images, steps, restarts, lr); lrs = lr_schedule(lr, steps, lr_decay)
+    _validate(gen, images, steps, restarts, lr)
+    lrs = lr_schedule(lr, steps, lr_decay)
     if device is not None: gen.to(get_device(device))
     dev = gen.device if hasattr(gen, 'device') else next(gen.parameters()).device
-    images = images.to(dev).float(); n = len(images)
+    images = images.to(dev).float()
+    n = len(images)
     Z0 = _init(gen, images, restarts, seed, init, n_candidates).to(dev).float()
     perc = _loss_fn(loss, perceptual_weight)
     if perc is not None: perc.to(dev)
@@ -235,21 +238,26 @@ def invert(gen: nn.Module,                 # the generator (a `latent_shape`, im
     hist = torch.full((steps + 1, n), math.nan) if record else None
     with frozen(gen):
         for c0 in range(0, n, batch_images):
-            sl = slice(c0, min(n, c0 + batch_images)); cn = sl.stop - sl.start
+            sl = slice(c0, min(n, c0 + batch_images))
+            cn = sl.stop - sl.start
             T = images[sl].repeat_interleave(restarts, 0)                    # targets per row
             Z = Z0[sl].reshape(cn * restarts, *gen.latent_shape).clone()
             M, V = torch.zeros_like(Z), torch.zeros_like(Z)
             best = torch.full((cn,), math.inf, dtype=torch.float64, device=dev)
             best_z = Z.view(cn, restarts, -1)[:, 0].clone()
-            best_r = torch.zeros(cn, dtype=torch.long, device=dev); ref = best.clone()
-            last = torch.zeros(cn, dtype=torch.long, device=dev); nst = torch.zeros(cn, dtype=torch.long, device=dev)
+            best_r = torch.zeros(cn, dtype=torch.long, device=dev)
+            ref = best.clone()
+            last = torch.zeros(cn, dtype=torch.long, device=dev)
+            nst = torch.zeros(cn, dtype=torch.long, device=dev)
             active = torch.ones(cn, dtype=torch.bool, device=dev)
             ia, full, changed = torch.arange(cn, device=dev), True, False
             for s in range(steps + 1):
                 if changed:                                                    # the active set shrank: re-index once
-                    ia = active.nonzero().squeeze(1); full = changed = False
+                    ia = active.nonzero().squeeze(1)
+                    full = changed = False
                     if len(ia) == 0: break
-                    rows = (ia[:, None] * restarts + torch.arange(restarts, device=dev)).reshape(-1); Ta = T[rows]
+                    rows = (ia[:, None] * restarts + torch.arange(restarts, device=dev)).reshape(-1)
+                    Ta = T[rows]
                 za = (Z.clone() if full else Z[rows]).requires_grad_(s < steps)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp), torch.set_grad_enabled(s < steps):
                     x = gen(za)
@@ -257,10 +265,12 @@ def invert(gen: nn.Module,                 # the generator (a `latent_shape`, im
                     mse = _per_image_mse(x, tgt)                               # (len(ia) * R,)
                     obj = mse if perc is None else mse + perceptual_weight * perc(x.float(), tgt).float()
                 per = mse.detach().view(len(ia), restarts)
-                mn, arg = per.min(1); mn = mn.double()
+                mn, arg = per.min(1)
+                mn = mn.double()
                 imp = mn < best[ia]
                 upd = ia[imp]
-                best[upd] = mn[imp]; best_r[upd] = arg[imp]
+                best[upd] = mn[imp]
+                best_r[upd] = arg[imp]
                 best_z[upd] = za.detach().view(len(ia), restarts, -1)[imp, arg[imp]]
                 if hist is not None: hist[s, c0 + ia.cpu()] = best[ia].float().cpu()
                 if s == steps: break
@@ -274,11 +284,16 @@ def invert(gen: nn.Module,                 # the generator (a `latent_shape`, im
                 nst[ia] += 1
                 # early stopping per image
                 better = best[ia] < ref[ia] * (1 - rel_tol)
-                ref[ia[better]] = best[ia[better]]; last[ia[better]] = s
+                ref[ia[better]] = best[ia[better]]
+                last[ia[better]] = s
                 done = ((s - last[ia]) >= pat) | (best[ia] <= abs_tol)
-                if done.any(): active[ia[done]] = False; changed = True
-            out['score'][sl] = best.float().cpu(); out['latent'][sl] = best_z.view(cn, *gen.latent_shape).cpu()
-            out['n_steps'][sl] = nst.cpu(); out['restart'][sl] = best_r.cpu()
+                if done.any():
+                    active[ia[done]] = False
+                    changed = True
+            out['score'][sl] = best.float().cpu()
+            out['latent'][sl] = best_z.view(cn, *gen.latent_shape).cpu()
+            out['n_steps'][sl] = nst.cpu()
+            out['restart'][sl] = best_r.cpu()
         with torch.no_grad():
             recon = torch.cat([gen(out['latent'][i:i + batch_images].to(dev)).float().cpu()
                                for i in range(0, n, batch_images)]) if n \
@@ -294,9 +309,11 @@ def invert_loop(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts
                 betas=(0.9, 0.999),
                 lr_decay: str = 'none', n_candidates: int = 0) -> InversionResult:
     "Reference per-image inversion loop (RONAN's code structure, torch.optim.Adam); MSE loss only."
-    _validate(gen, images, steps, restarts, lr); lrs = lr_schedule(lr, steps, lr_decay)
+    _validate(gen, images, steps, restarts, lr)
+    lrs = lr_schedule(lr, steps, lr_decay)
     dev = gen.device if hasattr(gen, 'device') else next(gen.parameters()).device
-    images = images.to(dev).float(); n = len(images)
+    images = images.to(dev).float()
+    n = len(images)
     Z0 = _init(gen, images, restarts, seed, init, n_candidates).to(dev).float()
     pat = patience if early_stop else math.inf
     scores, lat, nst, rst = [], [], [], []
@@ -313,10 +330,16 @@ def invert_loop(gen: nn.Module, images: torch.Tensor, steps: int = 300, restarts
                 if mn.item() < best: best, bz, br = mn.item(), z.detach()[arg].clone(), int(arg)
                 if s == steps: break
                 opt.param_groups[0]['lr'] = lrs[s]
-                opt.zero_grad(); per.mean().backward(); opt.step(); k += 1
+                opt.zero_grad()
+                per.mean().backward()
+                opt.step()
+                k += 1
                 if best < ref * (1 - rel_tol): ref, last = best, s
                 if s - last >= pat or best <= abs_tol: break
-            scores.append(best); lat.append(bz.cpu()); nst.append(k); rst.append(br)
+            scores.append(best)
+            lat.append(bz.cpu())
+            nst.append(k)
+            rst.append(br)
         with torch.no_grad(): recon = gen(torch.stack(lat).to(dev)).cpu() if n else None
     return InversionResult(score=torch.tensor(scores), latent=torch.stack(lat) if n else None, recon=recon,
                            n_steps=torch.tensor(nst), restart=torch.tensor(rst))
@@ -353,12 +376,15 @@ def aedr_scores(gen, images: torch.Tensor, batch_images: int = 256) -> dict:
     check_image_batch(images, None, 'images')
     if not getattr(gen, 'has_autoencoder', False):
         raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEDR needs one")
-    dev = gen.device; l1s, l2s = [], []
+    dev = gen.device
+    l1s, l2s = [], []
     with frozen(gen):
         for i in range(0, len(images), batch_images):
             x = images[i:i + batch_images].to(dev).float()
-            x1 = gen.autoencode(x); x2 = gen.autoencode(x1.clamp(0, 1))
-            l1s.append(_per_image_mse(x1, x).cpu()); l2s.append(_per_image_mse(x2, x1).cpu())
+            x1 = gen.autoencode(x)
+            x2 = gen.autoencode(x1.clamp(0, 1))
+            l1s.append(_per_image_mse(x1, x).cpu())
+            l2s.append(_per_image_mse(x2, x1).cpu())
     l1, l2 = torch.cat(l1s).double().numpy(), torch.cat(l2s).double().numpy()
     h = glcm_homogeneity(images)
     return dict(score=l1 / np.maximum(l2, 1e-12) * h, l1=l1, l2=l2, homogeneity=h)
@@ -371,11 +397,14 @@ def aeroblade_scores(gen, images: torch.Tensor, batch_images: int = 256, distanc
     check_image_batch(images, None, 'images')
     if not getattr(gen, 'has_autoencoder', False):
         raise AttribError(f"{getattr(gen, 'name', 'generator')} has no image autoencoder; AEROBLADE needs one")
-    d = (distance or PerceptualDistance()).to(gen.device); s, m = [], []
+    d = (distance or PerceptualDistance()).to(gen.device)
+    s, m = [], []
     with frozen(gen):
         for i in range(0, len(images), batch_images):
-            x = images[i:i + batch_images].to(gen.device).float(); r = gen.autoencode(x).clamp(0, 1)
-            s.append(d(r, x).cpu()); m.append(_per_image_mse(r, x).cpu())
+            x = images[i:i + batch_images].to(gen.device).float()
+            r = gen.autoencode(x).clamp(0, 1)
+            s.append(d(r, x).cpu())
+            m.append(_per_image_mse(r, x).cpu())
     return dict(score=torch.cat(s).double().numpy(), mse=torch.cat(m).double().numpy())
 
 # %% ../../nbs/21_inversion.ipynb #00921937
@@ -415,15 +444,19 @@ def grubbs_critical(n: int, alpha: float = 0.05) -> float:
 # %% ../../nbs/21_inversion.ipynb #f9fe86e1
 def grubbs_threshold(calib: np.ndarray, alpha: float = 0.05) -> float:
     "The score above which Grubbs' test (x appended to the N calibration scores, n = N + 1) flags x as an outlier."
-    s = np.asarray(calib, np.float64); N = len(s)
-    c = grubbs_critical(N + 1, alpha); m = s.mean(); Q = ((s - m) ** 2).sum()
+    s = np.asarray(calib, np.float64)
+    N = len(s)
+    c = grubbs_critical(N + 1, alpha)
+    m = s.mean()
+    Q = ((s - m) ** 2).sum()
     den = N ** 2 / (N + 1) ** 2 - c ** 2 / (N + 1)
     return float(m + math.sqrt(c * c * Q / N / den))
 
 # %% ../../nbs/21_inversion.ipynb #bb6a7ec7
 def grubbs_statistic(x, calib) -> np.ndarray:
     "Grubbs' G for each x appended to the calibration scores: (x - mean) / sd over the N + 1 values."
-    s = np.asarray(calib, np.float64); x = np.atleast_1d(np.asarray(x, np.float64))
+    s = np.asarray(calib, np.float64)
+    x = np.atleast_1d(np.asarray(x, np.float64))
     allv = np.concatenate([np.broadcast_to(s, (len(x), len(s))), x[:, None]], 1)
     return (x - allv.mean(1)) / allv.std(1, ddof=1)
 
@@ -445,7 +478,9 @@ class _Rule:
         s = self._t(scores)
         if s.ndim != 1 or len(s) < 3:
             raise DataError(f"need a 1-D array of at least 3 calibration scores, got shape {s.shape}")
-        self.calib = s; self.threshold = self._fit(s); return self
+        self.calib = s
+        self.threshold = self._fit(s)
+        return self
     def predict(self, scores) -> np.ndarray:
         if self.threshold is None:
             raise AttribError(f"{type(self).__name__} is not fitted; call .fit(own_scores) first")
@@ -480,8 +515,10 @@ class KDERule(_Rule):
     10,000 points)."""
     def _fit(self, s):
         from scipy.stats import gaussian_kde
-        sd = s.std(ddof=1); grid = np.linspace(s.min() - sd, s.max() + sd, 10000)
-        cdf = np.cumsum(gaussian_kde(s)(grid)); cdf /= cdf[-1]
+        sd = s.std(ddof=1)
+        grid = np.linspace(s.min() - sd, s.max() + sd, 10000)
+        cdf = np.cumsum(gaussian_kde(s)(grid))
+        cdf /= cdf[-1]
         return float(np.interp(1 - self.alpha, cdf, grid))
     @property
     def target_fpr(self): return self.alpha
@@ -523,7 +560,8 @@ def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable
                    alpha: float = 0.05, accept_q: float = 0.5) -> dict:
     """Cascade: flag where the cheap score beats its rule at alpha/2, accept below the `accept_q` own quantile, else
     ask `full_fn(idx)`."""
-    cheap = np.asarray(cheap, float); n = len(cheap)
+    cheap = np.asarray(cheap, float)
+    n = len(cheap)
     cr, fr = make_rule(rule, alpha / 2).fit(cheap_calib), make_rule(rule, alpha / 2).fit(full_calib)
     flag = cr.predict(cheap) if n else np.zeros(0, bool)
     accept = (cheap <= np.quantile(np.asarray(cheap_calib, float),
@@ -532,7 +570,9 @@ def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable
     score, thr = cheap.copy(), np.full(n, cr.threshold)
     und = np.flatnonzero(stage == 'full')
     if len(und):
-        score[und] = np.asarray(full_fn(und), float); thr[und] = fr.threshold; flag[und] = fr.predict(score[und])
+        score[und] = np.asarray(full_fn(und), float)
+        thr[und] = fr.threshold
+        flag[und] = fr.predict(score[und])
     return dict(flag=flag, stage=stage, score=score, threshold=thr, rules=(cr, fr))
 
 # %% ../../nbs/21_inversion.ipynb #f73605cf
@@ -550,7 +590,11 @@ class OriginTest:
         "Fit the rule on given belonging scores, or on the scores of `n_calib` fresh samples of the model."
         if calib_scores is None:
             calib_scores = self.scores(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())['score']
-        self.calib_scores = np.asarray(calib_scores); self.rule.fit(self.calib_scores); return self
+        self.calib_scores = np.asarray(calib_scores)
+        self.rule.fit(self.calib_scores)
+        return self
     def predict(self, images) -> dict:
         "Scores of `images` and `flag` (True = not made by the model)."
-        s = self.scores(images); s['flag'] = self.rule.predict(s['score']); return s
+        s = self.scores(images)
+        s['flag'] = self.rule.predict(s['score'])
+        return s

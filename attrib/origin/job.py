@@ -74,7 +74,8 @@ def load_generator(spec: str, factory: str | None = None, size: str = 'default',
                    sample_steps: int | None = None) -> nn.Module:
     """The generator `spec` names: a zoo model, a diffusers folder, a `.safetensors` checkpoint (+ factory) or
     `module:callable`."""
-    spec = str(spec); p = Path(spec)
+    spec = str(spec)
+    p = Path(spec)
     if spec in ZOO_NAMES: return load_zoo_model(spec, size, seed, root, train_if_missing=False)
     if spec in ZOO_WORLD:
         g = load_world_model(spec, size, root, train_if_missing=False)
@@ -102,7 +103,9 @@ def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
     if not folder.is_dir(): raise DataError(f"{folder}: not a folder of images")
     ims, paths, skipped = [], [], []
     for p in list_images(folder):
-        try: ims.append(pil_to_float_tensor(load_image(p).resize((img_size, img_size)))); paths.append(p)
+        try:
+            ims.append(pil_to_float_tensor(load_image(p).resize((img_size, img_size))))
+            paths.append(p)
         except (DataError, OSError) as e:
             if on_error == 'raise':
                 raise DataError(f"{display_path(e)} (use --on-error skip to go on without it)") from None
@@ -176,24 +179,28 @@ class OriginInspector:
             else:
                 t0 = time.perf_counter()
                 x = quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
-                s = np.asarray(self._score(st, x), float); self.calib_s += time.perf_counter() - t0
+                s = np.asarray(self._score(st, x), float)
+                self.calib_s += time.perf_counter() - t0
                 save_json({'scores': s, 'method': m, 'params': kw, 'n_calib': self.n_calib,
                            'calib_seed': self.calib_seed,
                            'weights_sha1': self.digest, 'generator': getattr(self.gen, 'name', '')}, f)
-            self.calib[st] = s; self.rules[st] = make_rule(self.rule_name, a).fit(s)
+            self.calib[st] = s
+            self.rules[st] = make_rule(self.rule_name, a).fit(s)
         return self
 
     @property
     def fpr_statement(self) -> str:
         "What the decision rule guarantees about false alarms on the model's own images."
-        k = len(self._stages()); s = RULE_FPR[self.rule_name]
+        k = len(self._stages())
+        s = RULE_FPR[self.rule_name]
         if k == 1: return s
         return f"each of the {k} stages at alpha/{k} ({s}); the cascade's FPR <= alpha by the union bound"
 
     def predict(self, images: torch.Tensor) -> pd.DataFrame:
         "Per image: score, threshold, stage that decided, made_by_model (False = flagged as not made by the model)."
         if not hasattr(self, 'rules'): self.fit()
-        n = len(images); full = self.rules['full']
+        n = len(images)
+        full = self.rules['full']
         if 'cheap' not in self.rules:
             s = np.asarray(self._score('full', images), float)
             return pd.DataFrame(dict(score=s, threshold=full.threshold, stage='full', made_by_model=~full.predict(s)))
@@ -221,7 +228,9 @@ def output_paths(out) -> dict | None:
     d = paths['csv'].parent
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, t = tempfile.mkstemp(dir=d, prefix='.attrib-write-test.'); os.close(fd); os.remove(t)
+        fd, t = tempfile.mkstemp(dir=d, prefix='.attrib-write-test.')
+        os.close(fd)
+        os.remove(t)
     except OSError as e: raise DataError(f"--out {out}: cannot write in {d} ({e.strerror or e})") from None
     for k in ('json', 'png'):
         if paths[k].is_dir(): raise DataError(f"--out {out}: {paths[k]} is a directory")
@@ -231,8 +240,10 @@ def output_paths(out) -> dict | None:
 def plot_origin(result: dict):
     "Scores of the inspected images against the model's own calibration scores (log10), with the decision threshold(s)."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.4)); lg = lambda s: np.log10(np.maximum(np.asarray(s, float), 1e-12))
-    cal = result['calibration']; t = pd.DataFrame(result['rows'])
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    lg = lambda s: np.log10(np.maximum(np.asarray(s, float), 1e-12))
+    cal = result['calibration']
+    t = pd.DataFrame(result['rows'])
     for i, (st, c) in enumerate(cal.items()):
         ax.hist(lg(c['scores']), bins=20, alpha=0.45, color=f'C{i}', label=f"calibration ({st}: "
                                                                            f"{len(c['scores'])} own samples)")
@@ -243,10 +254,13 @@ def plot_origin(result: dict):
         for made, col, lab in ((True, 'g', 'inspected: made by model'), (False, 'r', 'inspected: flagged')):
             s = t.score[t.made_by_model == made]
             if len(s): ax.plot(lg(s), np.full(len(s), y), '|', color=col, ms=14, mew=1.5, label=lab)
-    ax.set_xlabel('log10 score (low = reproduced by the model)'); ax.set_ylabel('count')
+    ax.set_xlabel('log10 score (low = reproduced by the model)')
+    ax.set_ylabel('count')
     ax.set_title(f"{result['generator']} / {result['method']}: {result['n_flagged']} of {result['n_images']} flagged",
                  fontsize=9)
-    ax.legend(fontsize=6); fig.tight_layout(); return fig
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/23_origin_job.ipynb #f1a1ce2a
 def write_origin(result: dict, paths: dict) -> dict:
@@ -254,7 +268,8 @@ def write_origin(result: dict, paths: dict) -> dict:
     holds it all."""
     save_json(result, paths['json'])
     with atomic_write(paths['csv'], 'w') as f: pd.DataFrame(result['rows']).to_csv(f, index=False)
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig = plot_origin(result)
     try:
@@ -291,7 +306,11 @@ def inspect_origin(folder,                                  # folder of images
     x, files, skipped = load_folder(folder, gen.img_size, on_error)
     ins = OriginInspector(gen, method, rule, alpha, n_calib, calib_seed,
                           cache_dir=None if root is None else zoo_root(root)/'origin_calib', **inv_kw)
-    t0 = time.perf_counter(); ins.fit(); t1 = time.perf_counter(); tab = ins.predict(x); t2 = time.perf_counter()
+    t0 = time.perf_counter()
+    ins.fit()
+    t1 = time.perf_counter()
+    tab = ins.predict(x)
+    t2 = time.perf_counter()
     tab.insert(0, 'path', [display_path(p) for p in files])
     name = generator if isinstance(generator, str) else getattr(gen, 'name', type(gen).__name__)
     res = dict(generator=display_path(name), folder=display_path(folder), weights_sha1=ins.digest, method=method,
@@ -307,7 +326,8 @@ def inspect_origin(folder,                                  # folder of images
     if paths is not None:
         try: write_origin(res, paths)
         except OSError as e:                                               # keep the finished result somewhere
-            keep = runs_dir()/'origin-unsaved'/f'origin-{time.strftime("%Y%m%d-%H%M%S")}.json'; save_json(res, keep)
+            keep = runs_dir()/'origin-unsaved'/f'origin-{time.strftime("%Y%m%d-%H%M%S")}.json'
+            save_json(res, keep)
             raise DataError(f"cannot write the results to {paths['csv'].parent} "
                             f"({e}); they are kept in {keep}") from None
         res['files'] = {k: str(v) for k, v in paths.items()}

@@ -65,6 +65,29 @@ def _supports(g, method):
 
 def _weights_digest(zoo: dict) -> str: return stable_hash([weights_digest(g) for g in zoo.values()])
 
+_SCORE_COLUMNS = ('score', 'raw', 'complexity', 'n_steps', 'l1', 'l2', 'homogeneity')
+
+def _score_part(g, srcs, method, dev, kw):
+    "Score the image sets `srcs` [(split, source, images)] in one `origin_scores` call: (frame, timing, recon)."
+    x = torch.cat([s[2] for s in srcs])
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = origin_scores(g, x.to(dev), method, **kw)
+    timing = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, n_images=len(x))
+    df = pd.DataFrame([(sp, src, i) for sp, src, s in srcs for i in range(len(s))], columns=['split', 'source', 'idx'])
+    for c in _SCORE_COLUMNS:
+        if c in out: df[c] = np.asarray(out[c])
+    return df, timing, out.get('recon')
+
+def _cached(cache, key):
+    "The frame and timing cached at `cache` under `key`, or None."
+    if cache is None or not cache.exists() or load_json(cache.with_suffix('.json')).get('key') != key: return None
+    return pd.read_csv(cache), load_json(cache.with_suffix('.json'))['timing']
+
+def _save_part(cache, key, params, df, timing):
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache, 'w') as f: df.to_csv(f, index=False)
+    save_json({'key': key, 'params': params, 'timing': timing}, cache.with_suffix('.json'))
+
 def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, n_calib: int = 40,
                  method: str = 'ronan',
                  steps: int = 200, restarts: int = 3, lr: float = 0.05, root=None, device=None, out_dir=None,
@@ -77,7 +100,8 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     dev = get_device(device)
     # any ZOO_WORLD name; ZOO_NAMES ones as trained from seed 0
     zoo = {k: load_world_model(k, size, root).to(dev) for k in names}
-    digest = _weights_digest(zoo)
+    digests = {k: weights_digest(g) for k, g in zoo.items()}
+    digest = stable_hash(list(digests.values()))
     if channels_last and dev.type == 'cpu':
         zoo = {k: g.to(memory_format=torch.channels_last) for k, g in zoo.items()}   # speed only
     inspected = [k for k in (inspect or names) if _supports(zoo[k], method)]
@@ -94,44 +118,47 @@ def score_origin(names=None, size: str = 'default', seed: int = 0, n: int = 40, 
     all_scores, examples, timing = [], {}, {}
     for k in inspected:
         g = zoo[k]
-        srcs = [('calib', k, sets['calib'][k]), ('test', k, sets['test'][k]), ('test', 'real',
-                                                                               sets['test']['real'])] + \
+        # calibration and test images are scored in two calls: the calibration scores (clean, and the same for every
+        # test set and perturbation) are cached once per model and setting
+        cparams = dict(model=k, size=size, seed=seed, n_calib=n_calib, method=method, quantize=quantize, inv=kw)
+        ckey = stable_hash(cparams, digests[k])
+        ccache = score_dir/f'{method}-{k}-calib-{ckey[:12]}.csv' if score_dir is not None else None
+        srcs = [('test', k, sets['test'][k]), ('test', 'real', sets['test']['real'])] + \
                [('test', o, sets['test'][o]) for o in names if o != k]
-        cache = score_dir/f'{method}-{k}.csv' if score_dir is not None else None
-        if cache is not None and cache.exists() and load_json(cache.with_suffix('.json')).get('key') == key:
-            df = pd.read_csv(cache); timing[k] = load_json(cache.with_suffix('.json'))['timing']; rec = None
+        # one file per setting: the runs of a notebook that share a method (full, short, perturbed) keep their own
+        cache = score_dir/f'{method}-{k}-{key}.csv' if score_dir is not None else None
+        got = _cached(ccache, ckey)
+        if got is None:
+            cdf, ct, _ = _score_part(g, [('calib', k, sets['calib'][k])], method, dev, kw)
+            if ccache is not None: _save_part(ccache, ckey, cparams, cdf, ct)
+        else: cdf, ct = got
+        got, rec = _cached(cache, key), None
+        if got is None:
+            tdf, tt, rec = _score_part(g, srcs, method, dev, kw)
+            if cache is not None: _save_part(cache, key, params, tdf, tt)
+        else:
+            tdf, tt = got
             exf = cache.with_name(cache.stem + '-examples.npz')
             if exf.exists():
                 z = np.load(exf, allow_pickle=False)
                 examples[k] = [(str(z[f'src{i}']), z[f'in{i}'], z[f'rec{i}'],
                                 z[f'score{i}']) for i in range(int(z['n']))]
-        else:
-            x = torch.cat([s[2] for s in srcs])
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = origin_scores(g, x.to(dev), method, **kw)
-            timing[k] = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, n_images=len(x))
-            lab = [(sp, src, i) for sp, src, s in srcs for i in range(len(s))]
-            df = pd.DataFrame(lab, columns=['split', 'source', 'idx'])
-            for c in ('score', 'raw', 'complexity', 'n_steps', 'l1', 'l2', 'homogeneity'):
-                if c in out: df[c] = np.asarray(out[c])
-            rec = out.get('recon')
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(cache, 'w') as f: df.to_csv(f, index=False)
-                save_json({'key': key, 'params': params, 'timing': timing[k]}, cache.with_suffix('.json'))
-        df.insert(0, 'inspected', k); all_scores.append(df)
+        timing[k] = {c: ct[c] + tt[c] for c in ('wall_s', 'cpu_s', 'n_images')}
         if rec is not None:     # a few inputs and their reconstructions per source
             ex = []
-            for sp, src, s in srcs[1:]:
-                idx = df.index[(df.split == sp) & (df.source == src)][:n_examples].to_numpy()
+            for sp, src, s in srcs:
+                idx = tdf.index[(tdf.split == sp) & (tdf.source == src)][:n_examples].to_numpy()
                 ex += [(src, tensor_to_images(s[:n_examples]), tensor_to_images(rec[torch.as_tensor(np.array(idx))]),
-                        df.score.to_numpy()[idx])]
+                        tdf.score.to_numpy()[idx])]
             examples[k] = ex
             if cache is not None:
                 arrs = {'n': np.array(len(ex))}
                 for i, (src, a, b, v) in enumerate(ex):
                     arrs.update({f'src{i}': np.array(src), f'in{i}': a, f'rec{i}': b, f'score{i}': v})
                 with atomic_write(cache.with_name(cache.stem + '-examples.npz')) as f: np.savez_compressed(f, **arrs)
+        df = pd.concat([cdf, tdf], ignore_index=True)
+        df.insert(0, 'inspected', k)
+        all_scores.append(df)
     return dict(scores=pd.concat(all_scores, ignore_index=True), examples=examples, timing=timing, params=params)
 
 # %% ../../nbs/22_origin_eval.ipynb #85ad1b5e
@@ -185,7 +212,8 @@ def plot_roc(result: dict, sources=('real', 'others')):
     "ROC curves per inspected model: its fresh samples vs real images and vs all other models' samples."
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
-    sc = result['scores']; ins = list(result['summary'].index)
+    sc = result['scores']
+    ins = list(result['summary'].index)
     fig, axs = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 4), squeeze=False)
     for ax, src in zip(axs[0], sources):
         for k in ins:
@@ -195,48 +223,67 @@ def plot_roc(result: dict, sources=('real', 'others')):
             f, t, _ = roc_curve(np.r_[np.zeros(len(own)), np.ones(len(neg))], np.r_[own, neg])
             ax.plot(f, t, label=f"{k} (AUC "
                                 f"{result['summary'].loc[k, 'auc_real' if src == 'real' else 'auc_others']:.3f})")
-        ax.plot([0, 1], [0, 1], 'k:', lw=0.8); ax.set_xlabel('FPR (own samples flagged)'); ax.set_ylabel('TPR')
-        ax.set_title(f"own vs {src}"); ax.legend(fontsize=7)
-    fig.tight_layout(); return fig
+        ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+        ax.set_xlabel('FPR (own samples flagged)')
+        ax.set_ylabel('TPR')
+        ax.set_title(f"own vs {src}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/22_origin_eval.ipynb #636d73dd
 def plot_score_hists(result: dict):
     """Histograms of calibrated scores (log10) per inspected model: calibration, own test, real, other models; the
     rule's threshold."""
     import matplotlib.pyplot as plt
-    sc = result['scores']; ins = list(result['summary'].index)
+    sc = result['scores']
+    ins = list(result['summary'].index)
     fig, axs = plt.subplots(1, len(ins), figsize=(3.6 * len(ins), 3.2), squeeze=False)
     for ax, k in zip(axs[0], ins):
-        d = sc[sc.inspected == k]; lg = lambda s: np.log10(np.maximum(s, 1e-12))
+        d = sc[sc.inspected == k]
+        lg = lambda s: np.log10(np.maximum(s, 1e-12))
         groups = [('calib (own)', d.score[d.split == 'calib']), ('own test',
                                                                  d.score[(d.split == 'test') & (d.source == k)]),
                   ('real', d.score[d.source == 'real']),
                   ('other models', d.score[(d.split == 'test') & (d.source != k) & (d.source != 'real')])]
-        allv = lg(d.score.to_numpy()); bins = np.linspace(allv.min(), allv.max() + 1e-9, 30)
+        allv = lg(d.score.to_numpy())
+        bins = np.linspace(allv.min(), allv.max() + 1e-9, 30)
         for lab, s in groups: ax.hist(lg(s.to_numpy()), bins=bins, alpha=0.5, label=lab)
         t = result['thresholds'][k]
         if np.isfinite(t):
             ax.axvline(t / np.log(10) if result['rule']['log'] else np.log10(max(t, 1e-12)), color='k', ls='--', lw=1)
-        ax.set_title(k); ax.set_xlabel('log10 score')
-    axs[0][0].legend(fontsize=7); fig.tight_layout(); return fig
+        ax.set_title(k)
+        ax.set_xlabel('log10 score')
+    axs[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/22_origin_eval.ipynb #5b22e306
 def plot_reconstructions(result: dict, max_models: int | None = None):
     "For each inspected model: inputs (top) and their reconstructions by the model (bottom), per source, with scores."
     import matplotlib.pyplot as plt
-    ex = result['examples']; ks = list(ex)[:max_models]
+    ex = result['examples']
+    ks = list(ex)[:max_models]
     if not ks: raise AttribError('no reconstructions in this result (method aedr has none)')
     fig, axs = plt.subplots(len(ks), 1, figsize=(1.1 * sum(len(e[1]) for e in ex[ks[0]]), 2.4 * len(ks)), squeeze=False)
     for ax, k in zip(axs[:, 0], ks):
         tops = np.concatenate([np.concatenate(list(a), 1) for _, a, _, _ in ex[k]], 1)
         bots = np.concatenate([np.concatenate(list(b), 1) for _, _, b, _ in ex[k]], 1)
-        ax.imshow(np.concatenate([tops, bots], 0)); ax.set_yticks([]); ax.set_xticks([])
-        w = ex[k][0][1].shape[2]; pos = 0; labels = []
+        ax.imshow(np.concatenate([tops, bots], 0))
+        ax.set_yticks([])
+        ax.set_xticks([])
+        w = ex[k][0][1].shape[2]
+        pos = 0
+        labels = []
         for src, a, _, s in ex[k]:
-            for v in s: labels.append((pos + w / 2, f"{src}\n{v:.1e}")); pos += w
-        ax.set_xticks([p for p, _ in labels]); ax.set_xticklabels([l for _, l in labels], fontsize=6)
+            for v in s:
+                labels.append((pos + w / 2, f"{src}\n{v:.1e}"))
+                pos += w
+        ax.set_xticks([p for p, _ in labels])
+        ax.set_xticklabels([l for _, l in labels], fontsize=6)
         ax.set_ylabel(f"{k}\nin / recon", fontsize=8)
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/22_origin_eval.ipynb #e7133219
 PERTURBATIONS = (('jpeg', 95), ('jpeg', 75), ('jpeg', 50), ('resize', 0.5), ('crop', 0.9), ('noise', 2 / 255))
@@ -252,7 +299,9 @@ def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Te
         from PIL import Image
         out = []
         for a in tensor_to_images(x):
-            b = io.BytesIO(); Image.fromarray(a).save(b, 'JPEG', quality=int(level)); b.seek(0)
+            b = io.BytesIO()
+            Image.fromarray(a).save(b, 'JPEG', quality=int(level))
+            b.seek(0)
             out.append(np.asarray(Image.open(b).convert('RGB')))
         y = images_to_tensor(np.stack(out)) if out else x
     elif kind == 'resize':
@@ -260,7 +309,8 @@ def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Te
         y = F.interpolate(F.interpolate(x, size=s, mode='bilinear', antialias=True, align_corners=False), size=(H, W),
                           mode='bilinear', align_corners=False)
     elif kind == 'crop':
-        h, w = max(1, round(H * level)), max(1, round(W * level)); t, l = (H - h) // 2, (W - w) // 2
+        h, w = max(1, round(H * level)), max(1, round(W * level))
+        t, l = (H - h) // 2, (W - w) // 2
         y = F.interpolate(x[..., t:t + h, l:l + w], size=(H, W), mode='bilinear', align_corners=False)
     elif kind == 'noise':
         y = x + float(level) * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -269,7 +319,8 @@ def perturb(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.Te
 
 # %% ../../nbs/22_origin_eval.ipynb #c907b21e
 def _per_image_s(timing: dict, k: str) -> float:
-    t = (timing or {}).get(k, {}); return t.get('wall_s', np.nan) / max(1, t.get('n_images', 1))
+    t = (timing or {}).get(k, {})
+    return t.get('wall_s', np.nan) / max(1, t.get('n_images', 1))
 
 def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: float = 0.05,
                       accept_q: float = 0.5) -> pd.DataFrame:
@@ -285,7 +336,8 @@ def summarize_cascade(cheap: dict, full: dict, rule: str = 'quantile', alpha: fl
         fs = te.score.to_numpy()
         d = cascade_decide(te.score_cheap.to_numpy(), cal.score_cheap.to_numpy(), lambda i: fs[i], cal.score.to_numpy(),
                            rule, alpha, accept_q)
-        fl = pd.Series(d['flag']); own = (te.source == k).to_numpy()
+        fl = pd.Series(d['flag'])
+        own = (te.source == k).to_numpy()
         acc = {src: float(((~fl[own]).sum() + fl[(te.source == src).to_numpy()].sum())
                           / (own.sum() + (te.source == src).sum()))
                for src in te.source.unique() if src != k}
@@ -314,6 +366,10 @@ def plot_cost(table: pd.DataFrame):
     for ax, col in zip(axs, ('acc_real', 'acc_others_min')):
         for i, (m, d) in enumerate(table.groupby('method', sort=False)):
             ax.scatter(d.s_per_image, d[col], label=m, color=f'C{i}', s=18)
-        ax.set_xscale('log'); ax.set_xlabel('seconds per image per inspected model'); ax.set_ylabel(col)
+        ax.set_xscale('log')
+        ax.set_xlabel('seconds per image per inspected model')
+        ax.set_ylabel(col)
         ax.grid(alpha=0.3)
-    axs[0].legend(fontsize=7); fig.tight_layout(); return fig
+    axs[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
