@@ -98,7 +98,7 @@ class PerceptualDistance(nn.Module):
         import torchvision
         from attrib.backbones import read_state_dict, weights_file
         net = torchvision.models.mobilenet_v2(weights=None)
-        net.load_state_dict(read_state_dict(weights_file('mobilenetv2')))     # $ATTRIB_WEIGHTS, else the offline package
+        net.load_state_dict(read_state_dict(weights_file('mobilenetv2')))  # $ATTRIB_WEIGHTS, else the offline package
         self.features = net.features[:n_blocks].eval().requires_grad_(False)
         self.resize = resize
         self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
