@@ -53,7 +53,14 @@ class Timer:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
     def __exit__(self, *exc):
-        self.s, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        self.s, self.cpu = self.elapsed()
+    def elapsed(self) -> tuple[float, float]:
+        "(wall, CPU) seconds since the timer started (it may still be running)."
+        return time.perf_counter() - self.t0, time.process_time() - self.c0
+    @classmethod
+    def start(cls) -> 'Timer':
+        "A running timer, for spans that are not one block (read it with `elapsed()`)."
+        return cls().__enter__()
 
 # %% ../nbs/00c_train.ipynb #a24bdfc4
 @contextmanager

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import (AttribError, DataError, WeightsError, seed_everything, get_rng_state, set_rng_state, data_dir,
                          atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress)
-from .train import restart_from_checkpoint, torch_threads
+from .train import Timer, restart_from_checkpoint, torch_threads
 from .images import images_to_tensor, tensor_to_images, check_image_batch
 from .sources import all_photos, resize
 
@@ -351,7 +351,7 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
     log."""
     config = {**config, 'phase': desc, 'n_steps': int(n_steps)}     # every option of the run; another one is refused
     st, start, log = restart_from_checkpoint(ckpt, config), 0, []
-    t_run, c_run, prior = time.perf_counter(), time.process_time(), {'wall_s': 0.0, 'cpu_s': 0.0}
+    run_timer, prior = Timer.start(), {'wall_s': 0.0, 'cpu_s': 0.0}
     if st is not None:
         # the time the killed processes spent on this phase travels in the checkpoint
         prior = st.get('elapsed', prior)
@@ -372,8 +372,7 @@ def _run_loop(step_fn, modules: dict, opts: dict, n_steps: int, ckpt: Path | Non
             save_checkpoint({'modules': {k: m.state_dict() for k, m in modules.items()},
                              'opts': {k: o.state_dict() for k, o in opts.items()}, 'config': config,
                              'step': step + 1, 'rng': get_rng_state(), 'log_keys': keys,
-                             'elapsed': {'wall_s': prior['wall_s'] + time.perf_counter() - t_run,
-                                         'cpu_s': prior['cpu_s'] + time.process_time() - c_run},
+                             'elapsed': {k: prior[k] + e for k, e in zip(('wall_s', 'cpu_s'), run_timer.elapsed())},
                              'log': torch.tensor([[r[k] for k in keys] for r in log], dtype=torch.float64)}, ckpt)
     return log
 
@@ -496,14 +495,14 @@ def _train_zoo_model(name, size, seed, root, ckpt_every, photos):
     g = build_zoo_model(name, size)
     data = images_to_tensor(zoo_real_images('train', size=size, photos=photos))
     ckpt = zoo_root(root)/'.ckpt'/(path.stem + '.pt')
-    t0, c0 = time.perf_counter(), time.process_time()
+    timer = Timer.start()
     run = {**c, 'seed': int(seed), 'photos': photos}                  # what the checkpoint must have been made with
     clock = _clock()                                                  # + the time of killed runs it resumes
     if g.family == 'gan': log = _train_gan(g, name, size, data, run, ckpt, ckpt_every, clock)
     elif g.family == 'vae':
         log = _train_vae(g, name, data, run, ckpt, ckpt_every, c['steps'], beta=1.0, sigma=VAE_SIGMA, clock=clock)
     else: log = _train_flow(g, name, data, run, ckpt, ckpt_every, clock)
-    wall, cpu = time.perf_counter() - t0 + clock['wall_s'], time.process_time() - c0 + clock['cpu_s']
+    wall, cpu = (e + clock[k] for e, k in zip(timer.elapsed(), ('wall_s', 'cpu_s')))
     g.eval()
     last = {k: float(np.nanmean([r[k] for r in log[-50:] if k in r])) for k in log[-1]}
     _save(g, path, {'config': c, 'seed': seed, 'photos': photos, 'train_wall_s': wall, 'train_cpu_s': cpu,
@@ -755,7 +754,7 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
     folder = diffusers_path(kind, size, seed, root)
     if (folder/'model_index.json').is_file() and not retrain: return folder
     data = images_to_tensor(zoo_real_images('train', size=size if size in ZOO_SIZES else 'default'))
-    t0, c0 = time.perf_counter(), time.process_time()
+    timer = Timer.start()
     ckpt = zoo_root(root)/'.ckpt'/folder.name                     # <name>.ae.pt / <name>.unet.pt while it trains
     with torch_threads(ZOO_TRAIN_THREADS):
         clock = _clock()
@@ -770,8 +769,9 @@ def train_diffusers_model(kind: str = 'ldm', size: str = 'default', seed: int = 
                'unet': ['diffusers', 'UNet2DModel'], 'scheduler': ['diffusers', 'DDIMScheduler']}
         if kind != 'ddim': idx['vqvae'] = ['diffusers', type(comps['vqvae']).__name__]
         (tmp/'model_index.json').write_text(json.dumps(idx, indent=2))
-        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': time.perf_counter() - t0 + clock['wall_s'],
-                   'train_cpu_s': time.process_time() - c0 + clock['cpu_s'], 'resumed': clock['resumed'],
+        wall, cpu = timer.elapsed()
+        save_json({'kind': kind, 'size': size, 'seed': seed, 'train_wall_s': wall + clock['wall_s'],
+                   'train_cpu_s': cpu + clock['cpu_s'], 'resumed': clock['resumed'],
                    'timing_complete': clock['complete'],
                    'threads': ZOO_TRAIN_THREADS, 'final_losses': log,
                    'n_sample_steps': DIFFUSERS_SIZES[size]['n_sample_steps'], 'torch': torch.__version__,

@@ -252,7 +252,7 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
     for epoch in range(start, epochs):
         g = _epoch_generator(seed, epoch)
         model.train()
-        sums, t0 = {'ce': 0., 'triplet': 0., 'acc': 0.}, time.perf_counter()
+        sums, timer = {'ce': 0., 'triplet': 0., 'acc': 0.}, Timer.start()
         for step in progress(range(steps_per_epoch), desc=f'fingerprint epoch {epoch + 1}/{epochs}', leave=False):
             x, y = sampler.batch(source, g)
             x, y = x.to(dev), y.to(dev)
@@ -272,7 +272,7 @@ def train_fingerprint(source, out_dir, epochs: int = 5, steps_per_epoch: int = 1
             sums['triplet'] += l_tri.item()
             sums['acc'] += (logits.argmax(1) == y).float().mean().item()
         rec = {k: float(all_reduce_mean(torch.tensor(v / steps_per_epoch))) for k, v in sums.items()}
-        rec.update(epoch=epoch + 1, lr=float(sched.get_last_lr()[0]), seconds=time.perf_counter() - t0)
+        rec.update(epoch=epoch + 1, lr=float(sched.get_last_lr()[0]), seconds=timer.elapsed()[0])
         history.append(rec)
         if is_main():
             save_checkpoint({'model': net.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),

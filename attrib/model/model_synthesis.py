@@ -17,7 +17,7 @@ from ..core import (AttribError, DataError, WeightsError, get_device, data_dir, 
                          save_checkpoint,
                          load_checkpoint, check_finite, progress, stable_hash, to_numpy)
 from ..images import as_images, quantize8
-from ..train import restart_from_checkpoint
+from ..train import Timer, restart_from_checkpoint
 
 # %% auto #0
 __all__ = ['FACTORS', 'ARCH_GRID', 'Arch', 'architecture_grid', 'SynthAE', 'model_seed', 'build_synthetic_model',
@@ -218,12 +218,12 @@ def synthesize_models(archs=None, seeds=(0,), steps: int = 60, real_images=None,
         meta = None if ck is None else ck['meta']
         if meta is None:
             m = build_synthetic_model(arch, seed, channels)
-            t0 = time.perf_counter()
+            timer = Timer.start()
             loss = train_synthetic_model(m, xtr, steps, lr, batch_size, seed, device)
             with torch.no_grad():
                 mse = F.mse_loss(fingerprinted_images(m, xval), xval).item() if n_val else float('nan')
             meta = dict(name=f'{arch.name}-s{seed}', arch=arch.name, seed=seed, key=key, **cfg, loss=loss,
-                        psnr=float(10 * np.log10(1 / max(mse, 1e-12))), train_s=time.perf_counter() - t0)
+                        psnr=float(10 * np.log10(1 / max(mse, 1e-12))), train_s=timer.elapsed()[0])
             save_checkpoint({'state_dict': {k: v.cpu() for k, v in m.state_dict().items()}, 'meta': meta,
                              'config': run}, path)
             cached = False

@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..core import (AttribError, DataError, WeightsError, atomic_write, save_json, load_json, data_dir, runs_dir,
                          stable_hash)
 from ..images import quantize8
+from ..train import Timer, torch_threads
 from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_model, world_info, zoo_root,
                         weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo, train_world)
@@ -177,10 +178,10 @@ class OriginInspector:
             f = self.cache_dir/f'{key}.json'
             if f.is_file(): s = np.asarray(load_json(f)['scores'], float)
             else:
-                t0 = time.perf_counter()
-                x = quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
-                s = np.asarray(self._score(st, x), float)
-                self.calib_s += time.perf_counter() - t0
+                with Timer() as t:
+                    x = quantize8(self.gen.sample(self.n_calib, seed=self.calib_seed).cpu())
+                    s = np.asarray(self._score(st, x), float)
+                self.calib_s += t.s
                 save_json({'scores': s, 'method': m, 'params': kw, 'n_calib': self.n_calib,
                            'calib_seed': self.calib_seed,
                            'weights_sha1': self.digest, 'generator': getattr(self.gen, 'name', '')}, f)
@@ -306,11 +307,10 @@ def inspect_origin(folder,                                  # folder of images
     x, files, skipped = load_folder(folder, gen.img_size, on_error)
     ins = OriginInspector(gen, method, rule, alpha, n_calib, calib_seed,
                           cache_dir=None if root is None else zoo_root(root)/'origin_calib', **inv_kw)
-    t0 = time.perf_counter()
-    ins.fit()
-    t1 = time.perf_counter()
-    tab = ins.predict(x)
-    t2 = time.perf_counter()
+    with Timer() as t_fit:
+        ins.fit()
+    with Timer() as t_inspect:
+        tab = ins.predict(x)
     tab.insert(0, 'path', [display_path(p) for p in files])
     name = generator if isinstance(generator, str) else getattr(gen, 'name', type(gen).__name__)
     res = dict(generator=display_path(name), folder=display_path(folder), weights_sha1=ins.digest, method=method,
@@ -321,7 +321,7 @@ def inspect_origin(folder,                                  # folder of images
                calibration={st: dict(scores=ins.calib[st], threshold=ins.rules[st].threshold) for st in ins.calib},
                rows=tab.to_dict('records'), skipped=[dict(path=p, error=e) for p, e in skipped],
                n_images=len(tab), n_flagged=int((~tab.made_by_model).sum()), n_skipped=len(skipped),
-               timing=dict(calibration_s=t1 - t0, inspect_s=t2 - t1, s_per_image=(t2 - t1) / max(1, len(tab)),
+               timing=dict(calibration_s=t_fit.s, inspect_s=t_inspect.s, s_per_image=t_inspect.s / max(1, len(tab)),
                            calibration_cached=ins.calib_s == 0))
     if paths is not None:
         try: write_origin(res, paths)
@@ -354,12 +354,10 @@ def _cmd_origin(a):
     else: raise AttribError("usage: attrib origin FOLDER --generator SPEC (or attrib origin ZOO_MODEL FOLDER)")
     kw = {} if a.method in ('aedr', 'aeroblade') else dict(steps=a.steps, restarts=a.restarts, lr=a.lr,
                                                            patience=a.patience, n_candidates=a.n_candidates)
-    if a.threads is not None:
-        if a.threads < 1: raise AttribError(f"--threads must be >= 1, got {a.threads}")
-        torch.set_num_threads(a.threads)
-    r = inspect_origin(folder, spec, a.method, a.rule, a.alpha, a.n_calib, a.factory, a.size, a.seed, a.root, a.out,
-                       a.on_error,
-                       a.sample_steps, **kw)
+    if a.threads is not None and a.threads < 1: raise AttribError(f"--threads must be >= 1, got {a.threads}")
+    with torch_threads(a.threads):
+        r = inspect_origin(folder, spec, a.method, a.rule, a.alpha, a.n_calib, a.factory, a.size, a.seed, a.root, a.out,
+                           a.on_error, a.sample_steps, **kw)
     t = pd.DataFrame(r['rows'])
     print(t.to_string(index=False))
     for s in r['skipped']: print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)

@@ -70,9 +70,9 @@ _SCORE_COLUMNS = ('score', 'raw', 'complexity', 'n_steps', 'l1', 'l2', 'homogene
 def _score_part(g, srcs, method, dev, kw):
     "Score the image sets `srcs` [(split, source, images)] in one `origin_scores` call: (frame, timing, recon)."
     x = torch.cat([s[2] for s in srcs])
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = origin_scores(g, x.to(dev), method, **kw)
-    timing = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, n_images=len(x))
+    with Timer() as t:
+        out = origin_scores(g, x.to(dev), method, **kw)
+    timing = dict(wall_s=t.s, cpu_s=t.cpu, n_images=len(x))
     df = pd.DataFrame([(sp, src, i) for sp, src, s in srcs for i in range(len(s))], columns=['split', 'source', 'idx'])
     for c in _SCORE_COLUMNS:
         if c in out: df[c] = np.asarray(out[c])
