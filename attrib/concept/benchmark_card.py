@@ -356,7 +356,7 @@ def benchmark_card(
     into `out_dir` (default root)."""
     from attrib.concept.abc_data import AbCDataset
 
-    timer = Timer().__enter__()
+    timer = Timer.start()
     ds = AbCDataset(root)
     splits = (
         list(splits)
@@ -381,8 +381,7 @@ def benchmark_card(
         texture=texture,
         properties=card_properties(ds, base, audit, texture, man),
     )
-    timer.__exit__()
-    card['wall_s'] = round(timer.s, 1)
+    card['wall_s'] = round(timer.elapsed()[0], 1)
     out = Path(out_dir) if out_dir is not None else ds.root
     save_json(card, out / 'card.json')
     with atomic_write(out / 'card.md', 'w') as f:

@@ -51,7 +51,7 @@ class Timings(dict):
 
     def __init__(self):
         super().__init__()
-        self._t = Timer().__enter__()
+        self._t = Timer.start()
 
     @contextmanager
     def __call__(self, name: str):
@@ -62,8 +62,7 @@ class Timings(dict):
 
     def total(self) -> tuple[float, float]:
         "(wall seconds, CPU seconds) since this object was made."
-        self._t.__exit__(None, None, None)
-        return self._t.s, self._t.cpu
+        return self._t.elapsed()
 
 # %% ../../nbs/17b_concept_job.ipynb #37618776
 def ad_config(params: Mapping, **overrides) -> ADConfig:
@@ -482,7 +481,7 @@ def cca_oracle(
         o = replace(fitted[rk[0]], k=min(int(rk[1]), fitted[rk[0]].k))
         return (rk[0], o.k), (lambda x: torch.as_tensor(o.synth(x))), (lambda y: torch.as_tensor(o.real(y)))
 
-    grid = list(dict.fromkeys(fit(rk)[0] for rk in itertools.product(ridges, k)))
+    grid = list(dict.fromkeys((r, min(int(kk), fitted[r].k)) for r, kk in itertools.product(ridges, k)))
     return fit_and_select('CCA ridge, k', fit, grid, ds, raw, val_split, eval_splits, metric, ks)
 
 
