@@ -363,7 +363,8 @@ def abc_heads(
     eval_splits: Sequence[str],
     metric: str = 'mAP',  # the heads' epoch maximises this on val
     ks=(5, 10, 100),
-    out_dir=None,  # one checkpoint per seed in here, reused by a re-run with the same options
+    out_dir=None,  # one checkpoint per seed (and lr) in here, reused by a re-run with the same options
+    lr: float | Sequence[float] | None = None,  # learning rate(s); several: each seed's lr is chosen on val too
     **train_kw,
 ) -> tuple[dict, dict, dict]:
     "AbC's heads per seed (`train_abc_heads` keywords in `train_kw`): (heads, tables by (method, seed), selections)."
@@ -377,27 +378,38 @@ def abc_heads(
     def val_results(h):
         return evaluate_val(ds, raw, val_split, synth_fn=h.embed_synth, real_fn=h.embed_real, ks=ks)
 
-    heads, tables, selections = {}, {}, {}
-    for s in seeds:
-        path = Path(out_dir) / f'seed{s}.pt' if out_dir is not None else None
-        config = dict(seed=int(s), features=digest, val_split=val_split, metric=metric, ks=list(ks), **train_kw)
+    def heads_for(s, lr, tag):  # one seed's heads at one lr: read back or trained; their epoch chosen on val
+        kw = train_kw if lr is None else {**train_kw, 'lr': lr}
+        path = Path(out_dir) / f'seed{s}{tag}.pt' if out_dir is not None else None
+        config = dict(seed=int(s), features=digest, val_split=val_split, metric=metric, ks=list(ks), **kw)
         ck = restart_from_checkpoint(path, config)
         if ck is not None:
             h, hist = AbCHeads(Fs.shape[1]), list(ck['history'])
             h.load_state_dict(ck['heads'])
             h.eval()
         else:
-            h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_results, metric=metric, **train_kw)
+            h, hist = train_abc_heads(Fs, Fx, pairs['model'], seed=s, val_fn=val_results, metric=metric, **kw)
             if path is not None:
                 save_checkpoint(dict(heads=h.state_dict(), history=hist, config=config), path)
-        heads[s] = h
         vals = [(r['epoch'], r['val']) for r in hist if 'val' in r and np.isfinite(r.get('val', np.nan))]
         if vals:
-            selections[f'AbC heads epoch (seed {s})'] = dict(
+            selections[f'AbC heads epoch (seed {s}{tag and f", lr {lr:g}"})'] = dict(
                 chosen=max(vals, key=lambda e: e[1])[0],
                 metric=metric,
                 val=[dict(candidate=e, score=v) for e, v in vals],
             )
+        return h
+
+    lrs = [None] if lr is None else [float(v) for v in (lr if isinstance(lr, Sequence) else [lr])]
+    heads, tables, selections = {}, {}, {}
+    for s in seeds:
+        if len(lrs) == 1:
+            h = heads_for(s, lrs[0], '')
+        else:
+            cand = {v: heads_for(s, v, f'_lr{v:g}') for v in lrs}
+            sel = select(f'AbC heads lr (seed {s})', {v: val_results(hh) for v, hh in cand.items()}, metric)
+            selections[sel.name], h = sel.record(), cand[sel.best]
+        heads[s] = h
         tables[('AbC supervised', s)] = evaluate_splits(
             ds,
             raw,

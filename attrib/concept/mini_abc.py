@@ -62,13 +62,13 @@ from attrib.concept.mini_abc_generator import (
 )
 
 # %% auto #0
-__all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX', 'STYLE_CONTENT_SEEN',
-           'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS', 'photo_groups',
-           'plan_mini_abc', 'colour_twin', 'redraw_distractor', 'load_plan', 'load_mini_generator', 'source_id',
-           'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc', 'contact_sheet']
+__all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'TRAIN_IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX',
+           'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS',
+           'photo_groups', 'plan_mini_abc', 'colour_twin', 'redraw_distractor', 'load_plan', 'load_mini_generator',
+           'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
-MINI_ABC_VERSION = 5  # bump when the builder changes what it writes: older builds are then rebuilt
+MINI_ABC_VERSION = 6  # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
@@ -108,10 +108,10 @@ MINI_ABC_SIZES = {
             'test_unseen_object': dict(face=8, emblem=8),
             'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4),
             'test_unseen_style': dict(glass=5, neon=5),
-            'train_all': dict(photo=15, shape=15, digit=15, poster=4, halftone=4, hatch=4, mosaic=4),
+            'train_all': dict(photo=75, shape=75, digit=75, poster=20, halftone=20, hatch=20, mosaic=20),
             'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3),
         },
-        n_synth=dict(test=8, train=6, val=6),
+        n_synth=dict(test=8, train=2, val=6),
         n_style_exemplars=4,
         gen_steps=600,
         gen_batch=32,
@@ -131,10 +131,10 @@ MINI_ABC_SIZES = {
             'test_unseen_object': dict(face=20, emblem=20),
             'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10),
             'test_unseen_style': dict(glass=15, neon=15),
-            'train_all': dict(photo=40, shape=40, digit=40, poster=10, halftone=10, hatch=10, mosaic=10),
+            'train_all': dict(photo=150, shape=150, digit=150, poster=40, halftone=40, hatch=40, mosaic=40),
             'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10),
         },
-        n_synth=dict(test=10, train=8, val=8),
+        n_synth=dict(test=10, train=2, val=8),
         n_style_exemplars=4,
         gen_steps=1500,
         gen_batch=32,
@@ -148,6 +148,7 @@ def _role(split: str) -> str:
 
 # %% ../../nbs/12_mini_abc.ipynb #f367dfef
 IOU_MAX = 0.3
+TRAIN_IOU_MAX = 0.6  # train concepts (read by baselines only; v6 has hundreds) may overlap each other more
 
 # photographs reserved for test and val exemplars; the rest ('other') feed train, the base pool, distractors
 PHOTO_ROLES = dict(test=8, val=5)
@@ -173,21 +174,22 @@ def photo_groups(names, seed: int = 0, roles: dict = PHOTO_ROLES) -> dict:
 
 # %% ../../nbs/12_mini_abc.ipynb #72c8dd98
 class _PhotoBoxes:
-    """Photo crops by role: each role has its own photographs, and exemplar crops of one photograph overlap each other
-    by IoU <= IOU_MAX."""
+    """Photo crops by role: each role has its own photographs; exemplar crops of one photograph overlap each other by
+    IoU <= IOU_MAX (test, val) or TRAIN_IOU_MAX (train); other crops ('other': base pool, distractors) are free."""
 
     def __init__(self, src: Sources, seed: int):
         self.src, self.groups, self.ex = src, photo_groups(src.photo_names, seed), {n: [] for n in src.photo_names}
 
-    def _ok(self, name, box):
-        return all(box_iou(box, b) <= IOU_MAX for b in self.ex[name])
+    def _ok(self, name, box, role):
+        iou_max = TRAIN_IOU_MAX if role == 'train' else IOU_MAX
+        return role == 'other' or all(box_iou(box, b) <= iou_max for b in self.ex[name])
 
     def spec(self, rng, exemplar: bool = False, role: str = 'other') -> dict:
         names = self.groups['other' if role == 'train' else role]
         for _ in range(400):
             name = names[int(rng.integers(len(names)))]
             box = crop_box(self.src.photos[name].shape, rng)
-            if self._ok(name, box):
+            if self._ok(name, box, role):
                 if exemplar:
                     self.ex[name].append(box)
                 return dict(family='photo', seed=int(rng.integers(2**31)), photo=name, box=list(box))
@@ -297,10 +299,11 @@ def plan_mini_abc(cfg: dict, seed: int = 0, src: Sources | None = None) -> dict:
     dis = [dict(base=i) for i in range(len(base))]
     dis += [dict(base=i, base_style=j) for j in range(len(base_styles)) for i in styled_ids[j]]
     dis += [dict(base=i, medium=MEDIA[base_medium[i]]) for i in range(len(base))]
-    # hard negatives on purpose: each style model's palette on other contents in another style operator
+    # hard negatives on purpose, for the evaluated (test, val) models: each style model's palette on other contents in
+    # another style operator
     for split in sorted(models):
         for m in models[split]:
-            if m['centric'] != 'style':
+            if m['centric'] != 'style' or _role(split) == 'train':
                 continue
             for _ in range(cfg['palette_negatives']):
                 op = [o for o in STYLE_OPS if o != m['family']][int(rd.integers(len(STYLE_OPS) - 1))]
