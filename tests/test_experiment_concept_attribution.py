@@ -176,7 +176,9 @@ def test_killed_main_job_resumes(run_dir, tmp_path):
         assert status[name] == 'reused', (name, status[name])
         assert (out / 'ad_runs' / name / 'checkpoints' / 'last.pt').stat().st_mtime_ns == mtime, name   # loaded, not rewritten
     assert sum(v == 'reused' for v in status.values()) == len(done) and set(status.values()) <= {'reused', 'resumed', 'trained'}
-    assert sorted(p.name for p in (out / 'abc_heads').glob('*.pt')) == [f'seed{s}.pt' for s in TINY['seeds']]   # saved too
+    lrs = TINY.get('abc_lr', experiment_defaults('concept_attribution')['abc_lr'])     # one file per seed and lr tried
+    assert sorted(p.name for p in (out / 'abc_heads').glob('*.pt')) == sorted(
+        f'seed{s}_lr{lr:g}.pt' for s in TINY['seeds'] for lr in lrs)                      # saved too
     a, b = (json.loads((d / 'metrics.json').read_text()) for d in (run_dir, out))
     skip = {'timings', 'wall_s', 'cpu_s'}
     assert {k: v for k, v in a['metrics'].items() if k not in skip} == {k: v for k, v in b['metrics'].items() if k not in skip}
