@@ -603,6 +603,20 @@ class DiffusersGenerator(ZooGenerator):
         s.set_timesteps(self.n_sample_steps)
         for t in s.timesteps: x = s.step(self.unet(x, t).sample, t, x, eta=0.0).prev_sample
         return x
+    def ddim_inverse(self, x):
+        "x in [-1, 1] back to the sampler's initial noise: `ddim`'s steps undone, each noise estimate at its start."
+        s = self.scheduler
+        if self.unet is None or s is None: raise AttribError(f"{self.name}: DDIM inversion needs a UNet + scheduler")
+        if s.config.prediction_type != 'epsilon':
+            raise AttribError(f"{self.name}: DDIM inversion needs epsilon prediction, not {s.config.prediction_type!r}")
+        s.set_timesteps(self.n_sample_steps)
+        stride = s.config.num_train_timesteps // s.num_inference_steps
+        for t in s.timesteps.flip(0):                                   # t ascending: each step of `ddim` undone
+            a = s.alphas_cumprod[t - stride] if t - stride >= 0 else s.final_alpha_cumprod   # the step's output side
+            b = s.alphas_cumprod[t]                                                         # its input side
+            eps = self.unet(x, t).sample
+            x = b.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - b).sqrt() * eps
+        return x
     def forward(self, z):
         z = self.check_latent(z)
         if self.vae is not None: return _vae_decode(self.vae, z)          # the inspected input: the decoder's latent
@@ -618,7 +632,10 @@ class DiffusersGenerator(ZooGenerator):
                                       self.ddim(z[i:i + batch_size])).clamp(0, 1) for i in range(0, n, batch_size)]) \
             if n else z.new_zeros(0, 3, self.img_size, self.img_size)
     @property
-    def encoder(self): return None if self.vae is None else (lambda x: _vae_latent(self.vae, x))
+    def encoder(self):
+        "VAE: its latent mean; pixel DDIM: DDIM inversion (`ddim_inverse`) to the sampler's initial noise."
+        if self.vae is not None: return lambda x: _vae_latent(self.vae, x)
+        return lambda x: self.ddim_inverse(2 * x - 1)
     @property
     def has_autoencoder(self): return self.vae is not None
     def autoencode(self, x):

@@ -87,3 +87,25 @@ def test_figures(run):
         p = run / f'{f}.png'
         assert p.exists() and p.read_bytes()[:4] == b'\x89PNG', f
     assert (run / 'origin_attribution.ipynb').exists() and (run / 'scores').is_dir()
+
+
+def test_cheap_only_pixel_ddim(tmp_path):
+    "A model too costly to invert (pixel DDIM) inspected by its cheap stage alone: DDIM-inversion reconstruction."
+    from attrib.experiments import run_experiment
+    run = run_experiment('origin_attribution', out_dir=tmp_path / 'run', zoo_size='tiny', names=['dcgan', 'vae', 'ddim'],
+                         cheap_only=['ddim'], n=4, n_calib=6, steps=10, restarts=1, lr=0.05, patience=5, n_candidates=4,
+                         alpha=0.2, seed=0, threads=1, cheap_steps=3, compare=False, robust=False)
+    s = pd.read_csv(run / 'summary_ronan.csv', index_col=0)
+    assert list(s.index) == ['dcgan', 'vae']                                     # never the full inversion of ddim
+    t = pd.read_csv(run / 'targets_cheap_only.csv', index_col=0)
+    assert list(t.index) == ['ddim'] and t.test.tolist() == ['latenttracer'] and (t.s_per_image > 0).all()
+    assert t[['acc_real', 'acc_others_min', 'auc_real', 'auc_others_min', 'fpr_own']].apply(lambda v: v.between(0, 1).all()).all()
+    assert (t.all_met == t[['acc_real_met', 'acc_others_min_met', 'auc_real_met', 'auc_others_min_met']].all(1)).all()
+    c = pd.read_csv(run / 'cost.csv')
+    assert c[c.method == 'encoder-recon'].inspected.tolist() == ['ddim'] and set(c[c.method == 'cascade'].inspected) == {'dcgan', 'vae'}
+    M = json.loads((run / 'metrics.json').read_text())
+    assert set(M['metrics']['targets_cheap_only']) == {'ddim'} and M['params']['cheap_only'] == ['ddim']
+    assert set(M['metrics']['per_model']) == {'dcgan', 'vae'}
+    # 0 steps from the DDIM inversion: every score of ddim is one reconstruction, never an Adam step
+    sc = pd.concat([pd.read_csv(f) for f in (run / 'scores').glob('latenttracer-ddim-*.csv')])
+    assert len(sc) == 6 + 4 * 4 and (sc.n_steps == 0).all() and (sc.score > 0).all()

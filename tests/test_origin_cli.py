@@ -85,6 +85,21 @@ def test_pixel_ddim_and_cascade(zoo, tmp_path):
     t, js = read(tmp_path / 'c')
     assert set(t.stage) <= {'cheap-flag', 'cheap-accept', 'full'} and set(js['calibration']) == {'cheap', 'full'}
     assert 'union bound' in js['rule']['fpr_control']
+    # pixel DDIM's cascade: its cheap stage is the reconstruction through DDIM inversion (no Adam step)
+    code, _, se = run(['origin', str(zoo['imgs']), '--generator', str(zoo['ddim']), '--method', 'cascade', '--root', str(zoo['root']),
+                       '--out', str(tmp_path / 'dc')] + FAST)
+    assert code == 0, se
+    t, js = read(tmp_path / 'dc')
+    from attrib.origin.inversion import origin_scores
+    from attrib.origin.job import load_folder
+    from attrib.zoo import load_diffusers_generator
+    g = load_diffusers_generator(zoo['ddim'], 2)
+    x, _, _ = load_folder(zoo['imgs'], g.img_size)
+    ref = origin_scores(g, x, 'latenttracer', steps=0)
+    assert (ref['n_steps'] == 0).all() and set(js['calibration']) == {'cheap', 'full'}
+    dec = (t.stage != 'full').to_numpy()
+    assert np.allclose(t.score[dec], ref['score'][dec], rtol=1e-5)
+    assert np.allclose(t.threshold[dec], js['calibration']['cheap']['threshold'])
 
 
 def test_module_callable_factory(tmp_path, monkeypatch):

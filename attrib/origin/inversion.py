@@ -24,7 +24,7 @@ __all__ = ['RULES', 'METHODS', 'ORIGIN_PRESET', 'GeneratorAdapter', 'adam_step',
            'initial_latents', 'frozen', 'candidate_latents', 'lr_schedule', 'invert', 'invert_loop', 'to_gray_uint8',
            'glcm_homogeneity', 'aedr_scores', 'aeroblade_scores', 'entropy2d', 'complexity', 'grubbs_critical',
            'grubbs_threshold', 'grubbs_statistic', 'GrubbsRule', 'QuantileRule', 'KDERule', 'make_rule',
-           'origin_scores', 'cascade_decide', 'OriginTest']
+           'origin_scores', 'cascade_decide', 'cheap_stage', 'OriginTest']
 
 # %% ../../nbs/21_inversion.ipynb #28394278
 class GeneratorAdapter(nn.Module):
@@ -574,6 +574,13 @@ def cascade_decide(cheap: np.ndarray, cheap_calib: np.ndarray, full_fn: Callable
         thr[und] = fr.threshold
         flag[und] = fr.predict(score[und])
     return dict(flag=flag, stage=stage, score=score, threshold=thr, rules=(cr, fr))
+
+# %% ../../nbs/21_inversion.ipynb #491ec0b3
+def cheap_stage(gen, inv_kw: dict, cheap_steps: int = 50) -> tuple:
+    "The cascade's cheap test of gen (method, kwargs): AEDR, else the encoder's reconstruction, else a short inversion"
+    if getattr(gen, 'has_autoencoder', False): return 'aedr', {}
+    if getattr(gen, 'encoder', None) is not None: return 'latenttracer', {'steps': 0}
+    return 'ronan', {**inv_kw, 'steps': int(cheap_steps), 'restarts': 1}
 
 # %% ../../nbs/21_inversion.ipynb #f73605cf
 class OriginTest:

@@ -20,7 +20,7 @@ from ..zoo import (ZOO_NAMES, ZOO_WORLD, ZOO_SIZES, load_zoo_model, load_world_m
                         weights_digest,
                         load_diffusers_generator, zoo_info, train_zoo, train_world)
 from .inversion import (GeneratorAdapter, ORIGIN_PRESET, METHODS, make_rule, origin_scores, cascade_decide,
-                                     _check_generator)
+                                     cheap_stage, _check_generator)
 
 # %% auto #0
 __all__ = ['ORIGIN_METHODS', 'CASCADE', 'RULE_FPR', 'resolve_callable', 'as_generator', 'load_generator', 'display_path',
@@ -117,7 +117,7 @@ def load_folder(folder, img_size: int, on_error: str = 'raise') -> tuple:
 
 # %% ../../nbs/23_origin_job.ipynb #e48514b4
 ORIGIN_METHODS = METHODS + ('cascade',)
-# cascade: short best-of-K inversion when no autoencoder; accept below this own quantile
+# cascade: short best-of-K inversion when neither autoencoder nor encoder; accept below this own quantile
 CASCADE = dict(cheap_steps=50, accept_q=0.5)
 
 RULE_FPR = {'quantile': "split-conformal quantile of the model's own calibration scores: an image the model made is "
@@ -156,9 +156,7 @@ class OriginInspector:
         if self.method == 'latenttracer':
             return {'full': ('latenttracer', {k: v for k, v in self.inv_kw.items() if k in ('lr', 'patience')})}
         if self.method == 'ronan': return {'full': ('ronan', self.inv_kw)}
-        cheap = ('aedr', {}) if getattr(self.gen, 'has_autoencoder', False) else \
-                ('ronan', {**self.inv_kw, 'steps': self.cheap_steps, 'restarts': 1})
-        return {'cheap': cheap, 'full': ('ronan', self.inv_kw)}
+        return {'cheap': cheap_stage(self.gen, self.inv_kw, self.cheap_steps), 'full': ('ronan', self.inv_kw)}
 
     def _score(self, stage, x):
         m, kw = self._stages()[stage]
