@@ -5,6 +5,7 @@
 # %% ../nbs/00c_train.ipynb #bcd53c53
 from __future__ import annotations
 import math, os, time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from .core import AttribError, get_device, load_checkpoint
 
 # %% auto #0
-__all__ = ['cosine', 'warmup_cosine', 'config_diff', 'restart_from_checkpoint', 'Timer', 'torch_threads', 'local_device']
+__all__ = ['cosine', 'warmup_cosine', 'config_diff', 'restart_from_checkpoint', 'Timer', 'torch_threads', 'local_device',
+           'check_not_spawning', 'worker_pool']
 
 # %% ../nbs/00c_train.ipynb #4179c6d3
 def cosine(t: float, start: float = 1.0, end: float = 0.0) -> float:
@@ -48,19 +50,25 @@ def restart_from_checkpoint(path: str | Path | None, config: dict, ignore=(), ma
 
 # %% ../nbs/00c_train.ipynb #649c4838
 class Timer:
-    "Context manager measuring a block's wall-clock seconds (`.s`) and this process's CPU seconds (`.cpu`)."
+    """Context manager measuring a block's wall-clock seconds (`.s`) and CPU seconds (`.cpu`: this process's, plus its
+    worker processes' that ended inside the block)."""
     def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.t0, self.c0 = time.perf_counter(), _cpu_s()
         return self
     def __exit__(self, *exc):
         self.s, self.cpu = self.elapsed()
     def elapsed(self) -> tuple[float, float]:
         "(wall, CPU) seconds since the timer started (it may still be running)."
-        return time.perf_counter() - self.t0, time.process_time() - self.c0
+        return time.perf_counter() - self.t0, _cpu_s() - self.c0
     @classmethod
     def start(cls) -> 'Timer':
         "A running timer, for spans that are not one block (read it with `elapsed()`)."
         return cls().__enter__()
+
+def _cpu_s() -> float:
+    "CPU seconds of this process and of its children that have ended."
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 # %% ../nbs/00c_train.ipynb #a24bdfc4
 @contextmanager
@@ -80,3 +88,51 @@ def local_device(prefer=None) -> torch.device:
     dev = get_device(prefer)
     if dev.type == 'cuda' and 'LOCAL_RANK' in os.environ: return torch.device('cuda', int(os.environ['LOCAL_RANK']))
     return dev
+
+# %% ../nbs/00c_train.ipynb #d44ef5aa
+class _InProcess:
+    "An executor's `submit`, run at once in this process: the pool of one job."
+    def submit(self, fn, *args, **kwargs) -> Future:
+        f = Future()
+        try: f.set_result(fn(*args, **kwargs))
+        except Exception as e: f.set_exception(e)
+        return f
+
+def check_not_spawning(what: str = 'this call'):
+    "Refuse to run while this process is a spawned worker re-importing its parent's script (top level not guarded)."
+    import multiprocessing as mp
+    if getattr(mp.current_process(), '_inheriting', False):
+        raise AttribError(f"{what} ran while a worker process was starting: put your script's top-level code under "
+                          "`if __name__ == '__main__':` (worker processes import the main script)")
+
+def _worker_init(threads: int, initializer, initargs: tuple):
+    torch.set_num_threads(threads)
+    if initializer is not None: initializer(*initargs)
+
+@contextmanager
+def worker_pool(
+    jobs: int = 1,  # worker processes (1: run each task at once in this process)
+    threads: int = 1,  # torch CPU threads of each worker
+    initializer=None,  # called once per worker with `initargs` (module-level, as the tasks)
+    initargs: tuple = (),
+):
+    "An executor (`submit(fn, *args)` -> future) of `jobs` spawned processes, each on `threads` torch threads."
+    for name, v in (('jobs', jobs), ('threads', threads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise AttribError(f"{name} must be a positive int, got {v!r}")
+    check_not_spawning('worker_pool')
+    if jobs == 1:
+        with torch_threads(threads):
+            if initializer is not None: initializer(*initargs)
+            yield _InProcess()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    import attrib.train as module  # by module path: spawned workers import it (also from a notebook)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=module._worker_init,
+                             initargs=(threads, initializer, initargs)) as ex:
+        try: yield ex
+        except BrokenProcessPool as e:
+            raise AttribError("a worker process died (its error is printed above; out of memory, killed, or a script "
+                              "whose top level is not under `if __name__ == '__main__':`)") from e

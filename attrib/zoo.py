@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import (AttribError, DataError, WeightsError, seed_everything, get_rng_state, set_rng_state, data_dir,
                          atomic_write, save_json, load_json, save_checkpoint, load_checkpoint, check_finite, progress)
-from .train import Timer, restart_from_checkpoint, torch_threads
+from .train import Timer, restart_from_checkpoint, torch_threads, worker_pool
 from .images import images_to_tensor, tensor_to_images, check_image_batch
 from .sources import all_photos, resize
 
@@ -856,14 +856,12 @@ def train_world(names=None, size: str = 'default', root=None, jobs: int = 1) -> 
     generator}."""
     names = list(ZOO_WORLD if names is None else names)
     for n in names: world_spec(n)
-    if jobs < 1: raise AttribError(f"jobs must be >= 1, got {jobs}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise AttribError(f"jobs must be >= 1, got {jobs}")
     missing = [n for n in names if not world_cached(n, size, root)]
     # each model trains with ZOO_TRAIN_THREADS threads: the same weights as in one process
     if jobs > 1 and len(missing) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        # by module path: spawned workers import it (also from a notebook)
-        import attrib.zoo as module
-        with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=mp.get_context('spawn')) as ex:
-            list(ex.map(module._train_one, missing, [size] * len(missing), [root] * len(missing)))
+        import attrib.zoo as module  # by module path: spawned workers import it (also from a notebook)
+        with worker_pool(min(jobs, len(missing)), ZOO_TRAIN_THREADS) as ex:
+            for f in [ex.submit(module._train_one, n, size, root) for n in missing]: f.result()
     return {n: load_world_model(n, size, root) for n in names}

@@ -24,7 +24,7 @@ from attrib.core import (
     save_json,
     stable_hash,
 )
-from ..train import Timer, torch_threads
+from ..train import Timer, check_not_spawning, torch_threads, worker_pool
 from .abc_data import AbCModel, AbCDataset, write_abc_split, write_distractor_list
 from .benchmark_card import NEAR_DUP, thumb_descriptor
 from attrib.concept.mini_abc_render import (
@@ -63,9 +63,10 @@ from attrib.concept.mini_abc_generator import (
 
 # %% auto #0
 __all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'TRAIN_IOU_MAX', 'PHOTO_ROLES', 'DISTRACTOR_MIX',
-           'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'MARKER', 'BUILD_THREADS',
-           'photo_groups', 'plan_mini_abc', 'colour_twin', 'redraw_distractor', 'load_plan', 'load_mini_generator',
-           'source_id', 'image_sources', 'content_hash', 'mini_abc_root', 'build_mini_abc', 'contact_sheet']
+           'STYLE_CONTENT_SEEN', 'STYLE_CONTENT_UNSEEN', 'STAGES', 'NOISE', 'SYNTH_TYPES', 'SYNTH_CHUNK', 'MARKER',
+           'BUILD_THREADS', 'BUILD_JOBS', 'photo_groups', 'plan_mini_abc', 'colour_twin', 'redraw_distractor',
+           'load_plan', 'load_mini_generator', 'source_id', 'image_sources', 'content_hash', 'mini_abc_root',
+           'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
 MINI_ABC_VERSION = 6  # bump when the builder changes what it writes: older builds are then rebuilt
@@ -383,7 +384,37 @@ def colour_twin(rgb: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.clip(match_histograms(rgb, ref, channel_axis=-1), 0, 1).astype(np.float32)
 
 # %% ../../nbs/12_mini_abc.ipynb #2d37de81
-def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log):
+_W: dict = {}  # a build worker's state (`_real_init`, `_synth_init`): what every task of its stage reads
+
+
+def _real_init(root: Path, plan: dict, seed: int, ex_rgb: dict, T: np.ndarray):
+    pool = dict(np.load(root / 'build' / 'pool.npz'))
+    _W.clear()
+    _W.update(root=root, plan=plan, seed=seed, ex_rgb=ex_rgb, T=T, src=get_sources(), **pool)
+
+
+def _distractor_task(idx: list[int]) -> dict:
+    "Render and save distractors `idx`, each redrawn while a near-duplicate of a test exemplar: {i: redrawn spec}."
+    w, redrawn = _W, {}
+
+    def render(d):
+        return to_u8(_render_distractor(d, w['plan'], w['src'], w['rgba'], w['medium'], w['styled'], w['ex_rgb']))
+
+    for i in idx:
+        d = w['plan']['distractors'][i]
+        a, attempt = render(d), 0
+        # a near-duplicate of a test exemplar: draw again
+        while len(w['T']) and (thumb_descriptor(a[None]) @ w['T'].T).max() > NEAR_DUP:
+            if attempt == 20:
+                raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
+            d = redrawn[i] = redraw_distractor(d, w['plan'], _rng(w['seed'], 'redraw', i, attempt))
+            attempt += 1
+            a = render(d)
+        _save_png(a, w['root'] / _distractor_path(i))
+    return redrawn
+
+
+def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log, jobs: int = 1):
     ex_rgb = {}
     for split, ms in plan['models'].items():
         for m in ms:
@@ -416,21 +447,17 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log)
             for k in range(len(m['exemplars']))
         ]
     )
-    paths, redrawn = [], {}
-    for i, d in enumerate((progress(plan['distractors'], desc='distractors') if log else plan['distractors'])):
-        a, attempt = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb)), 0
-        # a near-duplicate of a test exemplar: draw again
-        while len(T) and (thumb_descriptor(a[None]) @ T.T).max() > NEAR_DUP:
-            if attempt == 20:
-                raise DataError(f'distractor {i}: 20 redraws were all near-duplicates of a test exemplar')
-            d = redrawn[i] = redraw_distractor(d, plan, _rng(seed, 'redraw', i, attempt))
-            attempt += 1
-            a = to_u8(_render_distractor(d, plan, src, rgba, medium, styled, ex_rgb))
-        p = _distractor_path(i)
-        _save_png(a, root / p)
-        paths.append(p)
-    save_json({str(i): d for i, d in redrawn.items()}, root / 'build' / 'redrawn.json')
-    write_distractor_list(root, paths)
+    import attrib.concept.mini_abc as module  # by module path: spawned workers import it (also from a notebook)
+
+    ex_rgb = {d['colour_of']: ex_rgb[d['colour_of']] for d in plan['distractors'] if 'colour_of' in d}
+    chunks = np.array_split(np.arange(len(plan['distractors'])), max(1, len(plan['distractors']) // 500))
+    redrawn = {}
+    with worker_pool(jobs, BUILD_THREADS, module._real_init, (root, plan, seed, ex_rgb, T)) as ex:
+        futs = [ex.submit(module._distractor_task, c.tolist()) for c in chunks]
+        for f in progress(futs, desc='distractors (chunks)') if log else futs:
+            redrawn.update(f.result())
+    save_json({str(i): redrawn[i] for i in sorted(redrawn)}, root / 'build' / 'redrawn.json')
+    write_distractor_list(root, [_distractor_path(i) for i in range(len(plan['distractors']))])
 
 # %% ../../nbs/12_mini_abc.ipynb #33df56d4
 def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, ex_rgb) -> np.ndarray:
@@ -482,54 +509,95 @@ def load_mini_generator(root: str | Path) -> MiniGenerator:
     return gen.eval()
 
 # %% ../../nbs/12_mini_abc.ipynb #9b01f7cc
-def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources | None = None):
+SYNTH_CHUNK = 25  # models per synth task
+
+
+def _synth_init(root: Path, cfg: dict, seed: int, shared: dict):
     gen = load_mini_generator(root)
-    pool = dict(np.load(root / 'build' / 'pool.npz'))
     for p in gen.parameters():
         p.requires_grad_(False)
-    allm = [m for split in sorted(plan['models']) for m in plan['models'][split]]
-    obj, sty = [m for m in allm if m['centric'] == 'object'], [m for m in allm if m['centric'] == 'style']
+    _W.clear()
+    _W.update(shared, root=root, cfg=cfg, seed=seed, gen=gen, src=get_sources())
+
+
+def _invert_task(sty: list[dict]) -> torch.Tensor:
+    "The style token of each style model (one textual inversion over all their exemplars)."
+    root = _W['root']
     groups = [_f(np.stack([_read_rgb(root / _exemplar_path(m, k)) for k in range(len(m['exemplars']))])) for m in sty]
-    s_sty = invert_styles(gen, groups, cfg['inv_steps']) if sty else None
+    return invert_styles(_W['gen'], groups, _W['cfg']['inv_steps'])
+
+
+def _render_model(m: dict, n: int, s: torch.Tensor | None) -> tuple[dict, dict]:
+    "Sample model `m` (`n` images per synth type; `s` its style token) and save them: (prompts, sources per path)."
+    w, gen, seed = _W, _W['gen'], _W['seed']
+    r = _rng(seed, 'prompts', m['class_id'])
+    g = torch.Generator().manual_seed(int(stable_hash(seed, m['class_id'], n=8), 16))
+    prompts, srcs_of = {}, {}
+    for t in SYNTH_TYPES[m['centric']]:
+        ps = [sample_prompt(f"{m['centric']}_{t}", r, len(w['ctx_src']), w['n_vocab']) for _ in range(n)]
+        if m['centric'] == 'object':  # each prompt renders a new view of the concept, encoded by the generator
+            views = np.stack([render_view(m['exemplars'][0], r, w['src']) for _ in ps])
+            xv = _f(to_u8(views))
+            with torch.no_grad():
+                z_views = gen.encode(xv)
+                a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
+            imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, w['z_ctx'], NOISE['object'], g) + (
+                1 - IMG2IMG
+            ) * render_object_pixels(xv, a_views, ps, w['x_ctx'])
+        else:
+            imgs = render_style_prompts(gen, s, ps, w['z_voc'], NOISE['style'], g)
+        for k, (im, p) in enumerate(zip(imgs, ps)):
+            a = im.permute(1, 2, 0).numpy()
+            if 'hue' in p:
+                a = hue_shift(a, p['hue'])  # "... in other colours"
+            # the style's texture, as customized
+            if m['centric'] == 'style':
+                a = apply_style(a, jitter_style(m['style'], r))
+            _save_png(to_u8(a), w['root'] / _synth_path(m, t, k))
+            if 'context' in p:
+                srcs_of[_synth_path(m, t, k)] = [w['ctx_src'][p['context']]]
+            elif 'content' in p:
+                srcs_of[_synth_path(m, t, k)] = [w['voc_src'][p['content'][0]][p['content'][1]]]
+        prompts[t] = [prompt_text(p) for p in ps]
+    return prompts, srcs_of
+
+
+def _render_task(items: list[tuple[dict, int]], tokens: list[torch.Tensor] | None = None) -> list[tuple[dict, dict]]:
+    "`_render_model` on each (model, n) of `items` (`tokens`: their style tokens)."
+    return [_render_model(m, n, None if tokens is None else tokens[i]) for i, (m, n) in enumerate(items)]
+
+
+def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources | None = None, jobs: int = 1):
+    gen, pool = load_mini_generator(root), dict(np.load(root / 'build' / 'pool.npz'))
     with torch.no_grad():
         x_ctx = _f(pool['rgba'][plan['contexts']][..., :3])
         z_ctx = gen.encode(x_ctx)
         z_voc = {k: gen.encode(gray(_f(pool['rgba'][v][..., :3]))) for k, v in plan['vocab'].items()}
-    nv = {k: len(v) for k, v in plan['vocab'].items()}
-    prompts, srcs_of = {}, {}
-    for m in (progress(allm, desc='sampling') if log else allm):
-        split = next(s for s, ms in plan['models'].items() if m in ms)
-        n = cfg['n_synth'][_role(split)]
-        r = _rng(seed, 'prompts', m['class_id'])
-        g = torch.Generator().manual_seed(int(stable_hash(seed, m['class_id'], n=8), 16))
-        prompts[m['class_id']] = {}
-        for t in SYNTH_TYPES[m['centric']]:
-            ps = [sample_prompt(f"{m['centric']}_{t}", r, len(plan['contexts']), nv) for _ in range(n)]
-            if m['centric'] == 'object':  # each prompt renders a new view of the concept, encoded by the generator
-                views = np.stack([render_view(m['exemplars'][0], r, src) for _ in ps])
-                xv = _f(to_u8(views))
-                with torch.no_grad():
-                    z_views = gen.encode(xv)
-                    a_views = gen.decode(z_views, gen.token('photo', len(ps)))[:, 3:]
-                imgs = IMG2IMG * render_object_prompts(gen, z_views, ps, z_ctx, NOISE['object'], g) + (
-                    1 - IMG2IMG
-                ) * render_object_pixels(xv, a_views, ps, x_ctx)
-            else:
-                imgs = render_style_prompts(gen, s_sty[sty.index(m)], ps, z_voc, NOISE['style'], g)
-            for k, (im, p) in enumerate(zip(imgs, ps)):
-                a = im.permute(1, 2, 0).numpy()
-                if 'hue' in p:
-                    a = hue_shift(a, p['hue'])  # "... in other colours"
-                # the style's texture, as customized
-                if m['centric'] == 'style':
-                    a = apply_style(a, jitter_style(m['style'], r))
-                _save_png(to_u8(a), root / _synth_path(m, t, k))
-                if 'context' in p:
-                    srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][plan['contexts'][p['context']]])]
-                elif 'content' in p:
-                    vocab_i = plan['vocab'][p['content'][0]][p['content'][1]]
-                    srcs_of[_synth_path(m, t, k)] = [source_id(plan['base'][vocab_i])]
-            prompts[m['class_id']][t] = [prompt_text(p) for p in ps]
+    shared = dict(
+        x_ctx=x_ctx,
+        z_ctx=z_ctx,
+        z_voc=z_voc,
+        n_vocab={k: len(v) for k, v in plan['vocab'].items()},
+        ctx_src=[source_id(plan['base'][i]) for i in plan['contexts']],
+        voc_src={k: [source_id(plan['base'][i]) for i in v] for k, v in plan['vocab'].items()},
+    )
+    allm = [(m, cfg['n_synth'][_role(split)]) for split in sorted(plan['models']) for m in plan['models'][split]]
+    obj, sty = [x for x in allm if x[0]['centric'] == 'object'], [x for x in allm if x[0]['centric'] == 'style']
+    starts = lambda xs: range(0, len(xs), SYNTH_CHUNK)
+    import attrib.concept.mini_abc as module  # by module path: spawned workers import it (also from a notebook)
+
+    with worker_pool(jobs, BUILD_THREADS, module._synth_init, (root, cfg, seed, shared)) as ex:
+        # the inversion first: the other workers sample the object models meanwhile
+        tok = ex.submit(module._invert_task, [m for m, _ in sty]) if sty else None
+        futs = [ex.submit(module._render_task, obj[i : i + SYNTH_CHUNK]) for i in starts(obj)]
+        if sty:
+            s_sty = tok.result()
+            for i in starts(sty):
+                futs.append(ex.submit(module._render_task, sty[i : i + SYNTH_CHUNK], list(s_sty[i : i + SYNTH_CHUNK])))
+        done = [r for f in (progress(futs, desc='sampling (chunks)') if log else futs) for r in f.result()]
+    by_id = {m['class_id']: r for (m, _), r in zip(obj + sty, done)}
+    prompts = {m['class_id']: by_id[m['class_id']][0] for m, _ in allm}
+    srcs_of = {p: s for m, _ in allm for p, s in by_id[m['class_id']][1].items()}
     save_json(prompts, root / 'dataset' / 'meta' / 'prompts.json')
     save_json(image_sources(plan, cfg, srcs_of), root / 'dataset' / 'meta' / 'sources.json')
 
@@ -673,6 +741,7 @@ def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
 
 # %% ../../nbs/12_mini_abc.ipynb #b3988b52
 BUILD_THREADS = 1  # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
+BUILD_JOBS = 2  # worker processes of the `real` and `synth` stages (the card's "2 cores"; the bytes do not depend on it)
 
 
 def build_mini_abc(
@@ -682,18 +751,20 @@ def build_mini_abc(
     force: bool = False,
     verbose: bool = False,
     threads: int | None = None,
+    jobs: int = BUILD_JOBS,
 ) -> Path:
     "Build (or find) the mini-AbC benchmark of `size` and `seed` under `root`; returns the folder to give `AbCDataset`."
+    check_not_spawning('build_mini_abc')  # an unguarded script re-run by a worker would wait on its own lock
     if threads not in (None, BUILD_THREADS):
         raise AttribError(
             f'threads={threads!r}: mini-AbC always builds on {BUILD_THREADS} torch thread '
             '(its bytes must not depend on it)'
         )
     with torch_threads(BUILD_THREADS):
-        return _build(root, size, seed, force, verbose)
+        return _build(root, size, seed, force, verbose, jobs)
 
 # %% ../../nbs/12_mini_abc.ipynb #5dcf019d
-def _build(root, size, seed, force, verbose) -> Path:
+def _build(root, size, seed, force, verbose, jobs=BUILD_JOBS) -> Path:
     if size not in MINI_ABC_SIZES:
         raise ValueError(f'unknown size {size!r}; known: {list(MINI_ABC_SIZES)}')
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -741,12 +812,12 @@ def _build(root, size, seed, force, verbose) -> Path:
                     log(f'mini-AbC {size}: stage {stage}')
                 plan = plan or load_plan(root, cfg, seed, src)
                 if stage == 'real':
-                    _stage_real(root, plan, cfg, seed, src, log)
+                    _stage_real(root, plan, cfg, seed, src, log, jobs)
                     plan = None  # reloaded with its redraws
                 elif stage == 'generator':
                     _stage_generator(root, cfg, seed, log)
                 elif stage == 'synth':
-                    _stage_synth(root, plan, cfg, seed, log, src)
+                    _stage_synth(root, plan, cfg, seed, log, src, jobs)
                 else:
                     counts = _stage_json(root, plan, cfg)
             stages[stage] = dict(wall_s=round(t.s, 2), cpu_s=round(t.cpu, 2))
