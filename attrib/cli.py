@@ -37,7 +37,8 @@ def _cmd_list(a):
 # %% ../nbs/99_cli.ipynb #f2521d26
 def _cmd_build(a):
     from attrib.concept.mini_abc import build_mini_abc
-    root = build_mini_abc(root=a.root, size=a.size, seed=a.seed, force=a.force, verbose=not a.quiet, threads=a.threads)
+    root = build_mini_abc(root=a.root, size=a.size, seed=a.seed, force=a.force, verbose=not a.quiet, threads=a.threads,
+                          jobs=a.jobs)
     print(root)
 
 def _print_skipped(skipped, where: str):
@@ -208,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        '$ATTRIB_DATA/mini_abc_<size>[_s<seed>])'))
     # the CLI reports progress: build_mini_abc(verbose=True)
     s.add_argument('--quiet', action='store_true')
-    add_function_args(s, build_mini_abc, ['threads'], threads=dict(type=_int_at_least(1)))
+    add_function_args(s, build_mini_abc, ['threads', 'jobs'], threads=dict(type=_int_at_least(1)),
+                      jobs=dict(type=_int_at_least(1), help='worker processes (the bytes do not depend on it)'))
     s.set_defaults(fn=_cmd_build)
     for name, fn, job, hlp in (('extract', _cmd_extract, run_extract, 'cache features of an AbC-layout dataset'),
                                ('evaluate', _cmd_evaluate, run_evaluate, 'AbC protocol on a backbone\'s raw features')):
