@@ -456,6 +456,7 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log,
         futs = [ex.submit(module._distractor_task, c.tolist()) for c in chunks]
         for f in progress(futs, desc='distractors (chunks)') if log else futs:
             redrawn.update(f.result())
+    _W.clear()  # (jobs=1 kept the worker's state here)
     save_json({str(i): redrawn[i] for i in sorted(redrawn)}, root / 'build' / 'redrawn.json')
     write_distractor_list(root, [_distractor_path(i) for i in range(len(plan['distractors']))])
 
@@ -595,6 +596,7 @@ def _stage_synth(root: Path, plan: dict, cfg: dict, seed: int, log, src: Sources
             for i in starts(sty):
                 futs.append(ex.submit(module._render_task, sty[i : i + SYNTH_CHUNK], list(s_sty[i : i + SYNTH_CHUNK])))
         done = [r for f in (progress(futs, desc='sampling (chunks)') if log else futs) for r in f.result()]
+    _W.clear()  # (jobs=1 kept the worker's state here)
     by_id = {m['class_id']: r for (m, _), r in zip(obj + sty, done)}
     prompts = {m['class_id']: by_id[m['class_id']][0] for m, _ in allm}
     srcs_of = {p: s for m, _ in allm for p, s in by_id[m['class_id']][1].items()}
