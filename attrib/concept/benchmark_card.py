@@ -269,7 +269,9 @@ def card_properties(
     n_dis, wall = len(ds.distractor_paths()), (manifest or {}).get('build_wall_s')
     return {
         '1 learned features beat colour statistics': dict(
-            met=met1, ratios=p1, rule=f"object splits >= {th['object_gain']}x, style splits > 1x (- : over a baseline at 0)"
+            met=met1,
+            ratios=p1,
+            rule=f"object splits >= {th['object_gain']}x, style splits > 1x (-: over a zero baseline)",
         ),
         '2 signal with headroom': dict(
             met=met2, imagenet_r5=p2, rule=f"object R@5 in {list(th['object_r5'])}, style R@5 >= {th['style_r5']}"

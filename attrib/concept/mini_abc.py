@@ -743,7 +743,7 @@ def mini_abc_root(size: str = 'default', seed: int = 0) -> Path:
 
 # %% ../../nbs/12_mini_abc.ipynb #b3988b52
 BUILD_THREADS = 1  # every build runs on one torch thread: a build's bytes never depend on the caller's thread count
-BUILD_JOBS = 2  # worker processes of the `real` and `synth` stages (the card's "2 cores"; the bytes do not depend on it)
+BUILD_JOBS = 2  # worker processes of the `real` and `synth` stages (the card's 2 cores; the bytes do not depend on it)
 
 
 def build_mini_abc(
