@@ -115,13 +115,15 @@ def worker_pool(
     threads: int = 1,  # torch CPU threads of each worker
     initializer=None,  # called once per worker with `initargs` (module-level, as the tasks)
     initargs: tuple = (),
+    in_process: bool | None = None,  # None: when jobs == 1; False: spawn even one worker (to work beside this process)
 ):
     "An executor (`submit(fn, *args)` -> future) of `jobs` spawned processes, each on `threads` torch threads."
     for name, v in (('jobs', jobs), ('threads', threads)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise AttribError(f"{name} must be a positive int, got {v!r}")
     check_not_spawning('worker_pool')
-    if jobs == 1:
+    if in_process and jobs != 1: raise AttribError(f"in_process=True runs one job, got jobs={jobs}")
+    if in_process or (in_process is None and jobs == 1):
         with torch_threads(threads):
             if initializer is not None: initializer(*initargs)
             yield _InProcess()

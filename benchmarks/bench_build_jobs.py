@@ -1,10 +1,11 @@
 """Benchmark: the mini-AbC build on `BUILD_JOBS` worker processes vs one process (the reference), same size and seed.
 
-`attrib.concept.mini_abc.build_mini_abc(jobs=...)` spreads the distractors of the `real` stage and the sampling of the
-`synth` stage over worker processes (`attrib.train.worker_pool`, one torch thread each); the `generator` stage stays on
-one thread (its weights would change with the thread count). Both builds run here one after the other into fresh folders;
-reported: each stage's wall and CPU seconds, the speed-up per stage and overall, and whether the two content hashes are
-equal (they must be). JSON/CSV go to runs/benchmarks/; compare the ratios, not the times (the machine is shared).
+`attrib.concept.mini_abc.build_mini_abc(jobs=...)` renders the distractors on `jobs - 1` worker processes while the
+`generator` stage trains the generator in the main process (one thread: its weights would change with the thread count),
+and spreads the sampling of the `synth` stage over `jobs` workers (`attrib.train.worker_pool`, one torch thread each).
+Both builds run here one after the other into fresh folders; reported: each stage's wall and CPU seconds, the speed-up
+per stage and overall, and whether the two content hashes are equal (they must be). JSON/CSV go to runs/benchmarks/;
+compare the ratios, not the times (the machine is shared).
 
 Usage:
   python benchmarks/bench_build_jobs.py [--size small --seed 0 --jobs 2]

@@ -69,7 +69,7 @@ __all__ = ['MINI_ABC_VERSION', 'MINI_ABC_SIZES', 'IOU_MAX', 'TRAIN_IOU_MAX', 'PH
            'build_mini_abc', 'contact_sheet']
 
 # %% ../../nbs/12_mini_abc.ipynb #66b45586
-MINI_ABC_VERSION = 6  # bump when the builder changes what it writes: older builds are then rebuilt
+MINI_ABC_VERSION = 7  # bump when the builder changes what it writes: older builds are then rebuilt
 
 MINI_ABC_SIZES = {
     'tiny': dict(
@@ -84,10 +84,10 @@ MINI_ABC_SIZES = {
         models={
             'test_seen_object': dict(photo=2, shape=2, digit=2),
             'test_unseen_object': dict(face=2, emblem=2),
-            'test_seen_style': dict(poster=1, halftone=1, hatch=1, mosaic=1),
+            'test_seen_style': dict(weave=1, halftone=1, hatch=1, mosaic=1),
             'test_unseen_style': dict(glass=1, neon=1),
-            'train_all': dict(photo=2, shape=2, digit=2, poster=1, hatch=1),
-            'val': dict(photo=1, shape=1, poster=1),
+            'train_all': dict(photo=2, shape=2, digit=2, weave=1, hatch=1),
+            'val': dict(photo=1, shape=1, weave=1),
         },
         n_synth=dict(test=3, train=2, val=2),
         n_style_exemplars=3,
@@ -107,10 +107,10 @@ MINI_ABC_SIZES = {
         models={
             'test_seen_object': dict(photo=10, shape=10, digit=10),
             'test_unseen_object': dict(face=8, emblem=8),
-            'test_seen_style': dict(poster=4, halftone=4, hatch=4, mosaic=4),
+            'test_seen_style': dict(weave=4, halftone=4, hatch=4, mosaic=4),
             'test_unseen_style': dict(glass=5, neon=5),
-            'train_all': dict(photo=75, shape=75, digit=75, poster=20, halftone=20, hatch=20, mosaic=20),
-            'val': dict(photo=6, shape=6, digit=6, poster=3, halftone=3, hatch=3, mosaic=3),
+            'train_all': dict(photo=75, shape=75, digit=75, weave=20, halftone=20, hatch=20, mosaic=20),
+            'val': dict(photo=6, shape=6, digit=6, weave=3, halftone=3, hatch=3, mosaic=3),
         },
         n_synth=dict(test=8, train=1, val=6),
         n_style_exemplars=4,
@@ -130,10 +130,10 @@ MINI_ABC_SIZES = {
         models={
             'test_seen_object': dict(photo=30, shape=30, digit=30),
             'test_unseen_object': dict(face=20, emblem=20),
-            'test_seen_style': dict(poster=10, halftone=10, hatch=10, mosaic=10),
+            'test_seen_style': dict(weave=10, halftone=10, hatch=10, mosaic=10),
             'test_unseen_style': dict(glass=15, neon=15),
-            'train_all': dict(photo=150, shape=150, digit=150, poster=40, halftone=40, hatch=40, mosaic=40),
-            'val': dict(photo=20, shape=20, digit=20, poster=10, halftone=10, hatch=10, mosaic=10),
+            'train_all': dict(photo=150, shape=150, digit=150, weave=40, halftone=40, hatch=40, mosaic=40),
+            'val': dict(photo=20, shape=20, digit=20, weave=10, halftone=10, hatch=10, mosaic=10),
         },
         n_synth=dict(test=10, train=1, val=8),
         n_style_exemplars=4,
@@ -414,14 +414,11 @@ def _distractor_task(idx: list[int]) -> dict:
     return redrawn
 
 
-def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log, jobs: int = 1):
-    ex_rgb = {}
+def _stage_real(root: Path, plan: dict, src: Sources):
     for split, ms in plan['models'].items():
         for m in ms:
             for k, spec in enumerate(m['exemplars']):
                 rgb = render_content(spec, src)[0]
-                if k == 0:
-                    ex_rgb[m['class_id']] = rgb
                 _save_png(apply_style(rgb, m['style']) if m['style'] else rgb, root / _exemplar_path(m, k))
     base = [render_content(s, src) for s in plan['base']]
     rgba = np.stack([np.dstack([to_u8(r), to_u8(a)]) for r, a in base])
@@ -438,27 +435,15 @@ def _stage_real(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log,
             styled=styled,
             styled_ids=np.asarray(plan['styled_ids'], np.int64),
         )
-    T = thumb_descriptor(
-        [
-            _read_rgb(root / _exemplar_path(m, k))
-            for sp, ms in plan['models'].items()
-            if _role(sp) == 'test'
-            for m in ms
-            for k in range(len(m['exemplars']))
-        ]
-    )
-    import attrib.concept.mini_abc as module  # by module path: spawned workers import it (also from a notebook)
 
-    ex_rgb = {d['colour_of']: ex_rgb[d['colour_of']] for d in plan['distractors'] if 'colour_of' in d}
-    chunks = np.array_split(np.arange(len(plan['distractors'])), max(1, len(plan['distractors']) // 500))
-    redrawn = {}
-    with worker_pool(jobs, BUILD_THREADS, module._real_init, (root, plan, seed, ex_rgb, T)) as ex:
-        futs = [ex.submit(module._distractor_task, c.tolist()) for c in chunks]
-        for f in progress(futs, desc='distractors (chunks)') if log else futs:
-            redrawn.update(f.result())
-    _W.clear()  # (jobs=1 kept the worker's state here)
-    save_json({str(i): redrawn[i] for i in sorted(redrawn)}, root / 'build' / 'redrawn.json')
-    write_distractor_list(root, [_distractor_path(i) for i in range(len(plan['distractors']))])
+
+def _distractor_inputs(root: Path, plan: dict, src: Sources) -> tuple[dict, np.ndarray]:
+    "What distractors are rendered against: the colour-twin targets' exemplar colours, the test exemplars' thumbnails."
+    want = {d['colour_of'] for d in plan['distractors'] if 'colour_of' in d}
+    ms = [(sp, m) for sp, v in plan['models'].items() for m in v]
+    ex_rgb = {m['class_id']: render_content(m['exemplars'][0], src)[0] for _, m in ms if m['class_id'] in want}
+    tests = [(m, k) for sp, m in ms if _role(sp) == 'test' for k in range(len(m['exemplars']))]
+    return ex_rgb, thumb_descriptor([_read_rgb(root / _exemplar_path(m, k)) for m, k in tests])
 
 # %% ../../nbs/12_mini_abc.ipynb #33df56d4
 def _render_distractor(d: dict, plan: dict, src: Sources, rgba, medium, styled, ex_rgb) -> np.ndarray:
@@ -487,7 +472,7 @@ def redraw_distractor(d: dict, plan: dict, rng: np.random.Generator) -> dict:
 
 # %% ../../nbs/12_mini_abc.ipynb #5b331999
 def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> dict:
-    "The plan of a build, with the distractors its `real` stage redrew (recorded in `build/redrawn.json`) in place."
+    "The plan of a build, with the distractors its `generator` stage redrew (recorded in `build/redrawn.json`) in place."
     plan = plan_mini_abc(cfg, seed, src)
     f = Path(root) / 'build' / 'redrawn.json'
     for i, d in (load_json(f).items() if f.is_file() else ()):
@@ -495,11 +480,32 @@ def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> d
     return plan
 
 # %% ../../nbs/12_mini_abc.ipynb #5f013c82
-def _stage_generator(root: Path, cfg: dict, seed: int, log):
-    pool = dict(np.load(root / 'build' / 'pool.npz'))
-    gen, losses = train_generator(
-        pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed, ckpt=root / 'build' / 'generator_ckpt.pt', log=log
-    )
+def _render_distractors(root: Path, plan: dict, seed: int, src: Sources, log, jobs: int = 1, beside=None):
+    """Render every distractor (redrawn while a near-duplicate of a test exemplar) on `jobs - 1` workers while
+    `beside()` runs in this process (`jobs=1`: here, first); returns what `beside` returns."""
+    import attrib.concept.mini_abc as module  # by module path: spawned workers import it (also from a notebook)
+
+    chunks = np.array_split(np.arange(len(plan['distractors'])), max(1, len(plan['distractors']) // 500))
+    args = (root, plan, seed, *_distractor_inputs(root, plan, src))
+    redrawn = {i: d for i, d in enumerate(plan['distractors']) if d.get('redrawn')}  # (a re-run keeps earlier redraws)
+    with worker_pool(max(jobs - 1, 1), BUILD_THREADS, module._real_init, args, in_process=jobs == 1) as ex:
+        futs = [ex.submit(module._distractor_task, c.tolist()) for c in chunks]
+        out = beside() if beside is not None else None
+        for f in progress(futs, desc='distractors (chunks)') if log else futs:
+            redrawn.update(f.result())
+    _W.clear()  # (jobs=1 kept the worker's state here)
+    save_json({str(i): redrawn[i] for i in sorted(redrawn)}, root / 'build' / 'redrawn.json')
+    write_distractor_list(root, [_distractor_path(i) for i in range(len(plan['distractors']))])
+    return out
+
+
+def _stage_generator(root: Path, plan: dict, cfg: dict, seed: int, src: Sources, log, jobs: int = 1):
+    def train():
+        pool = dict(np.load(root / 'build' / 'pool.npz'))
+        ckpt = root / 'build' / 'generator_ckpt.pt'
+        return train_generator(pool, cfg['gen_steps'], cfg['gen_batch'], seed=seed, ckpt=ckpt, log=log)
+
+    gen, losses = _render_distractors(root, plan, seed, src, log, jobs, beside=train)
     save_checkpoint(dict(gen=gen.state_dict(), losses=losses), root / 'build' / 'generator.pt')
 
 # %% ../../nbs/12_mini_abc.ipynb #759f1b43
@@ -814,10 +820,10 @@ def _build(root, size, seed, force, verbose, jobs=BUILD_JOBS) -> Path:
                     log(f'mini-AbC {size}: stage {stage}')
                 plan = plan or load_plan(root, cfg, seed, src)
                 if stage == 'real':
-                    _stage_real(root, plan, cfg, seed, src, log, jobs)
-                    plan = None  # reloaded with its redraws
+                    _stage_real(root, plan, src)
                 elif stage == 'generator':
-                    _stage_generator(root, cfg, seed, log)
+                    _stage_generator(root, plan, cfg, seed, src, log, jobs)
+                    plan = None  # reloaded with its redraws
                 elif stage == 'synth':
                     _stage_synth(root, plan, cfg, seed, log, src, jobs)
                 else:

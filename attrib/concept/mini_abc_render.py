@@ -24,7 +24,7 @@ IMG = 64
 
 OBJECT_FAMILIES_SEEN, OBJECT_FAMILIES_UNSEEN = ('photo', 'shape', 'digit'), ('face', 'emblem')
 
-STYLE_OPS_SEEN, STYLE_OPS_UNSEEN = ('poster', 'halftone', 'hatch', 'mosaic'), ('glass', 'neon')
+STYLE_OPS_SEEN, STYLE_OPS_UNSEEN = ('weave', 'halftone', 'hatch', 'mosaic'), ('glass', 'neon')
 
 MEDIA = ('sketch', 'painting', 'grayscale', 'sepia', 'pastel')
 
@@ -325,8 +325,8 @@ def random_style(op: str, rng: np.random.Generator) -> dict:
     if op not in STYLE_OPS:
         raise ValueError(f'unknown style operator {op!r}; known: {STYLE_OPS}')
     p = dict(op=op, palette=np.round(random_palette(rng, 5), 4).tolist(), seed=int(rng.integers(2**31)))
-    if op == 'poster':
-        p.update(levels=int(rng.integers(3, 6)), edge=float(rng.uniform(0.3, 1)))
+    if op == 'weave':
+        p.update(cell=int(rng.integers(5, 9)), angle=float(rng.uniform(0, np.pi / 2)), gap=float(rng.uniform(0.1, 0.35)))
     if op == 'halftone':
         p.update(cell=int(rng.integers(3, 6)), angle=float(rng.uniform(0, np.pi / 2)))
     if op == 'hatch':
@@ -365,11 +365,13 @@ def apply_style(img: np.ndarray, st: dict) -> np.ndarray:
     lo, hi = np.percentile(l, 2), np.percentile(l, 98)
     l = np.clip((l - lo) / max(hi - lo, 1e-3), 0, 1)
     yy, xx = np.mgrid[0:IMG, 0:IMG].astype(np.float32)
-    if op == 'poster':
-        k = st['levels']
-        out = _pal_map(np.floor(l * k * 0.999) / (k - 1), pal)
-        e = np.clip(_edges(img) * 2 * st['edge'], 0, 1)[..., None]
-        out = out * (1 - e) + 0.05 * e
+    if op == 'weave':  # a basket weave: each cell's two threads run across or along, shaded round, dark gaps
+        a, c = st['angle'], st['cell']
+        u, v = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
+        across = ((np.floor(u / c) + np.floor(v / c)) % 2) == 0
+        shade = np.sqrt(np.sin(np.pi * np.where(across, (v / c * 2) % 1, (u / c * 2) % 1)))
+        out = _pal_map(ndi.uniform_filter(l, int(c)), pal) * (0.45 + 0.55 * shade)[..., None]
+        out = np.where((shade < st['gap'])[..., None], _sorted_pal(pal)[0] * 0.6, out)
     elif op == 'halftone':
         a, c = st['angle'], st['cell']
         u, v = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
