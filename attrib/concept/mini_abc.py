@@ -472,7 +472,7 @@ def redraw_distractor(d: dict, plan: dict, rng: np.random.Generator) -> dict:
 
 # %% ../../nbs/12_mini_abc.ipynb #5b331999
 def load_plan(root: Path, cfg: dict, seed: int, src: Sources | None = None) -> dict:
-    "The plan of a build, with the distractors its `generator` stage redrew (recorded in `build/redrawn.json`) in place."
+    "The plan of a build, with the distractors its `generator` stage redrew (in `build/redrawn.json`) in place."
     plan = plan_mini_abc(cfg, seed, src)
     f = Path(root) / 'build' / 'redrawn.json'
     for i, d in (load_json(f).items() if f.is_file() else ()):

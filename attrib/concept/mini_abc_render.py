@@ -326,7 +326,8 @@ def random_style(op: str, rng: np.random.Generator) -> dict:
         raise ValueError(f'unknown style operator {op!r}; known: {STYLE_OPS}')
     p = dict(op=op, palette=np.round(random_palette(rng, 5), 4).tolist(), seed=int(rng.integers(2**31)))
     if op == 'weave':
-        p.update(cell=int(rng.integers(5, 9)), angle=float(rng.uniform(0, np.pi / 2)), gap=float(rng.uniform(0.1, 0.35)))
+        p.update(cell=int(rng.integers(5, 9)), angle=float(rng.uniform(0, np.pi / 2)))
+        p.update(gap=float(rng.uniform(0.1, 0.35)))
     if op == 'halftone':
         p.update(cell=int(rng.integers(3, 6)), angle=float(rng.uniform(0, np.pi / 2)))
     if op == 'hatch':
